@@ -1,0 +1,286 @@
+"""Typed vertical specs and process settings.
+
+A vertical is declared by ``verticals/<name>.yaml`` (validated here), a suite
+``expectations/<name>.json`` and a source; no Python per vertical.  Settings
+come from environment variables only, so the embedded defaults and production
+differ by configuration, never by code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import SpecError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+GATE_METRICS = ("accuracy", "recall", "f1", "precision", "auroc")
+GateMetric = Literal["accuracy", "recall", "f1", "precision", "auroc"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos in a reviewed file: reject them loudly.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqlSource(_Strict):
+    """Rows come from a table (or view) reached through SQLAlchemy."""
+
+    kind: Literal["sql"] = "sql"
+    #: Connection id, resolved like Airflow does: ``AIRFLOW_CONN_<ID>`` (URI or
+    #: JSON) or, when unset, the embedded demo warehouse.
+    conn_id: str = "warehouse_default"
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+    event_time: str = "event_date"
+
+
+class FileSource(_Strict):
+    """Rows come from one file per day in a bucket (any fsspec URL)."""
+
+    kind: Literal["files"] = "files"
+    #: fsspec URL template; ``{ds}`` is the logical date (YYYY-MM-DD).
+    url: str
+    format: Literal["csv", "parquet"] = "parquet"
+    event_time: str = "event_date"
+
+    @model_validator(mode="after")
+    def _has_ds(self) -> FileSource:
+        if "{ds}" not in self.url:
+            raise ValueError("source.url must contain '{ds}' so each day maps to one file")
+        return self
+
+
+class Label(_Strict):
+    column: str
+    positive: str | int | bool
+
+
+class Features(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> Features:
+        if not self.numeric and not self.categorical:
+            raise ValueError("features: list at least one numeric or categorical column")
+        overlap = set(self.numeric) & set(self.categorical)
+        if overlap:
+            raise ValueError(f"features listed as both numeric and categorical: {sorted(overlap)}")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class Window(_Strict):
+    """Training window assembled from stored daily partitions."""
+
+    train_days: Annotated[int, Field(ge=7, le=3650)] = 365
+    #: The most recent days of the window, held out for evaluation (time split).
+    holdout_days: Annotated[int, Field(ge=1)] = 60
+
+    @model_validator(mode="after")
+    def _holdout_inside(self) -> Window:
+        if self.holdout_days >= self.train_days:
+            raise ValueError("window.holdout_days must be smaller than window.train_days")
+        return self
+
+
+class Quality(_Strict):
+    #: Suite file name under ``expectations/`` (defaults to the vertical name).
+    suite: str | None = None
+    #: Row-count bounds per day; the suite's row-count check scales them by the
+    #: number of days validated at once (one at night, more on a first backfill).
+    min_rows_per_day: Annotated[int, Field(ge=0)] = 1
+    max_rows_per_day: Annotated[int, Field(ge=1)] = 100_000
+
+
+class Model(_Strict):
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [32, 16])
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 20
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    seed: int = 42
+    #: Weight the positive class by the inverse class ratio of the train split.
+    balance_classes: bool = True
+    #: Probability at or above which a row is predicted positive.
+    decision_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+
+
+class Gate(_Strict):
+    #: Absolute floors the challenger must reach on the holdout.
+    thresholds: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]]
+    #: How much worse than the champion (same holdout) a challenger may be.
+    champion_tolerance: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict
+    )
+    #: With no champion yet: promote when the thresholds hold, or never
+    #: automatically (a forced promotion is then needed).
+    first_model: Literal["promote_if_thresholds", "require_manual"] = "promote_if_thresholds"
+    #: Fewer holdout rows than this and no decision can be trusted: reject.
+    min_holdout_rows: Annotated[int, Field(ge=1)] = 50
+
+    @model_validator(mode="after")
+    def _has_core_metrics(self) -> Gate:
+        missing = {"accuracy", "recall", "f1"} - set(self.thresholds)
+        if missing:
+            raise ValueError(f"gate.thresholds must set accuracy, recall and f1; missing {sorted(missing)}")
+        return self
+
+
+class Alerts(_Strict):
+    emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
+    #: Send the run summary on these outcomes too (data-quality alerts always go).
+    report_on: list[Literal["promoted", "rejected"]] = Field(default_factory=lambda: ["rejected"])
+
+
+class VerticalSpec(_Strict):
+    """Everything that makes one vertical, validated on load."""
+
+    name: str
+    description: str
+    owner: str
+    schedule: str = "0 2 * * *"
+    tags: list[str] = Field(default_factory=list)
+    source: Annotated[SqlSource | FileSource, Field(discriminator="kind")]
+    key: str
+    label: Label
+    features: Features
+    pii: list[str] = Field(default_factory=list)
+    window: Window = Window()
+    quality: Quality = Quality()
+    model: Model = Model()
+    gate: Gate
+    alerts: Alerts
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VerticalSpec:
+        if not VERTICAL_NAME.match(self.name):
+            raise ValueError("name must be lower-case letters, digits and '_' (2-32 chars)")
+        used = set(self.features.all)
+        if self.label.column in used:
+            raise ValueError(f"label column {self.label.column!r} is also listed as a feature")
+        leaked = used & set(self.pii)
+        if leaked:
+            raise ValueError(f"PII columns must not be model features: {sorted(leaked)}")
+        return self
+
+    @property
+    def suite_name(self) -> str:
+        return self.quality.suite or self.name
+
+    def config_hash(self) -> str:
+        """Content hash of the whole spec: part of every model version id."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and which external systems to use (env-driven)."""
+
+    home: Path
+    specs_dir: Path
+    expectations_dir: Path
+    bucket_url: str
+    registry_url: str
+    dvc_remote: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("PIPELINES_HOME", PROJECT_ROOT / ".state")).resolve()
+        return cls(
+            home=home,
+            specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
+            expectations_dir=Path(
+                os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")
+            ),
+            bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
+            registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
+            dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
+        )
+
+    @property
+    def warehouse_url(self) -> str:
+        """The embedded demo warehouse that ``seed`` fills."""
+        return f"sqlite:///{self.home / 'warehouse.db'}"
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"invalid vertical spec {path}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {err['msg']}")
+    lines.append("Fix the file and rerun; see verticals/README.md for every field.")
+    return "\n".join(lines)
+
+
+def load_spec_file(path: Path) -> VerticalSpec:
+    """Parse and validate one spec file; raise `SpecError` naming each bad field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {path} must hold a mapping, got {type(raw).__name__}")
+    try:
+        spec = VerticalSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(path, exc)) from exc
+    if spec.name != path.stem:
+        raise SpecError(f"spec file {path} declares name {spec.name!r}; the file must be named {spec.name}.yaml")
+    return spec
+
+
+def spec_paths(settings: Settings | None = None) -> list[Path]:
+    settings = settings or Settings.from_env()
+    return sorted(settings.specs_dir.glob("*.yaml"))
+
+
+def vertical_names(settings: Settings | None = None) -> list[str]:
+    return [p.stem for p in spec_paths(settings)]
+
+
+def load_spec(vertical: str, settings: Settings | None = None) -> VerticalSpec:
+    """Load the spec for ``vertical`` or raise `SpecError` listing the known ones."""
+    settings = settings or Settings.from_env()
+    path = settings.specs_dir / f"{vertical}.yaml"
+    if not path.exists():
+        known = ", ".join(vertical_names(settings)) or "none"
+        raise SpecError(f"unknown vertical {vertical!r}; known verticals: {known}")
+    return _load_cached(path, path.stat().st_mtime_ns)
+
+
+@cache
+def _load_cached(path: Path, _mtime: int) -> VerticalSpec:
+    return load_spec_file(path)
+
+
+def load_suite(spec: VerticalSpec, settings: Settings | None = None) -> dict:
+    """Read the vertical's reviewed GX suite JSON."""
+    settings = settings or Settings.from_env()
+    path = settings.expectations_dir / f"{spec.suite_name}.json"
+    try:
+        suite = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"no expectation suite at {path}; add one for this vertical", vertical=spec.name) from exc
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"suite {path} is not valid JSON: {exc}", vertical=spec.name) from exc
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
+        raise SpecError(f"suite {path} must be an object with an 'expectations' list", vertical=spec.name)
+    return suite
