@@ -124,9 +124,7 @@ class Gate(_Strict):
     #: Absolute floors the challenger must reach on the holdout.
     thresholds: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]]
     #: How much worse than the champion (same holdout) a challenger may be.
-    champion_tolerance: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=dict
-    )
+    champion_tolerance: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     #: With no champion yet: promote when the thresholds hold, or never
     #: automatically (a forced promotion is then needed).
     first_model: Literal["promote_if_thresholds", "require_manual"] = "promote_if_thresholds"
@@ -183,9 +181,16 @@ class VerticalSpec(_Strict):
         return self.quality.suite or self.name
 
     def config_hash(self) -> str:
-        """Content hash of the whole spec: part of every model version id."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """Content hash of the whole spec (recorded in lineage)."""
+        return _hash(self.model_dump(mode="json"))
+
+    def training_hash(self) -> str:
+        """Hash of what shapes the weights; gate or alert edits don't retrain."""
+        return _hash(self.model_dump(mode="json", include={"key", "label", "features", "window", "model"}))
+
+
+def _hash(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -205,9 +210,7 @@ class Settings:
         return cls(
             home=home,
             specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
-            expectations_dir=Path(
-                os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")
-            ),
+            expectations_dir=Path(os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
             bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
             registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
             dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),

@@ -13,9 +13,7 @@ class PipelineError(Exception):
     #: Exit code the CLI uses for this kind of failure.
     exit_code: int = 1
 
-    def __init__(
-        self, message: str, *, vertical: str | None = None, ds: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, vertical: str | None = None, ds: str | None = None) -> None:
         self.vertical = vertical
         self.ds = ds
         where = ", ".join(p for p in (vertical, ds) if p)

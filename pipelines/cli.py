@@ -1,0 +1,248 @@
+"""``python -m pipelines …``: the same stages as the DAGs, from a shell.
+
+Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
+5 versioning, 6 training, 7 deploy, 8 stage order; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipelines import stages
+from pipelines.config import Settings, load_spec, vertical_names
+from pipelines.errors import DataQualityError, PipelineError, SpecError
+
+log = logging.getLogger("pipelines.cli")
+
+
+def yesterday() -> str:
+    """Tonight's run covers yesterday's data interval (Airflow's logical date)."""
+    return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seed = sub.add_parser("seed", help="create/refresh the demo SQLite warehouse from packaged public datasets")
+    seed.add_argument("--url", help="SQLAlchemy URL to seed instead of the embedded warehouse")
+
+    run = sub.add_parser("run", help="run every stage for a vertical (or 'all') and a logical date")
+    run.add_argument("vertical", help="vertical name, or 'all'")
+    run.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+    run.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
+    run.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
+    run.add_argument("--json", action="store_true", help="print the summaries as JSON")
+
+    for name in stages.STAGES:
+        stage = sub.add_parser(name, help=f"run only the {name} stage")
+        stage.add_argument("vertical")
+        stage.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+        if name == "gate":
+            stage.add_argument("--force-reason", default=None)
+        if name == "deploy":
+            stage.add_argument("--dry-run", action="store_true")
+
+    status = sub.add_parser("status", help="champion, data version, metrics and last decision per vertical")
+    status.add_argument("--json", action="store_true")
+
+    rollback = sub.add_parser("rollback", help="move a vertical's production pointer back")
+    rollback.add_argument("vertical")
+    rollback.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
+
+    sub.add_parser("verticals", help="list the verticals and check every spec and suite")
+    return parser
+
+
+def _progress(vertical: str, stage: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {vertical}: {stage} …", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    ds = args.date or yesterday()
+    names = vertical_names(settings) if args.vertical == "all" else [args.vertical]
+    for name in names:
+        load_spec(name, settings)  # fail fast on an unknown vertical or a broken spec
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for name in names:
+        started = time.monotonic()
+        try:
+            summary = stages.run_all(
+                name,
+                ds,
+                settings=settings,
+                force_reason=args.force_reason,
+                dry_run=args.dry_run,
+                on_stage=_progress,
+            )
+        except DataQualityError as exc:
+            failed += 1
+            summary = {"vertical": name, "ds": ds, "blocked": "data quality", "error": str(exc)}
+        except PipelineError as exc:
+            failed += 1
+            summary = {"vertical": name, "ds": ds, "blocked": type(exc).__name__, "error": str(exc)}
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        rows.append(summary)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(decision_table(rows))
+    return 0 if not failed else 4 if len(names) == 1 and "data quality" in rows[0].get("blocked", "") else 1
+
+
+def decision_table(rows: list[dict[str, Any]]) -> str:
+    """The table ``make run`` ends with: one line per vertical."""
+
+    def cell(row: dict[str, Any], metric: str) -> str:
+        m = row["metrics"][metric]
+        champ = "-" if m["champion"] is None else f"{m['champion']:.2f}"
+        return f"{m['challenger']:.2f}/{m['threshold']:.2f}/{champ}"
+
+    header = f"{'vertical':<14}{'date':<12}{'data version':<18}{'accuracy':<17}{'recall':<17}{'f1':<17}outcome"
+    lines = [header, f"{'':<44}(challenger/threshold/champion)", "-" * len(header)]
+    for row in rows:
+        if "blocked" in row:
+            lines.append(
+                f"{row['vertical']:<14}{row['ds']:<12}{'-':<18}{'-':<17}{'-':<17}{'-':<17}"
+                f"BLOCKED ({row['blocked']}): {row['error'].splitlines()[0][:120]}"
+            )
+            continue
+        outcome = "promoted" if row["deployed"] else ("approved, not deployed" if row["approved"] else "rejected")
+        if not row["deployed"]:
+            outcome += f": {row['deploy_note'] if row['approved'] else '; '.join(row['reasons'])}"
+        lines.append(
+            f"{row['vertical']:<14}{row['ds']:<12}{row['data_version']:<18}"
+            f"{cell(row, 'accuracy'):<17}{cell(row, 'recall'):<17}{cell(row, 'f1'):<17}{outcome}"
+        )
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.registry import Registry
+
+    registry = Registry.from_settings(settings)
+    out = []
+    for name in vertical_names(settings):
+        champion = registry.champion(name)
+        last = registry.last_decision(name)
+        out.append(
+            {
+                "vertical": name,
+                "champion": None
+                if champion is None
+                else {
+                    "model_version": champion.model_version,
+                    "data_version": champion.data_version,
+                    "ds": champion.ds,
+                    "metrics": champion.metrics,
+                },
+                "last_decision": None
+                if last is None
+                else {
+                    "ds": last.ds,
+                    "model_version": last.model_version,
+                    "approved": last.approved,
+                    "forced": last.forced,
+                    "reasons": [r["detail"] for r in last.reasons if not r.get("passed", True)]
+                    or ["every rule passed"],
+                },
+            }
+        )
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    for row in out:
+        champ = row["champion"]
+        print(
+            f"{row['vertical']}: champion {champ['model_version'] if champ else 'none'}"
+            + (f" (data {champ['data_version']}, trained for {champ['ds']})" if champ else "")
+        )
+        last = row["last_decision"]
+        if last:
+            verdict = "approved" if last["approved"] else "rejected"
+            print(f"  last decision {last['ds']} {last['model_version']}: {verdict} — {'; '.join(last['reasons'])}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.deploy import rollback
+    from pipelines.registry import Registry
+
+    spec = load_spec(args.vertical, settings)
+    result = rollback(bucket_url=settings.bucket_url, vertical=spec.name, to_version=args.to_version)
+    if result.changed:
+        Registry.from_settings(settings).record_deployment(
+            vertical=spec.name,
+            model_version=result.model_version,
+            action="rollback",
+            previous_version=result.previous_version,
+            actor="cli",
+            ds=None,
+        )
+    print(f"{spec.name}: production is now {result.model_version} (was {result.previous_version})")
+    return 0
+
+
+def _verticals(settings: Settings) -> int:
+    from pipelines.config import load_suite
+
+    bad = 0
+    for name in vertical_names(settings):
+        try:
+            spec = load_spec(name, settings)
+            suite = load_suite(spec, settings)
+            print(
+                f"{name}: ok — {spec.description.strip().splitlines()[0]} ({len(suite['expectations'])} expectations)"
+            )
+        except SpecError as exc:
+            bad += 1
+            print(f"{name}: INVALID\n{exc}", file=sys.stderr)
+    return 2 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("great_expectations", "lightning", "pytorch_lightning", "dvc", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    try:
+        if args.command == "seed":
+            from pipelines.seed import seed_warehouse
+
+            counts = seed_warehouse(args.url or settings.warehouse_url)
+            for table, rows in counts.items():
+                print(f"{table}: {rows} rows")
+            return 0
+        if args.command == "run":
+            return _run(args, settings)
+        if args.command == "status":
+            return _status(args, settings)
+        if args.command == "rollback":
+            return _rollback(args, settings)
+        if args.command == "verticals":
+            return _verticals(settings)
+        ds = args.date or yesterday()
+        kwargs: dict[str, Any] = {"settings": settings}
+        if args.command == "gate":
+            kwargs["force_reason"] = args.force_reason
+        if args.command == "deploy":
+            kwargs["dry_run"] = args.dry_run
+        result = getattr(stages, args.command)(args.vertical, ds, **kwargs)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

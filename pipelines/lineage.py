@@ -1,0 +1,39 @@
+"""Version ids: the same inputs always give the same id.
+
+A model version is derived *before* training from everything that determines
+the weights (data version, spec, training code, library versions, seed), so a
+rerun recognises its own earlier output and a retry resumes the same
+checkpoint directory instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+from pipelines.config import VerticalSpec
+
+# Files whose content changes what a model learns; docs, CLI or DAG edits don't.
+_TRAINING_CODE = ("features.py", "modeling.py", "training.py")
+_TRAINING_LIBS = ("torch", "pytorch-lightning", "numpy", "pandas")
+
+
+@cache
+def code_version() -> str:
+    """Content hash of the training code and the versions of the libraries it runs on."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in _TRAINING_CODE:
+        digest.update(name.encode())
+        digest.update((here / name).read_bytes())
+    for lib in _TRAINING_LIBS:
+        digest.update(f"{lib}=={metadata.version(lib)}".encode())
+    return "code-" + digest.hexdigest()[:12]
+
+
+def model_version_id(spec: VerticalSpec, *, data_version: str, code: str) -> str:
+    """``mv-<hash>`` of data version, training config (features, model, seed) and code."""
+    payload = "|".join((spec.name, data_version, spec.training_hash(), code, str(spec.model.seed)))
+    return "mv-" + hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -1,0 +1,203 @@
+"""Validate new partitions with the vertical's Great Expectations suite.
+
+Each vertical gets its own GX file project under ``<home>/gx/<vertical>`` (so
+parallel verticals never write the same stores); a checkpoint runs the suite
+and rebuilds the data docs.  The outcome is a `QualityReport`: a plain record
+with every failed expectation and its observed values, written next to the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import Settings, VerticalSpec, load_suite
+
+log = logging.getLogger(__name__)
+
+#: Failing rows kept per expectation (GX's partial lists), enough to triage.
+SAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    expected: dict[str, Any]
+    observed: Any
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    sample_values: list[Any]
+    sample_keys: list[Any]
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    vertical: str
+    ds: str
+    suite: str
+    days: list[str]
+    rows: int
+    success: bool
+    evaluated: int
+    failed: list[FailedExpectation] = field(default_factory=list)
+    data_docs: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.success:
+            return f"{self.suite}: {self.evaluated} expectations passed on {self.rows} rows"
+        names = ", ".join(f"{f.expectation}({f.column or 'table'})" for f in self.failed)
+        return f"{self.suite}: {len(self.failed)} of {self.evaluated} expectations failed on {self.rows} rows: {names}"
+
+
+def _jsonable(value: Any) -> Any:
+    """GX results carry numpy scalars; make them plain for JSON and email."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, TypeError):
+            return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _gx_context(settings: Settings, vertical: str) -> Any:
+    import great_expectations as gx
+
+    root = settings.home / "gx" / vertical
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    # Progress bars would flood Airflow task logs.
+    context.variables.progress_bars = {"globally": False}
+    return context
+
+
+def _checkpoint(context: Any, spec: VerticalSpec, suite_json: dict[str, Any]) -> Any:
+    """(Re)register the reviewed suite and a checkpoint that also updates data docs."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    name = spec.name
+    suite_def = {k: v for k, v in suite_json.items() if k in ("expectations", "meta", "notes")}
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=spec.suite_name, **suite_def))
+    source = context.data_sources.add_or_update_pandas(name)
+    asset = source.add_dataframe_asset(name) if name not in source.get_asset_names() else source.get_asset(name)
+    try:
+        batch = asset.get_batch_definition(name)
+    except KeyError:
+        batch = asset.add_batch_definition_whole_dataframe(name)
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+    )
+    return context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="update_data_docs")],
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": SAMPLE_ROWS,
+                "unexpected_index_column_names": [spec.key],
+            },
+        )
+    )
+
+
+def validate_frame(
+    frame: pd.DataFrame, spec: VerticalSpec, *, ds: str, days: list[str], settings: Settings
+) -> QualityReport:
+    """Run the vertical's suite on ``frame`` (the ``days`` being validated) and report.
+
+    Row-count bounds in the suite are parameters scaled by the number of days,
+    so one suite serves the nightly day and a first backfill alike.
+    """
+    import great_expectations as gx
+
+    suite_json = load_suite(spec, settings)
+    context = _gx_context(settings, spec.name)
+    checkpoint = _checkpoint(context, spec, suite_json)
+    n_days = max(len(days), 1)
+    result = checkpoint.run(
+        batch_parameters={"dataframe": frame},
+        expectation_parameters={
+            "min_rows": spec.quality.min_rows_per_day * n_days,
+            "max_rows": spec.quality.max_rows_per_day * n_days,
+        },
+        run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
+    )
+    validation = next(iter(result.run_results.values()))
+    failed = [_failed_expectation(r) for r in validation.results if not r.success]
+    docs = context.get_docs_sites_urls()
+    return QualityReport(
+        vertical=spec.name,
+        ds=ds,
+        suite=spec.suite_name,
+        days=days,
+        rows=len(frame),
+        success=bool(validation.success),
+        evaluated=len(validation.results),
+        failed=failed,
+        data_docs=docs[0]["site_url"] if docs else None,
+    )
+
+
+def _failed_expectation(result: Any) -> FailedExpectation:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
+    res = result.result or {}
+    exc = result.exception_info or {}
+    observed = res.get("observed_value")
+    if observed is None and exc.get("raised_exception"):
+        # E.g. a missing column: GX raises inside the metric and reports it here.
+        observed = f"error: {exc.get('exception_message')}"
+    return FailedExpectation(
+        expectation=config.type,
+        column=config.kwargs.get("column"),
+        expected=_jsonable(kwargs),
+        observed=_jsonable(observed),
+        unexpected_count=res.get("unexpected_count"),
+        unexpected_percent=_jsonable(res.get("unexpected_percent")),
+        sample_values=_jsonable(list(res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]),
+        sample_keys=_jsonable(list(res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]),
+        notes=(config.meta or {}).get("notes"),
+    )
+
+
+def failing_rows(frame: pd.DataFrame, report: QualityReport, spec: VerticalSpec) -> pd.DataFrame:
+    """A few failing rows, PII masked, for the alert email."""
+    keys: list[Any] = []
+    for failure in report.failed:
+        for row in failure.sample_keys:
+            key = row.get(spec.key) if isinstance(row, dict) else None
+            if key is not None and key not in keys:
+                keys.append(key)
+    if spec.key not in frame.columns or not keys:
+        rows = frame.head(0)
+    else:
+        rows = frame[frame[spec.key].isin(keys)].head(SAMPLE_ROWS)
+    return mask_pii(rows, spec.pii)
+
+
+def mask_pii(frame: pd.DataFrame, pii: list[str]) -> pd.DataFrame:
+    """Replace PII values with a fixed mask so alerts never leak them."""
+    masked = frame.copy()
+    for column in pii:
+        if column in masked.columns:
+            values = masked[column].astype("object")
+            masked[column] = values.where(values.isna(), "***")
+    return masked
+
+
+def data_docs_index(settings: Settings, vertical: str) -> Path:
+    return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"

@@ -1,0 +1,450 @@
+"""The eight stages, each a function of (vertical, logical date) → small record.
+
+Every stage reads what the previous one recorded under ``runs/<vertical>/<ds>/``
+and writes its own record there, so a stage can run in its own process (an
+Airflow task, a CLI call, a ``dvc repro`` stage) and a rerun for the same date
+recognises, reuses or replaces its own earlier output instead of duplicating it.
+Returned dicts are small and JSON-serialisable (ids, URIs, metrics): they are
+what Airflow puts in XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Settings, VerticalSpec, load_spec
+from pipelines.errors import DataQualityError, SourceError
+from pipelines.layout import Layout
+from pipelines.lineage import code_version, model_version_id
+from pipelines.sources import extract_days, parse_ds, read_partitions, window_days
+
+log = logging.getLogger(__name__)
+
+STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
+
+
+def _context(vertical: str, ds: str, settings: Settings | None) -> tuple[VerticalSpec, Settings, Layout]:
+    settings = settings or Settings.from_env()
+    spec = load_spec(vertical, settings)
+    parse_ds(ds, vertical=vertical)
+    return spec, settings, Layout(settings, spec.name)
+
+
+# -- extract -------------------------------------------------------------------
+
+
+def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Pull the day ``ds`` (and any window day never stored) into raw partitions.
+
+    At night that is one day; on a first run it backfills the training window
+    with one range query.  Days already validated or quarantined are not pulled
+    again, except ``ds`` itself, which a rerun always refreshes.
+    """
+    spec, settings, layout = _context(vertical, ds, settings)
+    days = [
+        day
+        for day in window_days(spec, ds)[:-1]
+        if not layout.validated(day).exists() and not layout.quarantine(day).exists()
+    ]
+    days.append(ds)
+    counts = extract_days(spec, days, settings)
+    record = {
+        "vertical": spec.name,
+        "ds": ds,
+        "days": days,
+        "rows": sum(counts.values()),
+        "rows_on_ds": counts.get(ds, 0),
+        "backfilled_days": len(days) - 1,
+    }
+    layout.write_record(ds, "extract", record)
+    log.info("%s %s: extracted %d rows over %d day(s)", spec.name, ds, record["rows"], len(days))
+    return {k: v for k, v in record.items() if k != "days"}
+
+
+# -- validate ------------------------------------------------------------------
+
+
+def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Run the suite on the extracted days; quarantine and alert on failure.
+
+    Raises `DataQualityError` (after quarantining and alerting) so the run
+    stops before training.  Previously validated data is never touched.
+    """
+    from pipelines import alerts, quality
+    from pipelines.layout import write_json_atomic
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
+    pending = [day for day in days if layout.raw(day).exists()]
+    if not pending:
+        if layout.has_record(ds, "validate"):
+            # Everything was already moved on by an earlier attempt: nothing new to check.
+            return layout.read_record(ds, "validate", needed_by="validate")
+        raise SourceError("no raw partitions to validate; rerun extract", vertical=spec.name, ds=ds)
+    frame = read_partitions([layout.raw(day) for day in pending])
+    report = quality.validate_frame(frame, spec, ds=ds, days=pending, settings=settings)
+    report_path = layout.report_dir(ds) / "quality.json"
+    write_json_atomic(report_path, report.to_dict())
+    if not report.success:
+        for day in pending:
+            _move(layout.raw(day), layout.quarantine(day))
+        message = alerts.quality_alert(spec, report, quality.failing_rows(frame, report, spec), settings)
+        where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
+        layout.write_record(
+            ds,
+            "validate",
+            {"success": False, "summary": report.summary(), "alert": where, "report": str(report_path)},
+        )
+        raise DataQualityError(
+            f"{report.summary()}. Quarantined {len(pending)} partition(s) under "
+            f"{layout.quarantine(ds).parent}; report at {report_path}; alert sent to {where}",
+            vertical=spec.name,
+            ds=ds,
+            report_path=str(report_path),
+        )
+    for day in pending:
+        _move(layout.raw(day), layout.validated(day))
+        layout.quarantine(day).unlink(missing_ok=True)
+    record = {
+        "success": True,
+        "suite": report.suite,
+        "summary": report.summary(),
+        "rows": report.rows,
+        "days": len(pending),
+        "evaluated": report.evaluated,
+        "report": str(report_path),
+        "data_docs": report.data_docs,
+    }
+    layout.write_record(ds, "validate", record)
+    return record
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+
+
+# -- snapshot ------------------------------------------------------------------
+
+
+def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Version the validated training window with DVC (a no-op when unchanged)."""
+    from pipelines.sources import assemble_window
+    from pipelines.versioning import snapshot_window
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    validation = layout.read_record(ds, "validate", needed_by="snapshot")
+    if not validation.get("success"):
+        raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
+    frame, missing = assemble_window(spec, ds, settings)
+    if frame.empty:
+        raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
+    version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
+    record = {
+        **version.to_dict(),
+        "missing_days": len(missing),
+        "suite": validation.get("suite"),
+        "suite_summary": validation.get("summary"),
+    }
+    if missing:
+        log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
+    layout.write_record(ds, "snapshot", record)
+    return {k: record[k] for k in ("id", "tag", "rows", "created", "missing_days")}
+
+
+# -- train ---------------------------------------------------------------------
+
+
+def _window_split(spec: VerticalSpec, ds: str, settings: Settings, layout: Layout) -> tuple[Any, Any, dict]:
+    """Train and holdout frames from the exact data version the snapshot recorded."""
+    from pipelines.training import split_window
+    from pipelines.versioning import read_snapshot
+
+    snap = layout.read_record(ds, "snapshot", needed_by="train")
+    frame = read_snapshot(vertical=spec.name, tag=snap["tag"], settings=settings)
+    train, holdout = split_window(frame, spec, ds)
+    return train, holdout, snap
+
+
+def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Train the challenger on the snapshot; reuse it when this exact version exists.
+
+    The model version is a hash of data version, spec, code and seed, known
+    before training, so a retried task resumes from its checkpoint and a rerun
+    finds the finished model instead of training a duplicate.
+    """
+    from pipelines.registry import Registry
+    from pipelines.training import train_model
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    train_frame, holdout, snap = _window_split(spec, ds, settings, layout)
+    code = code_version()
+    version = model_version_id(spec, data_version=snap["id"], code=code)
+    model_dir = layout.model_dir(version)
+    reused = (model_dir / "model.json").exists() and (model_dir / "weights.pt").exists()
+    if reused:
+        log.info("%s %s: model %s already trained; reusing it", spec.name, ds, version)
+        epochs, resumed = None, False
+    else:
+        result = train_model(train_frame, spec, model_dir=model_dir, checkpoint_dir=layout.checkpoint_dir(version))
+        epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
+    record = {
+        "model_version": version,
+        "data_version": snap["id"],
+        "data_tag": snap["tag"],
+        "code_version": code,
+        "config_hash": spec.config_hash(),
+        "seed": spec.model.seed,
+        "train_rows": len(train_frame),
+        "holdout_rows": len(holdout),
+        "reused": reused,
+        "resumed_from_checkpoint": resumed,
+        "epochs_run": epochs,
+        "model_dir": str(model_dir),
+        "run_id": run_id,
+    }
+    layout.write_record(ds, "train", record)
+    registry = Registry.from_settings(settings)
+    registry.record_model(
+        vertical=spec.name,
+        model_version=version,
+        data_version=snap["id"],
+        ds=ds,
+        dag_run_id=run_id,
+        metrics={},
+        lineage=_lineage(spec, ds, record, snap, run_id),
+    )
+    return {k: record[k] for k in ("model_version", "data_version", "train_rows", "holdout_rows", "reused")}
+
+
+def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: str | None) -> dict[str, Any]:
+    return {
+        "vertical": spec.name,
+        "logical_date": ds,
+        "dag_run_id": run_id,
+        "data_version": snap["id"],
+        "data_tag": snap["tag"],
+        "data_commit": snap.get("commit"),
+        "data_md5": snap.get("md5"),
+        "suite": snap.get("suite"),
+        "suite_result": snap.get("suite_summary"),
+        "code_version": train_rec["code_version"],
+        "config_hash": train_rec["config_hash"],
+        "seed": train_rec["seed"],
+        "train_rows": train_rec["train_rows"],
+        "holdout_rows": train_rec["holdout_rows"],
+    }
+
+
+# -- evaluate ------------------------------------------------------------------
+
+
+def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Score the challenger and the current champion on the same time-based holdout."""
+    from pipelines.deploy import load_version, read_pointer
+    from pipelines.evaluation import compute_metrics, roc_points
+    from pipelines.features import label_vector
+    from pipelines.layout import write_json_atomic
+    from pipelines.modeling import load_model_dir
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    trained = layout.read_record(ds, "train", needed_by="evaluate")
+    _, holdout, _ = _window_split(spec, ds, settings, layout)
+    y_true = label_vector(holdout, spec.label)
+    challenger = load_model_dir(Path(trained["model_dir"]))
+    prob = challenger.predict_proba(holdout)
+    metrics = compute_metrics(y_true, prob, spec.model.decision_threshold)
+    pointer = read_pointer(settings.bucket_url, spec.name)
+    champion_version = pointer["version"] if pointer else None
+    champion_metrics = None
+    if champion_version is not None:
+        champion = load_version(spec.name, champion_version, bucket_url=settings.bucket_url)
+        champion_metrics = compute_metrics(y_true, champion.predict_proba(holdout), champion.decision_threshold)
+    record = {
+        "model_version": trained["model_version"],
+        "holdout_rows": len(holdout),
+        "holdout_start": str(holdout[spec.source.event_time].min()),
+        "holdout_end": str(holdout[spec.source.event_time].max()),
+        "challenger": metrics,
+        "champion": champion_metrics,
+        "champion_version": champion_version,
+    }
+    layout.write_record(ds, "evaluate", record)
+    write_json_atomic(layout.report_dir(ds) / "roc.json", {"roc": roc_points(y_true, prob)})
+    return record
+
+
+# -- gate ----------------------------------------------------------------------
+
+
+def gate(
+    vertical: str,
+    ds: str,
+    *,
+    settings: Settings | None = None,
+    force_reason: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Decide promotion from the evaluation; record the decision with its reasons."""
+    from pipelines.promotion import decide_promotion
+    from pipelines.registry import Registry
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    evaluation = layout.read_record(ds, "evaluate", needed_by="gate")
+    decision = decide_promotion(
+        spec.gate,
+        evaluation["challenger"],
+        champion=evaluation["champion"],
+        champion_version=evaluation["champion_version"],
+        holdout_rows=evaluation["holdout_rows"],
+        force_reason=force_reason,
+    )
+    record = {
+        "model_version": evaluation["model_version"],
+        "already_in_production": evaluation["model_version"] == evaluation["champion_version"],
+        **decision.to_dict(),
+    }
+    layout.write_record(ds, "gate", record)
+    Registry.from_settings(settings).record_decision(
+        vertical=spec.name,
+        ds=ds,
+        model_version=evaluation["model_version"],
+        approved=decision.approved,
+        forced=decision.forced,
+        forced_reason=decision.forced_reason,
+        reasons=record["rules"],
+        champion_version=evaluation["champion_version"],
+    )
+    log.info(
+        "%s %s: %s (%s)",
+        spec.name,
+        ds,
+        "approved" if decision.approved else "rejected",
+        "; ".join(decision.reasons),
+    )
+    return {k: record[k] for k in ("model_version", "approved", "forced", "reasons", "already_in_production")}
+
+
+# -- deploy --------------------------------------------------------------------
+
+
+def deploy(
+    vertical: str,
+    ds: str,
+    *,
+    settings: Settings | None = None,
+    dry_run: bool = False,
+    run_id: str | None = None,
+    actor: str = "cli",
+) -> dict[str, Any]:
+    """Push an approved model to the bucket and flip the pointer last.
+
+    A rejected decision or a dry run deploys nothing and says so; a version
+    already in production is a no-op.
+    """
+    from pipelines.deploy import deploy_version
+    from pipelines.model_card import render_model_card
+    from pipelines.registry import Registry
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    decision = layout.read_record(ds, "gate", needed_by="deploy")
+    version = decision["model_version"]
+    if not decision["approved"]:
+        record = {"deployed": False, "model_version": version, "why": "; ".join(decision["reasons"])}
+    elif dry_run:
+        record = {"deployed": False, "model_version": version, "why": "dry run: approved but not deployed"}
+    else:
+        trained = layout.read_record(ds, "train", needed_by="deploy")
+        evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
+        snap = layout.read_record(ds, "snapshot", needed_by="deploy")
+        lineage = {**_lineage(spec, ds, trained, snap, run_id), "decision": decision}
+        result = deploy_version(
+            bucket_url=settings.bucket_url,
+            vertical=spec.name,
+            model_version=version,
+            model_dir=Path(trained["model_dir"]),
+            metrics=evaluation,
+            lineage=lineage,
+            model_card=render_model_card(spec, ds, trained, evaluation, decision),
+            ds=ds,
+        )
+        if result.changed:
+            Registry.from_settings(settings).record_deployment(
+                vertical=spec.name,
+                model_version=version,
+                action="deploy",
+                previous_version=result.previous_version,
+                actor=f"{actor}:{run_id}" if run_id else actor,
+                ds=ds,
+            )
+        record = {
+            "deployed": result.changed,
+            "model_version": version,
+            "uri": result.uri,
+            "previous_version": result.previous_version,
+            "why": "deployed" if result.changed else "already in production",
+        }
+    layout.write_record(ds, "deploy", record)
+    return record
+
+
+# -- report --------------------------------------------------------------------
+
+
+def report(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Write the run summary (and mail it when the spec asks) ; refresh ``latest``."""
+    from pipelines import alerts
+    from pipelines.reporting import build_summary, render_summary, write_latest
+
+    spec, settings, layout = _context(vertical, ds, settings)
+    records = {
+        stage: layout.read_record(ds, stage, needed_by="report")
+        for stage in ("validate", "snapshot", "train", "evaluate", "gate", "deploy")
+    }
+    summary = build_summary(spec, ds, records)
+    text = render_summary(summary)
+    write_latest(layout, ds, summary, text)
+    outcome = "promoted" if summary["deployed"] else ("approved" if summary["approved"] else "rejected")
+    if outcome in spec.alerts.report_on or (outcome == "approved" and "promoted" in spec.alerts.report_on):
+        summary["emailed"] = alerts.deliver(
+            alerts.summary_email(spec, ds, text, outcome=outcome),
+            settings,
+            dedupe_key=f"{spec.name}-{ds}-report",
+        )
+    layout.write_record(ds, "report", summary)
+    return summary
+
+
+# -- all -----------------------------------------------------------------------
+
+
+def run_all(
+    vertical: str,
+    ds: str,
+    *,
+    settings: Settings | None = None,
+    force_reason: str | None = None,
+    dry_run: bool = False,
+    on_stage: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Every stage in order, as the DAG runs them; returns the run summary."""
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("extract", lambda: extract(vertical, ds, settings=settings)),
+        ("validate", lambda: validate(vertical, ds, settings=settings)),
+        ("snapshot", lambda: snapshot(vertical, ds, settings=settings)),
+        ("train", lambda: train(vertical, ds, settings=settings)),
+        ("evaluate", lambda: evaluate(vertical, ds, settings=settings)),
+        ("gate", lambda: gate(vertical, ds, settings=settings, force_reason=force_reason)),
+        ("deploy", lambda: deploy(vertical, ds, settings=settings, dry_run=dry_run)),
+        ("report", lambda: report(vertical, ds, settings=settings)),
+    ]
+    result: dict[str, Any] = {}
+    for name, step in steps:
+        if on_stage:
+            on_stage(vertical, name)
+        result = step()
+    return result
