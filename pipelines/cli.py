@@ -11,12 +11,12 @@ import json
 import logging
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pipelines import stages
 from pipelines.config import Settings, load_spec, vertical_names
-from pipelines.errors import DataQualityError, PipelineError, SpecError
+from pipelines.errors import DataQualityError, DeployError, PipelineError, SpecError
 
 log = logging.getLogger("pipelines.cli")
 
@@ -24,6 +24,13 @@ log = logging.getLogger("pipelines.cli")
 def yesterday() -> str:
     """Tonight's run covers yesterday's data interval (Airflow's logical date)."""
     return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
+def _iso_date(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad date {value!r}: use YYYY-MM-DD, e.g. 2026-11-27") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every stage for a vertical (or 'all') and a logical date")
     run.add_argument("vertical", help="vertical name, or 'all'")
-    run.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+    run.add_argument("--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
     run.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
     run.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
     run.add_argument("--json", action="store_true", help="print the summaries as JSON")
@@ -44,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in stages.STAGES:
         stage = sub.add_parser(name, help=f"run only the {name} stage")
         stage.add_argument("vertical")
-        stage.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+        stage.add_argument(
+            "--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)"
+        )
         if name == "gate":
             stage.add_argument("--force-reason", default=None)
         if name == "deploy":
@@ -129,7 +138,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.registry import Registry
 
     registry = Registry.from_settings(settings)
-    out = []
+    out: list[dict[str, Any]] = []
     for name in vertical_names(settings):
         champion = registry.champion(name)
         last = registry.last_decision(name)
@@ -160,16 +169,19 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     for row in out:
-        champ = row["champion"]
-        print(
-            f"{row['vertical']}: champion {champ['model_version'] if champ else 'none'}"
-            + (f" (data {champ['data_version']}, trained for {champ['ds']})" if champ else "")
-        )
-        last = row["last_decision"]
-        if last:
-            verdict = "approved" if last["approved"] else "rejected"
-            print(f"  last decision {last['ds']} {last['model_version']}: {verdict} — {'; '.join(last['reasons'])}")
+        print(_status_lines(row))
     return 0
+
+
+def _status_lines(row: dict[str, Any]) -> str:
+    champ, last = row["champion"], row["last_decision"]
+    lines = [f"{row['vertical']}: champion {champ['model_version'] if champ else 'none'}"]
+    if champ:
+        lines[0] += f" (data {champ['data_version']}, trained for {champ['ds']})"
+    if last:
+        verdict = "approved" if last["approved"] else "rejected"
+        lines.append(f"  last decision {last['ds']} {last['model_version']}: {verdict} — {'; '.join(last['reasons'])}")
+    return "\n".join(lines)
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,9 +189,12 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.registry import Registry
 
     spec = load_spec(args.vertical, settings)
+    registry = Registry.from_settings(settings)
+    if args.to_version and registry.model(spec.name, args.to_version) is None:
+        raise DeployError(f"version {args.to_version!r} is not in the registry; see `python -m pipelines status`")
     result = rollback(bucket_url=settings.bucket_url, vertical=spec.name, to_version=args.to_version)
     if result.changed:
-        Registry.from_settings(settings).record_deployment(
+        registry.record_deployment(
             vertical=spec.name,
             model_version=result.model_version,
             action="rollback",

@@ -26,6 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 GATE_METRICS = ("accuracy", "recall", "f1", "precision", "auroc")
 GateMetric = Literal["accuracy", "recall", "f1", "precision", "auroc"]
+ReportOutcome = Literal["promoted", "rejected"]
 
 
 class _Strict(BaseModel):
@@ -142,7 +143,7 @@ class Gate(_Strict):
 class Alerts(_Strict):
     emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
     #: Send the run summary on these outcomes too (data-quality alerts always go).
-    report_on: list[Literal["promoted", "rejected"]] = Field(default_factory=lambda: ["rejected"])
+    report_on: list[ReportOutcome] = Field(default_factory=lambda: list[ReportOutcome](["rejected"]))
 
 
 class VerticalSpec(_Strict):

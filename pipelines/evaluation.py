@@ -78,10 +78,7 @@ def roc_points(y_true: np.ndarray, y_prob: np.ndarray, max_points: int = 101) ->
     tpr = np.r_[0.0, tps / n_pos]
     thresholds = np.r_[top, sorted_prob[cut]]
     keep = _thin(fpr.size, max_points)
-    return [
-        {"fpr": round(float(fpr[i]), 6), "tpr": round(float(tpr[i]), 6), "threshold": round(float(thresholds[i]), 6)}
-        for i in keep
-    ]
+    return [{"fpr": float(fpr[i]), "tpr": float(tpr[i]), "threshold": float(thresholds[i])} for i in keep]
 
 
 def _validate(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

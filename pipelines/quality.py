@@ -74,12 +74,13 @@ def _jsonable(value: Any) -> Any:
 
 def _gx_context(settings: Settings, vertical: str) -> Any:
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     root = settings.home / "gx" / vertical
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(root))
     # Progress bars would flood Airflow task logs.
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
 
 
@@ -156,11 +157,11 @@ def _failed_expectation(result: Any) -> FailedExpectation:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
     res = result.result or {}
-    exc = result.exception_info or {}
     observed = res.get("observed_value")
-    if observed is None and exc.get("raised_exception"):
+    error = _exception_message(result.exception_info)
+    if observed is None and error:
         # E.g. a missing column: GX raises inside the metric and reports it here.
-        observed = f"error: {exc.get('exception_message')}"
+        observed = f"error: {error}"
     return FailedExpectation(
         expectation=config.type,
         column=config.kwargs.get("column"),
@@ -172,6 +173,18 @@ def _failed_expectation(result: Any) -> FailedExpectation:
         sample_keys=_jsonable(list(res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]),
         notes=(config.meta or {}).get("notes"),
     )
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX reports metric errors either flat or keyed by metric id; find the message."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
 
 
 def failing_rows(frame: pd.DataFrame, report: QualityReport, spec: VerticalSpec) -> pd.DataFrame:

@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pipelines.errors import DeployError, PipelineError, VersioningError
@@ -278,9 +278,18 @@ def _shared_engine(url: str) -> Engine:
         engine = _shared_engines.get(url)
         if engine is None:
             engine = create_registry_engine(url)
-            Base.metadata.create_all(engine)
+            _create_tables(engine)
             _shared_engines[url] = engine
         return engine
+
+
+def _create_tables(engine: Engine) -> None:
+    try:
+        Base.metadata.create_all(engine)
+    except DBAPIError:
+        # Two workers' first runs can race on CREATE TABLE (PostgreSQL reports a
+        # duplicate); the loser's second, checkfirst pass finds the tables made.
+        Base.metadata.create_all(engine)
 
 
 # -- the registry -----------------------------------------------------------
@@ -309,7 +318,7 @@ class Registry:
 
     def create_all(self) -> None:
         """Create missing tables; a no-op on an up-to-date database."""
-        Base.metadata.create_all(self.engine)
+        _create_tables(self.engine)
 
     def close(self) -> None:
         """Close pooled connections (the engine reconnects if used again)."""

@@ -13,10 +13,11 @@ def build_summary(spec: VerticalSpec, ds: str, records: dict[str, dict[str, Any]
     """One record per run, from the stage records (what the table and email show)."""
     evaluation, decision, deployed = records["evaluate"], records["gate"], records["deploy"]
     challenger, champion = evaluation["challenger"], evaluation["champion"] or {}
+    thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()}
     metrics = {
         metric: {
             "challenger": challenger.get(metric),
-            "threshold": spec.gate.thresholds.get(metric),
+            "threshold": thresholds.get(metric),
             "champion": champion.get(metric),
         }
         for metric in GATE_METRICS

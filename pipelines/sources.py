@@ -14,6 +14,7 @@ import logging
 import os
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -103,7 +104,7 @@ def _fetch_sql(spec: VerticalSpec, source: SqlSource, start: date, end: date, se
     url = resolve_connection_url(source.conn_id, settings)
     schema, _, name = source.table.rpartition(".")
     table = sa.table(name, schema=schema or None)
-    event = sa.column(source.event_time)
+    event: sa.ColumnClause[Any] = sa.column(source.event_time)
     query = (
         sa.select(sa.text("*")).select_from(table).where(event >= sa.bindparam("start"), event < sa.bindparam("end"))
     )

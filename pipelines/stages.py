@@ -250,6 +250,7 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     from pipelines.features import label_vector
     from pipelines.layout import write_json_atomic
     from pipelines.modeling import load_model_dir
+    from pipelines.registry import Registry
 
     spec, settings, layout = _context(vertical, ds, settings)
     trained = layout.read_record(ds, "train", needed_by="evaluate")
@@ -275,6 +276,16 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     }
     layout.write_record(ds, "evaluate", record)
     write_json_atomic(layout.report_dir(ds) / "roc.json", {"roc": roc_points(y_true, prob)})
+    snap = layout.read_record(ds, "snapshot", needed_by="evaluate")
+    Registry.from_settings(settings).record_model(
+        vertical=spec.name,
+        model_version=trained["model_version"],
+        data_version=trained["data_version"],
+        ds=ds,
+        dag_run_id=trained.get("run_id"),
+        metrics=metrics,
+        lineage=_lineage(spec, ds, trained, snap, trained.get("run_id")),
+    )
     return record
 
 
@@ -372,15 +383,16 @@ def deploy(
             model_card=render_model_card(spec, ds, trained, evaluation, decision),
             ds=ds,
         )
-        if result.changed:
-            Registry.from_settings(settings).record_deployment(
-                vertical=spec.name,
-                model_version=version,
-                action="deploy",
-                previous_version=result.previous_version,
-                actor=f"{actor}:{run_id}" if run_id else actor,
-                ds=ds,
-            )
+        # Always record: idempotent (no row when the version is already champion), and
+        # it repairs the registry when an earlier attempt died after the pointer flip.
+        Registry.from_settings(settings).record_deployment(
+            vertical=spec.name,
+            model_version=version,
+            action="deploy",
+            previous_version=result.previous_version,
+            actor=f"{actor}:{run_id}" if run_id else actor,
+            ds=ds,
+        )
         record = {
             "deployed": result.changed,
             "model_version": version,

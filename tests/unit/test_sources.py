@@ -1,0 +1,168 @@
+"""Extraction: bound date intervals from SQL (SQLite and PostgreSQL) and files."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines.config import VerticalSpec
+from pipelines.errors import SourceError
+from pipelines.layout import Layout
+from pipelines.sources import assemble_window, extract_days, parse_ds, resolve_connection_url, window_days
+
+
+def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
+    return VerticalSpec.model_validate(
+        {
+            "name": name,
+            "description": "test vertical",
+            "owner": "tests",
+            "source": source,
+            "key": "id",
+            "label": {"column": "y", "positive": 1},
+            "features": {"numeric": ["x"]},
+            "window": {"train_days": 10, "holdout_days": 3},
+            "gate": {"thresholds": {"accuracy": 0.5, "recall": 0.5, "f1": 0.5}},
+            "alerts": {"emails": ["owner@example.com"]},
+        }
+    )
+
+
+def rows(start: date, days: int, per_day: int = 3) -> pd.DataFrame:
+    records = []
+    for d in range(days):
+        for i in range(per_day):
+            records.append({"id": d * 100 + i, "x": float(i), "y": i % 2, "event_date": start + timedelta(days=d)})
+    return pd.DataFrame(records)
+
+
+def write_table(url: str, table: str, frame: pd.DataFrame) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        frame.to_sql(table, conn, index=False, if_exists="replace", dtype={"event_date": sa.Date()})
+    engine.dispose()
+
+
+def test_parse_ds_rejects_bad_dates_with_the_expected_format():
+    assert parse_ds("2026-11-27") == date(2026, 11, 27)
+    with pytest.raises(SourceError, match="use YYYY-MM-DD"):
+        parse_ds("27/11/2026")
+    with pytest.raises(SourceError, match="2026-13-01"):
+        parse_ds("2026-13-01")
+
+
+def test_window_days_ends_at_ds_inclusive():
+    spec = make_spec({"kind": "sql", "table": "t"})
+    days = window_days(spec, "2026-01-10")
+    assert days[0] == "2026-01-01" and days[-1] == "2026-01-10" and len(days) == 10
+
+
+def test_sqlite_extract_writes_one_partition_per_day_only_for_the_interval(settings, monkeypatch):
+    url = f"sqlite:///{settings.home / 'src.db'}"
+    write_table(url, "events", rows(date(2026, 1, 1), 5))
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+
+    counts = extract_days(spec, ["2026-01-02", "2026-01-03"], settings)
+
+    assert counts == {"2026-01-02": 3, "2026-01-03": 3}
+    layout = Layout(settings, "demo")
+    part = pd.read_parquet(layout.raw("2026-01-02"))
+    assert set(part["event_date"]) == {"2026-01-02"}
+    assert list(part["id"]) == sorted(part["id"])
+    assert not layout.raw("2026-01-01").exists() and not layout.raw("2026-01-04").exists()
+
+
+def test_day_without_rows_still_gets_an_empty_partition(settings, monkeypatch):
+    url = f"sqlite:///{settings.home / 'src.db'}"
+    write_table(url, "events", rows(date(2026, 1, 1), 2))
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+    counts = extract_days(spec, ["2026-01-05"], settings)
+    assert counts == {"2026-01-05": 0}
+    assert len(pd.read_parquet(Layout(settings, "demo").raw("2026-01-05"))) == 0
+
+
+def test_reextracting_unchanged_rows_gives_identical_bytes(settings, monkeypatch):
+    url = f"sqlite:///{settings.home / 'src.db'}"
+    write_table(url, "events", rows(date(2026, 1, 1), 2))
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+    path = Layout(settings, "demo").raw("2026-01-01")
+    extract_days(spec, ["2026-01-01"], settings)
+    first = path.read_bytes()
+    extract_days(spec, ["2026-01-01"], settings)
+    assert path.read_bytes() == first
+
+
+@pytest.mark.postgres
+def test_postgres_extract_binds_the_interval(settings, monkeypatch, postgres_url):
+    table = f"events_{uuid.uuid4().hex[:8]}"
+    write_table(postgres_url, table, rows(date(2026, 1, 1), 4))
+    try:
+        # Airflow's URI form (postgres://) is accepted and mapped to the psycopg driver.
+        monkeypatch.setenv("AIRFLOW_CONN_PG_SRC", postgres_url.replace("postgresql+psycopg://", "postgres://"))
+        spec = make_spec({"kind": "sql", "conn_id": "pg_src", "table": table})
+        counts = extract_days(spec, ["2026-01-03", "2026-01-04"], settings)
+        assert counts == {"2026-01-03": 3, "2026-01-04": 3}
+        part = pd.read_parquet(Layout(settings, "demo").raw("2026-01-04"))
+        assert set(part["event_date"]) == {"2026-01-04"}  # driver dates normalised to ISO strings
+    finally:
+        engine = sa.create_engine(postgres_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+        engine.dispose()
+
+
+def test_file_source_reads_one_file_per_day(settings, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    frame = rows(date(2026, 2, 1), 3)
+    frame["event_date"] = frame["event_date"].astype(str)
+    for day, part in frame.groupby("event_date"):
+        part.to_csv(folder / f"{day}.csv", index=False)
+    spec = make_spec({"kind": "files", "url": f"file://{folder}/{{ds}}.csv", "format": "csv"})
+    counts = extract_days(spec, ["2026-02-02", "2026-02-09"], settings)
+    assert counts == {"2026-02-02": 3, "2026-02-09": 0}
+
+
+def test_unreachable_source_is_a_clear_source_error(settings, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", f"sqlite:///{settings.home / 'missing' / 'no.db'}")
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+    with pytest.raises(SourceError, match="unreachable or the table 'events' is missing"):
+        extract_days(spec, ["2026-01-01"], settings)
+
+
+def test_connection_resolution(settings, monkeypatch):
+    assert resolve_connection_url("warehouse_default", settings) == settings.warehouse_url
+    with pytest.raises(SourceError, match="AIRFLOW_CONN_NOPE"):
+        resolve_connection_url("nope", settings)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_JSONCONN",
+        json.dumps({"conn_type": "postgres", "host": "db", "port": 5433, "login": "u", "password": "p@ss", "schema": "w"}),
+    )
+    assert resolve_connection_url("jsonconn", settings) == "postgresql+psycopg://u:p%40ss@db:5433/w"
+    monkeypatch.setenv("AIRFLOW_CONN_BAD", '{"conn_type": "ftp"}')
+    with pytest.raises(SourceError, match="unsupported conn_type"):
+        resolve_connection_url("bad", settings)
+
+
+def test_assemble_window_reports_missing_days(settings):
+    spec = make_spec({"kind": "sql", "table": "t"})
+    layout = Layout(settings, "demo")
+    frame = rows(date(2026, 1, 1), 10)
+    frame["event_date"] = frame["event_date"].astype(str)
+    from pipelines.sources import write_partition
+
+    for day, part in frame.groupby("event_date"):
+        if day != "2026-01-04":  # e.g. quarantined
+            write_partition(part, layout.validated(day), "id")
+    window, missing = assemble_window(spec, "2026-01-10", settings)
+    assert missing == ["2026-01-04"]
+    assert len(window) == 27
+    assert list(window["event_date"]) == sorted(window["event_date"])
