@@ -15,12 +15,13 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow seed test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed test test-fast lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
 	@echo "make test       install if needed, run the whole test suite"
-	@echo "make airflow    start Airflow standalone on http://localhost:8080"
+	@echo "make airflow    start Airflow standalone on http://localhost:8080 (user admin; see docs/airflow.md)"
+	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
 	@echo "make pipeline   the same nightly run without Airflow (CLI)"
 	@echo "make lint       ruff and mypy"
 
@@ -36,8 +37,18 @@ install: $(STAMP)
 seed: install
 	$(BIN)/python -m pipelines seed
 
-run: seed
-	$(BIN)/python -m pipelines run all
+# Tonight's run (logical date = yesterday, UTC) of every vertical's DAG through Airflow
+# (dag.test on the embedded defaults: SQLite metadata DB in .state/airflow), then the decision table.
+run: seed dags
+	$(BIN)/python -m pipelines.orchestration run all
+
+# One generated 3-line DAG file per spec, so a broken spec is an import error of its own file only.
+dags: install
+	$(BIN)/python -m pipelines.orchestration dags
+
+# Airflow UI + scheduler + dag-processor + triggerer on http://localhost:8080, same DAGs and data root.
+airflow: install dags
+	$(BIN)/python -m pipelines.orchestration standalone
 
 pipeline: seed
 	$(BIN)/python -m pipelines run all

@@ -13,6 +13,8 @@ from typing import Any
 
 from pipelines.config import Gate
 
+_EPSILON = 1e-9
+
 
 @dataclass(frozen=True)
 class RuleResult:
@@ -63,7 +65,7 @@ def _threshold_rules(gate: Gate, challenger: dict[str, Any]) -> list[RuleResult]
         if value is None:
             rules.append(RuleResult(f"threshold:{metric}", False, None, floor, f"{metric} could not be computed"))
             continue
-        passed = value >= floor
+        passed = value >= floor - _EPSILON
         verb = "meets" if passed else "is below"
         rules.append(
             RuleResult(f"threshold:{metric}", passed, value, floor, f"{metric} {value:.4f} {verb} floor {floor:.4f}")
@@ -78,8 +80,9 @@ def _champion_rules(gate: Gate, challenger: dict[str, Any], champion: dict[str, 
         if ours is None or theirs is None:
             continue
         tolerance = gate.champion_tolerance.get(metric, 0.0)
-        required = round(theirs - tolerance, 6)
-        passed = ours >= required
+        required = theirs - tolerance
+        # Equal metrics (e.g. the champion re-scored against itself) must pass despite float noise.
+        passed = ours >= required - _EPSILON
         verb = "is not worse than" if passed else "is worse than"
         rules.append(
             RuleResult(

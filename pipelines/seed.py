@@ -41,7 +41,7 @@ MANUFACTURING_ROWS_PER_DAY = 60
 #: never moves when data changes).  Below the cut-off = at risk.
 STAR_MATH_AT_RISK_BELOW = {"K": 454.0, "1": 500.0, "2": 550.0, "3": 591.0}
 STAR_GRADES = ("K", "1", "2", "3")
-#: Table layout; ``rownames``, ``birthq`` (parsed into ``birth_quarter``) and
+#: Table layout; ``birthq`` (parsed into ``birth_quarter``) and
 #: ``yrs`` (the grade as a number, no retention in the data) are left out.
 STAR_COLUMNS = [
     "record_id",
@@ -160,6 +160,8 @@ def build_education_star_students(rng: np.random.Generator) -> pd.DataFrame:
     """
     raw = _load("mlmRev", "star").rename(
         columns={
+            # The row number, not student id + grade: a key must not carry PII.
+            "rownames": "record_id",
             "id": "student_id",
             "sch": "school_id",
             "tch": "teacher_id",
@@ -188,7 +190,6 @@ def build_education_star_students(rng: np.random.Generator) -> pd.DataFrame:
         frame["math_score"] < frame["grade"].map(STAR_MATH_AT_RISK_BELOW), "at_risk", "on_track"
     )
     frame["math_at_risk"] = frame["math_at_risk"].astype("str")
-    frame.insert(0, "record_id", frame["student_id"].astype("str") + "-" + frame["grade"])
     frame = frame.loc[:, STAR_COLUMNS].iloc[rng.permutation(len(frame))]
     return _finish(_stamp(frame, rng), "record_id")
 
@@ -227,7 +228,8 @@ def build_demo_frames(verticals: Iterable[str] | None = None) -> dict[str, pd.Da
     return {name: DEMO_BUILDERS[name](_rng(name)) for name in names}
 
 
-def _engine(url: str) -> sa.Engine:
+def warehouse_engine(url: str) -> sa.Engine:
+    """An engine for writing the warehouse; on SQLite DDL joins the transaction too."""
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":
         database = engine.url.database
@@ -253,6 +255,8 @@ def write_table(engine: sa.Engine, table: str, frame: pd.DataFrame, *, key: str,
     Readers see either the old table or the new one, never a half-written
     one, and re-running gives the same contents (no appended duplicates).
     """
+    # Python dates bind as DATE on every driver (SQLite's Date type takes nothing else).
+    frame = frame.assign(event_date=pd.to_datetime(frame["event_date"]).dt.date)
     with engine.begin() as conn:
         frame.to_sql(
             table,
@@ -287,7 +291,7 @@ def seed_warehouse(
     for name, spec in specs.items():
         if spec.source.kind != "sql":
             raise SourceError(f"spec source is {spec.source.kind!r}; only SQL sources are seeded", vertical=name)
-    engine = _engine(url)
+    engine = warehouse_engine(url)
     written: dict[str, int] = {}
     try:
         for name in names:

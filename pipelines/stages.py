@@ -141,6 +141,8 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
     frame, missing = assemble_window(spec, ds, settings)
+    # Data minimisation: PII never enters the long-lived, replicated DVC remote.
+    frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
     if frame.empty:
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)

@@ -18,6 +18,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from functools import cache
@@ -30,6 +31,7 @@ import pandas as pd
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
 from pipelines.features import Preprocessor, label_vector
+from pipelines.layout import write_json_atomic
 
 LAST_CHECKPOINT = "last.ckpt"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -205,8 +207,6 @@ def train_model(train: pd.DataFrame, spec: VerticalSpec, *, model_dir: Path, che
     (the checkpoint dir must belong to this model version: a checkpoint made
     from other data or hyperparameters is refused, not silently continued).
     """
-    import torch
-
     from pipelines.modeling import save_model_dir
 
     preprocessor = Preprocessor.fit(train, spec.features)
@@ -215,14 +215,17 @@ def train_model(train: pd.DataFrame, spec: VerticalSpec, *, model_dir: Path, che
     hparams = _hparams(spec, x, y)
     resume_from = _prepare_checkpoint_dir(checkpoint_dir, _fingerprint(x, y, hparams), spec)
 
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    try:
+    with _torch_process_settings():
         module, epochs_run, resumed_at = _fit(
             x, y, hparams, spec, checkpoint_dir=checkpoint_dir, resume_from=resume_from
         )
-    finally:
-        # Trainer(deterministic=True) flips a process-wide flag; give the host process its own back.
-        torch.use_deterministic_algorithms(deterministic_before)
+    if epochs_run != spec.model.epochs:
+        # Only a checkpoint from a run with more epochs gets here; its weights are not this spec's model.
+        raise TrainingError(
+            f"checkpoint in {checkpoint_dir} is at epoch {epochs_run}, past model.epochs={spec.model.epochs}; "
+            f"delete {checkpoint_dir} to retrain from scratch",
+            vertical=spec.name,
+        )
 
     label = {"column": spec.label.column, "positive": spec.label.positive}
     save_model_dir(
@@ -242,6 +245,27 @@ def train_model(train: pd.DataFrame, spec: VerticalSpec, *, model_dir: Path, che
         resumed_at_epoch=resumed_at,
         train_positives=int(y.sum()),
     )
+
+
+@contextmanager
+def _torch_process_settings() -> Iterator[None]:
+    """One intra-op thread and deterministic kernels while training; restore both after.
+
+    One thread: these nets are far too small to gain from more, and on a busy
+    host (several verticals training at once) spin-waiting threads made a 3 s
+    fit take 18 s.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        # Both are process-wide (Trainer(deterministic=True) sets the flag): give the host its own back.
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _hparams(spec: VerticalSpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -281,8 +305,6 @@ def _prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: str, spec: Vertic
                 vertical=spec.name,
             )
         return last
-    from pipelines.layout import write_json_atomic
-
     write_json_atomic(marker, {"fingerprint": fingerprint})
     return None
 

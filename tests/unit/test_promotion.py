@@ -105,3 +105,9 @@ def test_decision_record_is_serialisable_with_margins():
     json.dumps(record)
     assert all("margin" in r for r in record["rules"])
     assert record["approved"] is True
+
+
+def test_champion_rescored_against_itself_passes_despite_float_noise():
+    metrics = {"accuracy": 0.7501234567, "recall": 0.6, "f1": 0.6, "auroc": 0.1 + 0.2}
+    decision = decide_promotion(GATE, metrics, champion=dict(metrics), champion_version="mv-same", holdout_rows=500)
+    assert decision.approved, decision.reasons

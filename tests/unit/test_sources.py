@@ -144,7 +144,9 @@ def test_connection_resolution(settings, monkeypatch):
         resolve_connection_url("nope", settings)
     monkeypatch.setenv(
         "AIRFLOW_CONN_JSONCONN",
-        json.dumps({"conn_type": "postgres", "host": "db", "port": 5433, "login": "u", "password": "p@ss", "schema": "w"}),
+        json.dumps(
+            {"conn_type": "postgres", "host": "db", "port": 5433, "login": "u", "password": "p@ss", "schema": "w"}
+        ),
     )
     assert resolve_connection_url("jsonconn", settings) == "postgresql+psycopg://u:p%40ss@db:5433/w"
     monkeypatch.setenv("AIRFLOW_CONN_BAD", '{"conn_type": "ftp"}')

@@ -231,6 +231,9 @@ def test_resume_continues_to_the_same_weights(fresh_four_epochs: tuple[Path, Any
     # Shuffles and dropout are seeded by (seed, epoch), so stopping halfway changes nothing.
     assert resumed.weights_sha256 == uninterrupted.weights_sha256
 
+    with pytest.raises(TrainingError, match=r"at epoch 4, past model\.epochs=3"):
+        train_model(make_rows(400), make_spec(model={"epochs": 3}), model_dir=tmp_path / "m3", checkpoint_dir=ckpt)
+
 
 def test_checkpoint_from_other_data_is_refused(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"

@@ -1,0 +1,67 @@
+"""``python -m pipelines.orchestration {dags,run,standalone}``.
+
+* ``dags [--check]``: (re)generate ``dags/<vertical>.py`` from the specs.
+* ``run [VERTICAL ...] [--date D]``: the nightly run through Airflow (`make run`).
+* ``standalone``: ``airflow standalone`` on the embedded defaults (`make airflow`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def _dags(argv: list[str]) -> int:
+    from pipelines.orchestration.dag_files import DAGS_DIR, DagFileError, sync_dag_files
+
+    check = "--check" in argv
+    try:
+        report = sync_dag_files(DAGS_DIR, check=check)
+    except DagFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    verb = "would write" if check else "wrote"
+    for name in report.written:
+        print(f"{verb} dags/{name}.py")
+    for name in report.removed:
+        print(f"{'would remove' if check else 'removed'} dags/{name}.py (its spec is gone)")
+    if check and report.changed:
+        print("dags/ is out of date with verticals/: run `make dags`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _standalone() -> int:
+    from pipelines.orchestration.airflow_env import apply_embedded_defaults
+
+    env = apply_embedded_defaults(dict(os.environ))
+    airflow = Path(sys.executable).with_name("airflow")
+    home = env["AIRFLOW_HOME"]
+    print(
+        f"Airflow UI: {env['AIRFLOW__API__BASE_URL']}  user: admin  password: "
+        f"{home}/simple_auth_manager_passwords.json.generated\n"
+        f"AIRFLOW_HOME={home}  PIPELINES_HOME={env['PIPELINES_HOME']}  "
+        f"dags: {env['AIRFLOW__CORE__DAGS_FOLDER']}  (Ctrl-C stops it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.execve(airflow, [str(airflow), "standalone"], dict(env))
+
+
+def main(argv: list[str]) -> int:
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "dags":
+        return _dags(rest)
+    if command == "run":
+        from pipelines.orchestration.nightly import main as run_main
+
+        return run_main(rest)
+    if command == "standalone":
+        return _standalone()
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""`make run`: tonight's retraining for every vertical, through Airflow.
+
+Runs each vertical's DAG with ``dag.test()`` against the embedded defaults
+(`pipelines.orchestration.airflow_env`): the real Airflow task runner,
+trigger rules, retries, callbacks, XComs and metadata DB, in one process, so
+no scheduler or API server has to be started.  It then prints the same
+decision table as ``python -m pipelines run all``.
+
+Exit status: 0 when every vertical's run succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.orchestration.airflow_env import apply_embedded_defaults
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+log = logging.getLogger("pipelines.orchestration.nightly")
+
+
+def yesterday() -> str:
+    return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+
+
+def migrate_metadata_db() -> None:
+    """Create or upgrade Airflow's metadata DB (a no-op when it is current)."""
+    from airflow.utils import db
+
+    db.upgradedb()
+
+
+def load_dags() -> tuple[dict[str, DAG], dict[str, str]]:
+    """Parse the configured dags folder: DAGs by id, import errors by file."""
+    from airflow.configuration import conf
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(conf.get("core", "dags_folder"))
+    return dict(bag.dags), dict(bag.import_errors)
+
+
+def run_conf(*, dry_run: bool, force_reason: str | None) -> dict[str, Any]:
+    return {"dry_run": dry_run, "force_promotion": bool(force_reason), "force_reason": force_reason or ""}
+
+
+def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """One DAG run for ``ds`` (logical date ``ds``T00:00Z); returns its summary row."""
+    from pipelines.config import Settings
+    from pipelines.layout import Layout
+    from pipelines.orchestration.tasks import FAILURE_RECORD
+
+    logical = datetime.combine(date.fromisoformat(ds), datetime.min.time(), tzinfo=UTC)
+    started = time.monotonic()
+    dag_run = dag.test(logical_date=logical, run_conf=conf)
+    layout = Layout(Settings.from_env(), dag.dag_id)
+    state = str(dag_run.state)
+    row: dict[str, Any]
+    if state == "success":
+        row = json.loads(layout.record_path(ds, "report").read_text())
+    else:
+        row = {"vertical": dag.dag_id, "ds": ds, "blocked": f"run {state}", "error": "see the task logs"}
+        if layout.has_record(ds, FAILURE_RECORD):
+            failure = layout.read_record(ds, FAILURE_RECORD, needed_by="make run")
+            if failure.get("run_id") == dag_run.run_id:
+                kind = "data quality" if failure.get("data_quality") else f"{failure['task_id']}: {failure['error_type']}"
+                row.update(blocked=kind, error=failure["error"])
+    row["run_id"] = dag_run.run_id
+    row["tasks"] = {
+        ti.task_id: {"state": str(ti.state), "try_number": ti.try_number} for ti in dag_run.get_task_instances()
+    }
+    row["seconds"] = round(time.monotonic() - started, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.orchestration run", description=__doc__.splitlines()[0])
+    parser.add_argument("verticals", nargs="*", default=["all"], help="vertical names, or 'all' (default)")
+    parser.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+    parser.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
+    parser.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
+    parser.add_argument("--json", action="store_true", help="print the summaries as JSON instead of the table")
+    parser.add_argument("--summary-json", default=None, help="also write the summaries (with task states) here")
+    args = parser.parse_args(argv)
+
+    apply_embedded_defaults()  # before the first airflow import
+    from pipelines.cli import decision_table
+    from pipelines.config import Settings, vertical_names
+
+    ds = args.date or yesterday()
+    date.fromisoformat(ds)  # reject a malformed date before starting Airflow
+    names = vertical_names(Settings.from_env()) if args.verticals == ["all"] else args.verticals
+    migrate_metadata_db()
+    dags, import_errors = load_dags()
+    conf = run_conf(dry_run=args.dry_run, force_reason=args.force_reason)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        print(f"[{time.strftime('%H:%M:%S')}] {name} {ds}: running the DAG through Airflow …", file=sys.stderr)
+        if name not in dags:
+            error = next((e for f, e in import_errors.items() if f.endswith(f"{name}.py")), None)
+            rows.append(
+                {
+                    "vertical": name,
+                    "ds": ds,
+                    "blocked": "DAG import error" if error else "no DAG",
+                    "error": (error or f"no DAG file for {name!r}: run `make dags`").strip().splitlines()[-1],
+                }
+            )
+            continue
+        rows.append(run_vertical(dags[name], ds, conf))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(rows, indent=2, default=str))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(decision_table(rows))
+    failed = [row["vertical"] for row in rows if "blocked" in row]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,122 @@
+"""What runs inside each Airflow task: call one stage, map its errors.
+
+Task bodies in the DAG are one call to `run_stage`.  The stage functions are
+imported here, at run time, never at DAG parse time (they pull in pandas, and
+their own callees torch, Great Expectations and DVC).
+
+Failure semantics (see docs/airflow.md):
+
+* `DataQualityError` -> `DataQualityFailure` (an ``AirflowFailException``):
+  the run fails at once, without retries.  The stage already quarantined the
+  partition and sent the data-quality alert; retrying would only re-check the
+  same bad rows.
+* anything else (other `PipelineError`\\ s, unexpected exceptions) propagates
+  unchanged: a retryable fault, retried with exponential back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+
+#: Record written (per vertical and date) when a task fails; `make run` reads it
+#: to say *why* a vertical is blocked without digging through task logs.
+FAILURE_RECORD = "airflow_failure"
+
+
+class DataQualityFailure(AirflowFailException):
+    """The vertical's suite failed: fail the run now, never retry.
+
+    The failure notifier recognises it and sends nothing more, because the
+    stage's own data-quality alert already told the owners everything.
+    """
+
+
+class InvalidRunParams(AirflowFailException):
+    """The trigger's params contradict each other; retrying cannot fix them."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The validated trigger-form params of one DAG run."""
+
+    dry_run: bool = False
+    #: Set only when ``force_promotion`` is true; recorded with the decision.
+    force_reason: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> RunOptions:
+        force = bool(params.get("force_promotion", False))
+        reason = str(params.get("force_reason") or "").strip()
+        if force and not reason:
+            raise InvalidRunParams(
+                "force_promotion is true but force_reason is empty: give the reason for overriding the gate "
+                "(it is recorded with the decision) and trigger the run again"
+            )
+        if reason and not force:
+            log.warning("force_reason %r ignored: force_promotion is false", reason)
+        return cls(dry_run=bool(params.get("dry_run", False)), force_reason=reason if force else None)
+
+
+def run_ds(context: Mapping[str, Any]) -> str:
+    """The run's logical date as YYYY-MM-DD (UTC): the day whose data the run covers.
+
+    Scheduled runs use a cron *data-interval* timetable, so the logical date is
+    the start of the interval (02:00 on the 27th covers the 27th, runs on the
+    28th); a manual run covers the logical date it was triggered with.  A run
+    triggered without one covers the day before it ran, like tonight's run.
+    """
+    logical = context.get("logical_date")
+    if logical is None:
+        logical = context["dag_run"].run_after - timedelta(days=1)
+    return logical.astimezone(UTC).date().isoformat()
+
+
+def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` and return its small record."""
+    from pipelines import stages
+    from pipelines.errors import DataQualityError
+
+    ds = run_ds(context)
+    try:
+        result: dict[str, Any] = getattr(stages, stage)(vertical, ds, **kwargs)
+    except DataQualityError as exc:
+        record_failure(vertical, ds, context, exc)
+        raise DataQualityFailure(str(exc)) from exc
+    except BaseException as exc:
+        record_failure(vertical, ds, context, exc)
+        raise
+    return result
+
+
+def record_failure(vertical: str, ds: str, context: Mapping[str, Any], exc: BaseException) -> None:
+    """Write what failed next to the stage records (each failed try overwrites it)."""
+    from pipelines.config import Settings
+    from pipelines.layout import Layout
+
+    ti = context.get("ti")
+    record = {
+        "vertical": vertical,
+        "ds": ds,
+        "run_id": context.get("run_id"),
+        "task_id": getattr(ti, "task_id", None),
+        "try_number": getattr(ti, "try_number", None),
+        "error_type": type(exc).__name__,
+        "data_quality": type(exc).__name__ == "DataQualityError",
+        "error": str(exc),
+        "traceback": traceback.format_exception(exc)[-3:],
+        "at": datetime.now(UTC).isoformat(),
+    }
+    try:
+        Layout(Settings.from_env(), vertical).write_record(ds, FAILURE_RECORD, record)
+    except OSError:
+        # Never let the bookkeeping mask the task's real error.
+        log.exception("could not record the failure of %s %s", vertical, ds)

@@ -1,0 +1,27 @@
+"""DAG-integrity fixtures: a DagBag of the repo's ``dags/``, parsed like Airflow does.
+
+Airflow reads its configuration once, when first imported, and creates
+``AIRFLOW_HOME`` if it is missing: point it at a throw-away folder before any
+test imports it, so these tests never touch a developer's real Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pipelines-dagbag-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+
+from pipelines.orchestration.dag_files import DAGS_DIR  # noqa: E402  (after the env above)
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    """Every DAG file in ``dags/``, parsed once per session with the repo's specs."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(str(DAGS_DIR))

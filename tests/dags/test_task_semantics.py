@@ -1,0 +1,210 @@
+"""What the task bodies and callbacks decide, without running Airflow.
+
+Params validation, the run's date, the error mapping that decides retry vs
+fail-now, and where a failure email goes.  The same paths run for real
+through Airflow in tests/integration/test_airflow_alerts.py.
+"""
+
+from __future__ import annotations
+
+import email
+from datetime import UTC, datetime
+from email import policy
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from pipelines import stages
+from pipelines.errors import DataQualityError, SourceError
+from pipelines.orchestration import notifiers
+from pipelines.orchestration.dag_files import (
+    MARKER,
+    DagFileError,
+    is_generated,
+    render_dag_file,
+    sync_dag_files,
+)
+from pipelines.orchestration.notifiers import FailureNotifier, failure_message
+from pipelines.orchestration.tasks import (
+    FAILURE_RECORD,
+    DataQualityFailure,
+    InvalidRunParams,
+    RunOptions,
+    run_ds,
+    run_stage,
+)
+
+pytestmark = pytest.mark.airflow
+
+
+def context(ds: str = "2026-11-27", **extra):
+    ti = SimpleNamespace(task_id="validate", dag_id="finance", try_number=1, log_url="http://localhost:8080/log")
+    return {
+        "logical_date": datetime.fromisoformat(f"{ds}T00:00:00+00:00"),
+        "run_id": "manual__x",
+        "ti": ti,
+        "params": {},
+        **extra,
+    }
+
+
+# -- params --------------------------------------------------------------------
+
+
+def test_defaults_deploy_and_do_not_force():
+    assert RunOptions.from_params({}) == RunOptions(dry_run=False, force_reason=None)
+
+
+def test_dry_run_param():
+    assert RunOptions.from_params({"dry_run": True}).dry_run is True
+
+
+@pytest.mark.parametrize("reason", ["", "   ", None])
+def test_force_without_reason_fails_without_retry(reason):
+    with pytest.raises(InvalidRunParams, match="force_reason is empty") as err:
+        RunOptions.from_params({"force_promotion": True, "force_reason": reason})
+    assert isinstance(err.value, AirflowFailException)  # Airflow does not retry it
+
+
+def test_force_reason_is_passed_only_when_forcing():
+    forced = RunOptions.from_params({"force_promotion": True, "force_reason": " CFO sign-off #12 "})
+    assert forced.force_reason == "CFO sign-off #12"
+    assert RunOptions.from_params({"force_promotion": False, "force_reason": "x"}).force_reason is None
+
+
+# -- the run's date --------------------------------------------------------------
+
+
+def test_ds_is_the_logical_date_in_utc():
+    assert run_ds({"logical_date": datetime(2026, 11, 27, 2, 0, tzinfo=UTC)}) == "2026-11-27"
+
+
+def test_run_without_logical_date_covers_the_day_before_it_ran():
+    dag_run = SimpleNamespace(run_after=datetime(2026, 11, 28, 9, 30, tzinfo=UTC))
+    assert run_ds({"dag_run": dag_run}) == "2026-11-27"
+
+
+# -- error mapping -------------------------------------------------------------------
+
+
+def test_data_quality_error_fails_the_run_without_retry(settings, monkeypatch):
+    def bad(vertical, ds, **_):
+        raise DataQualityError("2 expectations failed", vertical=vertical, ds=ds)
+
+    monkeypatch.setattr(stages, "validate", bad)
+    with pytest.raises(DataQualityFailure, match="2 expectations failed") as err:
+        run_stage("validate", "finance", context())
+    assert isinstance(err.value, AirflowFailException)
+    assert isinstance(err.value.__cause__, DataQualityError)
+    record = (settings.home / "runs" / "finance" / "2026-11-27" / f"{FAILURE_RECORD}.json").read_text()
+    assert '"data_quality": true' in record and '"run_id": "manual__x"' in record
+
+
+@pytest.mark.parametrize("exc", [SourceError("warehouse down"), RuntimeError("disk full")])
+def test_other_errors_stay_retryable(settings, monkeypatch, exc):
+    def flaky(vertical, ds, **_):
+        raise exc
+
+    monkeypatch.setattr(stages, "extract", flaky)
+    with pytest.raises(type(exc)) as err:
+        run_stage("extract", "finance", context())
+    assert not isinstance(err.value, AirflowFailException)
+    assert (settings.home / "runs" / "finance" / "2026-11-27" / f"{FAILURE_RECORD}.json").exists()
+
+
+def test_stage_gets_vertical_ds_and_kwargs(monkeypatch):
+    seen = {}
+
+    def gate(vertical, ds, **kwargs):
+        seen.update(vertical=vertical, ds=ds, **kwargs)
+        return {"approved": True}
+
+    monkeypatch.setattr(stages, "gate", gate)
+    assert run_stage("gate", "finance", context(), force_reason="why", run_id="r1") == {"approved": True}
+    assert seen == {"vertical": "finance", "ds": "2026-11-27", "force_reason": "why", "run_id": "r1"}
+
+
+# -- failure notifier ----------------------------------------------------------
+
+
+def test_no_second_email_for_a_data_quality_failure(settings, monkeypatch):
+    monkeypatch.setattr(notifiers, "connection_exists", lambda _: pytest.fail("must not look up SMTP"))
+    FailureNotifier(vertical="finance", to=["a@example.com"]).notify(
+        context(exception=DataQualityFailure("suite failed"))
+    )
+    assert not (settings.home / "outbox").exists()
+
+
+def test_failure_email_goes_to_the_outbox_without_smtp(settings, monkeypatch):
+    monkeypatch.setattr(notifiers, "connection_exists", lambda _: False)
+    FailureNotifier(vertical="finance", to=["a@example.com", "b@example.com"]).notify(
+        context(exception=SourceError("warehouse down", vertical="finance", ds="2026-11-27"))
+    )
+    [path] = (settings.home / "outbox").glob("*.eml")
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["Subject"] == "[retrain failed] finance 2026-11-27: task validate"
+    assert message["To"] == "a@example.com, b@example.com"
+    body = message.get_content()
+    assert "SourceError: [finance, 2026-11-27] warehouse down" in body
+    assert "production model is unchanged" in body
+    assert "python -m pipelines run finance --date 2026-11-27" in body
+
+
+def test_failure_email_is_sent_through_smtp_default(settings, smtp_server):
+    FailureNotifier(vertical="finance", to=["a@example.com"]).notify(context(exception=RuntimeError("{{ boom }}")))
+    [message] = smtp_server.messages
+    assert message["Subject"] == "[retrain failed] finance 2026-11-27: task validate"
+    assert message["From"] == "airflow@example.com"  # from the connection's extra
+    html_part = message.get_body(("html",)).get_content()
+    assert "RuntimeError: {{ boom }}" in html_part  # not rendered as a template
+    assert not (settings.home / "outbox").exists()
+
+
+def test_failure_message_names_task_run_and_rerun():
+    subject, body = failure_message("finance", context(exception=RuntimeError("x")))
+    assert subject == "[retrain failed] finance 2026-11-27: task validate"
+    assert "finance / manual__x" in body and "try 1" in body
+    assert "airflow tasks clear finance -t '^validate$' -d -s 2026-11-27 -e 2026-11-27" in body
+
+
+# -- generated DAG files ---------------------------------------------------------
+
+
+def test_sync_writes_rewrites_and_removes_only_generated_files(tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "handwritten.py").write_text("# my own DAG\n")
+    (dags / "stale.py").write_text(render_dag_file("stale"))
+    (dags / "b_vertical.py").write_text(render_dag_file("b_vertical") + "# edited\n")
+
+    report = sync_dag_files(dags, ["a_vertical", "b_vertical"])
+
+    assert report.written == ["a_vertical", "b_vertical"] and report.removed == ["stale"]
+    assert sorted(p.name for p in dags.iterdir()) == ["a_vertical.py", "b_vertical.py", "handwritten.py"]
+    assert (dags / "b_vertical.py").read_text() == render_dag_file("b_vertical")
+    assert sync_dag_files(dags, ["a_vertical", "b_vertical"]).unchanged == ["a_vertical", "b_vertical"]
+
+
+def test_check_mode_writes_nothing(tmp_path):
+    report = sync_dag_files(tmp_path, ["a_vertical"], check=True)
+    assert report.written == ["a_vertical"] and not list(tmp_path.iterdir())
+
+
+def test_sync_never_overwrites_a_handwritten_file(tmp_path):
+    (tmp_path / "finance.py").write_text("# hand-written\n")
+    with pytest.raises(DagFileError, match="was not generated"):
+        sync_dag_files(tmp_path, ["finance"])
+
+
+def test_sync_rejects_a_name_airflow_cannot_use(tmp_path):
+    with pytest.raises(DagFileError, match="rename the file"):
+        sync_dag_files(tmp_path, ["Bad-Name"])
+
+
+def test_generated_file_is_recognised_and_parsed_by_airflow_heuristics(tmp_path):
+    path = tmp_path / "finance.py"
+    path.write_text(render_dag_file("finance"))
+    assert is_generated(path) and path.read_text().startswith(MARKER)
+    content = path.read_text().lower()
+    assert "airflow" in content and "dag" in content  # DAG discovery safe mode

@@ -1,0 +1,226 @@
+"""The demo warehouse: deterministic frames from real datasets, idempotent seeding, the simulator."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipelines.errors import SourceError
+from pipelines.seed import (
+    DEMO_DAYS,
+    DEMO_END,
+    DEMO_START,
+    STAR_MATH_AT_RISK_BELOW,
+    build_demo_frames,
+    seed_warehouse,
+    warehouse_engine,
+    write_table,
+)
+from pipelines.simulate import simulate_sensor_readings, spread_over_days
+
+#: vertical -> (table, key, label column, positive, plausible positive-rate range)
+DEMO = {
+    "finance": ("finance_loans", "loan_id", "status", "bad", (0.2, 0.35)),
+    "healthcare": ("healthcare_covid_tests", "test_id", "result", "positive", (0.04, 0.08)),
+    "education": ("education_star_students", "record_id", "math_at_risk", "at_risk", (0.2, 0.3)),
+    "manufacturing": ("manufacturing_sensor_readings", "reading_id", "machine_failure", "failure", (0.1, 0.2)),
+}
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    return build_demo_frames()
+
+
+def test_build_is_deterministic(frames: dict[str, pd.DataFrame]) -> None:
+    again = build_demo_frames()
+    assert list(again) == list(DEMO)
+    for name, frame in frames.items():
+        pd.testing.assert_frame_equal(frame, again[name], obj=name)
+
+
+def test_build_one_vertical_matches_the_full_build(frames: dict[str, pd.DataFrame]) -> None:
+    # Each vertical has its own random stream: building one alone changes nothing.
+    pd.testing.assert_frame_equal(build_demo_frames(["finance"])["finance"], frames["finance"])
+
+
+def test_unknown_vertical_is_a_clear_error() -> None:
+    with pytest.raises(SourceError, match=r"no demo dataset for \['retail'\]"):
+        build_demo_frames(["retail"])
+
+
+@pytest.mark.parametrize("vertical", list(DEMO))
+def test_every_day_of_the_span_has_rows(frames: dict[str, pd.DataFrame], vertical: str) -> None:
+    dates = frames[vertical]["event_date"]
+    assert dates.dtype == "datetime64[s]"
+    assert (dates == dates.dt.normalize()).all(), "event_date is a date, not a timestamp"
+    expected = pd.date_range(DEMO_START, DEMO_END, freq="D")
+    assert len(expected) == DEMO_DAYS == 1461
+    assert pd.DatetimeIndex(dates.unique()).sort_values().equals(expected.as_unit("s"))
+
+
+@pytest.mark.parametrize("vertical", list(DEMO))
+def test_keys_labels_and_column_names(frames: dict[str, pd.DataFrame], vertical: str) -> None:
+    _, key, label, positive, (low, high) = DEMO[vertical]
+    frame = frames[vertical]
+    assert frame[key].notna().all() and frame[key].is_unique
+    assert list(frame.columns[:2]) == [key, "event_date"]
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", c) for c in frame.columns), list(frame.columns)
+    # The label keeps category strings, and both classes are present.
+    assert frame[label].dtype == "str"
+    assert positive in set(frame[label]) and frame[label].nunique() == 2
+    assert low <= (frame[label] == positive).mean() <= high
+    assert frame["event_date"].is_monotonic_increasing
+
+
+def test_healthcare_keeps_real_order_and_drops_unusable_rows(frames: dict[str, pd.DataFrame]) -> None:
+    tests = frames["healthcare"]
+    # Stamped dates follow the real pandemic day: sorting by date keeps pan_day sorted.
+    assert tests["pan_day"].is_monotonic_increasing
+    assert set(tests["result"]) == {"positive", "negative"}
+    assert tests["age"].between(0, 120).all()
+    assert len(tests) == 15_524 - 301 - 1
+
+
+def test_education_label_follows_the_per_grade_cutoff(frames: dict[str, pd.DataFrame]) -> None:
+    star = frames["education"]
+    cutoff = star["grade"].map(STAR_MATH_AT_RISK_BELOW)
+    assert cutoff.notna().all() and star["math_score"].notna().all()
+    assert ((star["math_score"] < cutoff) == (star["math_at_risk"] == "at_risk")).all()
+    # Prior scores exist only from grade 1 on.
+    assert star.loc[star["grade"] == "K", "prior_math_score"].isna().all()
+    assert star.loc[star["grade"] != "K", "prior_math_score"].notna().mean() > 0.7
+
+
+def _read_back(engine: sa.Engine, table: str, key: str, schema: str | None = None) -> pd.DataFrame:
+    name = f"{schema}.{table}" if schema else table
+    return pd.read_sql(f"SELECT * FROM {name} ORDER BY {key}", engine)
+
+
+def _assert_tables_match_frames(engine: sa.Engine, frames: dict[str, pd.DataFrame], schema: str | None) -> None:
+    for vertical, (table, key, label, _, _) in DEMO.items():
+        stored = _read_back(engine, table, key, schema)
+        expected = frames[vertical].sort_values(key).reset_index(drop=True)
+        assert len(stored) == len(expected), table
+        assert list(stored.columns) == list(expected.columns)
+        assert (stored[key].to_numpy() == expected[key].to_numpy()).all()
+        assert (pd.to_datetime(stored["event_date"]) == expected["event_date"]).all()
+        assert (stored[label].to_numpy() == expected[label].to_numpy()).all()
+        indexes = {tuple(i["column_names"]): i["unique"] for i in sa.inspect(engine).get_indexes(table, schema)}
+        assert indexes[("event_date",)] in (0, False)
+        assert indexes[(key,)] in (1, True)
+
+
+def test_seed_sqlite_twice_is_idempotent(tmp_path, frames: dict[str, pd.DataFrame]) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'warehouse.db'}"  # the parent folder is created
+    first = seed_warehouse(url)
+    second = seed_warehouse(url)
+    assert first == second == {table: len(frames[v]) for v, (table, *_) in DEMO.items()}
+    engine = sa.create_engine(url)
+    try:
+        _assert_tables_match_frames(engine, frames, schema=None)
+    finally:
+        engine.dispose()
+
+
+def test_seed_one_vertical_leaves_the_others(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    assert seed_warehouse(url, verticals=["finance"]) == {"finance_loans": 4454}
+    engine = sa.create_engine(url)
+    try:
+        assert sa.inspect(engine).get_table_names() == ["finance_loans"]
+    finally:
+        engine.dispose()
+
+
+def test_a_failed_rewrite_leaves_the_old_table(tmp_path) -> None:
+    # DDL and rows are one transaction: a write that fails half-way (here on
+    # the unique key index) must not leave an empty or partial table behind.
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    seed_warehouse(url, verticals=["finance"])
+    engine = sa.create_engine(url)
+    writer = warehouse_engine(url)
+    try:
+        before = _read_back(engine, "finance_loans", "loan_id")
+        broken = before.head(10).copy()
+        broken.loc[1, "loan_id"] = broken.loc[0, "loan_id"]
+        with pytest.raises(sa.exc.IntegrityError):
+            write_table(writer, "finance_loans", broken, key="loan_id")
+        pd.testing.assert_frame_equal(_read_back(engine, "finance_loans", "loan_id"), before)
+    finally:
+        writer.dispose()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_seed_postgres_in_a_private_schema(postgres_url: str, frames: dict[str, pd.DataFrame]) -> None:
+    engine = sa.create_engine(postgres_url)
+    schema = f"test_seed_{uuid.uuid4().hex[:10]}"  # private: parallel runs never collide
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        first = seed_warehouse(postgres_url, schema=schema)
+        assert first == {f"{schema}.{table}": len(frames[v]) for v, (table, *_) in DEMO.items()}
+        # Re-seeding replaces (the unique key index would reject appended duplicates).
+        assert seed_warehouse(postgres_url, schema=schema, verticals=["healthcare"]) == {
+            f"{schema}.healthcare_covid_tests": len(frames["healthcare"])
+        }
+        _assert_tables_match_frames(engine, frames, schema=schema)
+        columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("finance_loans", schema)}
+        assert isinstance(columns["event_date"], sa.Date)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()
+
+
+# -- simulator ---------------------------------------------------------------
+
+SPAN = {"start": date(2024, 1, 1), "end": date(2024, 3, 31)}
+
+
+def test_simulator_is_deterministic_per_seed() -> None:
+    a = simulate_sensor_readings(5_000, seed=3, **SPAN)
+    pd.testing.assert_frame_equal(a, simulate_sensor_readings(5_000, seed=3, **SPAN))
+    assert not a.equals(simulate_sensor_readings(5_000, seed=4, **SPAN))
+
+
+def test_simulator_shape_and_domain() -> None:
+    frame = simulate_sensor_readings(20_000, seed=1, **SPAN, n_extra_features=5)
+    assert frame.shape == (20_000, 14 + 5)
+    assert frame.columns[-1] == "machine_failure"
+    assert [c for c in frame.columns if c.startswith("aux_sensor_")] == [f"aux_sensor_{i:02d}" for i in range(1, 6)]
+    assert frame["reading_id"].is_unique and frame["event_date"].is_monotonic_increasing
+    assert frame["event_date"].dt.normalize().nunique() == 91
+    assert frame.isna().sum().sum() == 0
+    assert 0.1 <= (frame["machine_failure"] == "failure").mean() <= 0.2
+    assert (frame["process_temperature_k"] > frame["air_temperature_k"]).all()
+    # Odd aux sensors mix the real sensors; even ones are noise.
+    core = frame[["air_temperature_k", "rotational_speed_rpm", "torque_nm", "tool_wear_min"]]
+    assert core.corrwith(frame["aux_sensor_01"]).abs().max() > 0.2
+    assert core.corrwith(frame["aux_sensor_02"]).abs().max() < 0.05
+
+
+def test_simulator_rejects_too_few_rows() -> None:
+    with pytest.raises(ValueError, match="cannot cover 91 days"):
+        simulate_sensor_readings(90, seed=1, **SPAN)
+    with pytest.raises(ValueError, match="n_extra_features"):
+        simulate_sensor_readings(100, seed=1, **SPAN, n_extra_features=-1)
+
+
+def test_spread_over_days_covers_every_day_and_follows_weights() -> None:
+    weights = np.r_[np.zeros(5), np.ones(5)]
+    dates = spread_over_days(
+        1_000, start=date(2024, 1, 1), end=date(2024, 1, 10), rng=np.random.default_rng(0), weights=weights
+    )
+    counts = pd.Series(dates).value_counts().sort_index()
+    assert len(dates) == 1_000 and (np.diff(dates.astype("int64")) >= 0).all()
+    assert (counts.iloc[:5] == 1).all() and counts.iloc[5:].sum() == 995
+    with pytest.raises(ValueError, match="before start"):
+        spread_over_days(10, start=date(2024, 1, 2), end=date(2024, 1, 1), rng=np.random.default_rng(0))

@@ -1,0 +1,268 @@
+"""DVC snapshots of the training window: ids, no-ops, moved tags, reads, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import versioning
+from pipelines.config import Settings
+from pipelines.errors import VersioningError
+from pipelines.layout import Layout
+from pipelines.versioning import DataVersion, find_version, read_snapshot, snapshot_window
+
+DS = "2026-11-27"
+
+
+def make_settings(base: Path, *, remote: str | None = None) -> Settings:
+    return Settings(
+        home=base / "home",
+        specs_dir=base / "specs",
+        expectations_dir=base / "expectations",
+        bucket_url=(base / "bucket").as_uri(),
+        registry_url=f"sqlite:///{base / 'registry.db'}",
+        dvc_remote=remote if remote is not None else str(base / "dvc-remote"),
+    )
+
+
+def make_frame(rows: int = 500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "event_date": pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 300, rows), unit="D"),
+            "amount": np.round(rng.lognormal(3, 1, rows), 2),
+            "count": rng.poisson(3, rows),
+            "segment": rng.choice(["retail", "corporate", "sme"], rows),
+            "score": np.where(rng.random(rows) < 0.05, np.nan, rng.normal(size=rows)),
+            "label": rng.random(rows) < 0.3,
+        }
+    )
+
+
+def git(repo: Path, *args: str) -> str:
+    """Plain git CLI: checks what the code did through a second, independent client."""
+    done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return make_frame()
+
+
+def repo_of(settings: Settings, vertical: str = "finance") -> Path:
+    return Layout(settings, vertical).dvc_repo
+
+
+# -- deterministic bytes and ids -------------------------------------------------
+
+
+def test_window_bytes_are_identical_across_writes(tmp_path: Path, frame: pd.DataFrame) -> None:
+    first, md5_first = versioning._write_window(frame, tmp_path)
+    second, md5_second = versioning._write_window(frame.copy(), tmp_path)
+    assert first.read_bytes() == second.read_bytes()
+    assert md5_first == md5_second == hashlib.md5(first.read_bytes()).hexdigest()
+    assert versioning.window_md5(frame) == md5_first
+
+
+def test_window_bytes_change_with_the_data(frame: pd.DataFrame) -> None:
+    changed = frame.assign(amount=frame["amount"] + 0.01)
+    assert versioning.window_md5(changed) != versioning.window_md5(frame)
+
+
+def test_same_frame_gives_same_id_in_two_fresh_homes(tmp_path: Path, frame: pd.DataFrame) -> None:
+    one = snapshot_window(frame, vertical="finance", ds=DS, settings=make_settings(tmp_path / "a"))
+    two = snapshot_window(frame, vertical="finance", ds=DS, settings=make_settings(tmp_path / "b"))
+    assert one.id == two.id
+    assert one.md5 == two.md5
+    assert one.id == f"dv-{one.md5[:12]}"
+
+
+# -- snapshot ------------------------------------------------------------------------
+
+
+def test_first_snapshot_commits_tags_and_pushes(
+    settings: Settings, frame: pd.DataFrame, capfd: pytest.CaptureFixture[str]
+) -> None:
+    version = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+
+    repo = repo_of(settings)
+    assert version.created
+    assert version.tag == "finance@2026-11-27"
+    assert version.rows == len(frame)
+    assert version.path == str(repo / "window.parquet")
+    assert version.md5 == hashlib.md5(Path(version.path).read_bytes()).hexdigest()
+    # the tag names vertical and date and points at the commit, which names them too
+    assert git(repo, "rev-parse", f"{version.tag}^{{commit}}") == version.commit
+    message = git(repo, "log", "-1", "--format=%B", version.tag)
+    assert "finance" in message and DS in message and version.md5 in message
+    # only the .dvc file is in git; the data is in the remote
+    assert "window.parquet.dvc" in git(repo, "ls-files")
+    assert "window.parquet\n" not in git(repo, "ls-files") + "\n"
+    remote_object = Path(settings.dvc_remote) / "files" / "md5" / version.md5[:2] / version.md5[2:]
+    assert remote_object.read_bytes() == Path(version.path).read_bytes()
+    # nothing left unstaged or untracked, analytics off, nothing on stdout (Airflow logs)
+    assert git(repo, "status", "--porcelain") == ""
+    assert "analytics = False" in (repo / ".dvc" / "config").read_text()
+    assert capfd.readouterr().out == ""
+
+
+def test_identical_resnapshot_is_a_noop(settings: Settings, frame: pd.DataFrame) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    repo = repo_of(settings)
+    commits = git(repo, "rev-list", "--count", "HEAD")
+    stat = Path(first.path).stat()
+
+    again = snapshot_window(frame.copy(), vertical="finance", ds=DS, settings=settings)
+
+    assert not again.created
+    assert (again.id, again.md5, again.commit, again.tag) == (first.id, first.md5, first.commit, first.tag)
+    assert git(repo, "rev-list", "--count", "HEAD") == commits
+    after = Path(first.path).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), "file was rewritten"
+
+
+def test_changed_data_for_the_same_date_moves_the_tag(
+    settings: Settings, frame: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    changed = frame.assign(amount=frame["amount"] * 2)
+
+    with caplog.at_level(logging.WARNING, logger="pipelines.versioning"):
+        second = snapshot_window(changed, vertical="finance", ds=DS, settings=settings)
+
+    assert second.created
+    assert second.id != first.id
+    assert second.commit != first.commit
+    assert second.tag == first.tag
+    assert git(repo_of(settings), "rev-parse", f"{second.tag}^{{commit}}") == second.commit
+    assert "changed upstream" in caplog.text and first.id in caplog.text and second.id in caplog.text
+    found = find_version(vertical="finance", ds=DS, settings=settings)
+    assert found is not None and found.id == second.id
+
+
+def test_a_new_date_with_unchanged_data_gets_its_own_tag(settings: Settings, frame: pd.DataFrame) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    second = snapshot_window(frame, vertical="finance", ds="2026-11-28", settings=settings)
+    assert second.created
+    assert second.id == first.id
+    assert second.tag == "finance@2026-11-28"
+    assert "2026-11-28" in git(repo_of(settings), "log", "-1", "--format=%B", second.tag)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def test_read_snapshot_pulls_from_the_remote_when_the_cache_is_gone(settings: Settings) -> None:
+    older, newer = make_frame(seed=1), make_frame(seed=2)
+    old = snapshot_window(older, vertical="finance", ds="2026-11-26", settings=settings)
+    snapshot_window(newer, vertical="finance", ds=DS, settings=settings)
+    shutil.rmtree(repo_of(settings) / ".dvc" / "cache")
+
+    pd.testing.assert_frame_equal(read_snapshot(vertical="finance", tag=old.tag, settings=settings), older)
+    pd.testing.assert_frame_equal(read_snapshot(vertical="finance", tag="finance@2026-11-27", settings=settings), newer)
+
+
+def test_read_unknown_tag_says_what_to_run(settings: Settings, frame: pd.DataFrame) -> None:
+    with pytest.raises(VersioningError, match=r"no snapshot tagged 'finance@2026-01-01'.*snapshot stage"):
+        read_snapshot(vertical="finance", tag="finance@2026-01-01", settings=settings)
+    snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    with pytest.raises(VersioningError, match="no snapshot tagged"):
+        read_snapshot(vertical="finance", tag="finance@2026-01-01", settings=settings)
+
+
+def test_find_version_recognises_an_earlier_snapshot(settings: Settings, frame: pd.DataFrame) -> None:
+    assert find_version(vertical="finance", ds=DS, settings=settings) is None
+    made = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    found = find_version(vertical="finance", ds=DS, settings=settings)
+    assert found is not None
+    assert found.to_dict() == {**made.to_dict(), "created": False}
+    assert find_version(vertical="finance", ds="2026-11-28", settings=settings) is None
+    assert find_version(vertical="health", ds=DS, settings=settings) is None
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+def test_unusable_remote_raises_a_clear_error_and_a_rerun_recovers(tmp_path: Path, frame: pd.DataFrame) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the remote folder should be")
+    broken = make_settings(tmp_path, remote=str(blocker / "remote"))
+
+    with pytest.raises(VersioningError) as info:
+        snapshot_window(frame, vertical="finance", ds=DS, settings=broken)
+    message = str(info.value)
+    assert "[finance, 2026-11-27]" in message
+    assert "PIPELINES_DVC_REMOTE" in message and str(blocker) in message
+    # no tag: a tag means "pushed", so the rerun must not take this for done
+    assert find_version(vertical="finance", ds=DS, settings=broken) is None
+
+    fixed = make_settings(tmp_path)
+    version = snapshot_window(frame, vertical="finance", ds=DS, settings=fixed)
+    assert version.created
+    assert (Path(fixed.dvc_remote) / "files" / "md5" / version.md5[:2] / version.md5[2:]).exists()
+
+
+def test_url_remote_is_not_treated_as_a_path(tmp_path: Path, frame: pd.DataFrame) -> None:
+    # The s3 plugin is not installed here: DVC must refuse the URL rather than
+    # create a folder called "s3:".
+    settings = make_settings(tmp_path, remote="s3://pipelines-dvc/remote")
+    with pytest.raises(VersioningError, match=r"PIPELINES_DVC_REMOTE.*s3://pipelines-dvc/remote.*dvc\[s3\]"):
+        snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    assert not list(tmp_path.rglob("s3:*"))
+
+
+def test_a_held_lock_times_out_with_a_clear_error(settings: Settings, frame: pd.DataFrame) -> None:
+    from filelock import FileLock
+
+    lock_path = versioning._lock_path(settings, "finance")
+    lock_path.parent.mkdir(parents=True)
+    with FileLock(str(lock_path)), pytest.raises(VersioningError) as info:
+        snapshot_window(frame, vertical="finance", ds=DS, settings=settings, lock_timeout_s=0.2)
+    assert "[finance, 2026-11-27]" in str(info.value)
+    assert str(lock_path) in str(info.value)
+
+
+@pytest.mark.parametrize("ds", ["2026-1-27", "20261127", "latest", ""])
+def test_a_bad_date_is_rejected(settings: Settings, frame: pd.DataFrame, ds: str) -> None:
+    with pytest.raises(VersioningError, match="YYYY-MM-DD"):
+        snapshot_window(frame, vertical="finance", ds=ds, settings=settings)
+
+
+# -- records ---------------------------------------------------------------------------
+
+
+def test_data_version_round_trips_through_a_dict() -> None:
+    version = DataVersion(
+        vertical="finance",
+        ds=DS,
+        id="dv-0123456789ab",
+        md5="0123456789abcdef0123456789abcdef",
+        tag="finance@2026-11-27",
+        commit="f" * 40,
+        rows=12,
+        path="/data/dvc/finance/window.parquet",
+        created=True,
+    )
+    assert DataVersion.from_dict(version.to_dict()) == version
+    broken = version.to_dict()
+    del broken["md5"]
+    with pytest.raises(VersioningError, match="md5"):
+        DataVersion.from_dict(broken)
+
+
+def test_tag_is_a_valid_git_ref_name() -> None:
+    tag = versioning.tag_name("mfg_eu", DS)
+    subprocess.run(["git", "check-ref-format", f"refs/tags/{tag}"], check=True)
