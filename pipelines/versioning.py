@@ -148,7 +148,7 @@ def snapshot_window(
     path = root / WINDOW_FILE
     tag = tag_name(vertical, ds)
 
-    with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc():
+    with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc(), _naming(vertical, ds):
         previous = _version_at_tag(root, vertical, ds)
         if previous is not None:
             # A rerun: hash the serialised frame without writing a byte.
@@ -431,7 +431,13 @@ def _serialise(frame: pd.DataFrame, sink: _HashingWriter) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, ValueError) as exc:
+        # e.g. an object column mixing str and int: a data bug upstream of here.
+        raise VersioningError(
+            f"the window cannot be stored as Parquet: {exc}; give each column one type before snapshotting"
+        ) from exc
     pq.write_table(table, sink, **_PARQUET_OPTIONS)
 
 
@@ -650,6 +656,17 @@ def _quiet_dvc() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextmanager
+def _naming(vertical: str, ds: str) -> Iterator[None]:
+    """Give errors raised below without a vertical and date (serialisation) both."""
+    try:
+        yield
+    except VersioningError as exc:
+        if exc.vertical is None:
+            raise VersioningError(str(exc), vertical=vertical, ds=ds) from exc.__cause__
+        raise
 
 
 def _remote_hint(remote: str) -> str:

@@ -22,7 +22,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, TriggerRul
 
 from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.orchestration.notifiers import FailureNotifier
-from pipelines.orchestration.tasks import RunOptions, run_ds, run_stage
+from pipelines.orchestration.tasks import run_ds, run_options, run_stage
 
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 
@@ -138,7 +138,7 @@ def build_vertical_dag(vertical: str) -> DAG:
         @task(task_id="extract", doc_md="Pull the day's raw rows (and any window day never stored).")
         def extract() -> dict[str, Any]:
             context = get_current_context()
-            RunOptions.from_params(context["params"])  # fail in seconds on contradictory params
+            run_options(name, context)  # fail in seconds, not after training, on contradictory params
             return run_stage("extract", name, context)
 
         @task(task_id="validate", doc_md="Run the GX suite; bad data fails here, without retries.")
@@ -173,7 +173,7 @@ def build_vertical_dag(vertical: str) -> DAG:
         )
         def gate() -> bool:
             context = get_current_context()
-            options = RunOptions.from_params(context["params"])
+            options = run_options(name, context)
             run_id = context["run_id"]
             decision = run_stage("gate", name, context, force_reason=options.force_reason, run_id=run_id)
             context["ti"].xcom_push(key="decision", value=decision)

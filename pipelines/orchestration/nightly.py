@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
     parser.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
     parser.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
+    parser.add_argument("--conf", default=None, help='raw run conf (JSON), e.g. \'{"dry_run": true}\'')
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON instead of the table")
     parser.add_argument("--summary-json", default=None, help="also write the summaries (with task states) here")
     args = parser.parse_args(argv)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     names = vertical_names(Settings.from_env()) if args.verticals == ["all"] else args.verticals
     migrate_metadata_db()
     dags, import_errors = load_dags()
-    conf = run_conf(dry_run=args.dry_run, force_reason=args.force_reason)
+    conf = {**run_conf(dry_run=args.dry_run, force_reason=args.force_reason), **json.loads(args.conf or "{}")}
     rows: list[dict[str, Any]] = []
     for name in names:
         print(f"[{time.strftime('%H:%M:%S')}] {name} {ds}: running the DAG through Airflow …", file=sys.stderr)

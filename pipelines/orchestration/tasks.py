@@ -66,6 +66,15 @@ class RunOptions:
         return cls(dry_run=bool(params.get("dry_run", False)), force_reason=reason if force else None)
 
 
+def run_options(vertical: str, context: Mapping[str, Any]) -> RunOptions:
+    """The run's validated params; a contradiction is recorded and fails the task at once."""
+    try:
+        return RunOptions.from_params(context["params"])
+    except InvalidRunParams as exc:
+        record_failure(vertical, run_ds(context), context, exc)
+        raise
+
+
 def run_ds(context: Mapping[str, Any]) -> str:
     """The run's logical date as YYYY-MM-DD (UTC): the day whose data the run covers.
 

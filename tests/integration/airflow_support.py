@@ -29,11 +29,12 @@ AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REGISTRY_TABLES = ("model_versions", "decisions", "deployments")
 
 
-def airflow_env(pipelines_home: Path, airflow_home: Path, **extra: str) -> dict[str, str]:
+def airflow_env(pipelines_home: Path, airflow_home: Path, *, port: int | None = None, **extra: str) -> dict[str, str]:
     """The process environment for an Airflow command of one test.
 
     Inherits nothing Airflow- or pipelines-specific from the caller except the
-    SMTP connection (the `smtp_server` fixture sets it).
+    SMTP connection (the `smtp_server` fixture sets it).  ``port`` moves the
+    API server (and the URLs derived from it) off the default 8080.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINES_"))}
     if "AIRFLOW_CONN_SMTP_DEFAULT" in os.environ:
@@ -42,6 +43,8 @@ def airflow_env(pipelines_home: Path, airflow_home: Path, **extra: str) -> dict[
     env.setdefault("PYTHONPYCACHEPREFIX", str(PROJECT_ROOT / ".state" / "pycache"))
     env["PIPELINES_HOME"] = str(pipelines_home)
     env["AIRFLOW_HOME"] = str(airflow_home)
+    if port is not None:
+        env["AIRFLOW__API__PORT"] = str(port)
     env.update(embedded_env(env))
     env.update(extra)
     return env

@@ -15,7 +15,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 #: A logical date inside the demo span with a full year of history before it.
-DS = "2026-06-30"
+DS = "2026-11-27"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pipelines.config import vertical_names
 from .conftest import DS, Cli
 
 pytestmark = pytest.mark.slow
-NEXT_DS = "2026-07-01"
+NEXT_DS = "2026-11-28"
 
 
 def bucket_listing(home: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -224,6 +225,20 @@ def test_url_remote_is_not_treated_as_a_path(tmp_path: Path, frame: pd.DataFrame
     assert not list(tmp_path.rglob("s3:*"))
 
 
+def test_unreachable_remote_url_names_the_cause(tmp_path: Path, frame: pd.DataFrame) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    remote = f"http://127.0.0.1:{port}/dvc"
+    settings = make_settings(tmp_path, remote=remote)
+    with pytest.raises(VersioningError) as info:
+        snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    message = str(info.value)
+    assert f"PIPELINES_DVC_REMOTE (now '{remote}')" in message
+    assert "Cannot connect" in message  # the cause DVC only logs, carried into the error
+    assert find_version(vertical="finance", ds=DS, settings=settings) is None
+
+
 def test_a_held_lock_times_out_with_a_clear_error(settings: Settings, frame: pd.DataFrame) -> None:
     from filelock import FileLock
 
@@ -233,6 +248,12 @@ def test_a_held_lock_times_out_with_a_clear_error(settings: Settings, frame: pd.
         snapshot_window(frame, vertical="finance", ds=DS, settings=settings, lock_timeout_s=0.2)
     assert "[finance, 2026-11-27]" in str(info.value)
     assert str(lock_path) in str(info.value)
+
+
+def test_an_unstorable_column_is_a_versioning_error(settings: Settings) -> None:
+    mixed = pd.DataFrame({"id": [1, "two", 3.0]}, dtype=object)
+    with pytest.raises(VersioningError, match=r"\[finance, 2026-11-27\] the window cannot be stored as Parquet"):
+        snapshot_window(mixed, vertical="finance", ds=DS, settings=settings)
 
 
 @pytest.mark.parametrize("ds", ["2026-1-27", "20261127", "latest", ""])

@@ -1,0 +1,110 @@
+"""Alerts through Airflow: bad data, and task failures, reach the owners exactly once.
+
+A corrupted partition must fail the run at ``validate`` without retries, mail
+one data-quality alert (and nothing else), never reach training and leave the
+champion alone.  Any other task failure mails a task-failure email through
+Airflow's `SmtpNotifier`, or into the outbox when no SMTP is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from .airflow_support import bucket_listing, pointer, record, registry_counts, run_nightly, seed_home
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+VERTICAL = "healthcare"  # its spec lists PII columns, which the alert must mask
+DS = "2026-11-27"
+PREVIOUS_DS = "2026-11-26"
+TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
+
+
+def corrupt_day(warehouse, ds: str) -> list[str]:
+    """Give two of the day's tests an impossible age; return those patients' (fake) first names."""
+    with sqlite3.connect(warehouse) as db:
+        rows = db.execute(
+            "select test_id, fake_first_name from healthcare_covid_tests where event_date = ? order by test_id limit 2",
+            (ds,),
+        ).fetchall()
+        assert len(rows) == 2, f"the demo warehouse has no {VERTICAL} rows on {ds}"
+        db.executemany("update healthcare_covid_tests set age = 250 where test_id = ?", [(r[0],) for r in rows])
+    return [r[1] for r in rows]
+
+
+def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champion(settings, smtp_server):
+    home = settings.home
+    warehouse = seed_home(home)
+    first = run_nightly(home, VERTICAL, "--date", PREVIOUS_DS)
+    assert first.returncode == 0, first.stderr[-6000:]
+    champion = pointer(home, VERTICAL)
+    assert champion is not None
+    before = (bucket_listing(home), registry_counts(home))
+    smtp_server.messages.clear()  # the first night's summary email is not what this test is about
+    names = corrupt_day(warehouse, DS)
+
+    result = run_nightly(home, VERTICAL, "--date", DS)
+
+    assert result.returncode == 1
+    row = result.rows[VERTICAL]
+    assert row["blocked"] == "data quality"
+    assert "expect_column_values_to_be_between" in row["error"] or "age" in row["error"]
+    tasks = row["tasks"]
+    assert tasks["extract"]["state"] == "success"
+    assert tasks["validate"] == {"state": "failed", "try_number": 1}  # no retries for bad data
+    assert {tasks[t]["state"] for t in TASK_IDS[2:]} == {"upstream_failed"}
+    assert not (home / "runs" / VERTICAL / DS / "train.json").exists()  # training never ran
+    assert "BLOCKED (data quality)" in result.stdout
+
+    [alert] = smtp_server.messages  # exactly one email: the data-quality alert, no task-failure email
+    assert alert["Subject"].startswith(f"[data quality] {VERTICAL} {DS}:")
+    body = alert.get_content()
+    assert f"vertical '{VERTICAL}', logical date {DS}" in body
+    assert "expect_column_values_to_be_between on age" in body
+    assert '"max_value": 120' in body and "observed:" in body and "250" in body
+    assert "PII columns masked: subject_id, fake_first_name, fake_last_name" in body and "***" in body
+    assert not any(name and name in body for name in names)
+    quarantined = home / "data" / VERTICAL / "quarantine" / f"{DS}.parquet"
+    assert str(quarantined) in body and quarantined.exists()
+    assert f"python -m pipelines run {VERTICAL} --date {DS}" in body
+
+    assert pointer(home, VERTICAL) == champion
+    assert (bucket_listing(home), registry_counts(home)) == before
+
+
+BAD_PARAMS = json.dumps({"force_promotion": True, "force_reason": ""})
+
+
+def test_task_failure_mails_the_owners_through_smtp_default(settings, smtp_server):
+    seed_home(settings.home)
+
+    result = run_nightly(settings.home, "finance", "--date", DS, "--conf", BAD_PARAMS)
+
+    assert result.returncode == 1
+    tasks = result.rows["finance"]["tasks"]
+    assert tasks["extract"] == {"state": "failed", "try_number": 1}  # contradictory params: no retry
+    assert {tasks[t]["state"] for t in TASK_IDS[1:]} == {"upstream_failed"}
+    [message] = smtp_server.messages
+    assert message["Subject"] == f"[retrain failed] finance {DS}: task extract"
+    assert message["To"] == "finance-ml@example.com"
+    html = message.get_body(("html",)).get_content()
+    assert "InvalidRunParams" in html and "force_reason is empty" in html
+    assert f"python -m pipelines run finance --date {DS}" in html
+    assert not (settings.home / "outbox").exists()
+
+
+def test_task_failure_goes_to_the_outbox_without_smtp(settings):
+    seed_home(settings.home)
+
+    result = run_nightly(settings.home, "finance", "--date", DS, "--conf", BAD_PARAMS)
+
+    assert result.returncode == 1
+    [path] = (settings.home / "outbox").glob("*.eml")
+    text = path.read_text()
+    assert f"[retrain failed] finance {DS}: task extract" in text and "force_reason is empty" in text
+    assert str(path) in result.stdout + result.stderr  # the notifier logs where the email went
+    assert record(settings.home, "finance", DS, "airflow_failure")["task_id"] == "extract"
+    assert result.rows["finance"]["blocked"] == "extract: InvalidRunParams"
