@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "seed":
             from pipelines.seed import seed_warehouse
 
-            counts = seed_warehouse(args.url or settings.warehouse_url)
+            from pipelines.sources import resolve_connection_url
+
+            # The demo warehouse is whatever `warehouse_default` points at (SQLite by default).
+            counts = seed_warehouse(args.url or resolve_connection_url("warehouse_default", settings))
             for table, rows in counts.items():
                 print(f"{table}: {rows} rows")
             return 0

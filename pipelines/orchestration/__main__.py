@@ -33,9 +33,9 @@ def _dags(argv: list[str]) -> int:
 
 
 def _standalone() -> int:
-    from pipelines.orchestration.airflow_env import apply_embedded_defaults
+    from pipelines.orchestration.airflow_env import apply_embedded_defaults, with_interpreter_on_path
 
-    env = apply_embedded_defaults(dict(os.environ))
+    env = with_interpreter_on_path(apply_embedded_defaults(dict(os.environ)))
     airflow = Path(sys.executable).with_name("airflow")
     home = env["AIRFLOW_HOME"]
     print(

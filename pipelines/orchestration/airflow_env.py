@@ -10,6 +10,7 @@ already set in the environment wins: production configures the same keys
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -59,3 +60,11 @@ def apply_embedded_defaults(env: MutableMapping[str, str] | None = None) -> Muta
     for key, value in embedded_env(target).items():
         target.setdefault(key, value)
     return target
+
+
+def with_interpreter_on_path(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Put this interpreter's ``bin`` first on PATH: ``airflow standalone`` spawns ``airflow`` by name."""
+    bin_dir = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+    return env

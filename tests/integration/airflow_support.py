@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.orchestration.airflow_env import embedded_env
+from pipelines.orchestration.airflow_env import embedded_env, with_interpreter_on_path
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REGISTRY_TABLES = ("model_versions", "decisions", "deployments")
@@ -47,6 +47,7 @@ def airflow_env(pipelines_home: Path, airflow_home: Path, *, port: int | None = 
         env["AIRFLOW__API__PORT"] = str(port)
     env.update(embedded_env(env))
     env.update(extra)
+    with_interpreter_on_path(env)
     return env
 
 
