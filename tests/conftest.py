@@ -42,6 +42,16 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return make_settings(home)
 
 
+@pytest.fixture(scope="session")
+def seeded_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One seeded demo warehouse (SQLite) per session; tests copy it into their own home."""
+    from pipelines.seed import seed_warehouse
+
+    path = tmp_path_factory.mktemp("seed") / "warehouse.db"
+    seed_warehouse(f"sqlite:///{path}")
+    return path
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=2):

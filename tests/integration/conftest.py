@@ -49,14 +49,6 @@ class Cli:
         return json.loads((self.home / "runs" / vertical / ds / f"{stage}.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def seeded_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One seeded demo warehouse per test session; tests copy it into their own home."""
-    home = tmp_path_factory.mktemp("seed")
-    Cli(home, {})("seed")
-    return home / "warehouse.db"
-
-
 @pytest.fixture
 def cli(tmp_path: Path, seeded_warehouse: Path) -> Cli:
     """A fresh data root holding its own copy of the seeded warehouse."""
