@@ -1,295 +1,86 @@
 """The model registry: which models exist, what the gate decided, what is deployed.
 
-Three tables, one SQLAlchemy 2 declarative schema (the single place the schema
-lives, so the Alembic migrations of a later issue autogenerate from it):
-
-``model_versions``
-    one row per trained model version of a vertical (data version, logical
-    date, DAG run, metrics, lineage).
-``decisions``
-    one row per (vertical, ds, model_version): a rerun of the gate updates the
-    row instead of adding one.
-``deployments``
-    the append-only history of pointer moves (``deploy`` / ``rollback``); the
-    last row of a vertical names its champion.  Moving the pointer to the
-    version it already names writes nothing.
+The tables live in `pipelines.registry_schema` and are created and evolved by
+the Alembic migrations in `pipelines.registry_migrations`; a `Registry`
+upgrades its database to the newest revision on first use.
 
 SQLite is the embedded default and PostgreSQL the production store; the URL
-(``PIPELINES_REGISTRY_URL``) alone chooses.  Every write is idempotent through
-dialect-native ``INSERT … ON CONFLICT`` so that an Airflow retry, a "clear" or a
-backfill never duplicates a row.  Callers get frozen dataclasses, never ORM
-objects, so no session outlives a method.
+(``PIPELINES_REGISTRY_URL``) alone chooses.  Every write is idempotent —
+``INSERT … ON CONFLICT`` for models and decisions, "no row when the pointer
+already names this version" for deployments — so an Airflow retry, a "clear"
+or a backfill never duplicates a row.  Pointer moves of one vertical are
+serialised across processes (``BEGIN IMMEDIATE`` on SQLite, an advisory lock
+per vertical on PostgreSQL), so two racing promotions leave one champion and
+one unbroken history.  Callers get frozen dataclasses, never ORM objects, so no
+session outlives a method.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Dialect,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipelines.errors import DeployError, PipelineError, VersioningError
+from pipelines.registry_records import DecisionRecord, DeploymentRecord, HistoryEntry, ModelRecord, detach
+from pipelines.registry_schema import (
+    LOCK_DEPLOYMENTS,
+    SQLITE_BUSY_TIMEOUT_MS,
+    Base,
+    DecisionRow,
+    DeploymentRow,
+    ModelVersionRow,
+    UtcDateTime,
+    advisory_xact_lock,
+    create_registry_engine,
+)
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
 
 DeployAction = Literal["deploy", "rollback"]
-_R = TypeVar("_R")
 
-#: How long a SQLite writer waits for another process's write lock (ms).
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: Retries when two processes append a deployment for one vertical at once.
+#: Retries when a writer that skips the per-vertical lock (older code) took our seq.
 _DEPLOYMENT_RETRIES = 5
-
-# JSONB on PostgreSQL (indexable, comparable); portable JSON everywhere else.
-_Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC timestamps on every backend.
-
-    SQLite has no timezone type and hands back naive values; normalising here
-    means callers always compare aware datetimes.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("registry timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-# -- schema -----------------------------------------------------------------
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the registry schema (``Base.metadata`` for Alembic)."""
-
-
-class ModelVersionRow(Base):
-    __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("vertical", "model_version", name="uq_model_versions_vertical_version"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vertical: Mapped[str] = mapped_column(String(64))
-    model_version: Mapped[str] = mapped_column(String(128))
-    data_version: Mapped[str] = mapped_column(String(128))
-    #: The Airflow logical date (``ds``, YYYY-MM-DD) that first produced the model.
-    ds: Mapped[str] = mapped_column(String(10))
-    dag_run_id: Mapped[str | None] = mapped_column(String(250))
-    metrics: Mapped[dict[str, Any]] = mapped_column(_Json)
-    lineage: Mapped[dict[str, Any]] = mapped_column(_Json)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-class DecisionRow(Base):
-    __tablename__ = "decisions"
-    __table_args__ = (
-        UniqueConstraint("vertical", "ds", "model_version", name="uq_decisions_vertical_ds_version"),
-        Index("ix_decisions_vertical_ds", "vertical", "ds"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vertical: Mapped[str] = mapped_column(String(64))
-    ds: Mapped[str] = mapped_column(String(10))
-    model_version: Mapped[str] = mapped_column(String(128))
-    approved: Mapped[bool] = mapped_column(Boolean)
-    forced: Mapped[bool] = mapped_column(Boolean, default=False)
-    forced_reason: Mapped[str | None] = mapped_column(Text)
-    #: One record per gate rule (``RuleResult`` as a dict), in rule order.
-    reasons: Mapped[list[dict[str, Any]]] = mapped_column(_Json)
-    champion_version: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    #: Last time a rerun or a forced promotion rewrote the row.
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-class DeploymentRow(Base):
-    __tablename__ = "deployments"
-    __table_args__ = (
-        # ``seq`` numbers a vertical's pointer moves; its uniqueness turns two
-        # concurrent writers into one winner and one retry, on any backend.
-        UniqueConstraint("vertical", "seq", name="uq_deployments_vertical_seq"),
-        ForeignKeyConstraint(
-            ["vertical", "model_version"],
-            ["model_versions.vertical", "model_versions.model_version"],
-            name="fk_deployments_model_version",
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vertical: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(Integer)
-    model_version: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(16))
-    previous_version: Mapped[str | None] = mapped_column(String(128))
-    #: Who moved the pointer: ``airflow:<dag_run_id>``, ``cli:<user>``, ...
-    actor: Mapped[str] = mapped_column(String(250))
-    ds: Mapped[str | None] = mapped_column(String(10))
-    at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-# -- records handed to callers ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    vertical: str
-    model_version: str
-    data_version: str
-    ds: str
-    dag_run_id: str | None
-    metrics: dict[str, Any]
-    lineage: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    vertical: str
-    ds: str
-    model_version: str
-    approved: bool
-    forced: bool
-    forced_reason: str | None
-    reasons: list[dict[str, Any]]
-    champion_version: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class DeploymentRecord:
-    vertical: str
-    seq: int
-    model_version: str
-    action: str
-    previous_version: str | None
-    actor: str
-    ds: str | None
-    at: datetime
-
-
-def _detach(record_type: type[_R], row: Base) -> _R:
-    """Copy a row's columns into a plain record (JSON deep-copied: no shared state)."""
-    names = [f.name for f in fields(record_type)]  # type: ignore[arg-type]
-    return record_type(**{name: copy.deepcopy(getattr(row, name)) for name in names})
-
-
-# -- engine -----------------------------------------------------------------
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL + busy timeout so an Airflow task and the CLI can share one file.
-
-    pysqlite's own transaction handling defers BEGIN until the first write, so
-    a read-then-write transaction can fail with "database is locked" instead of
-    waiting.  SQLAlchemy takes over BEGIN (its documented recipe) and writers
-    ask for ``BEGIN IMMEDIATE``: they queue on ``busy_timeout`` up front.
-    """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def create_registry_engine(url: str) -> Engine:
-    """An engine for ``url`` (SQLite or PostgreSQL), tuned for shared use."""
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise PipelineError(
-            f"registry URL {parsed.render_as_string(hide_password=True)} uses {backend!r}; "
-            "set PIPELINES_REGISTRY_URL to a sqlite:/// or postgresql+psycopg:// URL"
-        )
-    if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        _configure_sqlite(engine)
-        return engine
-    return create_engine(parsed, pool_pre_ping=True)
-
+# -- engines ----------------------------------------------------------------
 
 _shared_engines: dict[str, Engine] = {}
 _shared_lock = threading.Lock()
+#: Engines whose database this process has seen at the head revision.
+_migrated: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _shared_engine(url: str) -> Engine:
-    """One engine (pool) per URL per process, its schema ensured on first use.
-
-    Stages open the registry once per call; sharing the engine keeps them from
-    piling up pools, and ensuring the schema here means no stage can meet a
-    fresh database without tables.
-    """
+    """One engine (pool) per URL per process: stages open the registry once per call."""
     with _shared_lock:
         engine = _shared_engines.get(url)
         if engine is None:
-            engine = create_registry_engine(url)
-            _create_tables(engine)
-            _shared_engines[url] = engine
+            engine = _shared_engines[url] = create_registry_engine(url)
         return engine
 
 
-def _create_tables(engine: Engine) -> None:
-    try:
-        Base.metadata.create_all(engine)
-    except DBAPIError:
-        # Two workers' first runs can race on CREATE TABLE (PostgreSQL reports a
-        # duplicate); the loser's second, checkfirst pass finds the tables made.
-        Base.metadata.create_all(engine)
+def _ensure_migrated(engine: Engine) -> None:
+    from pipelines.registry_migrations import ensure_schema
+
+    with _shared_lock:
+        if engine not in _migrated:
+            ensure_schema(engine)
+            _migrated.add(engine)
 
 
 # -- the registry -----------------------------------------------------------
@@ -302,13 +93,13 @@ class Registry:
         self.engine = engine
         self._dialect = engine.dialect.name
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        # Writers on SQLite take the write lock at BEGIN (see _configure_sqlite).
+        # Writers on SQLite take the write lock at BEGIN (see registry_schema._configure_sqlite).
         writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self._dialect == "sqlite" else engine
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
 
     @classmethod
     def from_url(cls, url: str) -> Registry:
-        """The registry at ``url``, on this process's shared engine, tables created if missing."""
+        """The registry at ``url``, on this process's shared engine."""
         return cls(_shared_engine(url))
 
     @classmethod
@@ -316,9 +107,15 @@ class Registry:
         """The registry named by ``settings.registry_url`` (``PIPELINES_REGISTRY_URL``)."""
         return cls.from_url(settings.registry_url)
 
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Migrate the database to ``revision`` (every use does so to head anyway); returns it."""
+        from pipelines.registry_migrations import upgrade
+
+        return upgrade(self.engine, revision)
+
     def create_all(self) -> None:
-        """Create missing tables; a no-op on an up-to-date database."""
-        _create_tables(self.engine)
+        """Bring the schema up to date: the name predates migrations."""
+        self.upgrade()
 
     def close(self) -> None:
         """Close pooled connections (the engine reconnects if used again)."""
@@ -332,11 +129,13 @@ class Registry:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
+        _ensure_migrated(self.engine)
         with self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
+        _ensure_migrated(self.engine)
         with self._write_sessions() as session, session.begin():
             yield session
 
@@ -396,12 +195,30 @@ class Registry:
                     vertical=vertical,
                     ds=ds,
                 )
-            return _detach(ModelRecord, row)
+            return detach(ModelRecord, row)
 
     def model(self, vertical: str, model_version: str) -> ModelRecord | None:
+        """One model version, or None if it was never registered."""
         with self._read() as session:
             row = self._model_row(session, vertical, model_version)
-            return _detach(ModelRecord, row) if row else None
+            return detach(ModelRecord, row) if row else None
+
+    def models(self, vertical: str, limit: int = 20) -> list[ModelRecord]:
+        """A vertical's model versions, newest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(ModelVersionRow)
+                .where(ModelVersionRow.vertical == vertical)
+                .order_by(ModelVersionRow.created_at.desc(), ModelVersionRow.id.desc())
+                .limit(limit)
+            )
+            return [detach(ModelRecord, row) for row in rows]
+
+    def verticals(self) -> list[str]:
+        """Every vertical with a model or a decision in the registry, sorted."""
+        with self._read() as session:
+            names = session.scalars(select(ModelVersionRow.vertical).union(select(DecisionRow.vertical)))
+            return sorted(names)
 
     @staticmethod
     def _model_row(session: Session, vertical: str, model_version: str) -> ModelVersionRow | None:
@@ -424,12 +241,14 @@ class Registry:
         champion_version: str | None = None,
         forced: bool = False,
         forced_reason: str | None = None,
+        actor: str | None = None,
     ) -> DecisionRecord:
         """Record the gate's decision for (vertical, ds, model_version); reruns update it.
 
         A forced promotion is a person's decision: a later automatic rerun of
         the gate for the same key leaves it as it is (and the stored, forced
-        record is returned), while forcing again overwrites it.
+        record is returned), while forcing again overwrites it.  ``actor`` says
+        who or what decided (``airflow:<run_id>``, ``cli:<user>``).
         """
         if forced and not forced_reason:
             raise PipelineError("a forced decision needs forced_reason", vertical=vertical, ds=ds)
@@ -446,52 +265,78 @@ class Registry:
             champion_version=champion_version,
             created_at=now,
             updated_at=now,
+            actor=actor,
         )
+        rewritten = ("approved", "forced", "forced_reason", "reasons", "champion_version", "updated_at", "actor")
         stmt = stmt.on_conflict_do_update(
             index_elements=["vertical", "ds", "model_version"],
-            set_={
-                name: getattr(stmt.excluded, name)
-                for name in ("approved", "forced", "forced_reason", "reasons", "champion_version", "updated_at")
-            },
+            set_={name: getattr(stmt.excluded, name) for name in rewritten},
             where=or_(table.c.forced.is_(False), stmt.excluded.forced.is_(True)),
         )
         with self._write() as session:
             session.execute(stmt)
-            row = session.scalars(
-                select(DecisionRow).where(
-                    DecisionRow.vertical == vertical,
-                    DecisionRow.ds == ds,
-                    DecisionRow.model_version == model_version,
-                )
-            ).one()
-            return _detach(DecisionRecord, row)
+            row = self._decision_row(session, vertical, ds, model_version)
+            assert row is not None  # inserted or kept just now, in this transaction
+            return detach(DecisionRecord, row)
 
     def decision(self, vertical: str, ds: str, model_version: str) -> DecisionRecord | None:
         """The decision for one key (what the deploy stage checks before pushing)."""
         with self._read() as session:
-            row = session.scalars(
-                select(DecisionRow).where(
-                    DecisionRow.vertical == vertical,
-                    DecisionRow.ds == ds,
-                    DecisionRow.model_version == model_version,
-                )
-            ).one_or_none()
-            return _detach(DecisionRecord, row) if row else None
+            row = self._decision_row(session, vertical, ds, model_version)
+            return detach(DecisionRecord, row) if row else None
+
+    @staticmethod
+    def _decision_row(session: Session, vertical: str, ds: str, model_version: str) -> DecisionRow | None:
+        return session.scalars(
+            select(DecisionRow).where(
+                DecisionRow.vertical == vertical, DecisionRow.ds == ds, DecisionRow.model_version == model_version
+            )
+        ).one_or_none()
 
     def decisions(self, vertical: str, limit: int = 20) -> list[DecisionRecord]:
         """Newest first: by logical date, then by when the row was last written."""
         with self._read() as session:
-            rows = session.scalars(
+            return [detach(DecisionRecord, row) for row in self._decision_rows(session, vertical, limit)]
+
+    @staticmethod
+    def _decision_rows(session: Session, vertical: str, limit: int) -> list[DecisionRow]:
+        return list(
+            session.scalars(
                 select(DecisionRow)
                 .where(DecisionRow.vertical == vertical)
                 .order_by(DecisionRow.ds.desc(), DecisionRow.updated_at.desc(), DecisionRow.id.desc())
                 .limit(limit)
             )
-            return [_detach(DecisionRecord, row) for row in rows]
+        )
 
     def last_decision(self, vertical: str) -> DecisionRecord | None:
+        """The newest decision of a vertical, if any."""
         newest = self.decisions(vertical, limit=1)
         return newest[0] if newest else None
+
+    def history(self, vertical: str, limit: int = 20) -> list[HistoryEntry]:
+        """Decisions, newest first, each with whether and when its version reached production."""
+        with self._read() as session:
+            decisions = self._decision_rows(session, vertical, limit)
+            versions = {row.model_version for row in decisions}
+            moves = session.scalars(
+                select(DeploymentRow)
+                .where(DeploymentRow.vertical == vertical, DeploymentRow.model_version.in_(versions))
+                .order_by(DeploymentRow.seq)
+            )
+            first_move: dict[str, DeploymentRow] = {}
+            for move in moves:
+                first_move.setdefault(move.model_version, move)
+            last = self._last_deployment_row(session, vertical)
+            return [
+                HistoryEntry(
+                    decision=detach(DecisionRecord, row),
+                    deployed_at=first_move[row.model_version].at if row.model_version in first_move else None,
+                    deployed_by=first_move[row.model_version].actor if row.model_version in first_move else None,
+                    is_champion=last is not None and last.model_version == row.model_version,
+                )
+                for row in decisions
+            ]
 
     # -- deployments -------------------------------------------------------------
 
@@ -507,16 +352,26 @@ class Registry:
     ) -> DeploymentRecord | None:
         """Append a pointer move; return None (writing nothing) if it names the champion.
 
-        ``previous_version`` is what production held before the move: pass the
-        bucket pointer's (`DeployResult.previous_version`, the ground truth);
-        when omitted it is the registry's own last champion.  The model must be
-        registered first (`record_model`) so every deployment traces to its
-        lineage.  Call this after every successful bucket deploy, even one that
-        changed nothing: that is how a crash between the bucket and the
-        registry heals on the rerun.
+        ``actor`` is who or what moved the pointer (``airflow:<run_id>``,
+        ``cli:<user>``) and is required.  ``previous_version`` is what
+        production held before the move: pass the bucket pointer's
+        (`DeployResult.previous_version`, the ground truth); when omitted it is
+        the registry's own last champion.  The model must be registered first
+        (`record_model`) so every deployment traces to its lineage.  Call this
+        after every successful bucket deploy, even one that changed nothing:
+        that is how a crash between the bucket and the registry heals on the
+        rerun.  Racing callers for one vertical are serialised: each sees the
+        move before it, so exactly one of them promotes a given version.
         """
         if action not in ("deploy", "rollback"):
             raise PipelineError(f"deployment action must be 'deploy' or 'rollback', not {action!r}")
+        if not actor.strip():
+            raise PipelineError(
+                f"the {action} of {model_version} needs an actor (who or what moved the pointer, "
+                "e.g. 'airflow:<run_id>' or 'cli:<user>')",
+                vertical=vertical,
+                ds=ds,
+            )
         for _ in range(_DEPLOYMENT_RETRIES):
             try:
                 return self._append_deployment(
@@ -528,7 +383,7 @@ class Registry:
                     previous_version=previous_version,
                 )
             except IntegrityError:
-                # Another writer took this seq (or the model row vanished); re-read.
+                # A writer outside the lock took this seq (or the model row vanished); re-read.
                 if self.model(vertical, model_version) is None:
                     break
         raise DeployError(
@@ -549,6 +404,11 @@ class Registry:
         previous_version: str | None,
     ) -> DeploymentRecord | None:
         with self._write() as session:
+            if self._dialect == "postgresql":
+                # READ COMMITTED lets two writers read the same last move; the lock
+                # (held to commit) makes read-decide-append one step per vertical.
+                # SQLite needs none: BEGIN IMMEDIATE already admits one writer.
+                advisory_xact_lock(session, LOCK_DEPLOYMENTS, vertical)
             if self._model_row(session, vertical, model_version) is None:
                 raise DeployError(
                     f"model version {model_version} is not in the registry; record_model() it "
@@ -571,7 +431,7 @@ class Registry:
             )
             session.add(row)
             session.flush()
-            return _detach(DeploymentRecord, row)
+            return detach(DeploymentRecord, row)
 
     @staticmethod
     def _last_deployment_row(session: Session, vertical: str) -> DeploymentRow | None:
@@ -588,7 +448,7 @@ class Registry:
                 .order_by(DeploymentRow.seq.desc())
                 .limit(limit)
             )
-            return [_detach(DeploymentRecord, row) for row in rows]
+            return [detach(DeploymentRecord, row) for row in rows]
 
     def champion(self, vertical: str) -> ModelRecord | None:
         """The model the last deploy or rollback put in production, if any."""
@@ -597,7 +457,7 @@ class Registry:
             if last is None:
                 return None
             row = self._model_row(session, vertical, last.model_version)
-            return _detach(ModelRecord, row) if row else None
+            return detach(ModelRecord, row) if row else None
 
     def previous_champion(self, vertical: str) -> ModelRecord | None:
         """The model production had before the last move (what a rollback returns to).
@@ -610,4 +470,21 @@ class Registry:
             if last is None or last.previous_version is None:
                 return None
             row = self._model_row(session, vertical, last.previous_version)
-            return _detach(ModelRecord, row) if row else None
+            return detach(ModelRecord, row) if row else None
+
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "Base",
+    "DecisionRecord",
+    "DecisionRow",
+    "DeployAction",
+    "DeploymentRecord",
+    "DeploymentRow",
+    "HistoryEntry",
+    "ModelRecord",
+    "ModelVersionRow",
+    "Registry",
+    "UtcDateTime",
+    "create_registry_engine",
+]

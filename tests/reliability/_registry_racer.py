@@ -1,4 +1,4 @@
-"""The body of one registry racer, run in a spawned interpreter.
+"""Registry racers: long-lived spawned interpreters that write at the same instant.
 
 Its own top-level module (not the test file) because ``spawn`` unpickles the
 target by importing its module by name, and a stray ``tests`` package in
@@ -15,25 +15,33 @@ from pipelines.registry import DeploymentRecord, Registry
 VERTICAL = "finance"
 
 
-def race(url: str, barrier: Any, results: Any, index: int, job: str, args: dict[str, Any], timeout: float) -> None:
-    """Open the registry with the others, then run ``job`` with the others.
+def serve(*, index: int, jobs: Any, barrier: Any, results: Any, timeout: float) -> None:
+    """Run ``(url, job, args)`` tasks from ``jobs`` until a None arrives.
 
-    Reports ``(index, ok, value)`` on ``results``; a failure's value is its traceback.
+    Each task reports ``(index, ok, value)`` on ``results``; a failure's value
+    is its traceback.  Starting interpreters is the slow part of a race, so
+    one set of racers serves every test.
     """
-    try:
-        barrier.wait(timeout)
-        registry = Registry.from_url(url)  # first use: the schema upgrade races here
-        barrier.wait(timeout)
-        value = _run(registry, index, job, args)
-        registry.close()
-        results.put((index, True, value))
-    except BaseException:
-        results.put((index, False, traceback.format_exc()))
+    while (task := jobs.get()) is not None:
+        url, job, args = task
+        try:
+            # A URL this process has not seen: its first call below is a first
+            # use, so on a fresh database every racer's schema upgrade races too.
+            registry = Registry.from_url(url)
+            barrier.wait(timeout)
+            try:
+                value = _run(registry, index, job, args)
+            finally:
+                registry.close()
+            results.put((index, True, value))
+        except BaseException:
+            barrier.abort()  # release the others now instead of at their timeout
+            results.put((index, False, traceback.format_exc()))
 
 
 def _run(registry: Registry, index: int, job: str, args: dict[str, Any]) -> Any:
     if job == "open":
-        return None
+        return registry.verticals()  # a read is a first use too: it migrates
     if job == "deploy":
         return [
             _seq(registry.record_deployment(vertical=VERTICAL, model_version=version, actor=f"racer{index}"))
@@ -46,7 +54,7 @@ def _run(registry: Registry, index: int, job: str, args: dict[str, Any]) -> Any:
             model_version="m1",
             approved=index % 2 == 0,
             reasons=[{"rule": "f1>=0.5", "passed": True, "racer": index}],
-            **args,
+            actor=f"racer{index}",
         ).approved
     if job == "model":
         return registry.record_model(

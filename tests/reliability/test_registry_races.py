@@ -1,9 +1,11 @@
 """Registry writers racing in separate processes: one champion, no duplicate rows.
 
-Each racer is a fresh interpreter (``spawn``, as Airflow workers and the CLI
-are), opens the registry itself — so the first-use schema upgrade races too —
-then waits on a barrier and writes at the same instant as the others.  Run on
-a SQLite file and on the machine's PostgreSQL, each in a throw-away schema.
+Six racers are fresh interpreters (``spawn``, as Airflow workers and the CLI
+are), started once for the module because start-up is the slow part.  For
+each race they open the registry on a URL they have not seen, wait on one
+barrier, and then all write at the same instant — their first use of that
+database, so on a fresh one the schema upgrade races too.  Every race runs on
+a SQLite file and on the machine's PostgreSQL (a throw-away schema).
 """
 
 from __future__ import annotations
@@ -31,52 +33,79 @@ VERTICAL = "finance"  # what _registry_racer writes to
 # -- racer processes -------------------------------------------------------------
 
 
-def run_racers(url: str, job: str, per_racer: list[dict[str, Any]]) -> list[Any]:
-    """Start one spawned process per entry of ``per_racer``; return their values in order."""
-    racer = importlib.import_module("_registry_racer")  # importable by name: see _importable_racer
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(per_racer))
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=racer.race, args=(url, barrier, results, i, job, args, RACE_TIMEOUT_S), daemon=True)
-        for i, args in enumerate(per_racer)
-    ]
-    for proc in procs:
-        proc.start()
-    collected: dict[int, Any] = {}
-    failures: list[str] = []
-    deadline = time.monotonic() + RACE_TIMEOUT_S
-    try:
-        while len(collected) + len(failures) < len(procs):
+class Racers:
+    """``RACERS`` spawned interpreters that run one job each, released together by a barrier."""
+
+    def __init__(self) -> None:
+        racer = importlib.import_module("_registry_racer")  # by name: see the module's docstring
+        ctx = multiprocessing.get_context("spawn")
+        self.barrier = ctx.Barrier(RACERS)
+        self.results = ctx.Queue()
+        self.jobs = [ctx.Queue() for _ in range(RACERS)]
+        self.procs = [
+            ctx.Process(
+                target=racer.serve,
+                kwargs={
+                    "index": i,
+                    "jobs": self.jobs[i],
+                    "barrier": self.barrier,
+                    "results": self.results,
+                    "timeout": RACE_TIMEOUT_S,
+                },
+                daemon=True,
+            )
+            for i in range(RACERS)
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    def run(self, url: str, job: str, per_racer: list[dict[str, Any]] | None = None) -> list[Any]:
+        """Every racer runs ``job`` on ``url`` at once; their values, in racer order."""
+        if self.barrier.broken:  # a failed race aborted it
+            self.barrier.reset()
+        for i, queue_ in enumerate(self.jobs):
+            queue_.put((url, job, per_racer[i] if per_racer else {}))
+        collected: dict[int, Any] = {}
+        failures: list[str] = []
+        deadline = time.monotonic() + RACE_TIMEOUT_S
+        while len(collected) + len(failures) < RACERS:
             try:
-                index, ok, value = results.get(timeout=0.5)
+                index, ok, value = self.results.get(timeout=0.5)
             except queue.Empty:
-                # A racer that died before reporting (import error, crash) must not cost the timeout.
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead or time.monotonic() > deadline:
-                    failures.append(f"racers died or hung (exit codes {[p.exitcode for p in procs]})")
+                # A racer that died (import error, crash) must not cost the whole timeout.
+                if any(not p.is_alive() for p in self.procs) or time.monotonic() > deadline:
+                    failures.append(f"racers died or hung (exit codes {[p.exitcode for p in self.procs]})")
                     break
                 continue
             if ok:
                 collected[index] = value
             else:
                 failures.append(f"racer {index}:\n{value}")
-    finally:
-        for proc in procs:
+        assert not failures, "\n".join(failures)
+        return [collected[i] for i in range(RACERS)]
+
+    def stop(self) -> None:
+        for queue_ in self.jobs:
+            queue_.put(None)
+        for proc in self.procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    assert not failures, "\n".join(failures)
-    return [collected[i] for i in range(len(per_racer))]
+
+
+@pytest.fixture(scope="module")
+def racers() -> Iterator[Racers]:
+    with pytest.MonkeyPatch.context() as patch:
+        # Spawned racers import `_registry_racer` by name, with the parent's sys.path.
+        patch.syspath_prepend(str(Path(__file__).parent))
+        pool = Racers()
+    try:
+        yield pool
+    finally:
+        pool.stop()
 
 
 # -- backends ----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _importable_racer(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Spawned racers import the target's module by name, with the parent's sys.path.
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -135,8 +164,8 @@ def assert_consistent_history(registry: Registry) -> list[DeploymentRecord]:
 # -- races -----------------------------------------------------------------------------
 
 
-def test_first_use_upgrades_once(url: str) -> None:
-    run_racers(url, "open", [{}] * RACERS)
+def test_first_use_upgrades_once(url: str, racers: Racers) -> None:
+    assert racers.run(url, "open") == [[]] * RACERS
     engine = create_registry_engine(url)
     with engine.connect() as conn:
         assert {"model_versions", "decisions", "deployments"} <= set(inspect(conn).get_table_names())
@@ -144,12 +173,12 @@ def test_first_use_upgrades_once(url: str) -> None:
     engine.dispose()
 
 
-def test_racing_promotions_of_different_versions_leave_one_consistent_history(url: str) -> None:
+def test_racing_promotions_of_different_versions_leave_one_consistent_history(url: str, racers: Racers) -> None:
     versions = ["m0", "m1", "m2"]
     registry = _registry_with_models(url, versions)
     # Racer i walks the versions from offset i: many moves collide, many are no-ops.
     plans = [{"versions": [versions[(i + r) % len(versions)] for r in range(8)]} for i in range(RACERS)]
-    seqs = run_racers(url, "deploy", plans)
+    seqs = racers.run(url, "deploy", plans)
 
     history = assert_consistent_history(registry)
     recorded = sorted(seq for racer in seqs for seq in racer if seq is not None)
@@ -158,28 +187,29 @@ def test_racing_promotions_of_different_versions_leave_one_consistent_history(ur
     registry.close()
 
 
-def test_racing_promotions_of_one_version_make_one_champion(url: str) -> None:
+def test_racing_promotions_of_one_version_make_one_champion(url: str, racers: Racers) -> None:
     registry = _registry_with_models(url, ["m0", "m1"])
     registry.record_deployment(vertical=VERTICAL, model_version="m0", actor="setup")
-    seqs = run_racers(url, "deploy", [{"versions": ["m1"]}] * RACERS)
+    seqs = racers.run(url, "deploy", [{"versions": ["m1"]}] * RACERS)
 
     history = assert_consistent_history(registry)
     assert [(d.model_version, d.previous_version) for d in history] == [("m0", None), ("m1", "m0")]
-    assert sorted(seqs, key=str) == [[2]] + [[None]] * (RACERS - 1), "exactly one racer promoted"
+    assert [s for s in seqs if s != [None]] == [[2]], "exactly one racer promoted; the others found it done"
     registry.close()
 
 
-def test_racing_gate_reruns_keep_one_decision(url: str) -> None:
-    outcomes = run_racers(url, "decision", [{"actor": f"racer{i}"} for i in range(RACERS)])
+def test_racing_gate_reruns_keep_one_decision(url: str, racers: Racers) -> None:
+    outcomes = racers.run(url, "decision")
     registry = Registry(create_registry_engine(url))
     stored = registry.decision(VERTICAL, "2024-01-01", "m1")
     assert _count(registry, DecisionRow) == 1
     assert stored is not None and stored.approved in outcomes
+    assert stored.actor in {f"racer{i}" for i in range(RACERS)}
     registry.close()
 
 
-def test_racing_model_records_keep_one_row(url: str) -> None:
-    assert run_racers(url, "model", [{}] * RACERS) == ["m-race"] * RACERS
+def test_racing_model_records_keep_one_row(url: str, racers: Racers) -> None:
+    assert racers.run(url, "model") == ["m-race"] * RACERS
     registry = Registry(create_registry_engine(url))
     assert _count(registry, ModelVersionRow) == 1
     record = registry.model(VERTICAL, "m-race")

@@ -1,19 +1,26 @@
-"""The model registry: idempotent writes, champion history, SQLite and PostgreSQL."""
+"""The model registry: migrations, idempotent writes, champion history, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
+from pipelines import registry_migrations
 from pipelines.errors import DeployError, PipelineError, VersioningError
 from pipelines.registry import (
+    Base,
     DecisionRow,
     DeploymentRow,
     ModelVersionRow,
@@ -139,6 +146,18 @@ def test_forced_decision_survives_an_automatic_rerun(registry: Registry) -> None
     assert _count(registry, DecisionRow) == 1
 
 
+def test_decision_records_who_decided(registry: Registry) -> None:
+    key: dict[str, Any] = {"vertical": "finance", "ds": "2024-01-01", "model_version": "m1"}
+    assert registry.record_decision(**key, approved=False, reasons=RULES).actor is None
+    auto = registry.record_decision(**key, approved=False, reasons=RULES, actor="airflow:scheduled__1")
+    assert auto.actor == "airflow:scheduled__1"
+    registry.record_decision(
+        **key, approved=True, reasons=RULES, forced=True, forced_reason="hotfix", actor="cli:alice"
+    )
+    rerun = registry.record_decision(**key, approved=False, reasons=RULES, actor="airflow:scheduled__2")
+    assert (rerun.forced, rerun.forced_reason, rerun.actor) == (True, "hotfix", "cli:alice")  # the person's call stands
+
+
 def test_forced_decision_needs_a_reason(registry: Registry) -> None:
     with pytest.raises(PipelineError, match="forced_reason"):
         registry.record_decision(
@@ -209,6 +228,13 @@ def test_deployment_takes_previous_version_from_the_bucket(registry: Registry) -
     assert record is not None and record.previous_version == "m1"
 
 
+def test_a_pointer_move_needs_an_actor(registry: Registry) -> None:
+    _model(registry, "m1")
+    with pytest.raises(PipelineError, match="needs an actor"):
+        registry.record_deployment(vertical="finance", model_version="m1", actor=" ", action="rollback")
+    assert _count(registry, DeploymentRow) == 0
+
+
 def test_bad_action_is_refused(registry: Registry) -> None:
     _model(registry, "m1")
     with pytest.raises(PipelineError, match="deploy' or 'rollback"):
@@ -248,22 +274,40 @@ def test_concurrent_writers_share_one_sqlite_file(tmp_path: Path) -> None:
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pg_registry(postgres_url: str) -> Iterator[Registry]:
-    """A registry in a throw-away schema, so runs never see each other's rows."""
+@contextmanager
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A URL whose search_path is a throw-away schema, so runs never see each other's rows."""
     schema = f"test_registry_{uuid.uuid4().hex[:12]}"
     admin = create_registry_engine(postgres_url)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     separator = "&" if "?" in postgres_url else "?"
-    reg = Registry.from_url(f"{postgres_url}{separator}options=-csearch_path%3D{schema}")
     try:
-        yield reg
+        yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
     finally:
-        reg.close()
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_registry(postgres_url: str) -> Iterator[Registry]:
+    with pg_schema(postgres_url) as url:
+        reg = Registry.from_url(url)
+        try:
+            yield reg
+        finally:
+            reg.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        with pg_schema(request.getfixturevalue("postgres_url")) as pg_url:
+            yield pg_url
 
 
 @pytest.mark.postgres
@@ -278,3 +322,140 @@ def test_postgres_upserts_and_champion_history(pg_registry: Registry) -> None:
     kept = pg_registry.record_decision(**key, approved=False, reasons=[])
     assert kept.forced and kept.approved
     assert _count(pg_registry, DecisionRow) == 1
+
+
+# -- migrations (both backends) ---------------------------------------------------------
+
+
+def _schema_diffs(url: str) -> list[Any]:
+    """What autogenerate would still have to do to turn the database into ``Base.metadata``."""
+    engine = create_registry_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_registry_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _execute(url: str, *statements: str) -> None:
+    engine = create_registry_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_revision_history_is_linear_and_head_is_known() -> None:
+    script = ScriptDirectory.from_config(registry_migrations.alembic_config())
+    assert script.get_heads() == [registry_migrations.HEAD_REVISION]
+    assert script.get_bases() == [registry_migrations.INITIAL_REVISION]
+    assert registry_migrations.MIGRATIONS_DIR.is_relative_to(Path(registry_migrations.__file__).parent)
+
+
+def test_migrated_schema_matches_the_models(url: str) -> None:
+    assert registry_migrations.upgrade(url) == registry_migrations.HEAD_REVISION
+    assert _schema_diffs(url) == []
+    assert registry_migrations.upgrade(url) == registry_migrations.HEAD_REVISION  # a no-op at head
+
+
+def test_initial_revision_is_the_schema_create_all_made(url: str) -> None:
+    """0001 is the pre-migration schema: the models less what later revisions added."""
+    registry_migrations.upgrade(url, registry_migrations.INITIAL_REVISION)
+    diffs = _schema_diffs(url)
+    assert [(d[0], d[2], d[3].name) for d in diffs] == [("add_column", "decisions", "actor")]
+
+
+def test_first_use_migrates_a_fresh_database(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no alembic.ini, no cwd-relative paths
+    reg = Registry(create_registry_engine(url))
+    assert reg.verticals() == []
+    assert registry_migrations.current_revision(reg.engine) == registry_migrations.HEAD_REVISION
+    reg.close()
+
+
+def test_a_create_all_database_is_stamped_and_upgraded(url: str) -> None:
+    # What the registry made before migrations: the tables, rows, no alembic_version.
+    registry_migrations.upgrade(url, registry_migrations.INITIAL_REVISION)
+    _execute(
+        url,
+        "DROP TABLE alembic_version",
+        "INSERT INTO decisions (vertical, ds, model_version, approved, forced, reasons, created_at, updated_at) "
+        "VALUES ('finance', '2024-01-01', 'm1', true, false, '[]', '2024-01-02 00:00:00', '2024-01-02 00:00:00')",
+    )
+    assert registry_migrations.current_revision(url) is None
+
+    reg = Registry(create_registry_engine(url))
+    kept = reg.decision("finance", "2024-01-01", "m1")
+    assert kept is not None and kept.approved and kept.actor is None
+    assert registry_migrations.current_revision(reg.engine) == registry_migrations.HEAD_REVISION
+    reg.close()
+    assert _schema_diffs(url) == []
+
+
+def test_a_foreign_database_is_refused(url: str) -> None:
+    _execute(url, "CREATE TABLE model_versions (id INTEGER PRIMARY KEY)")
+    with pytest.raises(PipelineError, match="empty database or schema"):
+        registry_migrations.upgrade(url)
+
+
+def test_a_database_from_newer_code_says_what_to_do(url: str) -> None:
+    registry_migrations.upgrade(url)
+    _execute(url, "UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    with pytest.raises(PipelineError, match="upgrade this worker's package"):
+        Registry(create_registry_engine(url)).verticals()
+
+
+def test_downgrade_to_base_and_up_again(url: str) -> None:
+    registry_migrations.upgrade(url)
+    assert registry_migrations.downgrade(url, "base") is None
+    assert _tables(url) <= {"alembic_version"}
+    registry_migrations.upgrade(url)
+    assert _schema_diffs(url) == []
+
+
+def test_new_revision_drafts_the_next_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "registry_migrations"
+    shutil.copytree(registry_migrations.MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(registry_migrations, "MIGRATIONS_DIR", copy)
+    path = registry_migrations.new_revision("0003_nothing", "nothing changed")
+    assert path == copy / "versions" / "v0003_nothing.py"
+    draft = path.read_text()
+    assert f"down_revision: str | None = {registry_migrations.HEAD_REVISION!r}" in draft
+    upgrade_body = draft.split("def upgrade() -> None:")[1].split("def downgrade")[0]
+    assert "pass" in upgrade_body and "op." not in upgrade_body  # the models equal head: nothing to do
+
+
+# -- queries for the Models view (both backends) --------------------------------------------
+
+
+def test_models_view_queries(url: str) -> None:
+    reg = Registry(create_registry_engine(url))
+    _model(reg, "m1")
+    _model(reg, "m2", data="d2", ds="2024-01-02")
+    reg.record_decision(vertical="finance", ds="2024-01-01", model_version="m1", approved=True, reasons=RULES)
+    reg.record_decision(vertical="finance", ds="2024-01-02", model_version="m2", approved=False, reasons=RULES)
+    reg.record_decision(vertical="retail", ds="2024-01-02", model_version="r1", approved=False, reasons=[])
+    reg.record_deployment(vertical="finance", model_version="m1", actor="airflow:run1", ds="2024-01-01")
+
+    assert reg.verticals() == ["finance", "retail"]
+    assert [m.model_version for m in reg.models("finance")] == ["m2", "m1"]
+    assert [m.model_version for m in reg.models("finance", limit=1)] == ["m2"]
+    newest, oldest = reg.history("finance")
+    assert (newest.decision.model_version, newest.deployed, newest.is_champion) == ("m2", False, False)
+    assert newest.deployed_at is None and newest.deployed_by is None
+    assert (oldest.decision.model_version, oldest.deployed, oldest.is_champion) == ("m1", True, True)
+    assert oldest.deployed_by == "airflow:run1" and oldest.deployed_at is not None
+    assert [h.decision.model_version for h in reg.history("finance", limit=1)] == ["m2"]
+    assert reg.history("nobody") == []
+    reg.close()

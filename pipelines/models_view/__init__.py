@@ -1,0 +1,17 @@
+"""The models view: champions, gate decisions and deployments per vertical, in the Airflow UI.
+
+``overview``      what is shown, gathered from the specs and the registry (no web, no Airflow)
+``html``          the server-rendered page (escaped, one stylesheet, no build step)
+``app``           the FastAPI app: pages, JSON endpoints, read-only data docs; auth injected
+``airflow_auth``  Airflow's login and DAG permissions wired in (the only Airflow import)
+
+``plugins/models_view.py`` mounts the app under `DEFAULT_PREFIX` of the Airflow
+API server and adds the "Models" entry to the UI's navigation.  This package
+imports nothing heavy on import: the plugin module is loaded by every Airflow
+process, not only the API server.
+"""
+
+from __future__ import annotations
+
+#: Where the Airflow plugin mounts the app (``fastapi_apps`` url_prefix).
+DEFAULT_PREFIX = "/models"

@@ -1,0 +1,299 @@
+"""What the models view shows, gathered from the specs and the registry.
+
+Plain frozen records, no web framework and no Airflow: the HTML page and the
+JSON endpoints render the same `VerticalOverview`, and the tests can build one
+from a registry they filled themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
+from pipelines.errors import PipelineError
+from pipelines.registry import DecisionRecord, DeploymentRecord, ModelRecord, Registry
+
+Outcome = Literal["approved", "rejected", "forced"]
+
+#: Actors the deploy stage writes as ``<who>:<dag_run_id>`` (see `stages.deploy`).
+_RUN_ACTOR_PREFIX = "airflow:"
+
+
+def data_docs_root(settings: Settings, vertical: str) -> Path:
+    """The vertical's Great Expectations data docs site (built by the validate stage).
+
+    Mirrors `pipelines.quality.data_docs_index` without importing it: that
+    module pulls in pandas, which a web request has no use for.
+    """
+    return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """One gate floor of the spec against the champion's holdout metric."""
+
+    metric: str
+    value: float | None
+    threshold: float
+    #: None when the champion has no value for the metric (never scored, or undefined).
+    passed: bool | None
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The model production serves, with where it came from."""
+
+    model_version: str
+    data_version: str
+    #: The logical date (``ds``) the model was trained for.
+    ds: str
+    dag_run_id: str | None
+    registered_at: datetime
+    deployed_at: datetime | None
+    deployed_by: str | None
+    #: The DAG run that deployed it, when an Airflow run did.
+    deployed_run_id: str | None
+    checks: list[MetricCheck]
+
+
+@dataclass(frozen=True)
+class RuleLine:
+    """One gate rule of a decision, as the gate recorded it."""
+
+    rule: str
+    passed: bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecisionEntry:
+    ds: str
+    model_version: str
+    outcome: Outcome
+    forced_reason: str | None
+    #: The champion the challenger was compared with (None for a first model).
+    champion_version: str | None
+    rules: list[RuleLine]
+    dag_run_id: str | None
+    decided_at: datetime
+    #: Who decided, when the registry records it (a forced promotion's person).
+    actor: str | None = None
+    #: When the version first reached production (None: never, or unknown to an older registry).
+    deployed_at: datetime | None = None
+    #: Whether the version is the champion now.
+    is_champion: bool = False
+
+    @property
+    def failed(self) -> list[RuleLine]:
+        return [r for r in self.rules if r.passed is False]
+
+
+@dataclass(frozen=True)
+class DeploymentEntry:
+    at: datetime
+    action: str
+    from_version: str | None
+    to_version: str
+    actor: str
+    ds: str | None
+    #: The DAG run that moved the pointer, when an Airflow run did.
+    dag_run_id: str | None
+
+
+@dataclass(frozen=True)
+class VerticalOverview:
+    """Everything the view knows about one vertical."""
+
+    name: str
+    description: str | None
+    owner: str | None
+    thresholds: dict[str, float]
+    champion: Champion | None
+    decisions: list[DecisionEntry]
+    deployments: list[DeploymentEntry]
+    has_data_docs: bool
+    #: Why the spec could not be loaded (the vertical is still listed, with the message).
+    spec_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def last_decision(self) -> DecisionEntry | None:
+        return self.decisions[0] if self.decisions else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (datetimes as ISO 8601 strings)."""
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def listed_verticals(settings: Settings, registry: Registry) -> list[str]:
+    """The verticals of the spec files, plus any the registry still holds without one.
+
+    A vertical whose spec was removed keeps its history; listing it (marked as
+    having no spec) is how its last champion stays visible.  ``Registry.verticals``
+    is newer than this view: without it, the spec files alone decide.
+    """
+    names = set(vertical_names(settings))
+    registered = getattr(registry, "verticals", None)
+    if callable(registered):
+        names.update(str(name) for name in registered())
+    return sorted(names)
+
+
+def collect_vertical(
+    registry: Registry,
+    settings: Settings,
+    vertical: str,
+    *,
+    history: int = 10,
+) -> VerticalOverview:
+    """Champion, metric checks and the newest ``history`` decisions and deployments of one vertical."""
+    spec: VerticalSpec | None = None
+    spec_error: str | None = None
+    try:
+        spec = load_spec(vertical, settings)
+    except PipelineError as exc:
+        spec_error = str(exc)
+    thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()} if spec else {}
+    deployments = registry.deployments(vertical, limit=history)
+    models = _ModelCache(registry, vertical)
+    champion = registry.champion(vertical)
+    champion_version = champion.model_version if champion else None
+    notes = []
+    if champion is None and deployments:
+        notes.append(f"the last deployment names {deployments[0].model_version}, which is not in model_versions")
+    return VerticalOverview(
+        name=vertical,
+        description=spec.description if spec else None,
+        owner=spec.owner if spec else None,
+        thresholds=thresholds,
+        champion=_champion(champion, deployments, thresholds) if champion else None,
+        decisions=_decisions(registry, vertical, history, models, champion_version),
+        deployments=[_deployment(d) for d in deployments],
+        has_data_docs=(data_docs_root(settings, vertical) / "index.html").is_file(),
+        spec_error=spec_error,
+        notes=notes,
+    )
+
+
+def collect_all(
+    registry: Registry, settings: Settings, verticals: Iterable[str], *, history: int = 10
+) -> list[VerticalOverview]:
+    return [collect_vertical(registry, settings, name, history=history) for name in verticals]
+
+
+class _ModelCache:
+    """Decisions name model versions; their DAG run lives on the model row (one read each)."""
+
+    def __init__(self, registry: Registry, vertical: str) -> None:
+        self._registry = registry
+        self._vertical = vertical
+        self._seen: dict[str, ModelRecord | None] = {}
+
+    def get(self, model_version: str) -> ModelRecord | None:
+        if model_version not in self._seen:
+            self._seen[model_version] = self._registry.model(self._vertical, model_version)
+        return self._seen[model_version]
+
+
+def check_metrics(metrics: dict[str, Any], thresholds: dict[str, float]) -> list[MetricCheck]:
+    """Each spec floor against ``metrics`` (a missing or non-numeric value is neither pass nor fail)."""
+    checks = []
+    for metric, floor in sorted(thresholds.items()):
+        value = metrics.get(metric)
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        checks.append(MetricCheck(metric, number, floor, None if number is None else number >= floor))
+    return checks
+
+
+def _champion(model: ModelRecord, deployments: list[DeploymentRecord], thresholds: dict[str, float]) -> Champion:
+    last = deployments[0] if deployments and deployments[0].model_version == model.model_version else None
+    return Champion(
+        model_version=model.model_version,
+        data_version=model.data_version,
+        ds=model.ds,
+        dag_run_id=model.dag_run_id,
+        registered_at=model.created_at,
+        deployed_at=last.at if last else None,
+        deployed_by=last.actor if last else None,
+        deployed_run_id=_run_of(last.actor) if last else None,
+        checks=check_metrics(model.metrics, thresholds),
+    )
+
+
+def _rule(reason: Any) -> RuleLine:
+    # The gate stores `RuleResult` dicts; tolerate a bare string from an older writer.
+    if isinstance(reason, dict):
+        passed = reason.get("passed")
+        return RuleLine(
+            rule=str(reason.get("rule", "")),
+            passed=passed if isinstance(passed, bool) else None,
+            detail=str(reason.get("detail") or reason.get("rule") or ""),
+        )
+    return RuleLine(rule="", passed=None, detail=str(reason))
+
+
+def _decisions(
+    registry: Registry, vertical: str, limit: int, models: _ModelCache, champion_version: str | None
+) -> list[DecisionEntry]:
+    """Newest first; with ``Registry.history`` each says whether and when its version was deployed."""
+    history = getattr(registry, "history", None)
+    if callable(history):
+        return [
+            _decision(h.decision, models, deployed_at=h.deployed_at, is_champion=h.is_champion)
+            for h in history(vertical, limit=limit)
+        ]
+    return [
+        _decision(d, models, deployed_at=None, is_champion=d.model_version == champion_version)
+        for d in registry.decisions(vertical, limit=limit)
+    ]
+
+
+def _decision(
+    record: DecisionRecord, models: _ModelCache, *, deployed_at: datetime | None, is_champion: bool
+) -> DecisionEntry:
+    outcome: Outcome = "forced" if record.forced else "approved" if record.approved else "rejected"
+    model = models.get(record.model_version)
+    return DecisionEntry(
+        ds=record.ds,
+        model_version=record.model_version,
+        outcome=outcome,
+        forced_reason=record.forced_reason,
+        champion_version=record.champion_version,
+        rules=[_rule(r) for r in record.reasons],
+        dag_run_id=model.dag_run_id if model else None,
+        decided_at=record.updated_at,
+        actor=getattr(record, "actor", None),  # newer registries record who decided
+        deployed_at=deployed_at,
+        is_champion=is_champion,
+    )
+
+
+def _run_of(actor: str) -> str | None:
+    run_id = actor[len(_RUN_ACTOR_PREFIX) :] if actor.startswith(_RUN_ACTOR_PREFIX) else None
+    return run_id or None
+
+
+def _deployment(record: DeploymentRecord) -> DeploymentEntry:
+    return DeploymentEntry(
+        at=record.at,
+        action=record.action,
+        from_version=record.previous_version,
+        to_version=record.model_version,
+        actor=record.actor,
+        ds=record.ds,
+        dag_run_id=_run_of(record.actor),
+    )

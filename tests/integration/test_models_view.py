@@ -1,0 +1,510 @@
+"""The models view (plugins/models_view.py) over HTTP.
+
+Two tiers in one file:
+
+* in-process (fast): the FastAPI app with a stub `ViewAuth`, for what does not
+  depend on Airflow: escaping, permission filtering, path traversal, JSON shape.
+* a real ``airflow api-server`` (marked airflow + slow): its own AIRFLOW_HOME
+  and SQLite DB, the repo's plugins folder, the simple auth manager, and a
+  PIPELINES_HOME whose registry this test fills through `Registry`.  Nothing
+  is mocked: the plugin is loaded by Airflow and guarded by Airflow's login.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import HTTPException, Request
+from fastapi.testclient import TestClient
+
+from pipelines.config import PROJECT_ROOT, Settings, load_spec_file
+from pipelines.models_view.app import ViewAuth, create_app
+from pipelines.models_view.overview import data_docs_root
+from pipelines.registry import Registry
+
+from .airflow_support import AIRFLOW_BIN, airflow_env, migrated_airflow_home
+
+STARTUP_TIMEOUT_S = 180
+RUN_ID = "scheduled__2026-11-28T02:00:00+00:00"
+CHAMPION = "mv-d4c1a9e07b12"
+REJECTED = "mv-b7e2f0c3a944"
+#: Outside the data docs site, inside PIPELINES_HOME: what a traversal would be after.
+SECRET = "registry-password-do-not-serve"
+
+
+def _settings(home: Path) -> Settings:
+    return Settings(
+        home=home,
+        specs_dir=PROJECT_ROOT / "verticals",
+        expectations_dir=PROJECT_ROOT / "expectations",
+        bucket_url=(home / "bucket").as_uri(),
+        registry_url=f"sqlite:///{home / 'registry.db'}",
+        dvc_remote=str(home / "dvc-remote"),
+    )
+
+
+def _rules(metrics: dict[str, float], floors: dict[str, float]) -> list[dict[str, Any]]:
+    """Gate rule records shaped like `RuleResult.to_dict` writes them."""
+    rules = []
+    for metric, floor in sorted(floors.items()):
+        value = metrics[metric]
+        passed = value >= floor
+        verb = "meets" if passed else "is below"
+        rules.append(
+            {
+                "rule": f"threshold:{metric}",
+                "passed": passed,
+                "observed": value,
+                "required": floor,
+                "detail": f"{metric} {value:.4f} {verb} floor {floor:.4f}",
+                "margin": round(value - floor, 6),
+            }
+        )
+    return rules
+
+
+def _floors(vertical: str) -> dict[str, float]:
+    """The gate floors of the repo's spec (so the demo agrees with the page's pass marks)."""
+    return {
+        str(k): v for k, v in load_spec_file(PROJECT_ROOT / "verticals" / f"{vertical}.yaml").gate.thresholds.items()
+    }
+
+
+def _scores(floors: dict[str, float], above: float) -> dict[str, float]:
+    return {metric: round(min(floor + above, 0.99), 3) for metric, floor in floors.items()}
+
+
+FINANCE_FLOORS = _floors("finance")
+GOOD = _scores(FINANCE_FLOORS, 0.05)
+BETTER = _scores(FINANCE_FLOORS, 0.065)
+#: Above every floor but recall's: the rejected challenger.
+WEAK = {**_scores(FINANCE_FLOORS, 0.02), "recall": round(FINANCE_FLOORS["recall"] - 0.038, 3)}
+REJECTION = f"recall {WEAK['recall']:.4f} is below floor {FINANCE_FLOORS['recall']:.4f}"
+
+
+def populate_registry(settings: Settings) -> None:
+    """A few nights of history: approvals, a rejection, a forced promotion and a rollback.
+
+    Also used for the screenshot in docs/models-view.md.
+    """
+    registry = Registry.from_settings(settings)
+    good, better, weak = GOOD, BETTER, WEAK
+    models = [
+        ("mv-5a0e3f1d2c88", "dv-0c9d1e2f3a4b", "2026-11-25", "scheduled__2026-11-25T02:00:00+00:00", good),
+        (REJECTED, "dv-1d2e3f4a5b6c", "2026-11-26", "scheduled__2026-11-26T02:00:00+00:00", weak),
+        ("mv-9f8e7d6c5b4a", "dv-2e3f4a5b6c7d", "2026-11-27", "scheduled__2026-11-27T02:00:00+00:00", weak),
+        (CHAMPION, "dv-3f4a5b6c7d8e", "2026-11-28", RUN_ID, better),
+    ]
+    for version, data_version, ds, run_id, metrics in models:
+        registry.record_model(
+            vertical="finance",
+            model_version=version,
+            data_version=data_version,
+            ds=ds,
+            dag_run_id=run_id,
+            metrics=metrics,
+            lineage={"dag_run_id": run_id},
+        )
+    first, _, forced, _ = models
+    registry.record_decision(
+        vertical="finance", ds=first[2], model_version=first[0], approved=True, reasons=_rules(good, FINANCE_FLOORS)
+    )
+    registry.record_deployment(vertical="finance", model_version=first[0], actor=f"airflow:{first[3]}", ds=first[2])
+    registry.record_decision(
+        vertical="finance",
+        ds="2026-11-26",
+        model_version=REJECTED,
+        approved=False,
+        champion_version=first[0],
+        reasons=[
+            *_rules(weak, FINANCE_FLOORS),
+            {
+                "rule": "champion:recall",
+                "passed": False,
+                "observed": weak["recall"],
+                "required": good["recall"] - 0.03,
+                "detail": f"recall {weak['recall']:.4f} is worse than champion {good['recall']:.4f} - tolerance 0.0300",
+                "margin": round(weak["recall"] - good["recall"] + 0.03, 6),
+            },
+        ],
+    )
+    registry.record_decision(
+        vertical="finance",
+        ds=forced[2],
+        model_version=forced[0],
+        approved=True,
+        forced=True,
+        forced_reason="schema change upstream; retrained model needed tonight (ticket FIN-212)",
+        actor="cli:alice",
+        champion_version=first[0],
+        reasons=_rules(weak, FINANCE_FLOORS),
+    )
+    registry.record_deployment(vertical="finance", model_version=forced[0], actor="cli:alice", ds=forced[2])
+    registry.record_deployment(
+        vertical="finance", model_version=first[0], actor="cli:oncall", action="rollback", ds=forced[2]
+    )
+    registry.record_decision(
+        vertical="finance",
+        ds="2026-11-28",
+        model_version=CHAMPION,
+        approved=True,
+        champion_version=first[0],
+        reasons=_rules(better, FINANCE_FLOORS),
+    )
+    registry.record_deployment(vertical="finance", model_version=CHAMPION, actor=f"airflow:{RUN_ID}", ds="2026-11-28")
+
+    health_floors = _floors("healthcare")
+    health = _scores(health_floors, 0.08)
+    registry.record_model(
+        vertical="healthcare",
+        model_version="mv-1b2c3d4e5f60",
+        data_version="dv-9a8b7c6d5e4f",
+        ds="2026-11-28",
+        dag_run_id=RUN_ID,
+        metrics=health,
+        lineage={},
+    )
+    registry.record_decision(
+        vertical="healthcare",
+        ds="2026-11-28",
+        model_version="mv-1b2c3d4e5f60",
+        approved=True,
+        reasons=_rules(health, health_floors),
+    )
+    registry.record_deployment(
+        vertical="healthcare", model_version="mv-1b2c3d4e5f60", actor=f"airflow:{RUN_ID}", ds="2026-11-28"
+    )
+
+    docs = data_docs_root(settings, "finance")
+    (docs / "validations").mkdir(parents=True)
+    (docs / "index.html").write_text("<html><body><h1>Data docs: finance suite</h1></body></html>")
+    (docs / "validations" / "run.html").write_text("<html><body>validation result</body></html>")
+    (settings.home / "secret.txt").write_text(SECRET)
+
+
+# -- in-process: the app with a stub login -------------------------------------
+
+STUB_TOKEN = "stub-token"
+
+
+def _stub_auth(readable: set[str] | None = None) -> ViewAuth:
+    def user(request: Request) -> str:
+        if request.headers.get("authorization") != f"Bearer {STUB_TOKEN}":
+            raise HTTPException(401, "Not authenticated")
+        return "tester"
+
+    return ViewAuth(
+        user=user,
+        can_read=lambda _user, vertical: readable is None or vertical in readable,
+        login_url=lambda next_url: f"/auth/login?next={next_url}",
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Settings:
+    settings = _settings(tmp_path / "state")
+    settings.home.mkdir()
+    populate_registry(settings)
+    return settings
+
+
+def _client(settings: Settings, readable: set[str] | None = None) -> TestClient:
+    from fastapi import FastAPI
+
+    root = FastAPI()
+    root.mount("/models", create_app(_stub_auth(readable), settings_factory=lambda: settings))
+    return TestClient(root, headers={"Authorization": f"Bearer {STUB_TOKEN}"})
+
+
+def test_every_route_needs_the_injected_login(state: Settings):
+    client = _client(state)
+    anonymous = TestClient(client.app)
+    for path in ("/models/", "/models/verticals/finance", "/models/api/verticals", "/models/docs/finance/index.html"):
+        assert anonymous.get(path).status_code == 401, path
+        assert client.get(path).status_code == 200, path
+    browser = anonymous.get("/models/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert browser.status_code == 307
+    assert browser.headers["location"].startswith("/auth/login?next=")
+    # FastAPI's own API docs would not be behind the login: they are switched off.
+    for path in ("/models/openapi.json", "/models/docs", "/models/redoc"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_page_escapes_registry_text_and_links_the_dag_run(state: Settings):
+    Registry.from_settings(state).record_decision(
+        vertical="finance",
+        ds="2026-11-29",
+        model_version=REJECTED,
+        approved=False,
+        reasons=[{"rule": "x", "passed": False, "detail": "<script>alert('x')</script>"}],
+    )
+    page = _client(state).get("/models/").text
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert f'href="/dags/finance/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in page
+    assert 'href="/models/docs/finance/index.html"' in page
+
+
+def test_user_sees_only_verticals_whose_runs_they_may_read(state: Settings):
+    client = _client(state, readable={"healthcare"})
+    listed = client.get("/models/api/verticals").json()
+    assert [v["name"] for v in listed["verticals"]] == ["healthcare"]
+    assert listed["hidden"] == 3
+    assert client.get("/models/api/verticals/finance").status_code == 403
+    assert client.get("/models/docs/finance/index.html").status_code == 403
+    assert client.get("/models/api/verticals/nosuch").status_code == 404
+
+
+def test_detail_json_has_champion_checks_and_history(state: Settings):
+    data = _client(state).get("/models/api/verticals/finance").json()
+    assert data["champion"]["model_version"] == CHAMPION
+    assert data["champion"]["ds"] == "2026-11-28"
+    assert {c["metric"]: c["passed"] for c in data["champion"]["checks"]} == dict.fromkeys(FINANCE_FLOORS, True)
+    assert {c["metric"]: c["value"] for c in data["champion"]["checks"]} == BETTER
+    assert [d["outcome"] for d in data["decisions"]] == ["approved", "forced", "rejected", "approved"]
+    assert [d["is_champion"] for d in data["decisions"]] == [True, False, False, False]
+    forced = data["decisions"][1]
+    assert forced["actor"] == "cli:alice" and forced["deployed_at"] is not None  # deployed, then rolled back
+    assert data["decisions"][2]["deployed_at"] is None  # the rejected one never was
+    assert [(d["action"], d["from_version"], d["to_version"]) for d in data["deployments"]][:2] == [
+        ("deploy", "mv-5a0e3f1d2c88", CHAMPION),
+        ("rollback", "mv-9f8e7d6c5b4a", "mv-5a0e3f1d2c88"),
+    ]
+    assert data["links"]["champion_dag_run"].startswith("/dags/finance/runs/")
+
+
+def test_unreachable_registry_is_a_503_that_says_what_to_check(tmp_path: Path):
+    down = replace(_settings(tmp_path), registry_url="postgresql+psycopg://nobody:secret@127.0.0.1:1/registry")
+    response = _client(down).get("/models/api/verticals")
+    assert response.status_code == 503
+    assert "PIPELINES_REGISTRY_URL" in response.json()["detail"]
+    assert "secret" not in response.text  # the password is masked
+
+
+TRAVERSALS = (
+    "/models/docs/finance/../../../../secret.txt",
+    "/models/docs/finance/%2e%2e/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+    "/models/docs/finance/..%2f..%2f..%2f..%2fsecret.txt",
+    "/models/docs/finance/validations/..%2f..%2f..%2f..%2f..%2fsecret.txt",
+    "/models/docs/finance/%2fetc%2fpasswd",
+    "/models/docs/..%2f..%2fsecret.txt/index.html",
+    "/models/docs/finance/index.html%00.txt",
+)
+
+
+def _raw_get(client: httpx.Client | TestClient, raw_path: str) -> httpx.Response:
+    # httpx would normalise "/../" away before sending: put the raw path on the wire.
+    request = client.build_request("GET", raw_path)
+    request.url = request.url.copy_with(raw_path=raw_path.encode())
+    return client.send(request)
+
+
+def test_data_docs_are_served_but_nothing_outside_them(state: Settings):
+    client = _client(state)
+    assert "Data docs: finance" in client.get("/models/docs/finance/").text
+    assert client.get("/models/docs/finance/validations/run.html").status_code == 200
+    for path in TRAVERSALS:
+        response = _raw_get(client, path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert SECRET not in response.text
+
+
+# -- a real Airflow API server -------------------------------------------------
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    airflow_home: Path
+    log: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
+
+    def token(self) -> str:
+        passwords = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        password = json.loads(passwords.read_text())["admin"]
+        with self.client() as client:
+            response = client.post("/auth/token", json={"username": "admin", "password": password})
+        assert response.status_code == 201, response.text
+        return response.json()["access_token"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_api_server(pipelines_home: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], ApiServer]:
+    """``airflow api-server`` on a free loopback port, plugins loaded at start-up (used by the docs script too)."""
+    airflow_home = workdir / "airflow"
+    # A copy of the session's migrated metadata DB: no second `airflow db migrate`.
+    shutil.copytree(migrated_airflow_home(), airflow_home)
+    port = _free_port()
+    env = airflow_env(
+        pipelines_home,
+        airflow_home,
+        port=port,
+        AIRFLOW__CORE__LAZY_LOAD_PLUGINS="False",
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
+    )
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(PROJECT_ROOT / "plugins")
+    log = workdir / "api-server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [AIRFLOW_BIN, "api-server", "--port", str(port)],
+            env=env,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches its workers
+        )
+    server = ApiServer(f"http://127.0.0.1:{port}", airflow_home, log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"api-server exited ({process.returncode}):\n{log.read_text()[-6000:]}")
+        try:
+            if httpx.get(f"{server.base_url}/api/v2/monitor/health", timeout=5).status_code == 200:
+                return process, server
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    stop_api_server(process)
+    raise AssertionError(f"api-server not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-6000:]}")
+
+
+def stop_api_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (a clean uvicorn shutdown), then whatever of the group outlived it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    workdir = tmp_path_factory.mktemp("models-view")
+    settings = _settings(workdir / "state")
+    settings.home.mkdir()
+    populate_registry(settings)
+    process, server = start_api_server(settings.home, workdir)
+    try:
+        yield server
+    finally:
+        stop_api_server(process)
+
+
+PROTECTED = (
+    "/models/",
+    "/models/verticals/finance",
+    "/models/api/verticals",
+    "/models/api/verticals/finance",
+    "/models/docs/finance/index.html",
+)
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_plugin_endpoints_require_login(api_server: ApiServer):
+    with api_server.client() as anonymous:
+        for path in PROTECTED:
+            response = anonymous.get(path)
+            assert response.status_code in (401, 403), (path, response.status_code)
+            assert CHAMPION not in response.text
+            forged = anonymous.get(path, headers={"Authorization": "Bearer not-a-jwt"})
+            assert forged.status_code in (401, 403), (path, forged.status_code)
+            assert anonymous.get(path, cookies={"_token": "not-a-jwt"}).status_code in (401, 403), path
+        # A browser without a session is sent to Airflow's login page, and back here after it.
+        browser = anonymous.get("/models/", headers={"Accept": "text/html"}, follow_redirects=False)
+        assert browser.status_code == 307
+        assert browser.headers["location"].startswith("/auth/login?next=")
+        assert "%2Fmodels%2F" in browser.headers["location"]
+        assert anonymous.get("/models/openapi.json").status_code == 404
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_logged_in_user_sees_champion_reasons_and_links(api_server: ApiServer):
+    token = api_server.token()
+    with api_server.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        page = client.get("/models/")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["cache-control"] == "no-store"
+        html = page.text
+        assert CHAMPION in html and "dv-3f4a5b6c7d8e" in html
+        assert REJECTION in html  # the rejection's reason
+        assert "schema change upstream" in html  # the forced promotion's reason
+        assert "cli:oncall" in html and "rollback" in html
+        assert f'href="/dags/finance/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in html
+
+        listed = client.get("/models/api/verticals").json()
+        champions = {v["name"]: (v["champion"] or {}).get("model_version") for v in listed["verticals"]}
+        assert champions == {
+            "education": None,
+            "finance": CHAMPION,
+            "healthcare": "mv-1b2c3d4e5f60",
+            "manufacturing": None,
+        }
+        detail = client.get("/models/api/verticals/finance").json()
+        assert detail["decisions"][2]["outcome"] == "rejected"
+        assert REJECTION in [r["detail"] for r in detail["decisions"][2]["rules"]]
+        assert "Data docs: finance" in client.get("/models/docs/finance/index.html").text
+
+    # The Airflow UI's own session: the `_token` cookie its login page sets.
+    with api_server.client(cookies={"_token": token}) as browser:
+        assert CHAMPION in browser.get("/models/", headers={"Accept": "text/html"}).text
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_data_docs_route_refuses_path_traversal(api_server: ApiServer):
+    token = api_server.token()
+    with api_server.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        for path in TRAVERSALS:
+            response = _raw_get(client, path)
+            assert SECRET not in response.text, path
+            if "/../" in path:
+                # The server resolves literal dot segments before routing ("/secret.txt"):
+                # the request never reaches the plugin, and the UI's catch-all answers.
+                continue
+            assert response.status_code == 404, (path, response.status_code)
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_models_entry_is_in_the_airflow_ui_navigation(api_server: ApiServer):
+    token = api_server.token()
+    with api_server.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        plugins = client.get("/api/v2/plugins").json()["plugins"]
+    plugin = next(p for p in plugins if p["name"] == "models_view")
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/models"]
+    (view,) = plugin["external_views"]
+    assert (view["name"], view["href"], view["url_route"], view["destination"]) == (
+        "Models",
+        "models/",
+        "models",
+        "nav",
+    )
