@@ -16,7 +16,7 @@ from typing import Any
 
 from pipelines import stages
 from pipelines.config import Settings, load_spec, vertical_names
-from pipelines.errors import DataQualityError, DeployError, PipelineError, SpecError
+from pipelines.errors import DataQualityError, PipelineError, SpecError
 
 log = logging.getLogger("pipelines.cli")
 
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="move a vertical's production pointer back")
     rollback.add_argument("vertical")
     rollback.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
+    rollback.add_argument("--reason", default=None, help="why (goes into the notice email)")
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
     return parser
@@ -185,25 +186,29 @@ def _status_lines(row: dict[str, Any]) -> str:
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.deploy import rollback
-    from pipelines.registry import Registry
+    """Move the pointer back (registry row and notice email included); see `pipelines.rollout`."""
+    from pipelines.rollout import rollback_vertical
 
-    spec = load_spec(args.vertical, settings)
-    registry = Registry.from_settings(settings)
-    if args.to_version and registry.model(spec.name, args.to_version) is None:
-        raise DeployError(f"version {args.to_version!r} is not in the registry; see `python -m pipelines status`")
-    result = rollback(bucket_url=settings.bucket_url, vertical=spec.name, to_version=args.to_version)
-    if result.changed:
-        registry.record_deployment(
-            vertical=spec.name,
-            model_version=result.model_version,
-            action="rollback",
-            previous_version=result.previous_version,
-            actor="cli",
-            ds=None,
-        )
-    print(f"{spec.name}: production is now {result.model_version} (was {result.previous_version})")
+    result = rollback_vertical(
+        args.vertical, settings=settings, to_version=args.to_version, actor=_cli_actor(), reason=args.reason
+    )
+    if result["changed"]:
+        print(f"{result['vertical']}: production is now {result['model_version']} (was {result['previous_version']})")
+    else:
+        print(f"{result['vertical']}: production is already {result['model_version']}; the pointer did not move")
+    if result["notice"]:
+        print(f"notice sent: {result['notice']}")
     return 0
+
+
+def _cli_actor() -> str:
+    """``cli:<login>`` for the registry; plain ``cli`` where the login is unknown (containers)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
 
 
 def _verticals(settings: Settings) -> int:

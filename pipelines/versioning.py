@@ -692,21 +692,33 @@ class _ErrorCollector(logging.Handler):
             self.causes.append(text)
 
 
-@contextmanager
-def _translating(step: str, *, root: Path, vertical: str, ds: str | None, hint: str | None = None) -> Iterator[None]:
-    """Re-raise DVC, git and OS failures as `VersioningError` saying what to do."""
+def _translatable_errors(*, remote_step: bool) -> tuple[type[BaseException], ...]:
+    """Failure types that mean "the data repository or remote has a problem".
+
+    Looked up when an error is caught: DVC and botocore are imported inside the
+    guarded block, and the git-only paths must not pay for importing them.
+    """
     from scmrepo.exceptions import SCMError
 
     errors: tuple[type[BaseException], ...] = (OSError, SCMError)
-    # Only translate DVC's errors when DVC is already loaded: the git-only
-    # paths (the no-op check, find_version) must stay free of DVC's import cost.
     if "dvc.exceptions" in sys.modules:
         from dvc.exceptions import DvcException
 
         errors = (*errors, DvcException)
-    if hint is not None:
-        # Remote steps: DVC reports a missing remote plugin (dvc-s3, ...) as ImportError.
+    if remote_step:
+        # A missing remote plugin (dvc-s3, ...) surfaces as ImportError.
         errors = (*errors, ImportError)
+        if "botocore.exceptions" in sys.modules:
+            # No credentials, endpoint unreachable: dvc-s3 lets botocore's errors through.
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            errors = (*errors, BotoCoreError, ClientError)
+    return errors
+
+
+@contextmanager
+def _translating(step: str, *, root: Path, vertical: str, ds: str | None, hint: str | None = None) -> Iterator[None]:
+    """Re-raise DVC, git and OS failures as `VersioningError` saying what to do."""
     collector = _ErrorCollector()
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     for lg in loggers:
@@ -715,7 +727,9 @@ def _translating(step: str, *, root: Path, vertical: str, ds: str | None, hint: 
         yield
     except VersioningError:
         raise
-    except errors as exc:
+    except Exception as exc:
+        if not isinstance(exc, _translatable_errors(remote_step=hint is not None)):
+            raise
         said = "; ".join(collector.causes[:3])
         raise VersioningError(
             f"{step} failed: {type(exc).__name__}: {exc}"

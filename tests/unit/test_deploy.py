@@ -12,6 +12,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines import deploy
+from pipelines.bucket import storage_options
 from pipelines.deploy import (
     DeployResult,
     deploy_version,
@@ -26,7 +27,9 @@ from pipelines.errors import DeployError
 
 VERTICAL = "finance"
 MODEL_FILES = {"weights.pt", "preprocessing.json", "model.json"}
-BUCKET_FILES = MODEL_FILES | {"metrics.json", "model_card.md", "lineage.json", "checksums.json"}
+CARD_FILES = {"metrics.json", "model_card.md", "model_card.json", "confusion_matrix.svg", "lineage.json"}
+BUCKET_FILES = MODEL_FILES | CARD_FILES | {"checksums.json"}
+METRICS = {"challenger": {"f1": 0.8, "confusion_matrix": [[50, 5], [7, 38]]}, "holdout_rows": 100}
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def do_deploy(bucket_url: str, model_dir: Path, version: str, ds: str = "2024-01
         vertical=VERTICAL,
         model_version=version,
         model_dir=model_dir,
-        metrics={"challenger": {"f1": 0.8}},
+        metrics=METRICS,
         lineage={"data_version": f"data-{version}", "dag_run_id": "scheduled__x"},
         model_card=f"# {version}\n",
         ds=ds,
@@ -370,7 +373,7 @@ def test_load_production_scores_like_the_trained_model(
     assert served.predict_proba(frame).tolist() == pytest.approx(expected.tolist())
     assert served.predict(frame).tolist() == (expected >= 0.4).astype(int).tolist()
     assert served.decision_threshold == 0.4
-    assert served.metrics() == {"challenger": {"f1": 0.8}}
+    assert served.metrics() == METRICS
 
     # An intact cache is reused without downloading again ...
     def no_download(*_a: Any, **_k: Any) -> None:
@@ -396,3 +399,174 @@ def test_load_production_defaults_to_settings(
     served = load_production(VERTICAL)
     assert served.path == home / "cache" / "deployed" / VERTICAL / "v1"
     assert len(served.predict_proba(frame)) == len(frame)
+
+
+def test_loader_refuses_tampered_weights_before_deserialising(
+    tmp_path: Path, bucket: Path, bucket_url: str, trained_model_dir: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    path, _ = trained_model_dir
+    do_deploy(bucket_url, path, "v1")
+    flip_byte(version_dir(bucket, "v1") / "weights.pt", offset=100)
+
+    def never(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("deserialised bytes that failed their checksum")
+
+    monkeypatch.setattr(torch, "load", never)
+    with pytest.raises(DeployError, match=r"weights\.pt of .* expected sha256 .* refusing to load a corrupted model"):
+        load_production(VERTICAL, bucket_url=bucket_url, cache_dir=tmp_path / "cache")
+    with pytest.raises(DeployError, match="refusing to load"):
+        load_version(VERTICAL, "v1", bucket_url=bucket_url, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / VERTICAL / "v1").exists()
+
+
+# -- model card files -----------------------------------------------------------------------------
+
+
+def test_version_folder_holds_json_card_and_confusion_image(tmp_path: Path, bucket: Path, bucket_url: str) -> None:
+    import xml.etree.ElementTree as ET
+
+    model_dir = make_model_dir(tmp_path, 1)
+    (model_dir / "model.json").write_text(json.dumps({"label": {"column": "status", "positive": "bad"}}))
+    do_deploy(bucket_url, model_dir, "v1")
+    folder = version_dir(bucket, "v1")
+
+    card = json.loads((folder / "model_card.json").read_text())
+    assert (card["vertical"], card["model_version"], card["logical_date"]) == (VERTICAL, "v1", "2024-01-01")
+    assert card["metrics"]["challenger"] == {"f1": 0.8}
+    assert card["confusion_matrix"]["matrix"] == [[50, 5], [7, 38]]
+    assert card["confusion_matrix"]["image"] == "confusion_matrix.svg"
+    assert card["lineage"]["data_version"] == "data-v1" and card["holdout"] == {"rows": 100}
+
+    svg = ET.fromstring((folder / "confusion_matrix.svg").read_bytes())  # well-formed XML
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert {"50", "5", "7", "38", "not bad", "bad"} <= set(texts)
+    assert "![Confusion matrix on the holdout](confusion_matrix.svg)" in (folder / "model_card.md").read_text()
+
+
+def test_same_inputs_give_byte_identical_version_folders(tmp_path: Path) -> None:
+    model_dir = make_model_dir(tmp_path, 1)
+    first, second = tmp_path / "b1", tmp_path / "b2"
+    do_deploy(first.as_uri(), model_dir, "v1")
+    do_deploy(second.as_uri(), model_dir, "v1")
+    assert _folder_bytes(first) == _folder_bytes(second)
+
+
+def _folder_bytes(bucket_root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in version_dir(bucket_root, "v1").iterdir()}
+
+
+def test_card_without_confusion_matrix_and_with_extra_json(tmp_path: Path, bucket: Path, bucket_url: str) -> None:
+    deploy_version(
+        bucket_url=bucket_url,
+        vertical=VERTICAL,
+        model_version="v1",
+        model_dir=make_model_dir(tmp_path, 1),
+        metrics={"challenger": {"f1": 0.8}},
+        lineage={},
+        model_card="# v1\n",
+        ds="2024-01-01",
+        model_card_json={"owner": "finance-ml", "vertical": "finance"},
+    )
+    folder = version_dir(bucket, "v1")
+    assert not (folder / "confusion_matrix.svg").exists()
+    assert (folder / "model_card.md").read_text() == "# v1\n"
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["owner"] == "finance-ml" and "confusion_matrix" not in card
+
+
+# -- rollback guard and a damaged pointer --------------------------------------------------------------
+
+
+def test_rollback_guard_refuses_before_anything_moves(tmp_path: Path, bucket_url: str) -> None:
+    do_deploy(bucket_url, make_model_dir(tmp_path, 1), "v1")
+    do_deploy(bucket_url, make_model_dir(tmp_path, 2), "v2")
+    seen: list[str] = []
+
+    def guard(target: str) -> None:
+        seen.append(target)
+        raise DeployError(f"{target} is not approved")
+
+    with pytest.raises(DeployError, match="v1 is not approved"):
+        rollback(bucket_url=bucket_url, vertical=VERTICAL, guard=guard)
+    assert seen == ["v1"] and read_pointer(bucket_url, VERTICAL)["version"] == "v2"  # type: ignore[index]
+
+
+def test_named_rollback_repairs_an_unreadable_pointer(tmp_path: Path, bucket: Path, bucket_url: str) -> None:
+    do_deploy(bucket_url, make_model_dir(tmp_path, 1), "v1")
+    (bucket / VERTICAL / "production.json").write_text("{truncated")
+    with pytest.raises(DeployError, match="not valid JSON"):
+        rollback(bucket_url=bucket_url, vertical=VERTICAL)
+    result = rollback(bucket_url=bucket_url, vertical=VERTICAL, to_version="v1")
+    assert result.changed and result.previous_version is None
+    assert read_pointer(bucket_url, VERTICAL)["version"] == "v1"  # type: ignore[index]
+
+
+# -- credentials ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_bucket_conn(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("PIPELINES_BUCKET_CONN_ID", raising=False)
+    return monkeypatch
+
+
+def test_local_and_plain_s3_urls_take_no_options(no_bucket_conn: pytest.MonkeyPatch) -> None:
+    assert storage_options("file:///tmp/bucket") == ("file:///tmp/bucket", {})
+    # botocore's own chain (AWS_* variables, profile, instance role) decides.
+    assert storage_options("s3://models/prod") == ("s3://models/prod", {})
+
+
+def test_s3_options_from_a_json_connection(no_bucket_conn: pytest.MonkeyPatch) -> None:
+    conn = {
+        "conn_type": "aws",
+        "login": "AKID",
+        "password": "s3cr3t",
+        "extra": {"endpoint_url": "http://minio:9000", "region_name": "eu-west-1"},
+    }
+    no_bucket_conn.setenv("AIRFLOW_CONN_MODELS_S3", json.dumps(conn))
+    no_bucket_conn.setenv("PIPELINES_BUCKET_CONN_ID", "models_s3")
+    url, options = storage_options("s3://models/prod")
+    assert url == "s3://models/prod"
+    assert options == {
+        "key": "AKID",
+        "secret": "s3cr3t",
+        "endpoint_url": "http://minio:9000",
+        "client_kwargs": {"region_name": "eu-west-1"},
+    }
+
+
+def test_s3_options_from_a_uri_connection_named_in_the_url(no_bucket_conn: pytest.MonkeyPatch) -> None:
+    no_bucket_conn.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://AK%2FID:p%40ss@/?endpoint_url=http%3A%2F%2Fs3%3A8333")
+    url, options = storage_options("s3://aws_default@models/prod")
+    assert url == "s3://models/prod"
+    assert options == {"key": "AK/ID", "secret": "p@ss", "endpoint_url": "http://s3:8333"}
+
+
+def test_missing_connection_says_what_to_set(no_bucket_conn: pytest.MonkeyPatch) -> None:
+    no_bucket_conn.setenv("PIPELINES_BUCKET_CONN_ID", "nope")
+    no_bucket_conn.delenv("AIRFLOW_CONN_NOPE", raising=False)
+    with pytest.raises(DeployError, match=r"set AIRFLOW_CONN_NOPE .* or unset PIPELINES_BUCKET_CONN_ID"):
+        read_pointer("s3://models/prod", VERTICAL)
+
+
+def test_denied_access_says_what_to_check(bucket_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(*_a: Any, **_k: Any) -> bytes:
+        raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", denied)
+    with pytest.raises(DeployError, match=r"denied access .*AWS_ACCESS_KEY_ID"):
+        read_pointer(bucket_url, VERTICAL)
+    with pytest.raises(DeployError, match="denied access"):
+        load_production(VERTICAL, bucket_url=bucket_url, cache_dir=Path("/nonexistent"))
+
+
+def test_serving_imports_stay_light() -> None:
+    import subprocess
+    import sys
+
+    heavy = ("torch", "airflow", "sqlalchemy", "lightning", "great_expectations", "dvc")
+    code = f"import sys, pipelines.serving; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -216,11 +216,18 @@ def test_unusable_remote_raises_a_clear_error_and_a_rerun_recovers(tmp_path: Pat
     assert (Path(fixed.dvc_remote) / "files" / "md5" / version.md5[:2] / version.md5[2:]).exists()
 
 
-def test_url_remote_is_not_treated_as_a_path(tmp_path: Path, frame: pd.DataFrame) -> None:
-    # The s3 plugin is not installed here: DVC must refuse the URL rather than
-    # create a folder called "s3:".
+def test_url_remote_is_not_treated_as_a_path(tmp_path: Path, frame: pd.DataFrame, monkeypatch) -> None:
+    # An S3 remote with nothing listening: DVC must try the URL (and fail with a
+    # VersioningError naming the setting) rather than create a folder called "s3:".
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     settings = make_settings(tmp_path, remote="s3://pipelines-dvc/remote")
-    with pytest.raises(VersioningError, match=r"PIPELINES_DVC_REMOTE.*s3://pipelines-dvc/remote.*dvc\[s3\]"):
+    with pytest.raises(VersioningError, match=r"PIPELINES_DVC_REMOTE.*s3://pipelines-dvc/remote"):
         snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
     assert not list(tmp_path.rglob("s3:*"))
 
