@@ -161,7 +161,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
                     "model_version": last.model_version,
                     "approved": last.approved,
                     "forced": last.forced,
-                    "reasons": [r["detail"] for r in last.reasons if not r.get("passed", True)]
+                    "reasons": [
+                        r["detail"] for r in last.reasons if not r.get("passed", True) and r.get("blocking", True)
+                    ]
                     or ["every rule passed"],
                 },
             }

@@ -121,11 +121,78 @@ class Model(_Strict):
     decision_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
 
+#: What a baseline comparison may use.  ``balanced_accuracy`` (mean of recall
+#: and specificity) is the one a constant predictor cannot game: 0.5 for any
+#: majority class, where plain accuracy would be the majority's share.
+BaselineMetric = Literal["accuracy", "balanced_accuracy", "recall", "precision", "f1", "auroc"]
+_Unit = Annotated[float, Field(ge=0, le=1)]
+
+
+class Comparison(_Strict):
+    """How the challenger is compared with the champion (and the logistic baseline) on the same holdout rows."""
+
+    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric;
+    #: ``mcnemar``: McNemar's mid-p test for accuracy and recall (bootstrap for
+    #: the others); ``point``: point estimates only (tolerance alone decides).
+    method: Literal["bootstrap", "mcnemar", "point"] = "bootstrap"
+    #: The primary metrics compared with the champion; unset: every metric in
+    #: ``thresholds`` or ``champion_tolerance``.
+    metrics: Annotated[list[GateMetric], Field(min_length=1)] | None = None
+    #: Two-sided confidence of the interval; a drop is significant when the
+    #: whole interval lies below 0 (one-sided level (1 - confidence) / 2).
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
+    resamples: Annotated[int, Field(ge=200, le=100_000)] = 1000
+    #: Seed of the resampling: the same holdout and seed give the same interval.
+    seed: int = 0
+    #: Below either size the paired test is not trustworthy; ``too_small`` decides.
+    min_rows: Annotated[int, Field(ge=1)] = 200
+    min_positives: Annotated[int, Field(ge=0)] = 20
+    #: ``keep_champion``: reject the challenger; ``point_estimate``: decide on
+    #: the tolerances alone, as ``method: point`` does.
+    too_small: Literal["keep_champion", "point_estimate"] = "keep_champion"
+
+
+class SliceGate(_Strict):
+    """Floors the challenger must reach within every large-enough value of one column."""
+
+    #: A column of the data (feature or not); never the label, the key or PII.
+    column: Annotated[str, Field(min_length=1)]
+    #: Slices with fewer holdout rows (or positives) are reported as skipped.
+    min_rows: Annotated[int, Field(ge=1)] = 50
+    min_positives: Annotated[int, Field(ge=0)] = 5
+    thresholds: Annotated[dict[GateMetric, _Unit], Field(min_length=1)]
+
+
+class BaselineCheck(_Strict):
+    """Metrics on which the challenger must reach one baseline's score."""
+
+    metrics: list[BaselineMetric] = Field(min_length=1)
+    #: Required = baseline + margin: positive means "beat it by", negative "trail by at most".
+    margin: Annotated[float, Field(ge=-0.5, le=0.5)] = 0.0
+
+
+class Baselines(_Strict):
+    """Naive models scored on the same holdout; ``null`` switches one off."""
+
+    #: Predicts the train split's majority class for every row.
+    majority: BaselineCheck | None = BaselineCheck(metrics=["balanced_accuracy"], margin=0.05)
+    #: L2 logistic regression on the same preprocessed features and train split.
+    logistic: BaselineCheck | None = BaselineCheck(metrics=["auroc"], margin=0.0)
+    #: Inverse L2 strength of the logistic baseline (scikit-learn's ``C``).
+    logistic_c: Annotated[float, Field(gt=0)] = 1.0
+
+
 class Gate(_Strict):
     #: Absolute floors the challenger must reach on the holdout.
-    thresholds: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]]
+    thresholds: dict[GateMetric, _Unit]
     #: How much worse than the champion (same holdout) a challenger may be.
-    champion_tolerance: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    champion_tolerance: dict[GateMetric, _Unit] = Field(default_factory=dict)
+    #: How comparisons with the champion and the logistic baseline treat holdout noise.
+    comparison: Comparison = Comparison()
+    #: Per-slice floors (e.g. per clinic); empty means no slice checks.
+    slices: list[SliceGate] = Field(default_factory=list)
+    #: Naive models the challenger must beat on the same holdout.
+    baselines: Baselines = Baselines()
     #: With no champion yet: promote when the thresholds hold, or never
     #: automatically (a forced promotion is then needed).
     first_model: Literal["promote_if_thresholds", "require_manual"] = "promote_if_thresholds"
@@ -137,7 +204,29 @@ class Gate(_Strict):
         missing = {"accuracy", "recall", "f1"} - set(self.thresholds)
         if missing:
             raise ValueError(f"gate.thresholds must set accuracy, recall and f1; missing {sorted(missing)}")
+        columns = [s.column for s in self.slices]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"gate.slices lists column(s) {repeated} more than once; merge their thresholds")
         return self
+
+    @property
+    def compared_metrics(self) -> list[str]:
+        """Metrics compared with the champion: ``comparison.metrics``, else every thresholded or toleranced one."""
+        if self.comparison.metrics is not None:
+            return sorted(set(self.comparison.metrics))
+        return sorted(set(self.thresholds) | set(self.champion_tolerance))
+
+    def tolerance(self, metric: str) -> float:
+        """How much worse than the champion ``metric`` may be (0 when unlisted)."""
+        return next((v for k, v in self.champion_tolerance.items() if k == metric), 0.0)
+
+    def check_slice_columns(self, *, forbidden: dict[str, str]) -> None:
+        """Raise when a slice column is one of ``forbidden`` (column -> why it cannot be sliced on)."""
+        for gate_slice in self.slices:
+            why = forbidden.get(gate_slice.column)
+            if why:
+                raise ValueError(f"gate.slices: column {gate_slice.column!r} is {why} and cannot be a slice")
 
 
 class Alerts(_Strict):
@@ -175,6 +264,14 @@ class VerticalSpec(_Strict):
         leaked = used & set(self.pii)
         if leaked:
             raise ValueError(f"PII columns must not be model features: {sorted(leaked)}")
+        # Slice values are stored with the holdout scores and named in reports: never PII.
+        self.gate.check_slice_columns(
+            forbidden={
+                **dict.fromkeys(self.pii, "PII"),
+                self.key: "the key",
+                self.label.column: "the label",
+            }
+        )
         return self
 
     @property

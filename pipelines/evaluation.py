@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipelines.config import SliceGate
 from pipelines.errors import TrainingError
+from pipelines.layout import write_bytes_atomic
 
 
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Classification metrics of probabilities ``y_prob`` against 0/1 labels ``y_true``.
 
     A row is predicted positive when its probability is at or above
-    ``threshold``.  Precision, recall and F1 are 0.0 when their denominator is
-    0; ``auroc`` is None when the labels hold a single class (it is undefined
+    ``threshold``.  Precision, recall, specificity and F1 are 0.0 when their
+    denominator is 0; ``auroc`` is None when the labels hold a single class (it is undefined
     there, and a made-up 0.5 would pass or fail a gate for the wrong reason).
     """
     truth, prob = _validate(y_true, y_prob)
@@ -26,12 +33,16 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0
     n = truth.size
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, tp + fn)
+    specificity = _ratio(tn, tn + fp)
     return {
         "accuracy": _ratio(tp + tn, n),
         "precision": precision,
         "recall": recall,
         "f1": _ratio(2 * precision * recall, precision + recall),
         "auroc": auroc(truth, prob),
+        "specificity": specificity,
+        # Mean of the per-class recalls: 0.5 for any constant predictor, whatever the class balance.
+        "balanced_accuracy": (recall + specificity) / 2.0,
         "confusion_matrix": [[tn, fp], [fn, tp]],
         "n": int(n),
         "positives": int(tp + fn),
@@ -79,6 +90,149 @@ def roc_points(y_true: np.ndarray, y_prob: np.ndarray, max_points: int = 101) ->
     thresholds = np.r_[top, sorted_prob[cut]]
     keep = _thin(fpr.size, max_points)
     return [{"fpr": float(fpr[i]), "tpr": float(tpr[i]), "threshold": float(thresholds[i])} for i in keep]
+
+
+#: Column names of the holdout scores frame (see `holdout_scores_frame`).
+LABEL, CHALLENGER, CHAMPION = "label", "challenger", "champion"
+BASELINE_PREFIX, SLICE_PREFIX = "baseline:", "slice:"
+#: The slice value of rows whose slice column is empty.
+MISSING_SLICE = "__missing__"
+
+
+@dataclass(frozen=True)
+class SliceMetrics:
+    """One value of a slice column: its size and, when large enough, its metrics."""
+
+    column: str
+    value: str
+    rows: int
+    positives: int
+    #: None when the slice is below ``min_rows`` or ``min_positives`` (skipped).
+    metrics: dict[str, Any] | None
+
+    @property
+    def skipped(self) -> bool:
+        return self.metrics is None
+
+
+def slice_metrics(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    values: np.ndarray,
+    *,
+    column: str,
+    threshold: float,
+    min_rows: int,
+    min_positives: int,
+) -> list[SliceMetrics]:
+    """`compute_metrics` per distinct value of ``values`` (one per holdout row), sorted by value.
+
+    Values are compared as `slice_values` tokens (None/NaN become ``"__missing__"``).
+    Slices below ``min_rows`` rows or ``min_positives`` positives come back
+    with ``metrics=None``: recall on three positives is noise, not evidence.
+    """
+    truth, prob = _validate(y_true, y_prob)
+    keys = np.array([_slice_token(v) for v in np.asarray(values, dtype=object)], dtype=object)
+    if keys.size != truth.size:
+        raise ValueError(f"slice column {column!r} has {keys.size} values for {truth.size} rows")
+    results = []
+    for value in sorted(set(keys.tolist())):
+        rows = keys == value
+        positives = int(truth[rows].sum())
+        big_enough = int(rows.sum()) >= min_rows and positives >= min_positives
+        metrics = compute_metrics(truth[rows], prob[rows], threshold) if big_enough else None
+        results.append(SliceMetrics(column, value, int(rows.sum()), positives, metrics))
+    return results
+
+
+def slice_values(series: pd.Series) -> np.ndarray:
+    """A slice column's values as strings, the way reports name them.
+
+    Integral floats read as ints (a column that gained a NaN still says
+    ``12``, not ``12.0``); missing values become ``__missing__``.
+    """
+    return np.array([_slice_token(v) for v in series.to_numpy(dtype=object)], dtype=object)
+
+
+def _slice_token(value: Any) -> str:
+    if _is_missing(value):
+        return MISSING_SLICE
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def holdout_scores_frame(
+    y_true: np.ndarray,
+    challenger: np.ndarray,
+    *,
+    champion: np.ndarray | None = None,
+    baselines: dict[str, np.ndarray] | None = None,
+    slices: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per holdout row: label, every model's probability, slice values.
+
+    Columns: ``label`` (0/1), ``challenger``, ``champion`` (when there is one),
+    ``baseline:<name>`` and ``slice:<column>``.  The gate's paired tests and
+    slice checks read this instead of rescoring models.
+    """
+    columns: dict[str, Any] = {
+        LABEL: np.asarray(y_true, dtype=np.int8),
+        CHALLENGER: np.asarray(challenger, dtype=np.float64),
+    }
+    if champion is not None:
+        columns[CHAMPION] = np.asarray(champion, dtype=np.float64)
+    for name, prob in (baselines or {}).items():
+        columns[f"{BASELINE_PREFIX}{name}"] = np.asarray(prob, dtype=np.float64)
+    for column, values in (slices or {}).items():
+        columns[f"{SLICE_PREFIX}{column}"] = pd.array(values, dtype="string")
+    return pd.DataFrame(columns)
+
+
+def write_holdout_scores(path: Path, scores: pd.DataFrame) -> str:
+    """Write the scores frame as parquet (atomically); return the file's sha256."""
+    buffer = io.BytesIO()
+    scores.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_holdout_scores(path: Path, sha256: str | None) -> pd.DataFrame:
+    """Read scores written by `write_holdout_scores`, refusing a file whose hash differs.
+
+    Raises FileNotFoundError or ValueError: a paired test on rows other than
+    the ones evaluate scored would compare the wrong things.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no holdout scores at {path}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"holdout scores {path} do not match the evaluate record (changed since)")
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def gate_slice_metrics(
+    slices: list[SliceGate], scores: pd.DataFrame, challenger: dict[str, Any]
+) -> dict[str, list[SliceMetrics]]:
+    """`slice_metrics` of the challenger for every slice the gate names that the scores hold."""
+    return {
+        s.column: slice_metrics(
+            scores[LABEL].to_numpy(),
+            scores[CHALLENGER].to_numpy(),
+            scores[f"{SLICE_PREFIX}{s.column}"].to_numpy(dtype=object),
+            column=s.column,
+            threshold=float(challenger["threshold"]),
+            min_rows=s.min_rows,
+            min_positives=s.min_positives,
+        )
+        for s in slices
+        if f"{SLICE_PREFIX}{s.column}" in scores.columns
+    }
 
 
 def _validate(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

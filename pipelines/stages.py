@@ -246,9 +246,22 @@ def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: s
 
 
 def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Score the challenger and the current champion on the same time-based holdout."""
+    """Score the challenger, the champion and the naive baselines on the same time-based holdout.
+
+    Per-row scores (label, each model's probability, the gate's slice column
+    values) go to ``holdout_scores.parquet`` in the run's report folder, so
+    the gate runs its paired tests on exactly these rows without rescoring.
+    """
+    from pipelines.baselines import logistic_baseline, majority_baseline
     from pipelines.deploy import load_version, read_pointer
-    from pipelines.evaluation import compute_metrics, roc_points
+    from pipelines.errors import SpecError
+    from pipelines.evaluation import (
+        compute_metrics,
+        holdout_scores_frame,
+        roc_points,
+        slice_values,
+        write_holdout_scores,
+    )
     from pipelines.features import label_vector
     from pipelines.layout import write_json_atomic
     from pipelines.modeling import load_model_dir
@@ -256,17 +269,38 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
 
     spec, settings, layout = _context(vertical, ds, settings)
     trained = layout.read_record(ds, "train", needed_by="evaluate")
-    _, holdout, _ = _window_split(spec, ds, settings, layout)
+    train_frame, holdout, _ = _window_split(spec, ds, settings, layout)
+    missing = [s.column for s in spec.gate.slices if s.column not in holdout.columns]
+    if missing:
+        raise SpecError(
+            f"gate.slices names column(s) {missing} that the data lacks; columns are {sorted(holdout.columns)[:30]}",
+            vertical=spec.name,
+            ds=ds,
+        )
     y_true = label_vector(holdout, spec.label)
     challenger = load_model_dir(Path(trained["model_dir"]))
     prob = challenger.predict_proba(holdout)
     metrics = compute_metrics(y_true, prob, spec.model.decision_threshold)
     pointer = read_pointer(settings.bucket_url, spec.name)
     champion_version = pointer["version"] if pointer else None
-    champion_metrics = None
+    champion_metrics = champion_prob = None
     if champion_version is not None:
         champion = load_version(spec.name, champion_version, bucket_url=settings.bucket_url)
-        champion_metrics = compute_metrics(y_true, champion.predict_proba(holdout), champion.decision_threshold)
+        champion_prob = champion.predict_proba(holdout)
+        champion_metrics = compute_metrics(y_true, champion_prob, champion.decision_threshold)
+    baselines = [
+        majority_baseline(label_vector(train_frame, spec.label), y_true),
+        logistic_baseline(train_frame, holdout, spec, c=spec.gate.baselines.logistic_c),
+    ]
+    scores = holdout_scores_frame(
+        y_true,
+        prob,
+        champion=champion_prob,
+        baselines={b.name: b.prob for b in baselines},
+        slices={s.column: slice_values(holdout[s.column]) for s in spec.gate.slices},
+    )
+    scores_path = layout.report_dir(ds) / "holdout_scores.parquet"
+    scores_sha256 = write_holdout_scores(scores_path, scores)
     record = {
         "model_version": trained["model_version"],
         "holdout_rows": len(holdout),
@@ -275,6 +309,10 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "challenger": metrics,
         "champion": champion_metrics,
         "champion_version": champion_version,
+        "baselines": {b.name: b.to_record() for b in baselines},
+        "holdout_scores": str(scores_path),
+        # The gate checks it reads exactly the rows scored here.
+        "holdout_scores_sha256": scores_sha256,
     }
     layout.write_record(ds, "evaluate", record)
     write_json_atomic(layout.report_dir(ds) / "roc.json", {"roc": roc_points(y_true, prob)})
@@ -288,7 +326,17 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         metrics=metrics,
         lineage=_lineage(spec, ds, trained, snap, trained.get("run_id")),
     )
-    return record
+    # XCom gets headline numbers only; the full record (and the per-row scores) stay on disk.
+    headline = ("accuracy", "recall", "f1", "precision", "auroc", "balanced_accuracy")
+    return {
+        "model_version": record["model_version"],
+        "champion_version": champion_version,
+        "holdout_rows": record["holdout_rows"],
+        "challenger": {m: metrics[m] for m in headline},
+        "champion": None if champion_metrics is None else {m: champion_metrics[m] for m in headline},
+        "baselines": {b.name: {m: b.metrics[m] for m in headline} for b in baselines},
+        "holdout_scores": record["holdout_scores"],
+    }
 
 
 # -- gate ----------------------------------------------------------------------
@@ -302,18 +350,46 @@ def gate(
     force_reason: str | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Decide promotion from the evaluation; record the decision with its reasons."""
+    """Decide promotion from the evaluation; record the decision with its reasons.
+
+    The paired comparisons (against the champion and the logistic baseline)
+    and the slice checks run here, on the holdout scores evaluate stored, so a
+    gate-only change (a threshold, the comparison settings) needs no rescoring.
+    """
+    from pipelines.comparison import gate_comparisons
+    from pipelines.errors import StageOrderError
+    from pipelines.evaluation import gate_slice_metrics, read_holdout_scores
     from pipelines.promotion import decide_promotion
     from pipelines.registry import Registry
 
     spec, settings, layout = _context(vertical, ds, settings)
     evaluation = layout.read_record(ds, "evaluate", needed_by="gate")
+    champion, baselines = evaluation["champion"], evaluation.get("baselines") or {}
+    scores = None
+    if spec.gate.comparison.method != "point" or spec.gate.slices:
+        try:
+            scores = read_holdout_scores(
+                Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise StageOrderError(
+                f"{exc}; rerun `python -m pipelines evaluate {spec.name} --date {ds}`", vertical=spec.name, ds=ds
+            ) from exc
+    thresholds = {
+        name: metrics["threshold"]
+        for name, metrics in (("challenger", evaluation["challenger"]), ("champion", champion), *baselines.items())
+        if metrics is not None
+    }
+    comparisons = {} if scores is None else gate_comparisons(scores, spec.gate, thresholds)
     decision = decide_promotion(
         spec.gate,
         evaluation["challenger"],
-        champion=evaluation["champion"],
+        champion=champion,
         champion_version=evaluation["champion_version"],
         holdout_rows=evaluation["holdout_rows"],
+        comparisons=comparisons,
+        baselines=baselines or None,
+        slices=None if scores is None else gate_slice_metrics(spec.gate.slices, scores, evaluation["challenger"]),
         force_reason=force_reason,
     )
     record = {
@@ -331,6 +407,7 @@ def gate(
         forced_reason=decision.forced_reason,
         reasons=record["rules"],
         champion_version=evaluation["champion_version"],
+        actor=_actor(run_id),
     )
     log.info(
         "%s %s: %s (%s)",
@@ -340,6 +417,15 @@ def gate(
         "; ".join(decision.reasons),
     )
     return {k: record[k] for k in ("model_version", "approved", "forced", "reasons", "already_in_production")}
+
+
+def _actor(run_id: str | None) -> str:
+    """Who made a registry change: the Airflow run, or the person at the CLI."""
+    if run_id:
+        return f"airflow:{run_id}"
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
 
 
 # -- deploy --------------------------------------------------------------------
@@ -392,7 +478,7 @@ def deploy(
             model_version=version,
             action="deploy",
             previous_version=result.previous_version,
-            actor=f"{actor}:{run_id}" if run_id else actor,
+            actor=f"{actor}:{run_id}" if run_id else _actor(None) if actor == "cli" else actor,
             ds=ds,
         )
         record = {

@@ -1,12 +1,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipelines.config import SliceGate
 from pipelines.errors import TrainingError
-from pipelines.evaluation import auroc, compute_metrics, roc_points
+from pipelines.evaluation import (
+    MISSING_SLICE,
+    auroc,
+    compute_metrics,
+    gate_slice_metrics,
+    holdout_scores_frame,
+    read_holdout_scores,
+    roc_points,
+    slice_metrics,
+    slice_values,
+    write_holdout_scores,
+)
 
 Y = np.array([1, 1, 0, 0, 1])
 P = np.array([0.9, 0.4, 0.6, 0.1, 0.5])
@@ -113,3 +127,71 @@ def test_roc_points_saturated_scores_and_single_class() -> None:
     assert (points[0]["fpr"], points[0]["tpr"]) == (0.0, 0.0)
     assert points[1] == {"fpr": 0.0, "tpr": 1.0, "threshold": 1.0}
     assert roc_points(np.array([0, 0]), np.array([0.1, 0.2])) == []
+
+
+# -- balanced accuracy, slices, holdout scores ---------------------------------
+
+
+def test_balanced_accuracy_is_the_mean_of_both_recalls() -> None:
+    m = compute_metrics(Y, P, threshold=0.5)
+    # recall 2/3; specificity: tn=1 of 2 negatives.
+    assert m["specificity"] == pytest.approx(0.5)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 0.5) / 2)
+    # A constant predictor scores 0.5 whatever the class balance.
+    assert compute_metrics(np.array([0] * 95 + [1] * 5), np.zeros(100))["balanced_accuracy"] == 0.5
+
+
+def test_slice_metrics_group_skip_and_name_missing_values() -> None:
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.2, 0.8, 0.9, 0.9, 0.1, 0.1])
+    values = np.array(["lab", "lab", "lab", "lab", "er", "er", None, np.nan], dtype=object)
+    parts = slice_metrics(y, p, values, column="clinic", threshold=0.5, min_rows=2, min_positives=1)
+    by_value = {s.value: s for s in parts}
+    assert [s.value for s in parts] == [MISSING_SLICE, "er", "lab"]
+    assert by_value["lab"].metrics is not None and by_value["lab"].metrics["recall"] == 0.5
+    assert (by_value["er"].rows, by_value["er"].positives, by_value["er"].metrics["recall"]) == (2, 2, 1.0)
+    missing = by_value[MISSING_SLICE]
+    assert (missing.rows, missing.positives, missing.skipped) == (2, 0, True)  # no positives: recall is noise
+
+
+def test_slice_metrics_skip_below_min_rows() -> None:
+    parts = slice_metrics(
+        np.array([1, 0, 1]), np.array([0.9, 0.1, 0.9]), np.array(["a", "a", "b"]),
+        column="c", threshold=0.5, min_rows=2, min_positives=0,
+    )  # fmt: skip
+    assert [(s.value, s.skipped) for s in parts] == [("a", False), ("b", True)]
+
+
+def test_slice_values_tokens() -> None:
+    series = pd.Series([12.0, None, "x", float("nan"), 3])
+    assert slice_values(series).tolist() == ["12", MISSING_SLICE, "x", MISSING_SLICE, "3"]
+
+
+def test_holdout_scores_round_trip_and_refuse_a_changed_file(tmp_path: Path) -> None:
+    frame = holdout_scores_frame(
+        np.array([1, 0]),
+        np.array([0.7, 0.2]),
+        champion=np.array([0.6, 0.4]),
+        baselines={"logistic": np.array([0.5, 0.5])},
+        slices={"clinic": np.array(["lab", MISSING_SLICE], dtype=object)},
+    )
+    assert list(frame.columns) == ["label", "challenger", "champion", "baseline:logistic", "slice:clinic"]
+    path = tmp_path / "scores.parquet"
+    digest = write_holdout_scores(path, frame)
+    back = read_holdout_scores(path, digest)
+    pd.testing.assert_frame_equal(back, frame)
+    with pytest.raises(ValueError, match="do not match the evaluate record"):
+        read_holdout_scores(path, "0" * 64)
+    with pytest.raises(FileNotFoundError):
+        read_holdout_scores(tmp_path / "absent.parquet", digest)
+
+
+def test_gate_slice_metrics_use_the_challengers_threshold() -> None:
+    frame = holdout_scores_frame(
+        np.array([1, 1, 0, 1]), np.array([0.4, 0.6, 0.1, 0.45]), slices={"g": np.array(["a", "a", "a", "b"])}
+    )
+    gate_slices = [SliceGate(column="g", min_rows=1, min_positives=1, thresholds={"recall": 0.5})]
+    low = gate_slice_metrics(gate_slices, frame, {"threshold": 0.3})["g"]
+    high = gate_slice_metrics(gate_slices, frame, {"threshold": 0.5})["g"]
+    assert [s.metrics["recall"] for s in low] == [1.0, 1.0]
+    assert [s.metrics["recall"] for s in high] == [0.5, 0.0]
