@@ -243,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "seed":
             from pipelines.seed import seed_warehouse
-
             from pipelines.sources import resolve_connection_url
 
             # The demo warehouse is whatever `warehouse_default` points at (SQLite by default).

@@ -45,7 +45,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 def _run(env: dict[str, str], *stages: str) -> None:
     for stage in stages:
         proc = _cli(env, stage)
-        out, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 
 import pandas as pd
 
@@ -76,7 +77,7 @@ def test_quality_alert_says_what_broke_and_masks_pii(settings):
 def test_without_smtp_mail_goes_to_the_outbox(settings):
     where = deliver(message(), settings)
     assert where.startswith(str(settings.home / "outbox"))
-    assert "Subject: subject" in open(where).read()
+    assert "Subject: subject" in Path(where).read_text()
 
 
 def test_smtp_delivery_to_a_real_server(settings, smtp_server):
