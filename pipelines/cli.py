@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default=None, help="why (goes into the notice email)")
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
+
+    registry = sub.add_parser("registry", help="model registry maintenance")
+    registry.add_argument("action", choices=["upgrade", "current"], help="migrate to the newest schema, or show it")
     return parser
 
 
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("great_expectations", "lightning", "pytorch_lightning", "dvc", "urllib3", "fsspec"):
+    for noisy in ("great_expectations", "lightning", "pytorch_lightning", "dvc", "urllib3", "fsspec", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env()
     try:
@@ -258,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args, settings)
         if args.command == "verticals":
             return _verticals(settings)
+        if args.command == "registry":
+            from pipelines import registry_migrations
+
+            if args.action == "upgrade":
+                print(f"registry schema at {registry_migrations.upgrade(settings.registry_url)}")
+            else:
+                print(f"registry schema at {registry_migrations.current_revision(settings.registry_url) or 'none'}")
+            return 0
         ds = args.date or yesterday()
         kwargs: dict[str, Any] = {"settings": settings}
         if args.command == "gate":
