@@ -78,7 +78,7 @@ def _doc_md(spec: VerticalSpec, settings: Settings) -> str:
     source = spec.source
     where = f"SQL table `{source.table}` (connection `{source.conn_id}`)" if source.kind == "sql" else source.url
     thresholds = ", ".join(f"{m} ≥ {v:g}" for m, v in spec.gate.thresholds.items())
-    tolerance = ", ".join(f"{m} −{v:g}" for m, v in spec.gate.champion_tolerance.items()) or "none"
+    tolerance = ", ".join(f"{m} -{v:g}" for m, v in spec.gate.champion_tolerance.items()) or "none"
     return f"""### {spec.name}: nightly retraining
 
 {spec.description.strip()}

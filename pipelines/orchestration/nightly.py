@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import re
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -24,8 +24,6 @@ from pipelines.orchestration.airflow_env import apply_embedded_defaults
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
-
-log = logging.getLogger("pipelines.orchestration.nightly")
 
 
 def yesterday() -> str:
@@ -71,7 +69,9 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
         if layout.has_record(ds, FAILURE_RECORD):
             failure = layout.read_record(ds, FAILURE_RECORD, needed_by="make run")
             if failure.get("run_id") == dag_run.run_id:
-                kind = "data quality" if failure.get("data_quality") else f"{failure['task_id']}: {failure['error_type']}"
+                kind = (
+                    "data quality" if failure.get("data_quality") else f"{failure['task_id']}: {failure['error_type']}"
+                )
                 row.update(blocked=kind, error=failure["error"])
     row["run_id"] = dag_run.run_id
     row["tasks"] = {
@@ -81,13 +81,21 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _exception_message(traceback_text: str) -> str:
+    """The raised exception's message from an import-error traceback, on one line."""
+    lines = [line.strip() for line in traceback_text.strip().splitlines()]
+    starts = [i for i, line in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    message = lines[starts[-1] :] if starts else lines[-1:]
+    return " ".join(line for line in message if line).split(": ", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.orchestration run", description=__doc__.splitlines()[0])
     parser.add_argument("verticals", nargs="*", default=["all"], help="vertical names, or 'all' (default)")
     parser.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
     parser.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
     parser.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
-    parser.add_argument("--conf", default=None, help='raw run conf (JSON), e.g. \'{"dry_run": true}\'')
+    parser.add_argument("--conf", default=None, help="raw run conf (JSON), e.g. '{\"dry_run\": true}'")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON instead of the table")
     parser.add_argument("--summary-json", default=None, help="also write the summaries (with task states) here")
     args = parser.parse_args(argv)
@@ -97,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import Settings, vertical_names
 
     ds = args.date or yesterday()
-    date.fromisoformat(ds)  # reject a malformed date before starting Airflow
+    try:
+        date.fromisoformat(ds)  # reject a malformed date before starting Airflow
+    except ValueError:
+        parser.error(f"--date must be YYYY-MM-DD, got {ds!r}")
     names = vertical_names(Settings.from_env()) if args.verticals == ["all"] else args.verticals
     migrate_metadata_db()
     dags, import_errors = load_dags()
@@ -106,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"[{time.strftime('%H:%M:%S')}] {name} {ds}: running the DAG through Airflow …", file=sys.stderr)
         if name not in dags:
-            error = next((e for f, e in import_errors.items() if f.endswith(f"{name}.py")), None)
+            error = next((e for f, e in import_errors.items() if Path(f).name == f"{name}.py"), None)
             rows.append(
                 {
                     "vertical": name,
                     "ds": ds,
                     "blocked": "DAG import error" if error else "no DAG",
-                    "error": (error or f"no DAG file for {name!r}: run `make dags`").strip().splitlines()[-1],
+                    "error": _exception_message(error) if error else f"no DAG file for {name!r}: run `make dags`",
                 }
             )
             continue

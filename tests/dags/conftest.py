@@ -7,16 +7,19 @@ test imports it, so these tests never touch a developer's real Airflow.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pipelines-dagbag-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 
-from pipelines.orchestration.dag_files import DAGS_DIR  # noqa: E402  (after the env above)
+from pipelines.orchestration.dag_files import DAGS_DIR  # after the env above
+
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

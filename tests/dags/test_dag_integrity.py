@@ -7,6 +7,7 @@ broken spec hides only its own vertical, and a new spec needs no Python.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ def test_dag_shape(dagbag, vertical):
     dag = dagbag.dags[vertical]
     spec = load_spec(vertical)
     assert [t.task_id for t in dag.topological_sort()] == TASK_IDS
-    for upstream, downstream in zip(TASK_IDS, TASK_IDS[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(TASK_IDS):
         assert dag.task_dict[upstream].downstream_task_ids == {downstream}
     assert dag.catchup is False
     assert dag.max_active_runs == 1

@@ -57,7 +57,9 @@ class Airflow:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}")
+                pytest.fail(
+                    f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
+                )
             result = check()
             if result:
                 return result
@@ -72,7 +74,10 @@ class Airflow:
     def task_states(self, run_id: str) -> dict[str, dict[str, Any]]:
         response = self.client.get(f"/api/v2/dags/{VERTICAL}/dagRuns/{run_id}/taskInstances")
         response.raise_for_status()
-        return {ti["task_id"]: {"state": ti["state"], "try_number": ti["try_number"]} for ti in response.json()["task_instances"]}
+        return {
+            ti["task_id"]: {"state": ti["state"], "try_number": ti["try_number"]}
+            for ti in response.json()["task_instances"]
+        }
 
     def wait_for_run(self, run_id: str) -> None:
         state = self.wait_for(
@@ -155,15 +160,19 @@ def _healthy(client: httpx.Client) -> bool:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT (standalone's clean shutdown; SIGTERM would orphan its children), then the group."""
+    """SIGINT to standalone itself (its clean shutdown, ~10 s), then SIGKILL whatever is left of its group.
+
+    Not SIGTERM (standalone would orphan its children) and not SIGINT to the whole
+    group (the components then die under standalone, which hangs reaping them).
+    """
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # whatever child outlived its parent
+        os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait(timeout=30)
