@@ -2,6 +2,7 @@
 
 * ``dags [--check]``: (re)generate ``dags/<vertical>.py`` from the specs.
 * ``run [VERTICAL ...] [--date D]``: the nightly run through Airflow (`make run`).
+* ``rollback VERTICAL --reason R [--to VERSION]``: the ``rollback_model`` DAG, run through Airflow.
 * ``standalone``: ``airflow standalone`` on the embedded defaults (`make airflow`).
 """
 
@@ -49,6 +50,35 @@ def _standalone() -> int:
     os.execve(airflow, [str(airflow), "standalone"], dict(env))
 
 
+def _rollback(argv: list[str]) -> int:
+    import argparse
+
+    from pipelines.orchestration.airflow_env import apply_embedded_defaults
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.orchestration rollback")
+    parser.add_argument("vertical")
+    parser.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
+    parser.add_argument("--reason", required=True, help="why production is rolled back (goes into the notice)")
+    args = parser.parse_args(argv)
+    apply_embedded_defaults()  # before the first airflow import
+
+    from pipelines.config import Settings
+    from pipelines.deploy import read_pointer
+    from pipelines.orchestration.nightly import load_dags, migrate_metadata_db
+    from pipelines.orchestration.rollback_dag import DAG_ID
+
+    migrate_metadata_db()
+    dags, errors = load_dags()
+    if DAG_ID not in dags:
+        print(f"error: the {DAG_ID} DAG did not load: {errors}", file=sys.stderr)
+        return 2
+    conf = {"vertical": args.vertical, "to_version": args.to_version, "reason": args.reason}
+    dag_run = dags[DAG_ID].test(run_conf=conf)
+    pointer = read_pointer(Settings.from_env().bucket_url, args.vertical)
+    print(f"{DAG_ID} {dag_run.run_id}: {dag_run.state}; {args.vertical} production is {pointer and pointer['version']}")
+    return 0 if str(dag_run.state) == "success" else 1
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
     if command == "dags":
@@ -57,6 +87,8 @@ def main(argv: list[str]) -> int:
         from pipelines.orchestration.nightly import main as run_main
 
         return run_main(rest)
+    if command == "rollback":
+        return _rollback(rest)
     if command == "standalone":
         return _standalone()
     print(__doc__, file=sys.stderr)

@@ -25,6 +25,8 @@ from pipelines.orchestration.dag_files import DAGS_DIR, render_dag_file, sync_da
 pytestmark = pytest.mark.airflow
 
 VERTICALS = vertical_names(Settings.from_env())
+#: Every DAG file: one generated per vertical, plus the hand-written rollback DAG.
+DAG_FILES = [*VERTICALS, "rollback_model"]
 TASK_IDS = ["extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report"]
 HEAVY = ("torch", "lightning", "pytorch_lightning", "great_expectations", "dvc", "pandas")
 PARSE_BUDGET_S = 0.3
@@ -38,8 +40,23 @@ def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
 
 
-def test_one_dag_per_spec(dagbag):
-    assert sorted(dagbag.dag_ids) == sorted(VERTICALS)
+def test_one_dag_per_spec_plus_the_rollback_dag(dagbag):
+    assert sorted(dagbag.dag_ids) == sorted([*VERTICALS, "rollback_model"])
+
+
+def test_rollback_dag_is_manual_and_validates_its_form(dagbag):
+    dag = dagbag.dags["rollback_model"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # manual only
+    assert dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["rollback"]
+    params = dag.params
+    assert set(params.keys()) == {"vertical", "to_version", "reason"}
+    assert params.get_param("vertical").schema["enum"] == sorted(VERTICALS)
+    with pytest.raises(Exception):  # noqa: B017 - Airflow raises its own ParamValidationError
+        params.get_param("vertical").resolve("retail")
+    with pytest.raises(Exception):  # noqa: B017
+        params.get_param("to_version").resolve("../../etc")
+    assert params.get_param("to_version").resolve("mv-0123456789ab") == "mv-0123456789ab"
 
 
 def test_dag_files_are_generated_and_in_sync():
@@ -124,7 +141,7 @@ def test_dag_serializes(dagbag, vertical):
 
 def test_parse_time_per_file_in_dagbag(dagbag):
     durations = {Path(s.file).name: s.duration.total_seconds() for s in dagbag.dagbag_stats}
-    assert set(durations) == {f"{v}.py" for v in VERTICALS}
+    assert set(durations) == {f"{name}.py" for name in DAG_FILES}
     assert max(durations.values()) <= PARSE_BUDGET_S, durations
 
 
@@ -148,7 +165,7 @@ print(json.dumps({{"seconds": elapsed, "heavy": heavy, "dag_id": module.dag.dag_
 """
 
 
-@pytest.mark.parametrize("vertical", VERTICALS)
+@pytest.mark.parametrize("vertical", DAG_FILES)
 def test_parsing_a_dag_file_is_fast_light_and_offline(vertical, tmp_path):
     """A fresh interpreter per file (a cold parse): no heavy import, no DB, no network, within budget."""
     probe = _PARSE_PROBE.format(heavy=set(HEAVY))
@@ -206,7 +223,8 @@ def test_broken_spec_is_an_import_error_of_that_vertical_only(tmp_path, monkeypa
     assert list(bag.import_errors) == [str(DAGS_DIR / f"{broken}.py")]
     error = bag.import_errors[str(DAGS_DIR / f"{broken}.py")]
     assert "SpecError" in error and "gate.thresholds" in error and f"{broken}.yaml" in error
-    assert sorted(bag.dag_ids) == sorted(v for v in VERTICALS if v != broken)
+    # The other verticals and the rollback DAG still load.
+    assert sorted(bag.dag_ids) == sorted(v for v in DAG_FILES if v != broken)
 
 
 def test_invalid_yaml_is_an_import_error_too(tmp_path, monkeypatch):
@@ -221,7 +239,7 @@ def test_invalid_yaml_is_an_import_error_too(tmp_path, monkeypatch):
 
     assert list(bag.import_errors) == [str(DAGS_DIR / f"{broken}.py")]
     assert "not valid YAML" in bag.import_errors[str(DAGS_DIR / f"{broken}.py")]
-    assert len(bag.dag_ids) == len(VERTICALS) - 1
+    assert len(bag.dag_ids) == len(DAG_FILES) - 1
 
 
 def test_a_new_vertical_is_configuration_only(tmp_path, monkeypatch):

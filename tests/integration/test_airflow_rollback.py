@@ -1,0 +1,60 @@
+"""Rollback from the Airflow UI's trigger form: the ``rollback_model`` DAG, run by Airflow."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import PROJECT_ROOT
+
+from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly, seed_home
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+FIRST, SECOND = "2026-11-27", "2026-12-15"
+
+
+def rollback_via_airflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.orchestration", "rollback", *args],
+        env=airflow_env(home, migrated_airflow_home()),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def last_deployment(home: Path) -> tuple[str, str, str]:
+    with sqlite3.connect(home / "registry.db") as db:
+        return db.execute(
+            "select action, model_version, actor from deployments where vertical = 'finance' order by seq desc limit 1"
+        ).fetchone()
+
+
+def test_rollback_dag_restores_the_previous_version_records_it_and_notifies(tmp_path):
+    home = tmp_path / "state"
+    seed_home(home)
+    assert run_nightly(home, "finance", "--date", FIRST).returncode == 0
+    first = pointer(home, "finance")["version"]
+    forced = run_nightly(home, "finance", "--date", SECOND, "--force-reason", "test: make a second deployment")
+    assert forced.returncode == 0, forced.stderr[-4000:]
+    second = pointer(home, "finance")["version"]
+    assert second != first
+
+    refused = rollback_via_airflow(home, "finance", "--reason", "   ")
+    assert refused.returncode == 1
+    assert pointer(home, "finance")["version"] == second  # nothing moved
+
+    done = rollback_via_airflow(home, "finance", "--reason", "recall complaints from the review team")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert pointer(home, "finance")["version"] == first
+    action, version, actor = last_deployment(home)
+    assert (action, version) == ("rollback", first) and actor.startswith("airflow:")
+    notices = sorted((home / "outbox").glob("*rollback*"))
+    assert len(notices) == 1
+    body = notices[0].read_text()
+    assert second in body and first in body and "recall complaints" in body
