@@ -56,8 +56,9 @@ class SmtpConfig:
                 port=int(conn.get("port") or 25),
                 login=conn.get("login") or None,
                 password=conn.get("password") or None,
-                use_ssl=not _truthy(extra.get("disable_ssl", True)),
-                starttls=not _truthy(extra.get("disable_tls", True)),
+                # Airflow's SMTP hook defaults: SSL and TLS on unless the extra disables them.
+                use_ssl=not _truthy(extra.get("disable_ssl", False)),
+                starttls=not _truthy(extra.get("disable_tls", False)),
                 sender=extra.get("from_email") or DEFAULT_SENDER,
             )
         url = urlsplit(raw)
@@ -102,7 +103,7 @@ def _send_smtp(message: EmailMessage, smtp: SmtpConfig) -> str:
         message["From"] = smtp.sender
     client_cls = smtplib.SMTP_SSL if smtp.use_ssl else smtplib.SMTP
     with client_cls(smtp.host, smtp.port, timeout=30) as client:
-        if smtp.starttls:
+        if smtp.starttls and not smtp.use_ssl:  # as Airflow: STARTTLS only on a plain connection
             client.starttls()
         if smtp.login:
             client.login(smtp.login, smtp.password or "")

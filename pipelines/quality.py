@@ -9,7 +9,7 @@ with every failed expectation and its observed values, written next to the run.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ def validate_frame(
         run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
     )
     validation = next(iter(result.run_results.values()))
-    failed = [_failed_expectation(r) for r in validation.results if not r.success]
+    failed = [_mask_failure(_failed_expectation(r), spec.pii) for r in validation.results if not r.success]
     docs = context.get_docs_sites_urls()
     return QualityReport(
         vertical=spec.name,
@@ -151,6 +151,52 @@ def validate_frame(
         failed=failed,
         data_docs=docs[0]["site_url"] if docs else None,
     )
+
+
+def _mask_failure(failure: FailedExpectation, pii: list[str]) -> FailedExpectation:
+    """Failed values of a PII column never reach a report or an email."""
+    if not pii:
+        return failure
+    keys = [
+        {k: ("***" if k in pii else v) for k, v in row.items()} if isinstance(row, dict) else row
+        for row in failure.sample_keys
+    ]
+    values = ["***"] * len(failure.sample_values) if failure.column in pii else failure.sample_values
+    return replace(failure, sample_values=values, sample_keys=keys)
+
+
+def failing_days(frame: pd.DataFrame, spec: VerticalSpec, days: list[str], settings: Settings) -> list[str]:
+    """Which of ``days`` fail the suite on their own (after a multi-day batch failed).
+
+    One bad day in a first-run backfill must not quarantine a year of good
+    ones, so each day is checked alone, in an ephemeral GX context (no stores,
+    no data docs: only the pass/fail per day is needed here).
+    """
+    import great_expectations as gx
+
+    suite_json = load_suite(spec, settings)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+    suite_def = {k: v for k, v in suite_json.items() if k in ("expectations", "meta", "notes")}
+    suite = context.suites.add(gx.ExpectationSuite(name=spec.suite_name, **suite_def))
+    batch = (
+        context.data_sources.add_pandas("days").add_dataframe_asset("day").add_batch_definition_whole_dataframe("day")
+    )
+    validation = context.validation_definitions.add(gx.ValidationDefinition(name="day", data=batch, suite=suite))
+    by_day = dict(iter(frame.groupby(spec.source.event_time, sort=False))) if len(frame) else {}
+    bad = []
+    for day in days:
+        result = validation.run(
+            batch_parameters={"dataframe": by_day.get(day, frame.iloc[0:0])},
+            expectation_parameters={
+                "min_rows": spec.quality.min_rows_per_day,
+                "max_rows": spec.quality.max_rows_per_day,
+            },
+            result_format="BOOLEAN_ONLY",
+        )
+        if not result.success:
+            bad.append(day)
+    return bad
 
 
 def _failed_expectation(result: Any) -> FailedExpectation:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import smtplib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings, VerticalSpec, load_spec
-from pipelines.errors import DataQualityError, SourceError
+from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.lineage import code_version, model_version_id
 from pipelines.sources import extract_days, parse_ds, read_partitions, window_days
@@ -32,6 +34,27 @@ def _context(vertical: str, ds: str, settings: Settings | None) -> tuple[Vertica
     spec = load_spec(vertical, settings)
     parse_ds(ds, vertical=vertical)
     return spec, settings, Layout(settings, spec.name)
+
+
+def _kept_record(layout: Layout, ds: str, stage: str, model_version: str, settings: Settings) -> dict[str, Any] | None:
+    """The stage's earlier record when this model version is the one in production.
+
+    A rerun of a date whose model was promoted must not re-judge that model
+    against itself (the pointer now names it): it keeps the evaluation,
+    decision and deployment that promoted it, so the rerun reproduces the run.
+    """
+    from pipelines.deploy import read_pointer
+
+    if not layout.has_record(ds, stage):
+        return None
+    pointer = read_pointer(settings.bucket_url, layout.vertical)
+    if pointer is None or pointer.get("version") != model_version:
+        return None
+    record = layout.read_record(ds, stage, needed_by=stage)
+    if record.get("model_version") != model_version:
+        return None
+    log.info("%s %s: %s is in production; keeping its %s record", layout.vertical, ds, model_version, stage)
+    return record
 
 
 # -- extract -------------------------------------------------------------------
@@ -82,26 +105,41 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     pending = [day for day in days if layout.raw(day).exists()]
     if not pending:
         if layout.has_record(ds, "validate"):
-            # Everything was already moved on by an earlier attempt: nothing new to check.
-            return layout.read_record(ds, "validate", needed_by="validate")
+            # An earlier attempt already moved everything on: report its outcome again (no new alert).
+            earlier = layout.read_record(ds, "validate", needed_by="validate")
+            if not earlier.get("success"):
+                raise DataQualityError(earlier.get("summary", "the suite failed"), vertical=spec.name, ds=ds)
+            return earlier
         raise SourceError("no raw partitions to validate; rerun extract", vertical=spec.name, ds=ds)
     frame = read_partitions([layout.raw(day) for day in pending])
     report = quality.validate_frame(frame, spec, ds=ds, days=pending, settings=settings)
     report_path = layout.report_dir(ds) / "quality.json"
     write_json_atomic(report_path, report.to_dict())
     if not report.success:
+        bad = quality.failing_days(frame, spec, pending, settings) if len(pending) > 1 else pending
+        bad = bad or pending  # e.g. a window-level check failed: no single day to blame
         for day in pending:
-            _move(layout.raw(day), layout.quarantine(day))
-        message = alerts.quality_alert(spec, report, quality.failing_rows(frame, report, spec), settings)
-        where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
+            if day in bad:
+                _move(layout.raw(day), layout.quarantine(day))
+            else:
+                _move(layout.raw(day), layout.validated(day))
+        sample = quality.failing_rows(frame, report, spec)
+        message = alerts.quality_alert(spec, replace(report, days=bad), sample, settings)
+        try:
+            where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
+        except (OSError, smtplib.SMTPException) as exc:
+            # The run must still stop as a data-quality failure; the task-failure email follows.
+            where = f"NOT SENT ({type(exc).__name__}: {exc})"
+            log.error("%s %s: data-quality alert could not be sent: %s", spec.name, ds, exc)
+        summary = report.summary()
         layout.write_record(
             ds,
             "validate",
-            {"success": False, "summary": report.summary(), "alert": where, "report": str(report_path)},
+            {"success": False, "summary": summary, "quarantined": bad, "alert": where, "report": str(report_path)},
         )
         raise DataQualityError(
-            f"{report.summary()}. Quarantined {len(pending)} partition(s) under "
-            f"{layout.quarantine(ds).parent}; report at {report_path}; alert sent to {where}",
+            f"{summary}. Quarantined {len(bad)} of {len(pending)} day(s) under "
+            f"{layout.quarantine(ds).parent}; report at {report_path}; alert: {where}",
             vertical=spec.name,
             ds=ds,
             report_path=str(report_path),
@@ -167,7 +205,7 @@ def _window_split(spec: VerticalSpec, ds: str, settings: Settings, layout: Layou
     from pipelines.versioning import read_snapshot
 
     snap = layout.read_record(ds, "snapshot", needed_by="train")
-    frame = read_snapshot(vertical=spec.name, tag=snap["tag"], settings=settings)
+    frame = read_snapshot(vertical=spec.name, tag=snap["tag"], commit=snap.get("commit"), settings=settings)
     train, holdout = split_window(frame, spec, ds)
     return train, holdout, snap
 
@@ -269,6 +307,9 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
 
     spec, settings, layout = _context(vertical, ds, settings)
     trained = layout.read_record(ds, "train", needed_by="evaluate")
+    kept = _kept_record(layout, ds, "evaluate", trained["model_version"], settings)
+    if kept is not None:
+        return _evaluation_headline(kept)
     train_frame, holdout, _ = _window_split(spec, ds, settings, layout)
     missing = [s.column for s in spec.gate.slices if s.column not in holdout.columns]
     if missing:
@@ -326,16 +367,24 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         metrics=metrics,
         lineage=_lineage(spec, ds, trained, snap, trained.get("run_id")),
     )
-    # XCom gets headline numbers only; the full record (and the per-row scores) stay on disk.
+    return _evaluation_headline(record)
+
+
+def _evaluation_headline(record: dict[str, Any]) -> dict[str, Any]:
+    """What goes to XCom: headline numbers only; the full record and per-row scores stay on disk."""
     headline = ("accuracy", "recall", "f1", "precision", "auroc", "balanced_accuracy")
+
+    def pick(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if metrics is None else {m: metrics.get(m) for m in headline}
+
     return {
         "model_version": record["model_version"],
-        "champion_version": champion_version,
+        "champion_version": record["champion_version"],
         "holdout_rows": record["holdout_rows"],
-        "challenger": {m: metrics[m] for m in headline},
-        "champion": None if champion_metrics is None else {m: champion_metrics[m] for m in headline},
-        "baselines": {b.name: {m: b.metrics[m] for m in headline} for b in baselines},
-        "holdout_scores": record["holdout_scores"],
+        "challenger": pick(record["challenger"]),
+        "champion": pick(record["champion"]),
+        "baselines": {name: pick(m) for name, m in (record.get("baselines") or {}).items()},
+        "holdout_scores": record.get("holdout_scores"),
     }
 
 
@@ -364,6 +413,9 @@ def gate(
 
     spec, settings, layout = _context(vertical, ds, settings)
     evaluation = layout.read_record(ds, "evaluate", needed_by="gate")
+    kept = _kept_record(layout, ds, "gate", evaluation["model_version"], settings)
+    if kept is not None and kept.get("approved"):
+        return {k: kept[k] for k in ("model_version", "approved", "forced", "reasons", "already_in_production")}
     champion, baselines = evaluation["champion"], evaluation.get("baselines") or {}
     scores = None
     if spec.gate.comparison.method != "point" or spec.gate.slices:
@@ -456,11 +508,21 @@ def deploy(
         record = {"deployed": False, "model_version": version, "why": "; ".join(decision["reasons"])}
     elif dry_run:
         record = {"deployed": False, "model_version": version, "why": "dry run: approved but not deployed"}
+    elif (kept := _kept_record(layout, ds, "deploy", version, settings)) is not None and kept.get("deployed"):
+        record = kept
+    elif (blocked := _deploy_blocker(spec, ds, decision, settings)) is not None:
+        record = {"deployed": False, "model_version": version, "why": blocked}
     else:
         trained = layout.read_record(ds, "train", needed_by="deploy")
         evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
         snap = layout.read_record(ds, "snapshot", needed_by="deploy")
         lineage = {**_lineage(spec, ds, trained, snap, run_id), "decision": decision}
+        registry = Registry.from_settings(settings)
+        if registry.model(spec.name, version) is None:
+            # Check before the pointer flips: a deployment the registry can't record must not happen.
+            raise DeployError(
+                f"model {version} is not in the registry; rerun train and evaluate", vertical=spec.name, ds=ds
+            )
         result = deploy_version(
             bucket_url=settings.bucket_url,
             vertical=spec.name,
@@ -473,7 +535,7 @@ def deploy(
         )
         # Always record: idempotent (no row when the version is already champion), and
         # it repairs the registry when an earlier attempt died after the pointer flip.
-        Registry.from_settings(settings).record_deployment(
+        registry.record_deployment(
             vertical=spec.name,
             model_version=version,
             action="deploy",
@@ -490,6 +552,31 @@ def deploy(
         }
     layout.write_record(ds, "deploy", record)
     return record
+
+
+def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], settings: Settings) -> str | None:
+    """Why an approved model must still not replace production, or None.
+
+    Raises when the decision is stale (production changed since evaluate:
+    a rollback or another run); returns a reason when production serves a
+    model for a later date, which a rerun or backfill of an older date never
+    replaces unless the promotion was forced.
+    """
+    from pipelines.deploy import read_pointer
+
+    pointer = read_pointer(settings.bucket_url, spec.name)
+    current = pointer["version"] if pointer else None
+    if current in (decision["model_version"], decision.get("champion_version")):
+        later = pointer.get("ds") if pointer else None
+        if later and later > ds and current != decision["model_version"] and not decision.get("forced"):
+            return f"production serves a model for a later date ({later}); a rerun of {ds} does not replace it"
+        return None
+    raise DeployError(
+        f"production changed since this run's evaluation (it serves {current}; the gate compared against "
+        f"{decision.get('champion_version')}); rerun evaluate and gate for {ds}",
+        vertical=spec.name,
+        ds=ds,
+    )
 
 
 # -- report --------------------------------------------------------------------

@@ -195,9 +195,18 @@ def snapshot_window(
 
 
 def read_snapshot(
-    *, vertical: str, tag: str, settings: Settings, lock_timeout_s: float = LOCK_TIMEOUT_S
+    *,
+    vertical: str,
+    tag: str,
+    settings: Settings,
+    commit: str | None = None,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> pd.DataFrame:
-    """Read the window versioned under ``tag``, pulling from the remote if the cache lacks it."""
+    """Read the window versioned under ``tag``, pulling from the remote if the cache lacks it.
+
+    ``commit`` pins the exact snapshot a run recorded: a tag moves when the
+    same date is re-snapshotted with changed data, a commit never does.
+    """
     import io
 
     import pandas as pd
@@ -219,9 +228,13 @@ def read_snapshot(
 
         with (
             _translating(
-                f"reading {WINDOW_FILE} at {tag}", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)
+                f"reading {WINDOW_FILE} at {commit or tag}",
+                root=root,
+                vertical=vertical,
+                ds=ds,
+                hint=_remote_hint(remote),
             ),
-            dvc.api.open(WINDOW_FILE, repo=str(root), rev=tag, mode="rb") as fh,
+            dvc.api.open(WINDOW_FILE, repo=str(root), rev=commit or tag, mode="rb") as fh,
         ):
             # A local cache object opens as a plain file: parse it in place
             # (measured 2.5x faster than reading it into memory first).

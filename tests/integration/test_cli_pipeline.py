@@ -81,9 +81,30 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
     assert second["model_version"] == first["model_version"]
     assert (Path(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes() == weights
     assert cli.record("finance", DS, "snapshot")["created"] is False
-    assert second["deploy_note"] == "already in production"
+    # The promoted model is not re-judged against itself: the run's summary is reproduced
+    # (only the validation line differs: the rerun checked one day, the first run a year).
+    assert {k: v for k, v in second.items() if k != "suite"} == {k: v for k, v in first.items() if k != "suite"}
+    assert second["deployed"] is True
     assert bucket_listing(cli.home) == bucket
     assert registry_counts(cli.home) == counts
+
+
+def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
+    cli("run", "finance", "--date", DS)
+    later = "2026-12-15"
+    cli("run", "finance", "--date", later, "--force-reason", "test: a newer champion")
+    newer = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())
+    assert newer["ds"] == later
+
+    import shutil
+
+    shutil.rmtree(cli.home / "runs" / "finance" / DS)  # as if the old run were cleared in the UI
+    cli("run", "finance", "--date", DS)
+
+    assert json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())["version"] == newer["version"]
+    deploy = cli.record("finance", DS, "deploy")
+    assert deploy["deployed"] is False
+    assert "later date" in deploy["why"] or not cli.record("finance", DS, "gate")["approved"]
 
 
 def corrupt_day(warehouse: Path, ds: str) -> int:

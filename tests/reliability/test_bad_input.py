@@ -123,3 +123,61 @@ def test_bad_day_is_quarantined_and_never_trained(case: str, good_home: Path, tm
     assert not layout.has_record(BAD_DS, "train")
     assert (home / "bucket" / "finance" / "production.json").read_bytes() == pointer
     assert len(list((home / "outbox").glob("*data-quality*"))) == 1
+
+
+def test_one_bad_day_in_a_first_backfill_quarantines_only_that_day(tmp_path, seeded_warehouse, monkeypatch):
+    """The first run validates a year at once; a single bad day must not cost the other 364."""
+    home = tmp_path / "state"
+    home.mkdir()
+    shutil.copyfile(seeded_warehouse, home / "warehouse.db")
+    monkeypatch.setenv("PIPELINES_HOME", str(home))
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    bad_day = "2026-06-01"
+    with sqlite3.connect(home / "warehouse.db") as db:
+        db.execute("update finance_loans set age = -3 where event_date = ?", (bad_day,))
+
+    stages.extract("finance", GOOD_DS)
+    with pytest.raises(DataQualityError, match="Quarantined 1 of 365 day"):
+        stages.validate("finance", GOOD_DS)
+
+    layout = Layout(Settings.from_env(), "finance")
+    assert layout.quarantine(bad_day).exists() and not layout.validated(bad_day).exists()
+    assert len(list(layout.validated(GOOD_DS).parent.glob("*.parquet"))) == 364
+    body = next((home / "outbox").glob("*data-quality*")).read_text()
+    assert f"quarantine/{bad_day}.parquet" in body and f"quarantine/{GOOD_DS}.parquet" not in body
+
+    # The next run does not pull the quarantined day again and trains on the rest of the window.
+    stages.extract("finance", GOOD_DS)
+    assert stages.validate("finance", GOOD_DS)["success"]
+    assert stages.snapshot("finance", GOOD_DS)["missing_days"] == 1
+
+
+def test_an_undeliverable_alert_still_stops_the_run_as_bad_data(good_home, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(good_home, home, symlinks=True)
+    monkeypatch.setenv("PIPELINES_HOME", str(home))
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "extra": {"disable_ssl": True, "disable_tls": True},
+            }
+        ),
+    )
+    with sqlite3.connect(home / "warehouse.db") as db:
+        db.execute("update finance_loans set age = -3 where event_date = ?", (BAD_DS,))
+
+    stages.extract("finance", BAD_DS)
+    with pytest.raises(DataQualityError, match="alert: NOT SENT"):
+        stages.validate("finance", BAD_DS)
+    # A retry of the task reports the same data-quality failure, not a confusing source error.
+    with pytest.raises(DataQualityError):
+        stages.validate("finance", BAD_DS)

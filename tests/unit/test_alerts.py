@@ -105,3 +105,9 @@ def test_smtp_connection_json_flags_are_read_like_airflow(monkeypatch):
     )
     config = SmtpConfig.from_env()
     assert config == SmtpConfig(host="relay", port=465, login="u", password="p", use_ssl=True, sender="ml@corp")
+
+
+def test_smtp_connection_defaults_follow_airflow_ssl_on(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", '{"conn_type": "smtp", "host": "relay", "port": 465}')
+    config = SmtpConfig.from_env()
+    assert config is not None and config.use_ssl and config.starttls
