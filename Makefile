@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed repro test test-fast lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
@@ -52,6 +52,11 @@ airflow: install dags
 
 pipeline: seed
 	$(BIN)/python -m pipelines run all
+
+# The same stages through DVC (decides, never deploys; see dvc.yaml).
+repro: seed
+	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

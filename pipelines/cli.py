@@ -33,6 +33,12 @@ def _iso_date(value: str) -> str:
         raise argparse.ArgumentTypeError(f"bad date {value!r}: use YYYY-MM-DD, e.g. 2026-11-27") from exc
 
 
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a forced promotion needs a written reason")
+    return value.strip()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage for a vertical (or 'all') and a logical date")
     run.add_argument("vertical", help="vertical name, or 'all'")
     run.add_argument("--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
-    run.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
+    run.add_argument("--force-reason", type=_reason, default=None, help="promote even if the gate rejects; recorded")
     run.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
     run.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
@@ -55,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             "--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)"
         )
         if name == "gate":
-            stage.add_argument("--force-reason", default=None)
+            stage.add_argument("--force-reason", type=_reason, default=None)
         if name == "deploy":
             stage.add_argument("--dry-run", action="store_true")
 
@@ -84,7 +90,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     for name in names:
         load_spec(name, settings)  # fail fast on an unknown vertical or a broken spec
     rows: list[dict[str, Any]] = []
-    failed = 0
+    codes: list[int] = []
     for name in names:
         started = time.monotonic()
         try:
@@ -96,19 +102,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 dry_run=args.dry_run,
                 on_stage=_progress,
             )
-        except DataQualityError as exc:
-            failed += 1
-            summary = {"vertical": name, "ds": ds, "blocked": "data quality", "error": str(exc)}
         except PipelineError as exc:
-            failed += 1
-            summary = {"vertical": name, "ds": ds, "blocked": type(exc).__name__, "error": str(exc)}
+            codes.append(exc.exit_code)
+            kind = "data quality" if isinstance(exc, DataQualityError) else type(exc).__name__
+            summary = {"vertical": name, "ds": ds, "blocked": kind, "error": str(exc)}
         summary["seconds"] = round(time.monotonic() - started, 1)
         rows.append(summary)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(decision_table(rows))
-    return 0 if not failed else 4 if len(names) == 1 and "data quality" in rows[0].get("blocked", "") else 1
+    # One vertical: its failure's own exit code (see the module docstring); several: 1 if any failed.
+    if not codes:
+        return 0
+    return codes[0] if len(names) == 1 else 1
 
 
 def decision_table(rows: list[dict[str, Any]]) -> str:

@@ -152,12 +152,14 @@ class Registry:
         model_version: str,
         data_version: str,
         ds: str,
-        metrics: dict[str, Any],
+        metrics: dict[str, Any] | None,
         lineage: dict[str, Any],
         dag_run_id: str | None = None,
     ) -> ModelRecord:
         """Insert or refresh one model version; a rerun keeps one row.
 
+        ``metrics=None`` (training, before evaluation) keeps any metrics already
+        recorded, so retraining never blanks a deployed model's numbers.
         A rerun refreshes ``metrics`` and ``lineage`` and keeps the first
         ``ds`` and ``created_at``; a rerun without a DAG run id (the CLI) keeps
         the Airflow run that produced the model.  The same model version with a
@@ -171,14 +173,14 @@ class Registry:
             data_version=data_version,
             ds=ds,
             dag_run_id=dag_run_id,
-            metrics=metrics,
+            metrics=metrics or {},
             lineage=lineage,
             created_at=_now(),
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=["vertical", "model_version"],
             set_={
-                "metrics": stmt.excluded.metrics,
+                "metrics": table.c.metrics if metrics is None else stmt.excluded.metrics,
                 "lineage": stmt.excluded.lineage,
                 "dag_run_id": func.coalesce(stmt.excluded.dag_run_id, table.c.dag_run_id),
             },

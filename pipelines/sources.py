@@ -112,15 +112,17 @@ def _fetch_sql(spec: VerticalSpec, source: SqlSource, start: date, end: date, se
     try:
         with engine.connect() as conn:
             frame = pd.read_sql(query, conn, params={"start": start, "end": end})
-    except sa.exc.OperationalError as exc:
-        raise SourceError(
-            f"source {source.conn_id!r} is unreachable or the table {source.table!r} is missing: "
-            f"{exc.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()}, or run `python -m pipelines seed` "
-            "for the demo warehouse",
-            vertical=spec.name,
-        ) from exc
-    except sa.exc.SQLAlchemyError as exc:
-        raise SourceError(f"query on {source.table!r} failed: {exc}", vertical=spec.name) from exc
+    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
+        # pandas 3 wraps the driver's error in its own DatabaseError; judge by the cause.
+        cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) else exc
+        if isinstance(cause, sa.exc.OperationalError):
+            raise SourceError(
+                f"source {source.conn_id!r} is unreachable or the table {source.table!r} is missing: "
+                f"{cause.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()}, or run `python -m pipelines seed` "
+                "for the demo warehouse",
+                vertical=spec.name,
+            ) from exc
+        raise SourceError(f"query on {source.table!r} failed: {cause}", vertical=spec.name) from exc
     finally:
         engine.dispose()
     return _normalise(frame, source.event_time, spec)

@@ -255,7 +255,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         data_version=snap["id"],
         ds=ds,
         dag_run_id=run_id,
-        metrics={},
+        metrics=None,  # evaluate records them; a retrain must not blank a deployed model's numbers
         lineage=_lineage(spec, ds, record, snap, run_id),
     )
     return {k: record[k] for k in ("model_version", "data_version", "train_rows", "holdout_rows", "reused")}

@@ -59,7 +59,7 @@ def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:
         f"Error:    {error}",
         f"Log:      {_log_url(ti)}",
         "",
-        "Nothing was deployed by this run: the production model is unchanged.",
+        _production_line(vertical, ds, ti.task_id),
         "",
         "To rerun once the cause is fixed:",
         f"  - clear task '{ti.task_id}' (with downstream) of this run in the Airflow UI, or",
@@ -67,6 +67,24 @@ def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:
         f"  - python -m pipelines run {vertical} --date {ds}   (the same stages, without Airflow)",
     ]
     return subject, "\n".join(lines)
+
+
+def _production_line(vertical: str, ds: str, task_id: str) -> str:
+    """What production serves now, read at callback time (never assumed)."""
+    from pipelines.config import Settings
+    from pipelines.deploy import read_pointer
+    from pipelines.errors import PipelineError
+
+    try:
+        pointer = read_pointer(Settings.from_env().bucket_url, vertical)
+    except (PipelineError, OSError) as exc:
+        return f"Production could not be read ({exc}); check the deployment bucket."
+    if pointer is None:
+        return "No model is in production for this vertical yet."
+    if task_id in ("extract", "validate", "snapshot", "train", "evaluate", "gate") or pointer.get("ds") != ds:
+        deployed_for = pointer.get("ds")
+        return f"Production still serves {pointer['version']} (deployed for {deployed_for}); this run changed nothing."
+    return f"Production serves {pointer['version']}, deployed by this run before '{task_id}' failed."
 
 
 def _log_url(ti: Any) -> str:

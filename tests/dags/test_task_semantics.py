@@ -147,7 +147,7 @@ def test_failure_email_goes_to_the_outbox_without_smtp(settings, monkeypatch):
     assert message["To"] == "a@example.com, b@example.com"
     body = message.get_content()
     assert "SourceError: [finance, 2026-11-27] warehouse down" in body
-    assert "production model is unchanged" in body
+    assert "No model is in production for this vertical yet." in body  # read from the bucket, not assumed
     assert "python -m pipelines run finance --date 2026-11-27" in body
 
 

@@ -25,3 +25,18 @@ def test_registry_upgrade_then_current(settings, capsys):
 def test_status_on_an_empty_registry_says_none(settings, capsys):
     assert main(["status"]) == 0
     assert "finance: champion none" in capsys.readouterr().out
+
+
+def test_a_blank_force_reason_is_refused_before_any_work(settings, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "finance", "--date", "2026-11-27", "--force-reason", "   "])
+    assert exit_info.value.code == 2
+    assert "needs a written reason" in capsys.readouterr().err
+
+
+def test_a_single_vertical_failure_exits_with_its_own_code(settings, capsys):
+    # No warehouse was seeded into this data root: the source error's code (3), not a generic 1.
+    assert main(["run", "finance", "--date", "2026-11-27"]) == 3
+    assert "BLOCKED (SourceError)" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY")
 
 
 def test_compose_file_matches_the_compose_spec():
@@ -33,7 +34,14 @@ def _compose_binary() -> Path:
 
 
 def test_compose_resolves_every_reference_with_secrets_from_the_environment():
-    env = {**os.environ, "POSTGRES_PASSWORD": "x", "MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "p"}
+    env = {
+        **os.environ,
+        "POSTGRES_PASSWORD": "x",
+        "MINIO_ROOT_USER": "u",
+        "MINIO_ROOT_PASSWORD": "p",
+        "AIRFLOW_JWT_SECRET": "j",
+        "AIRFLOW_FERNET_KEY": "f",
+    }
     proc = subprocess.run(
         [_compose_binary(), "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, check=False
     )
@@ -41,12 +49,17 @@ def test_compose_resolves_every_reference_with_secrets_from_the_environment():
 
 
 def test_compose_refuses_to_start_without_secrets():
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
-    }
+    secrets = (
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_FERNET_KEY",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
     proc = subprocess.run(
         [_compose_binary(), "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, check=False
     )
     # Compose names the first missing secret it meets (order varies).
     assert proc.returncode != 0 and "required variable" in proc.stderr
-    assert any(name in proc.stderr for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"))
+    assert any(name in proc.stderr for name in secrets)

@@ -459,3 +459,15 @@ def test_models_view_queries(url: str) -> None:
     assert [h.decision.model_version for h in reg.history("finance", limit=1)] == ["m2"]
     assert reg.history("nobody") == []
     reg.close()
+
+
+def test_retraining_does_not_blank_recorded_metrics(settings):
+    from pipelines.registry import Registry
+
+    registry = Registry.from_settings(settings)
+    args = {"vertical": "finance", "model_version": "mv-aaaaaaaaaaaa", "data_version": "dv-1", "ds": "2026-11-27"}
+    registry.record_model(**args, metrics=None, lineage={"step": "train"})
+    registry.record_model(**args, metrics={"f1": 0.6}, lineage={"step": "evaluate"})
+    registry.record_model(**args, metrics=None, lineage={"step": "train again"})
+    model = registry.model("finance", "mv-aaaaaaaaaaaa")
+    assert model is not None and model.metrics == {"f1": 0.6}

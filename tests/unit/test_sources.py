@@ -168,3 +168,12 @@ def test_assemble_window_reports_missing_days(settings):
     assert missing == ["2026-01-04"]
     assert len(window) == 27
     assert list(window["event_date"]) == sorted(window["event_date"])
+
+
+def test_missing_table_is_a_clear_source_error(settings, monkeypatch):
+    url = f"sqlite:///{settings.home / 'src.db'}"
+    write_table(url, "other", rows(date(2026, 1, 1), 1))
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+    with pytest.raises(SourceError, match="the table 'events' is missing: no such table: events"):
+        extract_days(spec, ["2026-01-01"], settings)
