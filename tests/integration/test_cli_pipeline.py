@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -12,27 +11,11 @@ import pytest
 
 from pipelines.config import vertical_names
 
+from .airflow_support import bucket_listing, registry_counts
 from .conftest import DS, Cli
 
 pytestmark = pytest.mark.slow
 NEXT_DS = "2026-11-28"
-
-
-def bucket_listing(home: Path) -> dict[str, str]:
-    bucket = home / "bucket"
-    return {
-        str(p.relative_to(bucket)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(bucket.rglob("*"))
-        if p.is_file()
-    }
-
-
-def registry_counts(home: Path) -> dict[str, int]:
-    with sqlite3.connect(home / "registry.db") as db:
-        return {
-            t: db.execute(f"select count(*) from {t}").fetchone()[0]
-            for t in ("model_versions", "decisions", "deployments")
-        }
 
 
 @pytest.mark.parametrize("vertical", vertical_names())
