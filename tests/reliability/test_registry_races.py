@@ -14,7 +14,6 @@ import importlib
 import multiprocessing
 import queue
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,24 +107,10 @@ def racers() -> Iterator[Racers]:
 # -- backends ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty registry URL: a SQLite file, or a PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    schema = f"test_races_{uuid.uuid4().hex[:12]}"
-    admin = create_registry_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+@pytest.fixture
+def url(registry_url: str) -> str:
+    """A fresh, empty registry URL on each backend (tests/conftest.py)."""
+    return registry_url
 
 
 def _registry_with_models(url: str, versions: list[str]) -> Registry:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -274,40 +272,18 @@ def test_concurrent_writers_share_one_sqlite_file(tmp_path: Path) -> None:
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
-@contextmanager
-def pg_schema(postgres_url: str) -> Iterator[str]:
-    """A URL whose search_path is a throw-away schema, so runs never see each other's rows."""
-    schema = f"test_registry_{uuid.uuid4().hex[:12]}"
-    admin = create_registry_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in postgres_url else "?"
+@pytest.fixture
+def pg_registry(pg_schema_url: str) -> Iterator[Registry]:
+    reg = Registry.from_url(pg_schema_url)
     try:
-        yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+        yield reg
     finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        reg.close()
 
 
 @pytest.fixture
-def pg_registry(postgres_url: str) -> Iterator[Registry]:
-    with pg_schema(postgres_url) as url:
-        reg = Registry.from_url(url)
-        try:
-            yield reg
-        finally:
-            reg.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database on each backend: a SQLite file, or a PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-    else:
-        with pg_schema(request.getfixturevalue("postgres_url")) as pg_url:
-            yield pg_url
+def url(registry_url: str) -> str:
+    return registry_url
 
 
 @pytest.mark.postgres
