@@ -202,7 +202,7 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.rollout import rollback_vertical
 
     result = rollback_vertical(
-        args.vertical, settings=settings, to_version=args.to_version, actor=_cli_actor(), reason=args.reason
+        args.vertical, settings=settings, to_version=args.to_version, actor=stages.actor(), reason=args.reason
     )
     if result["changed"]:
         print(f"{result['vertical']}: production is now {result['model_version']} (was {result['previous_version']})")
@@ -211,16 +211,6 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     if result["notice"]:
         print(f"notice sent: {result['notice']}")
     return 0
-
-
-def _cli_actor() -> str:
-    """``cli:<login>`` for the registry; plain ``cli`` where the login is unknown (containers)."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
 
 
 def _verticals(settings: Settings) -> int:

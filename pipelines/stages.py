@@ -459,7 +459,7 @@ def gate(
         forced_reason=decision.forced_reason,
         reasons=record["rules"],
         champion_version=evaluation["champion_version"],
-        actor=_actor(run_id),
+        actor=actor(run_id),
     )
     log.info(
         "%s %s: %s (%s)",
@@ -471,13 +471,16 @@ def gate(
     return {k: record[k] for k in ("model_version", "approved", "forced", "reasons", "already_in_production")}
 
 
-def _actor(run_id: str | None) -> str:
-    """Who made a registry change: the Airflow run, or the person at the CLI."""
+def actor(run_id: str | None = None) -> str:
+    """Who made a registry change: ``airflow:<run_id>``, or ``cli:<login>`` (plain ``cli`` if unknown)."""
     if run_id:
         return f"airflow:{run_id}"
     import getpass
 
-    return f"cli:{getpass.getuser()}"
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name, e.g. in a container
+        return "cli"
 
 
 # -- deploy --------------------------------------------------------------------
@@ -490,7 +493,6 @@ def deploy(
     settings: Settings | None = None,
     dry_run: bool = False,
     run_id: str | None = None,
-    actor: str = "cli",
 ) -> dict[str, Any]:
     """Push an approved model to the bucket and flip the pointer last.
 
@@ -540,7 +542,7 @@ def deploy(
             model_version=version,
             action="deploy",
             previous_version=result.previous_version,
-            actor=f"{actor}:{run_id}" if run_id else _actor(None) if actor == "cli" else actor,
+            actor=actor(run_id),
             ds=ds,
         )
         record = {

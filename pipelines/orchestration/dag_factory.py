@@ -181,13 +181,13 @@ def build_vertical_dag(vertical: str) -> DAG:
             if not deploy_now:
                 # deploy is about to be skipped: record its no-op outcome (and why) now,
                 # so the report states it; dry_run=True can never touch the bucket.
-                run_stage("deploy", name, context, dry_run=True, run_id=run_id, actor="airflow")
+                run_stage("deploy", name, context, dry_run=True, run_id=run_id)
             return deploy_now
 
         @task(task_id="deploy", doc_md="Upload the approved model, flip the production pointer last.")
         def deploy() -> dict[str, Any]:
             context = get_current_context()
-            return run_stage("deploy", name, context, run_id=context["run_id"], actor="airflow")
+            return run_stage("deploy", name, context, run_id=context["run_id"])
 
         @task(
             task_id="report",
