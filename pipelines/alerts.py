@@ -86,10 +86,12 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
     if marker is not None and marker.exists() and json.loads(marker.read_text()).get("digest") == digest:
         log.info("alert %s already delivered (%s); not sending it twice", dedupe_key, digest)
         return json.loads(marker.read_text())["where"]
-    smtp = SmtpConfig.from_env()
+    # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
+    smtp = SmtpConfig.from_env() if settings.sends_email else None
     if smtp is None:
         where = str(_write_outbox(message, settings))
-        log.warning("no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT); email written to %s", where)
+        why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"
+        log.warning("%s; email written to %s, not sent", why, where)
     else:
         where = _send_smtp(message, smtp)
         log.info("email %r sent through %s to %s", message["Subject"], where, message["To"])
