@@ -29,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines import stages
 from pipelines.config import Settings
 from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_json_atomic
@@ -42,6 +41,8 @@ HEADLINE = ("accuracy", "recall", "f1", "precision", "auroc", "balanced_accuracy
 
 def ingest(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, Any]:
     """extract → validate → snapshot; writes ``data.json`` (the data version)."""
+    from pipelines import stages
+
     stages.extract(vertical, ds, settings=settings)
     stages.validate(vertical, ds, settings=settings)
     snap = stages.snapshot(vertical, ds, settings=settings)
@@ -61,6 +62,8 @@ def ingest(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, A
 
 def train(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, Any]:
     """train → evaluate; writes ``model.json``, ``metrics.json`` and the ROC points ``roc.json``."""
+    from pipelines import stages
+
     trained = stages.train(vertical, ds, settings=settings)
     evaluation = stages.evaluate(vertical, ds, settings=settings)
     model = {
@@ -83,7 +86,9 @@ def train(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, An
 
 
 def decide(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, Any]:
-    """gate → deploy (dry run: never deploys) → report; writes ``decision.json``."""
+    """gate → deploy (dry run: never deploys) → report; writes ``decision.json`` and ``gate.json``."""
+    from pipelines import stages
+
     decision = stages.gate(vertical, ds, settings=settings)
     deployed = stages.deploy(vertical, ds, settings=settings, dry_run=True)
     summary = stages.report(vertical, ds, settings=settings)
@@ -98,6 +103,8 @@ def decide(vertical: str, ds: str, settings: Settings, out: Path) -> dict[str, A
         "report_email": "written to the experiment outbox" if summary.get("emailed") else "none",
     }
     write_json_atomic(out / "decision.json", record)
+    # What `dvc metrics` / `dvc exp show` list beside the model's metrics: flags only, no text.
+    write_json_atomic(out / "gate.json", {"approved": decision["approved"], "forced": decision["forced"]})
     return record
 
 

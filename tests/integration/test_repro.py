@@ -156,7 +156,7 @@ def test_dvc_exp_run_leaves_production_alone_and_reports_metrics(repo: tuple[Pat
     assert f"'ingest@{VERTICAL}' didn't change" in proc.stdout
     assert f"'train@{VERTICAL}' didn't change" in proc.stdout
     diff = _run(clone, env, "dvc", "metrics", "diff", "--json").stdout
-    approved = json.loads(diff)[f"results/{VERTICAL}/decision.json"]["approved"]
+    approved = json.loads(diff)[f"results/{VERTICAL}/gate.json"]["approved"]
     assert (approved["old"], approved["new"]) == (True, False)
 
     # Still nothing in production, though the rejection was mailed (to the experiment outbox only).
