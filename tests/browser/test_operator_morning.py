@@ -72,25 +72,31 @@ def _logged_in(page: Any, ui: AirflowUI) -> None:
 
 
 def _open_trigger_form(page: Any, for_date: str) -> Any:
-    """The DAG's trigger dialog with a single run for ``for_date`` (picked in its calendar)."""
+    """The DAG's trigger dialog, a single run for ``for_date`` 02:00 UTC typed into its date picker."""
     from playwright.sync_api import expect
 
     page.goto(f"/dags/{VERTICAL}")
     page.get_by_role("button", name="Trigger").first.click()
-    dialog = page.get_by_role("dialog").filter(has=page.get_by_role("heading", name=f"Trigger Dag - {VERTICAL}"))
+    heading = page.get_by_role("heading", name=f"Trigger Dag - {VERTICAL}")
+    dialog = page.get_by_role("dialog").filter(has=heading)
     expect(dialog).to_be_visible()
-    day = date.fromisoformat(for_date)
     dialog.get_by_test_id("datetime-input").click()
     picker = page.get_by_role("dialog").filter(has_text="UTC").last
-    # The calendar opens on today's month; the dates used here are in it or the one before.
-    month = day.strftime("%b %Y")
-    if not picker.get_by_text(month, exact=True).is_visible():
-        picker.get_by_role("button").filter(has=page.locator("svg")).first.click()
-    expect(picker.get_by_text(month, exact=True)).to_be_visible()
-    picker.get_by_text(str(day.day), exact=True).first.click()
-    expect(dialog.get_by_test_id("datetime-input")).to_contain_text(day.strftime("%b %-d, %Y"))
-    dialog.get_by_role("heading", name=f"Trigger Dag - {VERTICAL}").click()  # close the calendar
+    day = picker.get_by_placeholder("YYYY/MM/DD")
+    day.fill(for_date.replace("-", "/"))
+    day.press("Enter")
+    time = picker.get_by_placeholder("HH:mm")
+    time.fill("02:00")
+    time.press("Enter")
+    shown = date.fromisoformat(for_date).strftime("%b %d, %Y").replace(" 0", " ")
+    expect(dialog.get_by_test_id("datetime-input")).to_contain_text(f"{shown} 02:00")
+    heading.click()  # close the calendar
     return dialog
+
+
+def _switch(dialog: Any, param: str) -> None:
+    """Flip a boolean param's switch (its checkbox input is visually hidden: click the switch itself)."""
+    dialog.locator(f'[id="switch:element_{param}"]').click()
 
 
 def _run_for(ui: AirflowUI, ds: str) -> dict[str, Any] | None:
@@ -142,12 +148,16 @@ def test_forced_promotion_without_a_reason_is_refused(page: Any, airflow_ui: Air
     dialog = _open_trigger_form(page, FORCED_DS)
     submit = dialog.get_by_test_id("trigger-dag-submit")
     expect(submit).to_be_enabled()  # the defaults submit ...
-    dialog.get_by_role("checkbox", name="Force promotion").check(force=True)
+    _switch(dialog, "force_promotion")
     expect(dialog.get_by_role("checkbox", name="Force promotion")).to_be_checked()
     shots(page, "trigger-form-forced-without-reason", docs=True)
     if not submit.is_enabled():
-        # ... refused by the form itself: it says what is missing.
-        expect(dialog.get_by_text(re.compile(r"reason", re.IGNORECASE)).first).to_be_visible()
+        # ... refused by the form itself: forcing is the only change, and a reason is what it lacks.
+        reason = dialog.locator("input[name=element_force_reason]")
+        reason.fill("ticket FIN-1: the gate's holdout is stale")
+        expect(submit).to_be_enabled()
+        reason.fill("")
+        expect(submit).to_be_disabled()
         assert _run_for(airflow_ui, FORCED_DS) is None
         return
     submit.click()
@@ -203,6 +213,8 @@ def test_models_view_in_the_ui_links_to_the_run_the_model_card_and_the_data_docs
 
     # The model card, rendered from model_card.md in the bucket's version folder.
     page.goto("/models/verticals/finance")
+    expect(page.locator("section dl")).to_contain_text(DS)
+    shots(page, "models-view", docs=True, full_page=True)
     champion = page.locator("section dl")
     champion.get_by_role("link", name="model card").click()
     expect(page.get_by_role("heading", name=re.compile(rf"^Model card: {VERTICAL} mv-"))).to_be_visible()
@@ -219,11 +231,12 @@ def test_models_view_in_the_ui_links_to_the_run_the_model_card_and_the_data_docs
     with page.expect_navigation():
         champion.get_by_role("link", name="validation").click()
     assert f"/{VERTICAL}-{DS}/" in page.url
-    expect(page.get_by_text(re.compile("Validation Results|Overview", re.IGNORECASE)).first).to_be_visible()
-    shots(page, "models-view-validation-result", docs=True, full_page=False)
+    expect(page.get_by_text("Expectation Validation Result").first).to_be_visible()
+    expect(page.get_by_text(f"{VERTICAL}-{DS}").first).to_be_visible()  # GX's run name for that date
+    shots(page, "models-view-validation-result", docs=True)
     page.goto("/models/verticals/finance")
     with page.expect_navigation():
         champion.get_by_role("link", name="Data docs").click()
     assert page.url.endswith(f"/{VERTICAL}/index.html")
-    expect(page.get_by_text(re.compile("Expectation Suite|Validation", re.IGNORECASE)).first).to_be_visible()
+    expect(page.get_by_text("Validation Results").first).to_be_visible()
     shots(page, "models-view-data-docs")
