@@ -48,14 +48,6 @@ LOG_SERVER_PORTS = (8793, 8794)
 DOCS_IMG = PROJECT_ROOT / "docs" / "img"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/browser/" in str(item.path).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.browser)
-            item.add_marker(pytest.mark.airflow)
-            item.add_marker(pytest.mark.slow)
-
-
 def _require_chromium() -> None:
     if CHROMIUM.is_file():
         return

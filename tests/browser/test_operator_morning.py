@@ -27,6 +27,8 @@ import pytest
 
 from .conftest import VIEWPORT, AirflowUI
 
+pytestmark = [pytest.mark.browser, pytest.mark.airflow, pytest.mark.slow]
+
 VERTICAL = "finance"
 #: A past date inside the demo span, with a year of history before it (the fixtures' date).
 DS = "2026-11-27"
@@ -107,6 +109,8 @@ def _run_for(ui: AirflowUI, ds: str) -> dict[str, Any] | None:
 
 
 def test_login_through_the_form_returns_to_the_page_asked_for(page: Any, airflow_ui: AirflowUI, shots: Callable):
+    from playwright.sync_api import expect
+
     page.goto("/models/")  # the Models view: a browser without a session is sent to the login page
     page.wait_for_url(re.compile(r"/auth/login"))
     shots(page, "01-login")
@@ -114,10 +118,10 @@ def test_login_through_the_form_returns_to_the_page_asked_for(page: Any, airflow
     page.get_by_label("Password").fill(airflow_ui.password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(r"/models/$"))
-    assert page.get_by_role("heading", name="Models", exact=True).is_visible()
-    page.goto("/")
-    page.get_by_text(VERTICAL, exact=True).first.wait_for()
-    shots(page, "02-dags", docs=False)
+    expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
+    page.goto("/dags")
+    expect(page.get_by_role("link", name=VERTICAL, exact=True).first).to_be_visible()
+    shots(page, "02-dags")
 
 
 def test_trigger_with_the_defaults_for_a_past_date_succeeds(page: Any, airflow_ui: AirflowUI, shots: Callable):
