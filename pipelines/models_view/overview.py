@@ -7,6 +7,7 @@ from a registry they filled themselves.
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -366,7 +367,7 @@ def validation_page(settings: Settings, vertical: str, ds: str) -> str | None:
     """
     root = data_docs_root(settings, vertical)
     pages = sorted(
-        root.glob(f"validations/*/{vertical}-{ds}/*/*.html"),
+        root.glob(f"validations/*/{glob.escape(f'{vertical}-{ds}')}/*/*.html"),  # ds is registry text
         key=lambda p: (p.parent.name, p.name),  # GX run times sort as text (20261130T155756.632102Z)
     )
     return pages[-1].relative_to(root).as_posix() if pages else None
