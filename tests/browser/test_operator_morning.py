@@ -93,6 +93,7 @@ def _open_trigger_form(page: Any, for_date: str) -> Any:
     shown = date.fromisoformat(for_date).strftime("%b %d, %Y").replace(" 0", " ")
     expect(dialog.get_by_test_id("datetime-input")).to_contain_text(f"{shown} 02:00")
     heading.click()  # close the calendar
+    expect(picker).to_be_hidden()  # and let it fade out before any screenshot
     return dialog
 
 
