@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.config import VERTICAL_NAME, Settings
 from pipelines.errors import PipelineError
 from pipelines.models_view import DEFAULT_PREFIX
+from pipelines.models_view.bucket_pages import add_bucket_routes
 from pipelines.models_view.html import Links, render_index, render_message, render_vertical
 from pipelines.models_view.overview import (
     VerticalOverview,
@@ -130,6 +131,9 @@ def create_app(
     def one_vertical(user: Any, vertical: str, history: int) -> VerticalOverview:
         settings, registry = check_vertical(user, vertical)
         return collect_vertical(registry, settings, vertical, history=history)
+
+    # The deployed versions of a file:// bucket (folder, model card, files), read-only.
+    add_bucket_routes(app, user_dep=user_dep, check_vertical=check_vertical, links_of=lambda r: _links(r, prefix))
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: Any = user_dep) -> HTMLResponse:
