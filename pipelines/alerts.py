@@ -107,7 +107,8 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
         log.warning("no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT); email written to %s", where)
         _mark_delivered(settings, dedupe_key, digest, where)
         return where
-    _redeliver_queued(settings, smtp)
+    if _redeliver_queued(settings, smtp) and (where := _delivered_where(settings, dedupe_key, digest)):
+        return where  # this very message was the queued one (a retried task): sent just now, once
     try:
         where = _send_smtp(message, smtp)
     except (OSError, smtplib.SMTPException) as exc:

@@ -292,10 +292,19 @@ def test_smtp_down_keeps_the_alert_and_the_next_delivery_sends_it_exactly_once(s
     deliver(_message("second", "relay is back"), settings, dedupe_key="finance-y-report")
     assert [m["Subject"] for m in smtp_server.messages] == ["first", "second"]
     assert undelivered(settings) == []
+
+    # The retried task itself sends the queued message: it goes out once, not twice.
+    _smtp_down(monkeypatch)
+    with pytest.raises(AlertDeliveryError):
+        deliver(_message("third", "retried task"), settings, dedupe_key="finance-z-report")
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", relay)
+    deliver(_message("third", "retried task"), settings, dedupe_key="finance-z-report")
+    assert [m["Subject"] for m in smtp_server.messages] == ["first", "second", "third"]
+    assert undelivered(settings) == []
     # The task retried after the outage: the first alert went out already, so nothing more is sent.
     deliver(_message("first", "the relay was down"), settings, dedupe_key="finance-x-quality")
     deliver(_message("second", "relay is back"), settings, dedupe_key="finance-y-report")
-    assert [m["Subject"] for m in smtp_server.messages] == ["first", "second"]
+    assert [m["Subject"] for m in smtp_server.messages] == ["first", "second", "third"]
     assert "the relay was down" in smtp_server.messages[0].get_content()
 
 
