@@ -275,7 +275,7 @@ def _smtp_down(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_smtp_down_keeps_the_alert_and_the_next_delivery_sends_it_exactly_once(settings, smtp_server, monkeypatch):
-    from pipelines.alerts import AlertDeliveryError, deliver, undelivered
+    from pipelines.alerts import AlertDeliveryError, deliver, flush_undelivered, undelivered
 
     relay = os.environ["AIRFLOW_CONN_SMTP_DEFAULT"]
     _smtp_down(monkeypatch)
@@ -286,6 +286,11 @@ def test_smtp_down_keeps_the_alert_and_the_next_delivery_sends_it_exactly_once(s
     # A retried task while the relay is still down: queued once, not twice.
     with pytest.raises(AlertDeliveryError):
         deliver(_message("first", "the relay was down"), settings, dedupe_key="finance-x-quality")
+    assert len(undelivered(settings)) == 1
+    # Without any relay configured there is nothing to flush through: said, and nothing dropped.
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT")
+    with pytest.raises(AlertDeliveryError, match="no SMTP relay is configured"):
+        flush_undelivered(settings)
     assert len(undelivered(settings)) == 1
 
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", relay)
