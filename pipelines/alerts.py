@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import smtplib
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -23,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 
 from pipelines.config import Settings, VerticalSpec
+from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_bytes_atomic, write_json_atomic
 from pipelines.quality import QualityReport
 
@@ -75,29 +77,170 @@ def _truthy(value: object) -> bool:
     return value is True or str(value).lower() in ("1", "true", "yes")
 
 
+class AlertDeliveryError(PipelineError, OSError):
+    """SMTP refused or could not be reached; the message is kept in the outbox for redelivery.
+
+    An `OSError` too, so callers that already treat a failed send as an
+    I/O fault (the validate stage records "NOT SENT" and still stops the run)
+    keep doing so, and the message they record says where the email waits.
+    """
+
+
 def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None = None) -> str:
     """Send ``message`` and return where it went ("smtp://host:port" or the outbox path).
 
     ``dedupe_key`` names a marker under the data root; a message whose content
-    was already delivered under that key is not sent again.
+    was already delivered under that key is not sent again.  With SMTP
+    configured, every earlier undelivered message is retried first; a message
+    SMTP refuses is kept under ``outbox/undelivered/`` and `AlertDeliveryError`
+    is raised: the next delivery (or ``python -m pipelines alerts flush``)
+    sends it, exactly once.
     """
-    digest = hashlib.sha256(message.get_content().encode()).hexdigest()[:16]
-    marker = settings.home / "alerts-sent" / f"{dedupe_key}.json" if dedupe_key else None
-    if marker is not None and marker.exists() and json.loads(marker.read_text()).get("digest") == digest:
+    digest = _content_digest(message)
+    where = _delivered_where(settings, dedupe_key, digest)
+    if where is not None:
         log.info("alert %s already delivered (%s); not sending it twice", dedupe_key, digest)
-        return json.loads(marker.read_text())["where"]
+        return where
     # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
     smtp = SmtpConfig.from_env() if settings.sends_email else None
     if smtp is None:
         where = str(_write_outbox(message, settings))
         why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"
         log.warning("%s; email written to %s, not sent", why, where)
-    else:
+        _mark_delivered(settings, dedupe_key, digest, where)
+        return where
+    if _redeliver_queued(settings, smtp) and (where := _delivered_where(settings, dedupe_key, digest)):
+        return where  # this very message was the queued one (a retried task): sent just now, once
+    try:
         where = _send_smtp(message, smtp)
-        log.info("email %r sent through %s to %s", message["Subject"], where, message["To"])
-    if marker is not None:
-        write_json_atomic(marker, {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()})
+    except (OSError, smtplib.SMTPException) as exc:
+        kept = _queue(message, settings, dedupe_key, digest)
+        raise AlertDeliveryError(
+            f"email {message['Subject']!r} could not be sent through smtp://{smtp.host}:{smtp.port} "
+            f"({type(exc).__name__}: {exc}); it is kept at {kept} and is sent on the next delivery, "
+            "or run `python -m pipelines alerts flush` once the relay (AIRFLOW_CONN_SMTP_DEFAULT) is back"
+        ) from exc
+    log.info("email %r sent through %s to %s", message["Subject"], where, message["To"])
+    _mark_delivered(settings, dedupe_key, digest, where)
     return where
+
+
+# -- undelivered messages (outbox/undelivered/) ----------------------------------
+
+#: Header that carries a queued message's dedupe key, so redelivery keeps "exactly once".
+KEY_HEADER = "X-Pipelines-Alert-Key"
+#: A claim older than this belongs to a process that died mid-send; another may retake it.
+_STALE_CLAIM_S = 15 * 60
+
+
+def undelivered_dir(settings: Settings) -> Path:
+    """Where emails SMTP did not accept wait for redelivery."""
+    return settings.home / "outbox" / "undelivered"
+
+
+def undelivered(settings: Settings) -> list[Path]:
+    """Queued emails, oldest first."""
+    folder = undelivered_dir(settings)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*.eml"), key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def flush_undelivered(settings: Settings) -> tuple[int, int]:
+    """Send every queued email now; return (sent, still queued).
+
+    Raises `AlertDeliveryError` when SMTP is not configured (nothing to send through).
+    """
+    smtp = SmtpConfig.from_env()
+    if smtp is None:
+        raise AlertDeliveryError(
+            f"{len(undelivered(settings))} email(s) wait in {undelivered_dir(settings)} but no SMTP relay is "
+            "configured: set AIRFLOW_CONN_SMTP_DEFAULT and run `python -m pipelines alerts flush` again"
+        )
+    sent = _redeliver_queued(settings, smtp)
+    return sent, len(undelivered(settings))
+
+
+def _content_digest(message: EmailMessage) -> str:
+    return hashlib.sha256(message.get_content().encode()).hexdigest()[:16]
+
+
+def _marker(settings: Settings, dedupe_key: str) -> Path:
+    return settings.home / "alerts-sent" / f"{dedupe_key}.json"
+
+
+def _delivered_where(settings: Settings, dedupe_key: str | None, digest: str) -> str | None:
+    if dedupe_key is None:
+        return None
+    marker = _marker(settings, dedupe_key)
+    if not marker.exists():
+        return None
+    record = json.loads(marker.read_text())
+    return str(record["where"]) if record.get("digest") == digest else None
+
+
+def _mark_delivered(settings: Settings, dedupe_key: str | None, digest: str, where: str) -> None:
+    if dedupe_key is not None:
+        write_json_atomic(
+            _marker(settings, dedupe_key), {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()}
+        )
+
+
+def _queue(message: EmailMessage, settings: Settings, dedupe_key: str | None, digest: str) -> Path:
+    """Keep ``message`` for redelivery; the same key and content are queued once."""
+    if dedupe_key is not None:
+        del message[KEY_HEADER]
+        message[KEY_HEADER] = dedupe_key
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in (dedupe_key or "message"))[:100]
+    path = undelivered_dir(settings) / f"{name}-{digest}.eml"
+    write_bytes_atomic(path, bytes(message))
+    return path
+
+
+def _claims(settings: Settings) -> list[Path]:
+    """Queued files, plus claims abandoned by a process that died while sending them."""
+    folder = undelivered_dir(settings)
+    now = datetime.now(UTC).timestamp()
+    stale = [p for p in folder.glob(".*.eml.claimed-*") if now - p.stat().st_mtime > _STALE_CLAIM_S]
+    return undelivered(settings) + stale
+
+
+def _redeliver_queued(settings: Settings, smtp: SmtpConfig) -> int:
+    """Send queued emails in order; stop at the first the relay refuses (it stays queued)."""
+    from email import message_from_bytes, policy
+
+    sent = 0
+    for path in _claims(settings):
+        # Claim by rename, so two processes flushing at once never send the same email twice.
+        original = path.with_name(path.name.split(".claimed-")[0].lstrip(".")) if ".claimed-" in path.name else path
+        claimed = path.with_name(f".{original.name}.claimed-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(path, claimed)
+        except FileNotFoundError:
+            continue  # another process took it
+        claimed.touch()  # the claim's age starts now
+        queued = message_from_bytes(claimed.read_bytes(), policy=policy.default)
+        assert isinstance(queued, EmailMessage)
+        key, digest = queued[KEY_HEADER], _content_digest(queued)
+        if _delivered_where(settings, key, digest) is None:
+            try:
+                where = _send_smtp(queued, smtp)
+            except (OSError, smtplib.SMTPException) as exc:
+                os.replace(claimed, original)
+                log.error(
+                    "queued email %s still not accepted by smtp://%s:%s (%s: %s); it stays queued",
+                    original,
+                    smtp.host,
+                    smtp.port,
+                    type(exc).__name__,
+                    exc,
+                )
+                break
+            _mark_delivered(settings, key, digest, where)
+            sent += 1
+            log.info("redelivered queued email %r through %s", queued["Subject"], where)
+        claimed.unlink()
+    return sent
 
 
 def _send_smtp(message: EmailMessage, smtp: SmtpConfig) -> str:

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
 
+    alerts = sub.add_parser("alerts", help="emails SMTP did not accept (kept in outbox/undelivered/)")
+    alerts.add_argument("action", choices=["pending", "flush"], help="list them, or send them now")
+
     registry = sub.add_parser("registry", help="model registry maintenance")
     registry.add_argument("action", choices=["upgrade", "current"], help="migrate to the newest schema, or show it")
     return parser
@@ -147,6 +150,7 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.registry import Registry
+    from pipelines.serving import check_production
 
     registry = Registry.from_settings(settings)
     out: list[dict[str, Any]] = []
@@ -156,6 +160,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         out.append(
             {
                 "vertical": name,
+                # The bucket's side: does what production names still verify?
+                "production": check_production(name, bucket_url=settings.bucket_url),
                 "champion": None
                 if champion is None
                 else {
@@ -191,6 +197,9 @@ def _status_lines(row: dict[str, Any]) -> str:
     lines = [f"{row['vertical']}: champion {champ['model_version'] if champ else 'none'}"]
     if champ:
         lines[0] += f" (data {champ['data_version']}, trained for {champ['ds']})"
+    production = row.get("production") or {}
+    if not production.get("ok", True):
+        lines.append(f"  PRODUCTION BROKEN ({production.get('version')}): {production['problem']}")
     if last:
         verdict = "approved" if last["approved"] else "rejected"
         lines.append(f"  last decision {last['ds']} {last['model_version']}: {verdict} — {'; '.join(last['reasons'])}")
@@ -211,6 +220,19 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     if result["notice"]:
         print(f"notice sent: {result['notice']}")
     return 0
+
+
+def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+    """List or send the emails the SMTP relay refused earlier (each is sent exactly once)."""
+    from pipelines.alerts import flush_undelivered, undelivered
+
+    if args.action == "pending":
+        for path in undelivered(settings):
+            print(path)
+        return 0
+    sent, left = flush_undelivered(settings)
+    print(f"sent {sent} queued email(s); {left} still queued")
+    return 0 if left == 0 else 1
 
 
 def _verticals(settings: Settings) -> int:
@@ -258,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args, settings)
         if args.command == "verticals":
             return _verticals(settings)
+        if args.command == "alerts":
+            return _alerts(args, settings)
         if args.command == "registry":
             from pipelines import registry_migrations
 
