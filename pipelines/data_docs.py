@@ -78,6 +78,7 @@ CDN_ASSETS: dict[str, str] = {
 _URL = re.compile(r"""https?://[^\s"'()<>]+""")
 # Subresource-integrity pins name the CDN's bytes; the vendored copies are served same-origin.
 _SRI = re.compile(r"""\s+(?:integrity|crossorigin)=(?:"[^"]*"|'[^']*')""")
+_STATIC_REF = re.compile(r"""(\b(?:src|href)=["'])(?:\./|\.\./)*(static/[^"'?#]+)""")
 _LOADING_TAG = re.compile(r"<(?:script|link|img|iframe|source|embed|object)\b[^>]*>", re.IGNORECASE)
 _TAG_URL = re.compile(r"""\b(?:src|href|data)\s*=\s*["']?((?:https?:)?//[^\s"'>]+)""", re.IGNORECASE)
 _CSS_URL = re.compile(r"""(?:url\(\s*["']?|@import\s+["'])((?:https?:)?//[^\s"')]+)""", re.IGNORECASE)
@@ -132,8 +133,14 @@ def _rewrite(text: str, folder: Path, root: Path) -> str:
             return url
         return Path(os.path.relpath(root / SITE_VENDOR_DIR / target, folder)).as_posix()
 
+    def static(match: re.Match[str]) -> str:
+        fixed = Path(os.path.relpath(root / match.group(2), folder)).as_posix()
+        return f"{match.group(1)}{fixed}"
+
     swapped = _URL.sub(local, text)
-    return _SRI.sub("", swapped) if swapped != text else swapped
+    swapped = _SRI.sub("", swapped) if swapped != text else swapped
+    # GX's validation pages point one folder short for its own static files (the favicon): re-aim them.
+    return _STATIC_REF.sub(static, swapped)
 
 
 def _copy_assets(target: Path) -> None:
