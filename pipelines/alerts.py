@@ -33,6 +33,8 @@ from pipelines.run_context import CLI, RunContext
 
 log = logging.getLogger(__name__)
 DEFAULT_SENDER = "nightly-retrain@localhost"
+#: Days that passed, listed one by one in a data-quality alert (the rest are summed up in one line).
+MAX_PASSED_DAYS_LISTED = 31
 #: What makes two alerts "the same" for `deliver`'s dedupe, set by the message builder: the
 #: failure itself, not the links and try number that differ between a run and its retry.
 DIGEST_HEADER = "X-Pipelines-Alert-Digest"
@@ -182,6 +184,16 @@ def _rerun(spec: VerticalSpec, ds: str, run: RunContext) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Day:
+    """One day the suite checked, as the alert lists it."""
+
+    day: str
+    rows: int | None
+    failed: bool
+    where: str
+
+
 @functools.cache
 def _templates() -> Any:
     import jinja2
@@ -218,20 +230,31 @@ def quality_alert(
     layout = Layout(settings, spec.name)
     failed_days = set(report.failed_days or report.days)
     days = [
-        {
-            "day": day,
-            "rows": report.rows_per_day.get(day),
-            "failed": day in failed_days,
-            "where": str(layout.quarantine(day) if day in failed_days else layout.validated(day)),
-        }
+        _Day(
+            day=day,
+            rows=report.rows_per_day.get(day),
+            failed=day in failed_days,
+            where=str(layout.quarantine(day) if day in failed_days else layout.validated(day)),
+        )
         for day in report.days
     ]
+    # A first run checks a whole window at once: every failing day is listed, passing ones up to a month.
+    passed = [d for d in days if not d.failed]
+    shown = {d.day for d in days if d.failed} | {d.day for d in passed[-MAX_PASSED_DAYS_LISTED:]}
+    hidden = [d for d in passed if d.day not in shown]
+    more_passed = (
+        {"days": len(hidden), "first": hidden[0].day, "last": hidden[-1].day, "rows": sum(d.rows or 0 for d in hidden)}
+        if hidden
+        else None
+    )
     tables = [_sample(sample) for sample in samples]
     values = {
         "spec": spec,
         "report": report,
         "run": run,
-        "days": days,
+        "days": [d for d in days if d.day in shown],
+        "n_days": len(days),
+        "more_passed": more_passed,
         "n_failed_days": len(failed_days & set(report.days)),
         "failures": [
             {
@@ -250,7 +273,7 @@ def quality_alert(
     identity = {
         "vertical": spec.name,
         "ds": report.ds,
-        "days": days,
+        "days": [asdict(d) for d in days],
         "failed": [asdict(f) for f in report.failed],
         "samples": [table["rows"] for table in tables],
     }

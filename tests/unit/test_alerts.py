@@ -234,3 +234,14 @@ def test_smtp_connection_defaults_follow_airflow_ssl_on(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", '{"conn_type": "smtp", "host": "relay", "port": 465}')
     config = SmtpConfig.from_env()
     assert config is not None and config.use_ssl and config.starttls
+
+
+def test_a_year_long_backfill_lists_the_bad_day_and_sums_up_the_rest(settings):
+    days = [f"2026-{m:02d}-{d:02d}" for m in (1, 2, 3) for d in range(1, 29)]  # 84 days
+    year = replace(REPORT, days=days, rows=84 * 10, rows_per_day=dict.fromkeys(days, 10), failed_days=["2026-01-15"])
+    text, html = parts(quality_alert(SPEC, year, samples(), settings))
+    assert "Rows checked: 840 over 84 day(s); 1 day(s) quarantined" in text
+    assert "2026-01-15       10 rows  FAILED, quarantined" in text
+    assert "2026-01-01 .. 2026-02-25: 52 more day(s), 520 rows, all passed, validated" in text
+    assert text.count("passed, validated  ") == 31  # the last month, day by day
+    assert "(52 days)" in html
