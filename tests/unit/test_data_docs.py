@@ -10,9 +10,12 @@ from urllib.parse import unquote
 
 import pandas as pd
 import pytest
+from fastapi import HTTPException, Request
+from fastapi.testclient import TestClient
 
 from pipelines.config import VerticalSpec
 from pipelines.data_docs import SITE_VENDOR_DIR, external_resources, make_offline, site_root
+from pipelines.models_view.app import ViewAuth, create_app
 from pipelines.quality import validate_frame
 
 SUITE = {
@@ -109,3 +112,28 @@ def test_make_offline_rewrites_cdn_links_at_any_depth_and_only_new_pages(tmp_pat
     assert make_offline(root) == []  # idempotent
     (root / "old.html").write_text(cdn)
     assert make_offline(root, since=(root / "old.html").stat().st_mtime + 10) == []  # older pages are not reread
+
+
+def _stub_user(request: Request) -> str:
+    """Stands in for Airflow's login (the real one is tested in tests/integration/test_models_view.py)."""
+    if request.headers.get("authorization") != "Bearer ok":
+        raise HTTPException(401, "not logged in")
+    return "viewer"
+
+
+def test_models_view_redirects_a_date_to_its_newest_validation_result_behind_the_login(settings):
+    auth = ViewAuth(user=_stub_user, can_read=lambda _user, _vertical: True, login_url=lambda _next: None)
+    client = TestClient(create_app(auth, settings_factory=lambda: settings), root_path="/models")
+    runs = site_root(settings, "finance") / "validations" / "finance" / f"finance-{DS}"
+    for stamp, text in (("20261128T020000.000000Z", "first try"), ("20261128T090000.000000Z", "after the fix")):
+        (runs / stamp).mkdir(parents=True)
+        (runs / stamp / "finance.html").write_text(f"<html><body>{text}</body></html>")
+
+    assert client.get(f"/docs/finance/runs/{DS}").status_code == 401  # the same login as every page
+    headers = {"authorization": "Bearer ok"}
+    response = client.get(f"/docs/finance/runs/{DS}", headers=headers, follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"] == f"../validations/finance/finance-{DS}/20261128T090000.000000Z/finance.html"
+    assert "after the fix" in client.get(f"/docs/finance/runs/{DS}", headers=headers).text
+    assert client.get("/docs/finance/runs/2026-11-01", headers=headers).status_code == 404
+    assert client.get("/docs/finance/runs/not-a-date", headers=headers).status_code == 404
