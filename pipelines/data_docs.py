@@ -106,9 +106,11 @@ def make_offline(root: Path, *, since: float | None = None) -> list[Path]:
 
     Only pages written at or after ``since`` (a POSIX time) are read, so a site
     with a year of validations does not cost a year of rewriting each night;
-    without it every page is. Returns the pages rewritten.
+    without it (or the first time the assets land in the site) every page is.
+    Returns the pages rewritten.
     """
-    _copy_assets(root / SITE_VENDOR_DIR)
+    if _copy_assets(root / SITE_VENDOR_DIR):
+        since = None  # new or refreshed assets: bring every page of an older site along, once
     rewritten = []
     for page in sorted(root.rglob("*.html")):
         if since is not None and page.stat().st_mtime < since:
@@ -143,14 +145,15 @@ def _rewrite(text: str, folder: Path, root: Path) -> str:
     return _STATIC_REF.sub(static, swapped)
 
 
-def _copy_assets(target: Path) -> None:
-    """Copy the vendored files once (again only when this package's copy changed)."""
+def _copy_assets(target: Path) -> bool:
+    """Copy the vendored files once (again only when this package's copy changed); True if copied."""
     stamp = target / ".vendored"
     version = _assets_version()
     if stamp.is_file() and stamp.read_text() == version:
-        return
+        return False
     shutil.copytree(ASSETS_DIR, target, dirs_exist_ok=True)
     stamp.write_text(version)
+    return True
 
 
 def _assets_version() -> str:

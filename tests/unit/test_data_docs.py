@@ -114,6 +114,16 @@ def test_make_offline_rewrites_cdn_links_at_any_depth_and_only_new_pages(tmp_pat
     assert make_offline(root, since=(root / "old.html").stat().st_mtime + 10) == []  # older pages are not reread
 
 
+def test_a_site_built_before_the_assets_were_vendored_is_brought_along_once(tmp_path: Path):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text('<script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>')
+    old = (root / "index.html").stat().st_mtime
+
+    assert make_offline(root, since=old + 10) == [root / "index.html"]
+    assert external_resources((root / "index.html").read_text()) == []
+
+
 def _stub_user(request: Request) -> str:
     """Stands in for Airflow's login (the real one is tested in tests/integration/test_models_view.py)."""
     if request.headers.get("authorization") != "Bearer ok":
