@@ -294,6 +294,10 @@ def _hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: `make airflow` serves the UI here; Airflow's own fallback for ``[api] base_url`` too.
+DEFAULT_PUBLIC_URL = "http://localhost:8080"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and which external systems to use (env-driven)."""
@@ -310,6 +314,8 @@ class Settings:
     profile: Profile = "production"
     #: The embedded demo warehouse (SQLite file); None: ``<home>/warehouse.db``.
     warehouse_file: Path | None = None
+    #: Where people reach this deployment's Airflow UI and the Models view (links in emails).
+    public_url: str = DEFAULT_PUBLIC_URL
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -322,6 +328,10 @@ class Settings:
             bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
             registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
             dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
+            # The Airflow API server's own base URL unless the links must name another (a proxy).
+            public_url=os.environ.get("PIPELINES_PUBLIC_URL")
+            or os.environ.get("AIRFLOW__API__BASE_URL")
+            or DEFAULT_PUBLIC_URL,
         )
         chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
         if chosen == "production":

@@ -22,6 +22,7 @@ from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.lineage import code_version, model_version_id
+from pipelines.run_context import RunContext
 from pipelines.sources import extract_days, parse_ds, read_partitions, window_days
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,18 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
 # -- validate ------------------------------------------------------------------
 
 
-def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+def validate(
+    vertical: str, ds: str, *, settings: Settings | None = None, run_context: RunContext | None = None
+) -> dict[str, Any]:
     """Run the suite on the extracted days; quarantine and alert on failure.
 
     Raises `DataQualityError` (after quarantining and alerting) so the run
     stops before training.  Previously validated data is never touched.
+    ``run_context`` (from the orchestration layer) puts the Airflow run's
+    links and rerun hint in the alert; None means a CLI run.
     """
     from pipelines import alerts, quality
-    from pipelines.layout import write_json_atomic
+    from pipelines.layout import write_bytes_atomic
 
     spec, settings, layout = _context(vertical, ds, settings)
     days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
@@ -114,17 +119,20 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     frame = read_partitions([layout.raw(day) for day in pending])
     report = quality.validate_frame(frame, spec, ds=ds, days=pending, settings=settings)
     report_path = layout.report_dir(ds) / "quality.json"
-    write_json_atomic(report_path, report.to_dict())
+    bad: list[str] = []
     if not report.success:
         bad = quality.failing_days(frame, spec, pending, settings) if len(pending) > 1 else pending
         bad = bad or pending  # e.g. a window-level check failed: no single day to blame
+        report = replace(report, failed_days=bad)
+    write_bytes_atomic(report_path, report.to_json().encode())
+    if not report.success:
         for day in pending:
             if day in bad:
                 _move(layout.raw(day), layout.quarantine(day))
             else:
                 _move(layout.raw(day), layout.validated(day))
-        sample = quality.failing_rows(frame, report, spec)
-        message = alerts.quality_alert(spec, replace(report, days=bad), sample, settings)
+        samples = quality.failing_samples(frame, report, spec)
+        message = alerts.quality_alert(spec, report, samples, settings, run_context)
         try:
             where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
         except (OSError, smtplib.SMTPException) as exc:
@@ -135,7 +143,14 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         layout.write_record(
             ds,
             "validate",
-            {"success": False, "summary": summary, "quarantined": bad, "alert": where, "report": str(report_path)},
+            {
+                "success": False,
+                "summary": summary,
+                "quarantined": bad,
+                "alert": where,
+                "report": str(report_path),
+                "data_docs_page": report.data_docs_page,
+            },
         )
         raise DataQualityError(
             f"{summary}. Quarantined {len(bad)} of {len(pending)} day(s) under "
@@ -156,6 +171,7 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "evaluated": report.evaluated,
         "report": str(report_path),
         "data_docs": report.data_docs,
+        "data_docs_page": report.data_docs_page,
     }
     layout.write_record(ds, "validate", record)
     return record

@@ -208,3 +208,16 @@ def test_generated_file_is_recognised_and_parsed_by_airflow_heuristics(tmp_path)
     assert is_generated(path) and path.read_text().startswith(MARKER)
     content = path.read_text().lower()
     assert "airflow" in content and "dag" in content  # DAG discovery safe mode
+
+
+def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):
+    """What the validate task hands the core for the data-quality alert (the core never imports Airflow)."""
+    from pipelines.orchestration.tasks import run_context
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
+    ctx = context(run_id="scheduled__2026-11-27T02:00:00+00:00")
+    run = run_context(ctx)
+    assert run.from_airflow and (run.dag_id, run.task_id, run.try_number) == ("finance", "validate", 1)
+    assert run.run_id == "scheduled__2026-11-27T02:00:00+00:00"
+    assert run.run_url == "https://airflow.example.com/dags/finance/runs/scheduled__2026-11-27T02%3A00%3A00%2B00%3A00"
+    assert run.log_url == "http://localhost:8080/log"  # Airflow's own ti.log_url

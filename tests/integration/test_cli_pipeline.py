@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pandas as pd
@@ -113,8 +114,10 @@ def test_corrupted_partition_is_quarantined_alerted_and_never_trained(cli: Cli):
 
     mails = sorted((cli.home / "outbox").glob("*data-quality*"))
     assert len(mails) == 1
-    body = mails[0].read_text()
-    assert f"finance {NEXT_DS}" in body
+    mail = message_from_bytes(mails[0].read_bytes(), policy=policy.default)
+    body = mail.get_body(("plain",)).get_content()
+    assert f"python -m pipelines run finance --date {NEXT_DS}" in body  # a CLI run: the CLI rerun hint
+    assert f"finance {NEXT_DS}" in mail["Subject"]
     assert "expect_column_values_to_be_between on age" in body
     assert "expect_column_values_to_be_in_set on status" in body
     assert "500" in body and "unknown" in body
