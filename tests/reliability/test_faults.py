@@ -341,7 +341,7 @@ def test_smtp_down_during_a_data_quality_failure_the_alert_is_flushed_later(home
     assert len(smtp_server.messages) == 1
     alert = smtp_server.messages[0]
     assert f"[data quality] {VERTICAL} {BAD_DS}" in alert["Subject"]
-    assert "expect_column_values_to_be_between" in alert.get_content()
+    assert "expect_column_values_to_be_between" in alert.get_body(("plain",)).get_content()
     # A rerun of validate once the relay is back does not mail the same alert again.
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", relay)
     with pytest.raises(DataQualityError):
