@@ -71,3 +71,15 @@ class StageOrderError(PipelineError):
     """A stage ran before the stage it depends on produced its record."""
 
     exit_code = 8
+
+
+class RegistryError(PipelineError):
+    """The model registry database could not be read or written (down, locked, wrong URL or schema)."""
+
+    exit_code = 9
+
+
+class UsageError(PipelineError):
+    """A request was refused before any work: a missing reason, an unknown version, ..."""
+
+    exit_code = 2
