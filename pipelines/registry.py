@@ -671,6 +671,23 @@ class Registry:
             )
         return detach(DeploymentRecord, row)
 
+    def close_intent(self, intent: EventRecord, *, actor: str, outcome: str) -> EventRecord | None:
+        """End ``intent`` without a move (its deploy failed before the pointer); None if no longer pending."""
+        with self._write(intent.vertical, intent.ds) as session:
+            pending = self._pending_intent_row(session, intent.vertical)
+            if pending is None or pending.id != intent.id:
+                return None
+            row = self._event(
+                session,
+                vertical=intent.vertical,
+                kind="intent_closed",
+                actor=actor,
+                ds=intent.ds,
+                model_version=intent.model_version,
+                details={"intent_id": intent.id, "outcome": outcome},
+            )
+            return detach(EventRecord, row)
+
     def pending_intent(self, vertical: str) -> EventRecord | None:
         """The newest deploy or rollback intent that no move or closing event followed, if any."""
         with self._read(vertical) as session:

@@ -38,12 +38,17 @@ def rollback_params(verticals: list[str]) -> dict[str, Param]:
             title="Version to restore",
             description="A model version (mv-…) approved earlier; empty restores the previous production version.",
         ),
+        # Required: the form cannot be submitted without a reason (pattern: at least one non-blank).
         "reason": Param(
             None,
-            type=["null", "string"],
+            type="string",
+            minLength=1,
             maxLength=500,
+            pattern=r"\S",
             title="Reason",
-            description="Required: why production is rolled back (goes into the notice email).",
+            description="Required: why production is rolled back (kept in the registry, shown in "
+            "`status --json` and the Models view, and sent in the notice email). The version rolled "
+            "back away from stays blocked until forced or unblocked.",
         ),
     }
 

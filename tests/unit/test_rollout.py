@@ -93,9 +93,11 @@ def test_rollback_moves_pointer_records_and_notifies(deployed: Settings) -> None
 
 def test_rollback_to_a_named_version_and_back(deployed: Settings, tmp_path: Path) -> None:
     _deploy_approved(deployed, tmp_path, "v3")
-    assert rollback_vertical(VERTICAL, settings=deployed, to_version="v1")["previous_version"] == "v3"
-    # The previous version is now v3: a second plain rollback undoes the first.
-    assert rollback_vertical(VERTICAL, settings=deployed)["model_version"] == "v3"
+    assert rollback_vertical(VERTICAL, settings=deployed, to_version="v1", reason="r")["previous_version"] == "v3"
+    # The previous version is now v3: a second plain rollback undoes the first (and lifts v3's block).
+    assert Registry.from_settings(deployed).block(VERTICAL, "v3") is not None
+    assert rollback_vertical(VERTICAL, settings=deployed, reason="false alarm")["model_version"] == "v3"
+    assert Registry.from_settings(deployed).block(VERTICAL, "v3") is None
     assert [m["Subject"] for m in _outbox(deployed)] == [
         "[rollback] finance: v3 -> v1",
         "[rollback] finance: v1 -> v3",
@@ -107,39 +109,49 @@ def test_unapproved_or_unregistered_targets_are_refused(deployed: Settings, tmp_
     _deploy_approved(deployed, tmp_path, "v3", approved=False)
     rollback(bucket_url=deployed.bucket_url, vertical=VERTICAL, to_version="v2")
     with pytest.raises(DeployError, match="refusing to roll back to v3: no gate decision approved it"):
-        rollback_vertical(VERTICAL, settings=deployed, to_version="v3")
+        rollback_vertical(VERTICAL, settings=deployed, to_version="v3", reason="r")
     with pytest.raises(DeployError, match="refusing to roll back to v9: it is not in the model registry"):
-        rollback_vertical(VERTICAL, settings=deployed, to_version="v9")
+        rollback_vertical(VERTICAL, settings=deployed, to_version="v9", reason="r")
     assert read_pointer(deployed.bucket_url, VERTICAL)["version"] == "v2"  # type: ignore[index]
     assert not _outbox(deployed)
 
 
 def test_a_crash_before_the_registry_write_heals_on_retry(deployed: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     def crash(*_a: Any, **_k: Any) -> None:
-        raise ConnectionError("registry database went away")
+        raise SystemExit("killed between the pointer flip and the registry write")
 
-    with monkeypatch.context() as patch, pytest.raises(ConnectionError):
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
         patch.setattr(Registry, "record_deployment", crash)
-        rollback_vertical(VERTICAL, settings=deployed)
+        rollback_vertical(VERTICAL, settings=deployed, actor="cli:bob", reason="drift")
     assert read_pointer(deployed.bucket_url, VERTICAL)["version"] == "v1"  # type: ignore[index]
     assert not _outbox(deployed)
+    registry = Registry.from_settings(deployed)
+    assert registry.pending_intent(VERTICAL) is not None  # the registry knew before the pointer moved
 
-    retry = rollback_vertical(VERTICAL, settings=deployed, to_version="v1")
+    retry = rollback_vertical(VERTICAL, settings=deployed, to_version="v1", actor="cli:bob", reason="drift")
     assert not retry["changed"] and retry["recorded"] and retry["previous_version"] == "v2"
-    assert Registry.from_settings(deployed).champion(VERTICAL).model_version == "v1"  # type: ignore[union-attr]
-    again = rollback_vertical(VERTICAL, settings=deployed, to_version="v1")
+    assert registry.champion(VERTICAL).model_version == "v1"  # type: ignore[union-attr]
+    block = registry.block(VERTICAL, "v2")
+    assert block is not None and block.reason == "drift" and block.actor == "cli:bob"
+    again = rollback_vertical(VERTICAL, settings=deployed, to_version="v1", reason="drift")
     assert not again["recorded"]
     assert len(_outbox(deployed)) == 1  # one notice for one rollback
 
 
 def test_rollback_to_production_is_a_quiet_no_op(deployed: Settings) -> None:
-    result = rollback_vertical(VERTICAL, settings=deployed, to_version="v2")
+    result = rollback_vertical(VERTICAL, settings=deployed, to_version="v2", reason="r")
     assert (result["changed"], result["recorded"], result["notice"]) == (False, False, None)
 
 
 def test_cli_rollback(deployed: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    for missing in ([], ["--reason", ""], ["--reason", "   "]):
+        assert cli.main(["rollback", VERTICAL, *missing]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a rollback needs a reason" in err
+    assert read_pointer(deployed.bucket_url, VERTICAL)["version"] == "v2"  # type: ignore[index]
+    assert Registry.from_settings(deployed).events(VERTICAL, kinds=("rollback_intent",)) == []
     assert cli.main(["rollback", VERTICAL, "--reason", "drift"]) == 0
     assert "production is now v1 (was v2)" in capsys.readouterr().out
-    assert cli.main(["rollback", VERTICAL, "--to", "v9"]) == 7
+    assert cli.main(["rollback", VERTICAL, "--to", "v9", "--reason", "x"]) == 7
     assert "not in the model registry" in capsys.readouterr().err
-    assert cli.main(["rollback", "nosuchvertical"]) == 2
+    assert cli.main(["rollback", "nosuchvertical", "--reason", "x"]) == 2
