@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
 from pipelines.errors import PipelineError
-from pipelines.registry import DecisionRecord, DeploymentRecord, ModelRecord, Registry
+from pipelines.registry import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
 
 Outcome = Literal["approved", "rejected", "forced"]
 
@@ -91,6 +91,11 @@ class DecisionEntry:
     def failed(self) -> list[RuleLine]:
         return [r for r in self.rules if r.passed is False]
 
+    @property
+    def never_deployed(self) -> bool:
+        """The version never reached production (whatever the verdict)."""
+        return self.deployed_at is None and not self.is_champion
+
 
 @dataclass(frozen=True)
 class DeploymentEntry:
@@ -102,6 +107,20 @@ class DeploymentEntry:
     ds: str | None
     #: The DAG run that moved the pointer, when an Airflow run did.
     dag_run_id: str | None
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    """One entry of the registry's append-only audit trail (decisions, forces, moves, blocks)."""
+
+    at: datetime
+    kind: str
+    ds: str | None
+    model_version: str | None
+    actor: str
+    run_id: str | None
+    reason: str | None
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,10 @@ class VerticalOverview:
     #: Why the spec could not be loaded (the vertical is still listed, with the message).
     spec_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The audit trail, newest first.
+    events: list[EventEntry] = field(default_factory=list)
+    #: Versions rolled back away from and not yet forced or unblocked: version -> why.
+    blocked: dict[str, str] = field(default_factory=dict)
 
     @property
     def last_decision(self) -> DecisionEntry | None:
@@ -168,11 +191,11 @@ def collect_vertical(
     except PipelineError as exc:
         spec_error = str(exc)
     thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()} if spec else {}
+    notes = _reconcile(registry, settings, vertical)
     deployments = registry.deployments(vertical, limit=history)
     models = _ModelCache(registry, vertical)
     champion = registry.champion(vertical)
     champion_version = champion.model_version if champion else None
-    notes = []
     if champion is None and deployments:
         notes.append(f"the last deployment names {deployments[0].model_version}, which is not in model_versions")
     return VerticalOverview(
@@ -186,6 +209,47 @@ def collect_vertical(
         has_data_docs=(data_docs_root(settings, vertical) / "index.html").is_file(),
         spec_error=spec_error,
         notes=notes,
+        events=[_event(e) for e in registry.events(vertical, limit=history * 3)],
+        blocked={b.model_version or "": _block_message(b) for b in registry.blocks(vertical)},
+    )
+
+
+def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[str]:
+    """Confirm a deploy that died after its pointer flip, so the view agrees with serving.
+
+    A bucket that cannot be read is reported on the page (the registry's view is shown as is).
+    """
+    from pipelines.rollout import reconcile_production
+
+    try:
+        reconcile_production(registry, settings.bucket_url, vertical)
+    except PipelineError as exc:
+        return [f"a pending deploy could not be checked against the bucket: {exc}"]
+    pending = registry.pending_intent(vertical)
+    if pending is None:
+        return []
+    return [
+        f"{pending.kind.replace('_intent', '')} of {pending.model_version} by {pending.actor} pending since "
+        f"{pending.at:%Y-%m-%d %H:%M} UTC: the production pointer has not moved to it"
+    ]
+
+
+def _block_message(block: EventRecord) -> str:
+    from pipelines.rollout import block_message
+
+    return block_message(block)
+
+
+def _event(record: EventRecord) -> EventEntry:
+    return EventEntry(
+        at=record.at,
+        kind=record.kind,
+        ds=record.ds,
+        model_version=record.model_version,
+        actor=record.actor,
+        run_id=record.run_id,
+        reason=record.reason,
+        details=record.details,
     )
 
 
