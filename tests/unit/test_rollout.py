@@ -357,3 +357,25 @@ def test_a_failed_upload_closes_its_intent_and_leaves_production(
     assert registry.pending_intent(VERTICAL) is None
     closed = registry.events(VERTICAL, limit=1)[0]
     assert closed.kind == "intent_closed" and "refused the upload" in closed.details["outcome"]
+
+
+def test_a_locked_registry_stops_a_rollback_before_the_pointer_moves(
+    deployed: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from pipelines import registry_schema
+
+    monkeypatch.setattr(registry_schema, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr("pipelines.registry._shared_engines", {})  # fresh engines pick the short timeout
+    holder = sqlite3.connect(deployed.home / "registry.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert cli.main(["rollback", VERTICAL, "--reason", "drift"]) == 9
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[finance] could not write the model registry" in err and "locked" in err
+    assert read_pointer(deployed.bucket_url, VERTICAL)["version"] == "v2"  # type: ignore[index]
+    assert not _outbox(deployed)
