@@ -240,6 +240,10 @@ def test_a_rolled_back_version_is_not_redeployed_until_forced(
     )
     assert [b["model_version"] for b in mine["blocked"]] == ["v2"]
     assert [e["kind"] for e in mine["recent_events"][:3]] == ["block", "rollback", "rollback_intent"]
+    assert cli.main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "rolled back from v2 on" in text and "by cli:bob: v2 misroutes loans" in text
+    assert "blocked v2: rolled back by cli:bob (v2 misroutes loans)" in text
 
     # A person forces it through the gate (what `run --force-reason` records): it may return.
     Registry.from_settings(nights).record_decision(
