@@ -26,6 +26,12 @@ class SpecError(PipelineError):
     exit_code = 2
 
 
+class InvalidArgumentError(PipelineError):
+    """A command-line argument, DAG param or trigger conf is out of range (a date before the data, ...)."""
+
+    exit_code = 2
+
+
 class SourceError(PipelineError):
     """The vertical's source is unreachable or returned unusable data."""
 
@@ -77,9 +83,3 @@ class RegistryError(PipelineError):
     """The model registry database could not be read or written (down, locked, wrong URL or schema)."""
 
     exit_code = 9
-
-
-class UsageError(PipelineError):
-    """A request was refused before any work: a missing reason, an unknown version, ..."""
-
-    exit_code = 2

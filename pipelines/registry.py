@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipelines.errors import DeployError, PipelineError, RegistryError, UsageError, VersioningError
+from pipelines.errors import DeployError, InvalidArgumentError, PipelineError, RegistryError, VersioningError
 from pipelines.registry_records import (
     DecisionRecord,
     DeploymentRecord,
@@ -587,7 +587,7 @@ class Registry:
                 ds=ds,
             )
         if action == "rollback" and not (reason or "").strip():
-            raise UsageError(
+            raise InvalidArgumentError(
                 f"a rollback to {model_version} needs a reason (why production is rolled back)",
                 vertical=vertical,
                 ds=ds,
@@ -774,7 +774,7 @@ class Registry:
     def unblock(self, *, vertical: str, model_version: str, actor: str, reason: str) -> EventRecord | None:
         """Lift the rollback block on ``model_version`` (reason required); None if it was not blocked."""
         if not reason.strip():
-            raise UsageError(f"unblocking {model_version} needs a reason", vertical=vertical)
+            raise InvalidArgumentError(f"unblocking {model_version} needs a reason", vertical=vertical)
         with self._write(vertical) as session:
             newest = session.scalars(
                 select(EventRow)

@@ -26,7 +26,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings, VerticalSpec, load_spec
-from pipelines.errors import DeployError, RegistryError, UsageError
+from pipelines.errors import DeployError, InvalidArgumentError, RegistryError
 
 if TYPE_CHECKING:
     from pipelines.registry import DeploymentRecord, EventRecord, ModelRecord, Registry
@@ -49,7 +49,7 @@ def rollback_vertical(
     """Put ``to_version`` (default: the pointer's previous version) back in production.
 
     ``actor`` names who asked (``cli:<user>``, ``airflow:<run_id>``) and
-    ``reason`` why (required: `UsageError` without one); both go into the
+    ``reason`` why (required: `InvalidArgumentError` without one); both go into the
     registry and the notice.  Raises `DeployError` (nothing changed) when the
     target is not an approved, registered version or its bucket folder does
     not verify, and `RegistryError` (nothing changed) when the registry cannot
@@ -63,7 +63,7 @@ def rollback_vertical(
 
     reason = (reason or "").strip()
     if not reason:
-        raise UsageError(
+        raise InvalidArgumentError(
             "a rollback needs a reason: say why production is rolled back "
             "(`--reason '…'`, or the 'Reason' field of the rollback DAG)",
             vertical=vertical,
@@ -159,18 +159,18 @@ def unblock_version(
 ) -> EventRecord | None:
     """Let ``model_version`` be promoted again after a rollback; None when it was not blocked.
 
-    Needs a reason (`UsageError`) and a registered version (`UsageError`).
+    Needs a reason (`InvalidArgumentError`) and a registered version (`InvalidArgumentError`).
     """
     from pipelines.registry import Registry
 
     reason = (reason or "").strip()
     if not reason:
-        raise UsageError(f"unblocking {model_version} needs a reason (`--reason '…'`)", vertical=vertical)
+        raise InvalidArgumentError(f"unblocking {model_version} needs a reason (`--reason '…'`)", vertical=vertical)
     settings = settings or Settings.from_env()
     spec = load_spec(vertical, settings)
     registry = Registry.from_settings(settings)
     if registry.model(spec.name, model_version) is None:
-        raise UsageError(
+        raise InvalidArgumentError(
             f"{model_version} is not in the model registry; see `python -m pipelines status --json`",
             vertical=spec.name,
         )
