@@ -20,6 +20,7 @@ from pipelines.models_view.overview import (
     Champion,
     DecisionEntry,
     DeploymentEntry,
+    EventEntry,
     MetricCheck,
     RuleLine,
     VerticalOverview,
@@ -184,19 +185,22 @@ def _rules_cell(decision: DecisionEntry) -> str:
     return f'{listed}<details><summary>{label}</summary><ul class="reasons">{items}</ul></details>'
 
 
-def _fate(decision: DecisionEntry) -> str:
-    """What became of the decided version: the champion now, or deployed once."""
+def _fate(decision: DecisionEntry, blocked: dict[str, str]) -> str:
+    """What became of the decided version: the champion now, deployed once, or never; blocked."""
+    block = blocked.get(decision.model_version)
+    mark = f'<div><span class="chip blocked" title="{_e(block)}">blocked</span></div>' if block else ""
     if decision.is_champion:
-        return '<div><span class="chip champion">champion</span></div>'
+        return '<div><span class="chip champion">champion</span></div>' + mark
     if decision.deployed_at:
-        return f'<div class="small muted">deployed {_when(decision.deployed_at)}</div>'
+        return f'<div class="small muted">deployed {_when(decision.deployed_at)}</div>' + mark
     if decision.never_deployed:
         # An approved or forced version that never reached production is what an operator asks about.
         kind = "never" if decision.outcome != "rejected" else "never muted"
         return (
             f'<div><span class="chip {kind}" title="this version never reached production">never deployed</span></div>'
+            + mark
         )
-    return ""
+    return mark
 
 
 def _by(actor: str | None) -> str:
@@ -209,7 +213,7 @@ def _decisions_table(view: VerticalOverview, links: Links) -> str:
     rows = "".join(
         "<tr>"
         f"<td class=nowrap>{_e(d.ds)}</td>"
-        f"<td>{_code(d.model_version)}{_fate(d)}{_deployed_version(view, links, d)}</td>"
+        f"<td>{_code(d.model_version)}{_fate(d, view.blocked_versions)}{_deployed_version(view, links, d)}</td>"
         f"<td>{_outcome_badge(d.outcome)}"
         f"{_by(d.actor)}</td>"
         f"<td>{_code(d.champion_version)}</td><td class=reasons-cell>{_rules_cell(d)}</td>"
@@ -244,6 +248,39 @@ def _deployments_table(view: VerticalOverview, links: Links) -> str:
     )
 
 
+def _event_what(event: EventEntry) -> str:
+    """The event's own facts: the verdict, the move, or why an intent ended."""
+    details = event.details
+    if event.kind in ("decision", "forced"):
+        verdict = "approved" if details.get("approved") else "rejected"
+        failed = "; ".join(str(f) for f in details.get("failed") or [])
+        return f"{verdict}" + (f": {_e(failed)}" if failed and not details.get("approved") else "")
+    if event.kind in ("deploy", "rollback"):
+        how = " (reconciled from its intent)" if details.get("reconciled") else ""
+        return f"{_code(details.get('previous_version'))} → {_code(event.model_version)}{how}"
+    if event.kind == "intent_closed":
+        return _e(details.get("outcome"))
+    return ""
+
+
+def _events_table(view: VerticalOverview, links: Links) -> str:
+    if not view.events:
+        return '<p class="muted">No events recorded.</p>'
+    rows = "".join(
+        "<tr>"
+        f"<td class=nowrap>{_when(e.at)}</td><td><span class='badge {_e(e.kind)}'>{_e(e.kind)}</span></td>"
+        f"<td>{_code(e.model_version)}</td><td class=nowrap>{_e(e.ds or '—')}</td><td>{_event_what(e)}</td>"
+        f"<td>{_e(e.reason) if e.reason else '<span class=muted>—</span>'}</td>"
+        f"<td>{_actor(e.actor, e.run_id)}</td><td class=nowrap>{_run_link(links, view.name, e.run_id)}</td>"
+        "</tr>"
+        for e in view.events
+    )
+    return (
+        "<table class=events><thead><tr><th>When</th><th>Event</th><th>Model</th><th>For date</th><th>What</th>"
+        f"<th>Reason</th><th>By</th><th>Run</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link: bool) -> str:
     meta = " · ".join(
         part
@@ -270,6 +307,7 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         f"<h3>Gate decisions</h3>{_decisions_table(view, links)}"
         f"<h3>Deployments and rollbacks</h3>{_deployments_table(view, links)}"
         f"{_blocked_days(view, links)}"
+        f"<h3>Audit trail</h3>{_events_table(view, links)}"
         "</section>"
     )
 
@@ -483,7 +521,10 @@ dt { color:var(--muted); } dd { margin:0; }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; }
 .badge.approved, .badge.deploy { color:var(--pass); background:var(--pass-bg); }
 .badge.rejected, .badge.rollback { color:var(--fail); background:var(--fail-bg); }
-.badge.forced { color:var(--forced); background:var(--forced-bg); }
+.badge.forced, .badge.block, .badge.unblock { color:var(--forced); background:var(--forced-bg); }
+.chip.blocked { margin:3px 0 0; padding:0 7px; border-radius:10px; font-size:11.5px; font-weight:600;
+                color:var(--fail); background:var(--fail-bg); }
+.never { color:var(--forced); }
 ul.reasons { margin:0; padding:0; list-style:none; }
 ul.reasons li { margin:1px 0; } li.fail { color:var(--fail); } li.forced { color:var(--forced); font-weight:600; }
 li.pass { color:var(--pass); } li.unknown { color:var(--muted); }

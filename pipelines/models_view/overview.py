@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
 from pipelines.errors import PipelineError
-from pipelines.registry import DecisionRecord, DeploymentRecord, ModelRecord, Registry
+from pipelines.registry import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
 
 Outcome = Literal["approved", "rejected", "forced"]
 
@@ -98,6 +98,11 @@ class DecisionEntry:
     def failed(self) -> list[RuleLine]:
         return [r for r in self.rules if r.passed is False]
 
+    @property
+    def never_deployed(self) -> bool:
+        """The version never reached production (whatever the verdict)."""
+        return self.deployed_at is None and not self.is_champion
+
 
 @dataclass(frozen=True)
 class DeploymentEntry:
@@ -109,6 +114,20 @@ class DeploymentEntry:
     ds: str | None
     #: The DAG run that moved the pointer, when an Airflow run did.
     dag_run_id: str | None
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    """One entry of the registry's append-only audit trail (decisions, forces, moves, blocks)."""
+
+    at: datetime
+    kind: str
+    ds: str | None
+    model_version: str | None
+    actor: str
+    run_id: str | None
+    reason: str | None
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,10 @@ class VerticalOverview:
     bucket: BucketLocation | None = None
     #: The champion's validation page in the data docs (relative to the site).
     champion_validation_page: str | None = None
+    #: The audit trail, newest first.
+    events: list[EventEntry] = field(default_factory=list)
+    #: Versions rolled back away from and not yet forced or unblocked: version -> why.
+    blocked_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def last_decision(self) -> DecisionEntry | None:
@@ -181,11 +204,11 @@ def collect_vertical(
     except PipelineError as exc:
         spec_error = str(exc)
     thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()} if spec else {}
+    notes = _reconcile(registry, settings, vertical)
     deployments = registry.deployments(vertical, limit=history)
     models = _ModelCache(registry, vertical)
     champion = registry.champion(vertical)
     champion_version = champion.model_version if champion else None
-    notes = []
     if champion is None and deployments:
         notes.append(f"the last deployment names {deployments[0].model_version}, which is not in model_versions")
     decisions = _decisions(registry, vertical, history, models, champion_version)
@@ -203,6 +226,47 @@ def collect_vertical(
         blocked=blocked_days(settings, vertical, limit=history),
         bucket=bucket_location(settings.bucket_url, vertical),
         champion_validation_page=validation_page(settings, vertical, champion.ds) if champion else None,
+        events=[_event(e) for e in registry.events(vertical, limit=history * 3)],
+        blocked_versions={b.model_version or "": _block_message(b) for b in registry.blocks(vertical)},
+    )
+
+
+def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[str]:
+    """Confirm a deploy that died after its pointer flip, so the view agrees with serving.
+
+    A bucket that cannot be read is reported on the page (the registry's view is shown as is).
+    """
+    from pipelines.rollout import reconcile_production
+
+    try:
+        reconcile_production(registry, settings.bucket_url, vertical)
+    except PipelineError as exc:
+        return [f"a pending deploy could not be checked against the bucket: {exc}"]
+    pending = registry.pending_intent(vertical)
+    if pending is None:
+        return []
+    return [
+        f"{pending.kind.replace('_intent', '')} of {pending.model_version} by {pending.actor} pending since "
+        f"{pending.at:%Y-%m-%d %H:%M} UTC: the production pointer has not moved to it"
+    ]
+
+
+def _block_message(block: EventRecord) -> str:
+    from pipelines.rollout import block_message
+
+    return block_message(block)
+
+
+def _event(record: EventRecord) -> EventEntry:
+    return EventEntry(
+        at=record.at,
+        kind=record.kind,
+        ds=record.ds,
+        model_version=record.model_version,
+        actor=record.actor,
+        run_id=record.run_id,
+        reason=record.reason,
+        details=record.details,
     )
 
 

@@ -57,6 +57,11 @@ def test_rollback_dag_is_manual_and_validates_its_form(dagbag):
     with pytest.raises(Exception):  # noqa: B017
         params.get_param("to_version").resolve("../../etc")
     assert params.get_param("to_version").resolve("mv-0123456789ab") == "mv-0123456789ab"
+    # A rollback needs a reason: the form refuses none, an empty one and a blank one.
+    for blank in (None, "", "   "):
+        with pytest.raises(Exception):  # noqa: B017
+            params.get_param("reason").resolve(blank)
+    assert params.get_param("reason").resolve("recall complaints") == "recall complaints"
 
 
 def test_dag_files_are_generated_and_in_sync():

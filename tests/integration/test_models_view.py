@@ -154,7 +154,12 @@ def populate_registry(settings: Settings) -> None:
     )
     registry.record_deployment(vertical="finance", model_version=forced[0], actor="cli:alice", ds=forced[2])
     registry.record_deployment(
-        vertical="finance", model_version=first[0], actor="cli:oncall", action="rollback", ds=forced[2]
+        vertical="finance",
+        model_version=first[0],
+        actor="cli:oncall",
+        action="rollback",
+        ds=forced[2],
+        reason="forced model misroutes loans",
     )
     registry.record_decision(
         vertical="finance",
@@ -284,6 +289,21 @@ def test_detail_json_has_champion_checks_and_history(state: Settings):
         ("rollback", "mv-9f8e7d6c5b4a", "mv-5a0e3f1d2c88"),
     ]
     assert data["links"]["champion_dag_run"].startswith("/dags/finance/runs/")
+    # The audit trail: the force and the rollback with their reasons, and the block the rollback left.
+    trail = {(e["kind"], e["model_version"]): e for e in data["events"]}
+    assert trail[("forced", "mv-9f8e7d6c5b4a")]["reason"].startswith("schema change upstream")
+    assert trail[("rollback", "mv-5a0e3f1d2c88")]["reason"] == "forced model misroutes loans"
+    assert trail[("block", "mv-9f8e7d6c5b4a")]["actor"] == "cli:oncall"
+    assert data["blocked_versions"] == {"mv-9f8e7d6c5b4a": data["blocked_versions"]["mv-9f8e7d6c5b4a"]}
+    assert "forced model misroutes loans" in data["blocked_versions"]["mv-9f8e7d6c5b4a"]
+
+
+def test_page_shows_the_trail_and_marks_decisions_never_deployed(state: Settings):
+    page = _client(state).get("/models/verticals/finance", headers={"Accept": "text/html"}).text
+    trail = page.split("<h3>Audit trail</h3>")[1]
+    assert "forced model misroutes loans" in trail and "badge block" in trail and "badge forced" in trail
+    assert page.count("never deployed") == 1  # the rejected decision; the others reached production
+    assert 'class="chip blocked"' in page
 
 
 def test_unreachable_registry_is_a_503_that_says_what_to_check(tmp_path: Path):

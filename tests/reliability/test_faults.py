@@ -139,7 +139,11 @@ def _assert_consistent(home: Path, model_version: str) -> None:
     assert status.returncode == 0, status.stderr
     row = next(r for r in json.loads(status.stdout) if r["vertical"] == VERTICAL)
     assert row["champion"]["model_version"] == model_version
-    assert row["production"] == {"version": model_version, "ok": True, "problem": None}
+    assert {k: row["production"][k] for k in ("version", "ok", "problem")} == {
+        "version": model_version,
+        "ok": True,
+        "problem": None,
+    }
     assert load_production(VERTICAL, bucket_url=settings.bucket_url).version == model_version
 
 
