@@ -158,8 +158,8 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.registry import Registry
-    from pipelines.serving import check_production
     from pipelines.rollout import reconcile_production
+    from pipelines.serving import check_production
 
     registry = Registry.from_settings(settings)
     out: list[dict[str, Any]] = []

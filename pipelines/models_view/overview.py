@@ -98,11 +98,6 @@ class DecisionEntry:
     def failed(self) -> list[RuleLine]:
         return [r for r in self.rules if r.passed is False]
 
-    @property
-    def never_deployed(self) -> bool:
-        """The version never reached production (whatever the verdict)."""
-        return self.deployed_at is None and not self.is_champion
-
 
 @dataclass(frozen=True)
 class DeploymentEntry:
