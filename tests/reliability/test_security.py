@@ -82,12 +82,23 @@ def _written_bytes(root: Path) -> Iterator[tuple[str, bytes]]:
         if not path.is_file():
             continue
         data = path.read_bytes()
+        if path.suffix == ".eml":
+            data = _decoded_email(data)
         if "/.git/objects/" in str(path):
             try:
                 data = zlib.decompress(data)
             except zlib.error:
                 pass  # a pack file: covered by cat-file above
         yield str(path), data
+
+
+def _decoded_email(raw: bytes) -> bytes:
+    """The raw message plus every part's decoded payload (an HTML part may be base64 or quoted-printable)."""
+    from email import message_from_bytes, policy
+
+    message = message_from_bytes(raw, policy=policy.default)
+    parts = [part.get_payload(decode=True) or b"" for part in message.walk() if not part.is_multipart()]
+    return b"\n".join([raw, *parts])
 
 
 def _leaks(secret: str, haystacks: dict[str, bytes]) -> list[str]:
@@ -213,7 +224,7 @@ def test_planted_connection_secrets_never_appear_in_anything_a_run_wrote(
 
     assert len(inbox.messages) == 2, "expected the run summary and the data-quality alert"
     haystacks = dict(_written_bytes(home))
-    haystacks.update({f"email {i}": m for i, m in enumerate(inbox.messages)})
+    haystacks.update({f"email {i}": _decoded_email(m) for i, m in enumerate(inbox.messages)})
     haystacks.update(outputs)
     assert any(b"debug" in v.lower() or b"INFO" in v for k, v in outputs.items() if k.endswith("stderr"))
     for secret in (source_secret, smtp_secret):
