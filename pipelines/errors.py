@@ -26,6 +26,12 @@ class SpecError(PipelineError):
     exit_code = 2
 
 
+class InvalidArgumentError(PipelineError):
+    """A command-line argument, DAG param or trigger conf is out of range (a date before the data, ...)."""
+
+    exit_code = 2
+
+
 class SourceError(PipelineError):
     """The vertical's source is unreachable or returned unusable data."""
 
@@ -71,3 +77,13 @@ class StageOrderError(PipelineError):
     """A stage ran before the stage it depends on produced its record."""
 
     exit_code = 8
+
+
+class RunAlreadyActive(PipelineError):
+    """Another run of the same vertical holds its run lease (see `pipelines.run_lock`).
+
+    Exit code 75 is ``EX_TEMPFAIL`` (sysexits.h): nothing is wrong with the
+    request, it can simply be retried once the other run has finished.
+    """
+
+    exit_code = 75
