@@ -39,9 +39,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from pipelines.config import Settings
 
 log = logging.getLogger(__name__)
+
+_LEASES = cast(Table, RunLeaseRow.__table__)
 
 #: A held lease not renewed for this long is abandoned (``PIPELINES_RUN_LEASE_TTL_S``).
 DEFAULT_TTL_S = 120.0
@@ -115,19 +117,6 @@ class Lease:
     heartbeat_at: datetime
     expires_at: datetime
 
-    @classmethod
-    def from_row(cls, row: RunLeaseRow) -> Lease:
-        return cls(
-            vertical=row.vertical,
-            ds=row.ds,
-            holder=row.holder,
-            pid=row.pid,
-            host=row.host,
-            acquired_at=row.acquired_at,
-            heartbeat_at=row.heartbeat_at,
-            expires_at=row.expires_at,
-        )
-
     def abandoned(self, now: datetime) -> str | None:
         """Why this lease may be taken over now, or None while its holder is alive."""
         if self.expires_at <= now:
@@ -169,7 +158,7 @@ class RunLock:
     def current(self, vertical: str) -> Lease | None:
         """The lease of ``vertical`` as stored (expired or not), or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(RunLeaseRow.__table__).where(RunLeaseRow.vertical == vertical)).first()
+            row = conn.execute(select(_LEASES).where(_LEASES.c.vertical == vertical)).first()
         return None if row is None else Lease(**row._asdict())
 
     def try_acquire(self, vertical: str, ds: str, holder: str, *, ttl_s: float | None = None) -> Lease | None:
@@ -187,7 +176,7 @@ class RunLock:
             "heartbeat_at": now,
             "expires_at": now + timedelta(seconds=ttl),
         }
-        table = RunLeaseRow.__table__
+        table = _LEASES
         try:
             with self._tx() as conn:
                 row = conn.execute(select(table).where(table.c.vertical == vertical)).first()
@@ -251,7 +240,7 @@ class RunLock:
         """Push the expiry forward; False when ``holder`` no longer holds the lease."""
         now = _now()
         ttl = ttl_s if ttl_s is not None else lease_ttl_s()
-        table = RunLeaseRow.__table__
+        table = _LEASES
         with self._tx() as conn:
             done = conn.execute(
                 update(table)
@@ -264,7 +253,7 @@ class RunLock:
         """Keep the lease for the run's next task (no process holds it meanwhile)."""
         now = _now()
         ttl = park_s if park_s is not None else lease_park_s()
-        table = RunLeaseRow.__table__
+        table = _LEASES
         with self._tx() as conn:
             done = conn.execute(
                 update(table)
@@ -275,7 +264,7 @@ class RunLock:
 
     def release(self, vertical: str, holder: str) -> bool:
         """Give the lease back; False when ``holder`` did not hold it (taken over meanwhile)."""
-        table = RunLeaseRow.__table__
+        table = _LEASES
         with self._tx() as conn:
             done = conn.execute(delete(table).where(table.c.vertical == vertical, table.c.holder == holder))
         return done.rowcount == 1
