@@ -82,7 +82,7 @@ def _reason(value: str) -> str:
 
 def _rollback_reason(value: str) -> str:
     if not value.strip():
-        raise argparse.ArgumentTypeError("a rollback needs a written reason: say why production goes back")
+        raise argparse.ArgumentTypeError("a rollback needs a reason: say why production goes back")
     return value.strip()
 
 

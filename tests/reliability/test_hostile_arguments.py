@@ -81,8 +81,8 @@ CASES = [
     Case("basic-format", (*CLI, "run", "finance", "--date", "20261127"), ("bad date '20261127'", "YYYY-MM-DD")),
     Case("long-date", (*CLI, "run", "finance", "--date", "1" * 5000), ("bad date", "5000 characters")),
     # -- reasons and other options ---------------------------------------------------------
-    Case("blank-rollback-reason", (*CLI, "rollback", "finance", "--reason", ""), ("rollback needs a written reason",)),
-    Case("space-rollback-reason", (*CLI, "rollback", "finance", "--reason", "   "), ("rollback needs a written",)),
+    Case("blank-rollback-reason", (*CLI, "rollback", "finance", "--reason", ""), ("rollback needs a reason",)),
+    Case("space-rollback-reason", (*CLI, "rollback", "finance", "--reason", "   "), ("rollback needs a reason",)),
     Case("blank-force-reason", (*CLI, "run", "finance", "--force-reason", " "), ("needs a written reason",)),
     Case("bad-wait", (*CLI, "run", "finance", "--wait", "forever"), ("--wait takes seconds from 0 to 86400",)),
     Case("unknown-command", (*CLI, "frobnicate"), ("invalid choice: 'frobnicate'",)),
