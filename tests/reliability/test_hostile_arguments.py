@@ -103,7 +103,7 @@ CASES = [
         (*ORCHESTRATION, "rollback", "../../etc", "--reason", "x"),
         ("invalid vertical name",),
     ),
-    Case("orch-blank-reason", (*ORCHESTRATION, "rollback", "finance", "--reason", ""), ("needs a written reason",)),
+    Case("orch-blank-reason", (*ORCHESTRATION, "rollback", "finance", "--reason", ""), ("needs a reason",)),
     Case("orch-unknown-command", (*ORCHESTRATION, "frobnicate"), ("unknown command 'frobnicate'", "use one of")),
 ]
 
