@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pipelines.errors import RunAlreadyActive
 from pipelines.registry_schema import RunLeaseRow
@@ -133,6 +133,20 @@ class Lease:
         )
 
 
+@contextmanager
+def _unavailable_registry(engine: Engine) -> Iterator[None]:
+    """A registry that is down, locked or unmigrated is a `RegistryError` (one line, exit 9), as for every
+    other registry use; an ``IntegrityError`` passes through for `RunLock.try_acquire`'s race handling."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        from pipelines.registry import Registry
+
+        raise Registry(engine)._error("take or renew a run lease in", None, None, exc) from exc
+
+
 class RunLock:
     """Acquire, renew and give back the run lease of vertical in the registry at ``engine``."""
 
@@ -147,17 +161,18 @@ class RunLock:
         from pipelines.registry_migrations import ensure_schema
 
         engine = Registry.from_settings(settings).engine
-        ensure_schema(engine)
+        with _unavailable_registry(engine):
+            ensure_schema(engine)
         return cls(engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self._writer.connect() as conn, conn.begin():
+        with _unavailable_registry(self.engine), self._writer.connect() as conn, conn.begin():
             yield conn
 
     def current(self, vertical: str) -> Lease | None:
         """The lease of ``vertical`` as stored (expired or not), or None."""
-        with self.engine.connect() as conn:
+        with _unavailable_registry(self.engine), self.engine.connect() as conn:
             row = conn.execute(select(_LEASES).where(_LEASES.c.vertical == vertical)).first()
         return None if row is None else Lease(**row._asdict())
 

@@ -247,9 +247,7 @@ def test_registry_unavailable_fails_deploy_cleanly_before_production_changes(hom
     settings = _settings()
     assert read_pointer(settings.bucket_url, VERTICAL) is None, "production moved although the registry was down"
     assert list_versions(settings.bucket_url, VERTICAL) == []
-    if "Traceback" in proc.stderr or proc.returncode == 1:
-        # Registry errors as PipelineErrors are issue 8 item 3 (the deploy-protocol branch).
-        pytest.xfail(f"registry outage still surfaces as a raw traceback: {proc.stderr.strip().splitlines()[-1]}")
+    assert "Traceback" not in proc.stderr and proc.returncode == 9, proc.stderr  # RegistryError, one line
     assert "registry" in proc.stderr.lower()
 
     rerun = _pipelines(home, "deploy", VERTICAL, "--date", DS)

@@ -322,9 +322,7 @@ def test_hostile_vertical_names_never_reach_a_path(warehouse_home: Path, name: s
     before = sorted(p.relative_to(warehouse_home) for p in warehouse_home.rglob("*"))
     proc = _pipelines(warehouse_home, {}, "extract", name, "--date", DS)
     after = sorted(p.relative_to(warehouse_home) for p in warehouse_home.rglob("*"))
-    if proc.returncode == 0 or "Traceback" in proc.stderr:
-        # Argument hygiene (refusing the name up front: one line, exit 2) is issue 8 item 5, another branch.
-        pytest.xfail(f"{name[:40]!r} is not refused up front: exit {proc.returncode}, {proc.stderr.splitlines()[-1:]}")
+    assert "Traceback" not in proc.stderr
     assert proc.returncode == 2, proc.stderr
     assert after == before, "a refused name still wrote something"
 
