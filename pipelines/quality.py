@@ -238,22 +238,22 @@ def check_columns(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpecta
 def _leaking_columns(frame: pd.DataFrame, spec: VerticalSpec, *, candidates: list[str]) -> list[str]:
     """Columns in one-to-one correspondence with the label (a copy or recoding of it).
 
-    Declared features are judged only on a batch of ``quality.leak_min_rows``
-    rows with both classes present: on 3 rows a binary feature matches the
-    label by chance.  An undeclared column already blocks, so it is named as a
-    leak at any size.
+    Only on a batch where each class appears at least twice, and declared
+    features only on ``quality.leak_min_rows`` rows: on 3 rows a yes/no
+    feature matches the label by chance.  An undeclared column blocks anyway;
+    naming it a leak tells the owners why it matters.
     """
     label_col = spec.label.column
     if label_col not in frame.columns:
         return []
     label = frame[label_col].astype("object").astype(str)
-    if label.nunique() < 2:
-        return []
+    if label.nunique() < 2 or label.value_counts().min() < 2:
+        return []  # with a class seen once, any two-valued column "maps" onto the label
     leaks = []
     for column in candidates:
         if column not in frame.columns or column == label_col:
             continue
-        if column in spec.features.all and (len(frame) < spec.quality.leak_min_rows or label.value_counts().min() < 2):
+        if column in spec.features.all and len(frame) < spec.quality.leak_min_rows:
             continue
         values = frame[column].astype("object").astype(str)
         pairs = pd.DataFrame({"v": values, "y": label}).drop_duplicates()
