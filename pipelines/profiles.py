@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.config import Distribution, VerticalSpec
+from pipelines.features import _label_token
 from pipelines.layout import write_json_atomic
 
 #: Bump when the stored profile format changes: older files are recomputed.
@@ -108,24 +110,38 @@ def profile_frame(frame: pd.DataFrame, spec: VerticalSpec, days: list[str] | Non
     check reports it, and a mean of strings means nothing.
     """
     label = frame[spec.label.column] if spec.label.column in frame.columns else pd.Series([], dtype=object)
-    positives = int((label.astype("object") == spec.label.positive).sum())
+    # The training code's own matching ("bad" == "Bad", True == 1 == "true"), applied
+    # to the distinct values only, so a large batch is counted, not cast row by row.
+    positive = _label_token(spec.label.positive)
+    positives = sum(int(n) for value, n in label.value_counts().items() if _label_token(value) == positive)
     numeric: dict[str, NumericStats] = {}
     for column in spec.features.numeric:
         if column not in frame.columns or not is_numeric(frame[column]):
             continue
-        values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        present = values.dropna()
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        present = values[~np.isnan(values)]
         n = len(present)
         mean = float(present.mean()) if n else 0.0
-        numeric[column] = NumericStats(
-            count=n, mean=mean, m2=float(((present - mean) ** 2).sum()) if n else 0.0, nulls=len(values) - n
-        )
+        m2 = float(np.square(present - mean).sum()) if n else 0.0
+        numeric[column] = NumericStats(count=n, mean=mean, m2=m2, nulls=len(values) - n)
     categorical: dict[str, dict[str, int]] = {}
     for column in spec.features.categorical:
         if column in frame.columns:
-            counts = frame[column].astype("object").where(frame[column].notna(), NULL).astype(str).value_counts()
-            categorical[column] = {str(k): int(v) for k, v in counts.items()}
+            counts = frame[column].value_counts(dropna=False)
+            categorical[column] = {}
+            for value, n in counts.items():
+                key = _category_key(value)
+                categorical[column][key] = categorical[column].get(key, 0) + int(n)
     return Profile(rows=len(frame), positives=positives, numeric=numeric, categorical=categorical, days=days or [])
+
+
+def _category_key(value: Any) -> str:
+    """One spelling per category across days: 12 and 12.0 (an int column with a null that day) are one."""
+    if pd.isna(value):
+        return NULL
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def is_numeric(values: pd.Series) -> bool:
@@ -186,8 +202,8 @@ def compare_profiles(batch: Profile, reference: Profile, checks: Distribution, *
     """Every label-share, null-share, mean and category-share test that both profiles allow.
 
     Significance: Fisher's exact test for shares (exact at any batch size),
-    a pooled-variance t-test for means (under "no change" both samples share
-    one distribution), a chi-square test of homogeneity for categories.  The
+    a t-test on the reference's spread for means, a chi-square test of
+    homogeneity for categories.  The
     family-wise ``alpha`` is split evenly over the tests run (Bonferroni).
     """
     tests: list[dict[str, Any]] = []
@@ -227,19 +243,25 @@ def _share_test(
 
 
 def _mean_test(column: str, new: NumericStats, ref: NumericStats, material: float) -> list[dict[str, Any]]:
-    """Pooled-variance t-test of the means; the effect is the shift in reference standard deviations."""
+    """t-test of the batch mean against the reference, scaled by the reference's spread.
+
+    Under "nothing changed" the batch is drawn from the reference's
+    distribution, so the reference's standard deviation (n - 1 degrees of
+    freedom) is the right scale; the batch's own spread would let a few
+    shifted rows inflate the variance and hide the very shift they carry.
+    The effect is the shift in reference standard deviations.
+    """
     from scipy import stats
 
     if new.count < 1 or ref.count < 2 or ref.sd == 0:
         return []
-    dof = max(new.count + ref.count - 2, 1)
-    within = (new.m2 + ref.m2) / dof
-    se = math.sqrt(within * (1 / new.count + 1 / ref.count))
-    t = (new.mean - ref.mean) / se if se else math.inf
+    se = ref.sd * math.sqrt(1 / new.count + 1 / ref.count)
+    t = (new.mean - ref.mean) / se
     return [
         {"check": "mean", "column": column, "batch": new.mean, "reference": ref.mean,
          "effect": abs(new.mean - ref.mean) / ref.sd, "material": material,
-         "p_value": float(2 * stats.t.sf(abs(t), dof)), "batch_rows": new.count, "reference_rows": ref.count}
+         "p_value": float(2 * stats.t.sf(abs(t), ref.count - 1)), "batch_rows": new.count,
+         "reference_rows": ref.count}
     ]  # fmt: skip
 
 

@@ -187,9 +187,13 @@ CASES: dict[str, Case] = {
     "renamed column": Case(
         _db(_rename_column),
         {"expect_table_columns_to_match_set", "expect_table_columns_to_be_declared"},
-        ("monthly_income", "rename"),
+        ("expect_table_columns_to_be_declared(monthly_income)",),
     ),
-    "extra column": Case(_db(_extra_column), {"expect_table_columns_to_be_declared"}, ("promo_code",)),
+    "extra column": Case(
+        _db(_extra_column),
+        {"expect_table_columns_to_be_declared"},
+        ("expect_table_columns_to_be_declared(promo_code)",),
+    ),
     "type change (numbers as text)": Case(
         _db(_sql("update finance_loans set age = 'age ' || age where event_date = :ds")),
         {"expect_column_values_to_be_numeric"},

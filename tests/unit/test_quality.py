@@ -122,7 +122,7 @@ def test_an_undeclared_column_blocks_and_a_copy_of_the_label_is_named_a_leak(spe
     report = validate_frame(extra, spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
     failed = {(f.expectation, f.column): f for f in report.failed}
     assert not report.success
-    declared = failed[("expect_table_columns_to_be_declared", None)]
+    declared = failed[("expect_table_columns_to_be_declared", "promo_code, outcome")]
     assert declared.observed["unexpected"] == ["promo_code", "outcome"]
     assert ("expect_column_to_not_determine_the_label", "outcome") in failed
     assert ("expect_column_to_not_determine_the_label", "promo_code") not in failed  # constant: no leak
