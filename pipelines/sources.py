@@ -183,10 +183,16 @@ def fetch_file_days(
         except OSError as exc:
             raise SourceError(f"cannot read {url}: {exc}", vertical=spec.name, ds=ds) from exc
         try:
-            parts[ds] = _normalise(_decode(data, source.format), source.event_time, spec)
+            frame = _decode(data, source.format)
         except (ValueError, UnicodeDecodeError) as exc:
             # ValueError covers pandas' ParserError/EmptyDataError and pyarrow's ArrowInvalid.
             unreadable[ds] = UnreadableFile(url=url, data=data, cause=f"{url} is not valid {source.format}: {exc}")
+            continue
+        if source.event_time not in frame.columns:
+            cause = f"{url} has no event-time column {source.event_time!r}; its columns are {sorted(frame.columns)}"
+            unreadable[ds] = UnreadableFile(url=url, data=data, cause=cause)
+            continue
+        parts[ds] = _normalise(frame, source.event_time, spec)
     return parts, unreadable
 
 
