@@ -145,10 +145,15 @@ def _category_key(value: Any) -> str:
 
 
 def is_numeric(values: pd.Series) -> bool:
-    """Numbers (or all-null): booleans and numeric dtypes; strings, even "37", are not."""
-    return bool(pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)) or bool(
-        values.isna().all()
-    )
+    """Numbers: a numeric or boolean dtype, or values that all read as numbers.
+
+    Drivers return PostgreSQL NUMERIC as Decimal objects and SQLite an all-null
+    day as object dtype: both are numbers.  Text such as "age 37" is not.
+    """
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return True
+    present = values.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
 def stored_profile(partition: Path, profile_path: Path, spec: VerticalSpec, day: str) -> Profile | None:
