@@ -208,15 +208,17 @@ def _decode(data: bytes, file_format: str) -> pd.DataFrame:
 def _normalise(frame: pd.DataFrame, event_time: str, spec: VerticalSpec) -> pd.DataFrame:
     """ISO-date strings for the event column, whatever the driver returned (str, date, datetime).
 
-    A value that is no date becomes null, so the suite's not-null check names
-    it, instead of a parse error stopping the extract with a traceback.
+    Text must be ISO 8601 (``2026-11-28``, optionally with a time): ``01/02/2026``
+    is ambiguous, so it is not guessed.  A value that is no such date becomes
+    null, so the suite's not-null check names it, instead of a parse error
+    stopping the extract with a traceback.
     """
     if event_time not in frame.columns:
         raise SourceError(
             f"source has no event-time column {event_time!r}; columns are {sorted(frame.columns)}",
             vertical=spec.name,
         )
-    frame[event_time] = pd.to_datetime(frame[event_time], errors="coerce").dt.strftime("%Y-%m-%d")
+    frame[event_time] = pd.to_datetime(frame[event_time], errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
     return frame
 
 
