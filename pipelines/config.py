@@ -109,6 +109,38 @@ class Window(_Strict):
         return self
 
 
+class Distribution(_Strict):
+    """Label-mix and per-feature distribution checks of a batch against a rolling reference.
+
+    The reference is the stored per-day profiles of the validated days before
+    the batch, so a night costs one day of data plus small JSON files.  A
+    finding blocks only when it is both *material* (beyond the effect size
+    below) and *significant* (p below ``alpha`` split over every test run).
+    """
+
+    enabled: bool = True
+    #: Calendar days before the batch whose validated partitions form the reference.
+    reference_days: Annotated[int, Field(ge=7, le=365)] = 28
+    #: Fewer reference rows than this (e.g. the first run) and nothing is compared.
+    min_reference_rows: Annotated[int, Field(ge=10)] = 200
+    #: A batch smaller than this is pooled with the latest validated days (at most
+    #: ``max_pool_days``) so a 3-row day is judged together with its recent past.
+    min_batch_rows: Annotated[int, Field(ge=1)] = 30
+    max_pool_days: Annotated[int, Field(ge=0, le=60)] = 7
+    #: Family-wise significance level of one night's tests (Bonferroni-split).
+    alpha: Annotated[float, Field(gt=0, le=0.2)] = 0.001
+    #: Absolute change of the positive-label share that is material.
+    label_share_change: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: Absolute change of a feature's null share that is material.
+    null_share_change: Annotated[float, Field(gt=0, le=1)] = 0.2
+    #: Mean shift of a numeric feature, in reference standard deviations, that is material.
+    mean_shift_sd: Annotated[float, Field(gt=0)] = 0.5
+    #: Total variation distance between category shares that is material.
+    category_shift: Annotated[float, Field(gt=0, le=1)] = 0.35
+    #: Features exempt from the distribution tests (e.g. a column that trends by design).
+    exempt: list[str] = Field(default_factory=list)
+
+
 class Quality(_Strict):
     #: Suite file name under ``expectations/`` (defaults to the vertical name); a plain name, never a path.
     suite: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")] | None = None
@@ -116,6 +148,16 @@ class Quality(_Strict):
     #: number of days validated at once (one at night, more on a first backfill).
     min_rows_per_day: Annotated[int, Field(ge=0)] = 1
     max_rows_per_day: Annotated[int, Field(ge=1)] = 100_000
+    #: Columns the source carries that the pipeline ignores (neither key, event
+    #: time, label, feature nor PII).  Any other undeclared column blocks the day.
+    ignored_columns: list[str] = Field(default_factory=list)
+    #: What a column the spec does not declare does: ``block`` the day (it may be
+    #: a leaked outcome or a renamed feature) or ``allow`` it (ignored).
+    unexpected_columns: Literal["block", "allow"] = "block"
+    #: A feature (or undeclared column) that maps one-to-one onto the label in a
+    #: batch of at least this many rows, with both classes present, is a leak.
+    leak_min_rows: Annotated[int, Field(ge=2)] = 20
+    distribution: Distribution = Distribution()
 
 
 class Model(_Strict):
@@ -275,6 +317,13 @@ class VerticalSpec(_Strict):
         leaked = used & set(self.pii)
         if leaked:
             raise ValueError(f"PII columns must not be model features: {sorted(leaked)}")
+        declared = {self.key, self.source.event_time, self.label.column, *used, *self.pii}
+        overlap = sorted(declared & set(self.quality.ignored_columns))
+        if overlap:
+            raise ValueError(f"quality.ignored_columns lists columns the spec uses: {overlap}")
+        unknown = sorted(set(self.quality.distribution.exempt) - used)
+        if unknown:
+            raise ValueError(f"quality.distribution.exempt names non-feature column(s): {unknown}")
         # Slice values are stored with the holdout scores and named in reports: never PII.
         self.gate.check_slice_columns(
             forbidden={

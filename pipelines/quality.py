@@ -14,12 +14,17 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipelines import data_docs
-from pipelines.config import Settings, VerticalSpec, load_suite
+from pipelines.config import FileSource, Settings, VerticalSpec, load_suite
+from pipelines.errors import DataQualityError
+
+if TYPE_CHECKING:
+    from pipelines.run_context import RunContext
+    from pipelines.sources import UnreadableFile
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class QualityReport:
     rows_per_day: dict[str, int] = field(default_factory=dict)
     #: The days that fail on their own and were quarantined (set by the validate stage).
     failed_days: list[str] = field(default_factory=list)
+    #: The label-mix and distribution tests against the rolling reference (see `check_batch`).
+    distribution: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +171,7 @@ def validate_frame(
         expectation_parameters={
             "min_rows": spec.quality.min_rows_per_day * n_days,
             "max_rows": spec.quality.max_rows_per_day * n_days,
+            "days": list(days),
         },
         run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
     )
@@ -172,18 +180,300 @@ def validate_frame(
     site = data_docs.site_root(settings, spec.name)
     data_docs.make_offline(site, since=started - 1)
     page = _site_page(context.get_docs_sites_urls(resource_identifier=validation_id), site)
+    batch = check_batch(frame, spec, days=days, settings=settings)
     return QualityReport(
         vertical=spec.name,
         ds=ds,
         suite=spec.suite_name,
         days=days,
         rows=len(frame),
-        success=bool(validation.success),
-        evaluated=len(validation.results),
-        failed=failed,
+        success=bool(validation.success) and not batch.failed,
+        evaluated=len(validation.results) + batch.evaluated,
+        failed=failed + [_mask_failure(f, spec.pii) for f in batch.failed],
         data_docs=data_docs.docs_url(settings, spec.name) if (site / "index.html").is_file() else None,
         data_docs_page=data_docs.docs_url(settings, spec.name, page) if page else None,
         rows_per_day=rows_per_day(frame, spec, days),
+        distribution=batch.distribution,
+    )
+
+
+@dataclass(frozen=True)
+class BatchChecks:
+    """What the checks beyond the suite found: schema, types, leaks, label mix, distributions."""
+
+    failed: list[FailedExpectation]
+    evaluated: int
+    distribution: dict[str, Any] | None
+
+
+def check_batch(frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], settings: Settings) -> BatchChecks:
+    """The checks a per-row suite cannot express, run on the batch the suite just checked.
+
+    Column set and types come from the spec (every column it does not declare
+    blocks the day, a numeric feature must hold numbers), a leak check looks
+    for a column that is a recoding of the label, and the label mix and each
+    feature's distribution are tested against the validated days before the
+    batch (`check_distribution`).
+    """
+    failed = check_columns(frame, spec)
+    distribution = check_distribution(frame, spec, days=days, settings=settings)
+    findings = (distribution or {}).get("findings", [])
+    failed += [_shift_failure(f, distribution or {}) for f in findings if f["blocking"]]
+    return BatchChecks(failed=failed, evaluated=3 + len(findings), distribution=distribution)
+
+
+def check_columns(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpectation]:
+    """Undeclared columns, non-numeric numeric features and label leaks in ``frame``."""
+    from pipelines.profiles import is_numeric
+
+    failed: list[FailedExpectation] = []
+    declared = {spec.key, spec.source.event_time, spec.label.column, *spec.features.all, *spec.pii}
+    unexpected = [c for c in frame.columns if c not in declared and c not in spec.quality.ignored_columns]
+    if unexpected and spec.quality.unexpected_columns == "block":
+        missing = sorted(c for c in spec.features.all if c not in frame.columns)
+        failed.append(
+            _check_failure(
+                "expect_table_columns_to_be_declared",
+                # Named in the error's one-line summary and the alert: the columns to look at.
+                ", ".join(unexpected),
+                {"declared": sorted(declared), "ignored_columns": spec.quality.ignored_columns},
+                {"unexpected": unexpected, "missing_features": missing},
+                f"column(s) {unexpected} are not in the spec"
+                + (f" while feature(s) {missing} are missing: a rename?" if missing else "")
+                + "; a new column may be a leaked outcome. Declare it (features, pii or quality.ignored_columns) "
+                "in verticals/<vertical>.yaml once reviewed",
+            )
+        )
+    for column in spec.features.numeric:
+        if column in frame.columns and not is_numeric(frame[column]):
+            values = frame[column].dropna()
+            bad = values[pd.to_numeric(values, errors="coerce").isna()].astype(str).unique()[:SAMPLE_ROWS]
+            failed.append(
+                _check_failure(
+                    "expect_column_values_to_be_numeric",
+                    column,
+                    {"type": "number"},
+                    f"dtype {frame[column].dtype}",
+                    "a numeric feature arrived as text: the source changed the column's type",
+                    sample=[str(v) for v in bad],
+                )
+            )
+    for column in _leaking_columns(frame, spec, candidates=[*spec.features.all, *unexpected]):
+        failed.append(
+            _check_failure(
+                "expect_column_to_not_determine_the_label",
+                column,
+                {"label": spec.label.column},
+                f"every value of {column!r} maps to a single label value and back",
+                "a column that is a copy or recoding of the label leaks the outcome into training",
+            )
+        )
+    return failed
+
+
+def _leaking_columns(frame: pd.DataFrame, spec: VerticalSpec, *, candidates: list[str]) -> list[str]:
+    """Columns in one-to-one correspondence with the label (a copy or recoding of it).
+
+    Only on a batch where each class appears at least twice, and declared
+    features only on ``quality.leak_min_rows`` rows: on 3 rows a yes/no
+    feature matches the label by chance.  An undeclared column blocks anyway;
+    naming it a leak tells the owners why it matters.
+    """
+    label_col = spec.label.column
+    if label_col not in frame.columns:
+        return []
+    counts = frame[label_col].value_counts(dropna=False)
+    if len(counts) < 2 or counts.min() < 2:
+        return []  # with a class seen once, any two-valued column "maps" onto the label
+    leaks = []
+    for column in candidates:
+        if column not in frame.columns or column == label_col:
+            continue
+        if column in spec.features.all and len(frame) < spec.quality.leak_min_rows:
+            continue
+        # Cheap first: a recoding of the label has as many values as the label, and the
+        # first rows of a continuous feature already have more (this runs on large batches).
+        if frame[column].head(1000).nunique(dropna=False) > len(counts):
+            continue
+        if frame[column].nunique(dropna=False) != len(counts):
+            continue
+        if len(frame[[column, label_col]].drop_duplicates()) == len(counts):
+            leaks.append(column)
+    return leaks
+
+
+def check_distribution(
+    frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], settings: Settings
+) -> dict[str, Any] | None:
+    """Test the batch's label mix and feature distributions against the validated days before it.
+
+    The batch is pooled with the latest validated days until it holds
+    ``min_batch_rows`` (at most ``max_pool_days``), so a 3-row day is judged
+    with its recent past; the reference is the ``reference_days`` before
+    that.  Both come from stored per-day profiles (``data/<vertical>/profiles``),
+    so the cost is the batch plus small files.  None when switched off.
+    """
+    from datetime import date, timedelta
+
+    from pipelines.layout import Layout
+    from pipelines.profiles import compare_profiles, profile_frame, stored_profile
+
+    checks = spec.quality.distribution
+    if not checks.enabled or not days:
+        return None
+    layout = Layout(settings, spec.name)
+    profiles_dir = layout.validated(days[0]).parent.parent / "profiles"
+    batch = profile_frame(frame, spec, list(days))
+    day = date.fromisoformat(min(days))
+    pooled: list[str] = []
+    for _ in range(checks.max_pool_days):
+        if batch.rows >= checks.min_batch_rows:
+            break
+        day -= timedelta(days=1)
+        stored = stored_profile(layout.validated(day.isoformat()), profiles_dir / f"{day}.json", spec, str(day))
+        if stored is not None:
+            batch = batch.merge(stored)
+            pooled.append(day.isoformat())
+    reference = profile_frame(frame.iloc[0:0], spec)
+    for _ in range(checks.reference_days):
+        day -= timedelta(days=1)
+        stored = stored_profile(layout.validated(day.isoformat()), profiles_dir / f"{day}.json", spec, str(day))
+        if stored is not None:
+            reference = reference.merge(stored)
+    result: dict[str, Any] = {
+        "batch_days": list(days),
+        "pooled_days": pooled,
+        "batch_rows": batch.rows,
+        "reference_days": reference.days,
+        "reference_rows": reference.rows,
+        "findings": [],
+    }
+    if reference.rows < checks.min_reference_rows:
+        result["skipped"] = (
+            f"{reference.rows} reference rows in the {checks.reference_days} days before the batch; "
+            f"quality.distribution.min_reference_rows is {checks.min_reference_rows}"
+        )
+        return result
+    findings = compare_profiles(batch, reference, checks, label=spec.label.column)
+    result["findings"] = [f.to_dict() for f in findings]
+    return result
+
+
+_SHIFT_NAMES = {
+    "label_share": ("expect_label_share_to_match_reference", "the share of the positive class changed"),
+    "null_share": ("expect_column_null_share_to_match_reference", "the share of missing values changed"),
+    "mean": (
+        "expect_column_mean_to_match_reference",
+        "the mean moved (a unit change, a broken sensor, a new population)",
+    ),
+    "categories": ("expect_column_category_shares_to_match_reference", "the mix of categories changed"),
+}
+
+
+def _shift_failure(finding: dict[str, Any], distribution: dict[str, Any]) -> FailedExpectation:
+    name, why = _SHIFT_NAMES[finding["check"]]
+    span = distribution["batch_days"] + distribution["pooled_days"]
+    return _check_failure(
+        name,
+        finding["column"],
+        {
+            "reference": round(finding["reference"], 4),
+            "max_change": finding["material"],
+            "alpha": finding["alpha"],
+            "reference_rows": finding["reference_rows"],
+            "reference_days": f"{distribution['reference_days'][0]}..{distribution['reference_days'][-1]}",
+        },
+        {
+            "batch": round(finding["batch"], 4),
+            "change": round(finding["effect"], 4),
+            "p_value": finding["p_value"],
+            "batch_rows": finding["batch_rows"],
+            "batch_days": f"{min(span)}..{max(span)}",
+        },
+        f"{why}, materially and significantly, against the validated days before the batch",
+    )
+
+
+def _check_failure(  # noqa: PLR0917 - one call per check, positional reads best
+    name: str, column: str | None, expected: dict[str, Any], observed: Any, notes: str, sample: list[Any] | None = None
+) -> FailedExpectation:
+    return FailedExpectation(
+        expectation=name,
+        column=column,
+        expected=_jsonable(expected),
+        observed=_jsonable(observed),
+        unexpected_count=None,
+        unexpected_percent=None,
+        sample_values=sample or [],
+        sample_keys=[],
+        notes=notes,
+    )
+
+
+def reject_unreadable_files(
+    spec: VerticalSpec,
+    ds: str,
+    unreadable: dict[str, UnreadableFile],
+    settings: Settings,
+    run_context: RunContext | None = None,
+) -> DataQualityError:
+    """Quarantine the bytes of files that cannot be decoded, alert once, and return the error to raise.
+
+    Retrying cannot fix a corrupt or truncated file, so this is bad data, not
+    a source fault: the original bytes go to ``quarantine/<day>.<format>``
+    (kept for triage, never read by training), a quality report and one
+    data-quality alert name each file and the decoder's error.
+    """
+    import smtplib
+
+    from pipelines import alerts
+    from pipelines.layout import Layout, write_bytes_atomic
+
+    layout = Layout(settings, spec.name)
+    fmt = spec.source.format if isinstance(spec.source, FileSource) else "bin"
+    kept = {}
+    for day, bad in unreadable.items():
+        path = layout.quarantine(day).with_suffix(f".{fmt}")
+        write_bytes_atomic(path, bad.data)
+        kept[day] = path
+    failed = [
+        _check_failure(
+            "expect_file_to_be_readable",
+            None,
+            {"format": fmt, "url": bad.url},
+            bad.cause,
+            f"the file for {day} cannot be decoded (undecodable bytes or truncated); its original bytes are "
+            f"kept at {kept[day]}. Fix or re-deliver the file, then rerun",
+        )
+        for day, bad in unreadable.items()
+    ]
+    report = QualityReport(
+        vertical=spec.name,
+        ds=ds,
+        suite=spec.suite_name,
+        days=sorted(unreadable),
+        rows=0,
+        success=False,
+        evaluated=len(failed),
+        failed=failed,
+        rows_per_day=dict.fromkeys(sorted(unreadable), 0),
+        failed_days=sorted(unreadable),
+    )
+    report_path = layout.report_dir(ds) / "quality.json"
+    write_bytes_atomic(report_path, report.to_json().encode())
+    message = alerts.quality_alert(spec, report, [pd.DataFrame() for _ in failed], settings, run_context)
+    try:
+        where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
+    except (OSError, smtplib.SMTPException) as exc:
+        where = f"NOT SENT ({type(exc).__name__}: {exc})"
+        log.error("%s %s: data-quality alert could not be sent: %s", spec.name, ds, exc)
+    causes = "; ".join(bad.cause for bad in unreadable.values())
+    return DataQualityError(
+        f"{len(unreadable)} source file(s) cannot be decoded: {causes}. Original bytes quarantined at "
+        f"{', '.join(str(p) for p in kept.values())}; report at {report_path}; alert: {where}",
+        vertical=spec.name,
+        ds=ds,
+        report_path=str(report_path),
     )
 
 
@@ -247,10 +537,11 @@ def failing_days(frame: pd.DataFrame, spec: VerticalSpec, days: list[str], setti
             expectation_parameters={
                 "min_rows": spec.quality.min_rows_per_day,
                 "max_rows": spec.quality.max_rows_per_day,
+                "days": [day],
             },
             result_format="BOOLEAN_ONLY",
         )
-        if not result.success:
+        if not result.success or check_columns(by_day.get(day, frame.iloc[0:0]), spec):
             bad.append(day)
     return bad
 

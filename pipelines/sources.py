@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ def _fetch_sql(spec: VerticalSpec, source: SqlSource, start: date, end: date, se
     query = (
         sa.select(sa.text("*")).select_from(table).where(event >= sa.bindparam("start"), event < sa.bindparam("end"))
     )
+    last_day = (end - timedelta(days=1)).isoformat()  # the run's logical date
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -160,67 +162,134 @@ def _fetch_sql(spec: VerticalSpec, source: SqlSource, start: date, end: date, se
         if isinstance(cause, sa.exc.OperationalError):
             raise SourceError(
                 f"source {source.conn_id!r} is unreachable or the table {source.table!r} is missing: "
-                f"{cause.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()}, or run `python -m pipelines seed` "
-                "for the demo warehouse",
+                f"{cause.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()} and source.table in the spec, "
+                "or run `python -m pipelines seed` for the demo warehouse",
                 vertical=spec.name,
+                ds=last_day,
             ) from exc
-        raise SourceError(f"query on {source.table!r} failed: {cause}", vertical=spec.name) from exc
+        raise SourceError(f"query on {source.table!r} failed: {cause}", vertical=spec.name, ds=last_day) from exc
     finally:
         engine.dispose()
     return _normalise(frame, source.event_time, spec)
 
 
 def _fetch_files(spec: VerticalSpec, source: FileSource, start: date, end: date) -> pd.DataFrame:
-    import fsspec
-
-    frames = []
+    days = []
     day = start
     while day < end:
-        url = source.url.format(ds=day.isoformat())
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    parts, unreadable = fetch_file_days(spec, source, days)
+    if unreadable:
+        first = next(iter(unreadable.values()))
+        raise SourceError(f"unreadable file(s): {first.cause}", vertical=spec.name, ds=next(iter(unreadable)))
+    frames = [p for p in parts.values() if len(p.columns)]
+    if not frames:
+        return pd.DataFrame(columns=[source.event_time])
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """A day's file that exists but cannot be decoded: its bytes are kept for quarantine."""
+
+    url: str
+    data: bytes
+    cause: str
+
+
+def fetch_file_days(
+    spec: VerticalSpec, source: FileSource, days: list[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, UnreadableFile]]:
+    """Each day's file as a frame (a missing file is an empty frame), and the files that cannot be decoded.
+
+    Rows stay with the file they came from, whatever their event date says:
+    a day's file holding rows of another day is a delivery error the suite's
+    event-date check must see, not rows to move silently into another
+    partition (or drop, when that day is not being extracted).
+    """
+    import fsspec
+
+    parts: dict[str, pd.DataFrame] = {}
+    unreadable: dict[str, UnreadableFile] = {}
+    for ds in days:
+        url = source.url.format(ds=ds)
         try:
             with fsspec.open(url, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
             # A missing day is "no rows"; the suite's row-count check decides if that's bad.
-            log.warning("%s: no file for %s at %s", spec.name, day, url)
-            day += timedelta(days=1)
+            log.warning("%s: no file for %s at %s", spec.name, ds, url)
+            parts[ds] = pd.DataFrame(columns=[source.event_time])
             continue
         except OSError as exc:
-            raise SourceError(f"cannot read {url}: {exc}", vertical=spec.name, ds=day.isoformat()) from exc
-        reader = pd.read_parquet if source.format == "parquet" else pd.read_csv
-        frames.append(reader(io.BytesIO(data)))
-        day += timedelta(days=1)
-    if not frames:
-        return pd.DataFrame(columns=[source.event_time])
-    return _normalise(pd.concat(frames, ignore_index=True), source.event_time, spec)
+            raise SourceError(f"cannot read {url}: {exc}", vertical=spec.name, ds=ds) from exc
+        try:
+            frame = _decode(data, source.format)
+        except (ValueError, UnicodeDecodeError) as exc:
+            # ValueError covers pandas' ParserError/EmptyDataError and pyarrow's ArrowInvalid.
+            unreadable[ds] = UnreadableFile(url=url, data=data, cause=f"{url} is not valid {source.format}: {exc}")
+            continue
+        if source.event_time not in frame.columns:
+            cause = f"{url} has no event-time column {source.event_time!r}; its columns are {sorted(frame.columns)}"
+            unreadable[ds] = UnreadableFile(url=url, data=data, cause=cause)
+            continue
+        parts[ds] = _normalise(frame, source.event_time, spec)
+    return parts, unreadable
+
+
+def _decode(data: bytes, file_format: str) -> pd.DataFrame:
+    """Parse one day's file; a CSV must end with a line break (else it was cut mid-row)."""
+    if file_format == "parquet":
+        return pd.read_parquet(io.BytesIO(data))
+    if data and not data.endswith((b"\n", b"\r")):
+        raise ValueError("the file does not end with a line break: truncated mid-row")
+    return pd.read_csv(io.BytesIO(data), encoding="utf-8", encoding_errors="strict")
 
 
 def _normalise(frame: pd.DataFrame, event_time: str, spec: VerticalSpec) -> pd.DataFrame:
-    """ISO-date strings for the event column, whatever the driver returned (str, date, datetime)."""
+    """ISO-date strings for the event column, whatever the driver returned (str, date, datetime).
+
+    Text must be ISO 8601 (``2026-11-28``, optionally with a time): ``01/02/2026``
+    is ambiguous, so it is not guessed.  A value that is no such date becomes
+    null, so the suite's not-null check names it, instead of a parse error
+    stopping the extract with a traceback.
+    """
     if event_time not in frame.columns:
         raise SourceError(
             f"source has no event-time column {event_time!r}; columns are {sorted(frame.columns)}",
             vertical=spec.name,
         )
-    frame[event_time] = pd.to_datetime(frame[event_time]).dt.strftime("%Y-%m-%d")
+    frame[event_time] = pd.to_datetime(frame[event_time], errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
     return frame
 
 
 def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dict[str, int]:
-    """Pull ``days`` with one range query and store one raw Parquet partition per day.
+    """Pull ``days`` and store one raw Parquet partition per day.
 
-    Returns rows per day.  A day with no rows still gets an (empty) partition, so
-    validation sees it and the row-count check can flag a silent source.
+    SQL sources are read with one range query; file sources one file per
+    day.  Returns rows per day.  A day with no rows still gets an (empty)
+    partition, so validation sees it and the row-count check can flag a
+    silent source.  A file that cannot be decoded stops the extract as bad
+    data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
     """
     if not days:
         return {}
     layout = Layout(settings, spec.name)
-    first, last = parse_ds(days[0]), parse_ds(days[-1])
-    frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
+    if isinstance(spec.source, FileSource):
+        by_day, unreadable = fetch_file_days(spec, spec.source, days)
+        if unreadable:
+            from pipelines.quality import reject_unreadable_files
+
+            raise reject_unreadable_files(spec, days[-1], unreadable, settings)
+    else:
+        first, last = parse_ds(days[0]), parse_ds(days[-1])
+        frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
+        groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
+        by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}
     counts: dict[str, int] = {}
-    by_day = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
     for ds in days:
-        part = by_day.get(ds, frame.iloc[0:0])
+        part = by_day[ds]
         try:
             write_partition(part, layout.raw(ds), spec.key)
         except OSError as exc:

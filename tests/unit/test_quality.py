@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines.config import VerticalSpec
-from pipelines.quality import failing_rows, validate_frame
+from pipelines.layout import Layout
+from pipelines.profiles import Profile, compare_profiles, profile_frame, stored_profile
+from pipelines.quality import check_columns, check_distribution, failing_rows, validate_frame
+from pipelines.sources import write_partition
 
 SUITE = {
     "name": "demo",
@@ -67,7 +72,8 @@ def frame(n: int = 6) -> pd.DataFrame:
 def test_clean_frame_passes_and_builds_data_docs(spec, suite_settings):
     report = validate_frame(frame(), spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
     assert report.success and report.failed == []
-    assert report.evaluated == 5
+    assert report.evaluated == 5 + 3  # the suite, then the columns, types and leak checks
+    assert report.distribution is not None and "skipped" in report.distribution  # no reference yet
     assert report.data_docs and report.data_docs.endswith("index.html")
 
 
@@ -106,3 +112,167 @@ def test_missing_column_fails_with_an_explanation(spec, suite_settings):
     assert not report.success
     (failure,) = [f for f in report.failed if f.column == "x"]
     assert str(failure.observed).startswith("error:") and "x" in str(failure.observed)
+
+
+# -- checks beyond the suite: columns, types, leaks ------------------------------------
+
+
+def test_an_undeclared_column_blocks_and_a_copy_of_the_label_is_named_a_leak(spec, suite_settings):
+    extra = frame().assign(promo_code="X", outcome=lambda f: f["y"])
+    report = validate_frame(extra, spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
+    failed = {(f.expectation, f.column): f for f in report.failed}
+    assert not report.success
+    declared = failed[("expect_table_columns_to_be_declared", "promo_code, outcome")]
+    assert declared.observed["unexpected"] == ["promo_code", "outcome"]
+    assert ("expect_column_to_not_determine_the_label", "outcome") in failed
+    assert ("expect_column_to_not_determine_the_label", "promo_code") not in failed  # constant: no leak
+
+
+def test_ignored_columns_pass_and_allow_switches_the_column_check_off(spec, suite_settings):
+    extra = frame().assign(note="n/a")
+    ignored = spec.model_copy(update={"quality": spec.quality.model_copy(update={"ignored_columns": ["note"]})})
+    assert check_columns(extra, ignored) == []
+    allowed = spec.model_copy(update={"quality": spec.quality.model_copy(update={"unexpected_columns": "allow"})})
+    assert check_columns(extra, allowed) == []
+
+
+def test_a_renamed_feature_is_reported_as_a_possible_rename(spec):
+    (failure,) = check_columns(frame().rename(columns={"x": "x_score"}), spec)
+    assert failure.observed == {"unexpected": ["x_score"], "missing_features": ["x"]}
+    assert "rename" in (failure.notes or "")
+
+
+def test_a_numeric_feature_delivered_as_text_is_a_type_failure(spec):
+    bad = frame().assign(x=lambda f: f["x"].astype(str).where(f.index != 2, "three"))
+    (failure,) = check_columns(bad, spec)
+    assert failure.expectation == "expect_column_values_to_be_numeric" and failure.column == "x"
+    assert failure.sample_values == ["three"]
+
+
+def test_a_feature_equal_to_the_label_is_a_leak_only_on_a_large_enough_batch(spec):
+    small = frame(6).assign(x=lambda f: f["y"].astype(float))
+    assert check_columns(small, spec) == []  # 6 rows < leak_min_rows: chance, not evidence
+    large = frame(40).assign(x=lambda f: f["y"] * 10.0)
+    (failure,) = check_columns(large, spec)
+    assert (failure.expectation, failure.column) == ("expect_column_to_not_determine_the_label", "x")
+
+
+# -- profiles and the distribution checks ------------------------------------------------
+
+
+def _spec_with(spec: VerticalSpec, **distribution) -> VerticalSpec:
+    checks = spec.quality.distribution.model_copy(update=distribution)
+    return spec.model_copy(update={"quality": spec.quality.model_copy(update={"distribution": checks})})
+
+
+def day_frame(day: str, n: int, *, seed: int, positive_share: float = 0.3, x_mean: float = 5.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "id": [f"{day}-{i}" for i in range(n)],
+            "event_date": day,
+            "x": rng.normal(x_mean, 1.0, n).clip(0, 10),
+            "y": (rng.random(n) < positive_share).astype(int),
+            "name": "Ann",
+        }
+    )
+
+
+def test_profiles_merge_exactly():
+    spec_ = VerticalSpec.model_validate(
+        {
+            "name": "demo",
+            "description": "d",
+            "owner": "o",
+            "source": {"kind": "sql", "table": "t"},
+            "key": "id",
+            "label": {"column": "y", "positive": 1},
+            "features": {"numeric": ["x"], "categorical": ["c"]},
+            "gate": {"thresholds": {"accuracy": 0.5, "recall": 0.5, "f1": 0.5}},
+            "alerts": {"emails": ["o@example.com"]},
+        }
+    )
+    a = pd.DataFrame({"x": [1.0, 2.0, None], "y": [1, 0, 1], "c": ["u", "v", None]})
+    b = pd.DataFrame({"x": [10.0, 4.0], "y": [0, 0], "c": ["u", "u"]})
+    merged = profile_frame(a, spec_).merge(profile_frame(b, spec_))
+    whole = profile_frame(pd.concat([a, b]), spec_)
+    assert merged.rows == whole.rows == 5 and merged.positives == whole.positives == 2
+    assert merged.numeric["x"].mean == pytest.approx(whole.numeric["x"].mean)
+    assert merged.numeric["x"].sd == pytest.approx(pd.Series([1.0, 2.0, 10.0, 4.0]).std())
+    assert merged.numeric["x"].nulls == 1
+    assert merged.categorical["c"] == {"u": 3, "v": 1, "(null)": 1}
+    assert Profile.from_dict(merged.to_dict()) == merged
+
+
+@pytest.fixture
+def history(spec, suite_settings):
+    """28 validated days of 20 rows before 2026-11-27 (positive share 0.3, x ~ N(5, 1))."""
+    layout = Layout(suite_settings, "demo")
+    start = date(2026, 10, 30)
+    for n in range(28):
+        day = (start + timedelta(days=n)).isoformat()
+        write_partition(day_frame(day, 20, seed=n), layout.validated(day), "id")
+    return layout
+
+
+def _check(spec, settings, batch):
+    return check_distribution(batch, spec, days=["2026-11-27"], settings=settings)
+
+
+def test_a_normal_day_passes_against_the_rolling_reference(spec, suite_settings, history):
+    result = _check(spec, suite_settings, day_frame("2026-11-27", 20, seed=99))
+    assert result["findings"] and not [f for f in result["findings"] if f["blocking"]]
+    # A small batch is pooled with the latest validated days up to min_batch_rows (30 by default),
+    # and the reference is the 28 calendar days before those (the first lies before the history).
+    assert result["pooled_days"] == ["2026-11-26"] and result["batch_rows"] == 40
+    assert result["reference_days"][0] == "2026-10-30" and result["reference_days"][-1] == "2026-11-25"
+    assert result["reference_rows"] == 27 * 20
+    # Each validated day's profile is stored once, then read back.
+    assert (history.home / "data" / "demo" / "profiles" / "2026-11-26.json").exists()
+
+
+def test_a_flipped_label_mix_blocks_with_a_named_failure(spec, suite_settings, history):
+    flipped = day_frame("2026-11-27", 20, seed=99).assign(y=1)
+    roomy = spec.model_copy(update={"quality": spec.quality.model_copy(update={"max_rows_per_day": 100})})
+    report = validate_frame(flipped, roomy, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
+    assert not report.success
+    (failure,) = report.failed
+    assert failure.expectation == "expect_label_share_to_match_reference" and failure.column == "y"
+    assert failure.observed["batch"] == pytest.approx(0.5 + 0.5 * 0.3, abs=0.15)  # pooled with one normal day
+    assert failure.expected["reference"] == pytest.approx(0.3, abs=0.05)
+    assert failure.observed["p_value"] < failure.expected["alpha"]
+
+
+def test_a_mean_shift_blocks_but_a_small_one_is_not_material(spec, suite_settings, history):
+    shifted = _check(spec, suite_settings, day_frame("2026-11-27", 40, seed=7, x_mean=8.0))
+    blocking = [(f["check"], f["column"]) for f in shifted["findings"] if f["blocking"]]
+    assert blocking == [("mean", "x")]
+    # Significant on 2000 rows, but 0.35 sd is below the material 0.5 sd: recorded, not blocking.
+    nudged = _check(spec, suite_settings, day_frame("2026-11-27", 2000, seed=8, x_mean=5.35))
+    (mean,) = [f for f in nudged["findings"] if f["check"] == "mean"]
+    assert mean["p_value"] < mean["alpha"] and not mean["blocking"]
+
+
+def test_too_little_reference_skips_the_comparison(spec, suite_settings, history):
+    strict = _spec_with(spec, min_reference_rows=10_000)
+    result = _check(strict, suite_settings, day_frame("2026-11-27", 20, seed=99).assign(y=1))
+    assert result["findings"] == [] and "min_reference_rows" in result["skipped"]
+    assert _check(_spec_with(spec, enabled=False), suite_settings, day_frame("2026-11-27", 5, seed=1)) is None
+
+
+def test_a_rewritten_partition_is_profiled_again(spec, suite_settings, history):
+    path = history.validated("2026-11-26")
+    profile_path = history.home / "data" / "demo" / "profiles" / "2026-11-26.json"
+    first = stored_profile(path, profile_path, spec, "2026-11-26")
+    write_partition(day_frame("2026-11-26", 20, seed=1).assign(y=1), path, "id")
+    second = stored_profile(path, profile_path, spec, "2026-11-26")
+    assert first is not None and second is not None
+    assert first.positives < 20 and second.positives == 20
+
+
+def test_compare_profiles_splits_alpha_over_the_tests(spec):
+    checks = spec.quality.distribution
+    ref = profile_frame(day_frame("2026-11-01", 500, seed=1), spec)
+    findings = compare_profiles(profile_frame(day_frame("2026-11-02", 50, seed=2), spec), ref, checks, label="y")
+    assert {f.check for f in findings} == {"label_share", "null_share", "mean"}
+    assert all(f.alpha == pytest.approx(checks.alpha / len(findings)) for f in findings)

@@ -205,11 +205,14 @@ class _Validator:
                 self.gx.ValidationDefinition(name=vertical, data=self.batch, suite=suite)
             )
         quality = _spec(vertical).quality
+        # As extract stores them: event dates are ISO strings, and the suite checks each row's is a validated day.
+        frame = frame.assign(event_date=pd.to_datetime(frame["event_date"]).dt.strftime("%Y-%m-%d"))
         return self.definitions[vertical].run(
             batch_parameters={"dataframe": frame},
             expectation_parameters={
                 "min_rows": days * quality.min_rows_per_day,
                 "max_rows": days * quality.max_rows_per_day,
+                "days": sorted(frame["event_date"].dropna().unique().tolist()),
             },
         )
 
