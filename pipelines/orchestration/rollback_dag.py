@@ -38,10 +38,14 @@ def rollback_params(verticals: list[str]) -> dict[str, Param]:
             title="Version to restore",
             description="A model version (mv-…) approved earlier; empty restores the previous production version.",
         ),
+        # Required: no default and a type without "null", so the form keeps
+        # Trigger disabled until it is filled; the pattern refuses a blank one
+        # (a REST trigger with "   " is a 400), and the task checks it again.
         "reason": Param(
-            None,
-            type=["null", "string"],
+            type="string",
+            minLength=1,
             maxLength=500,
+            pattern=r"\S",
             title="Reason",
             description="Required: why production is rolled back (goes into the notice email).",
         ),

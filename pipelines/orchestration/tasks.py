@@ -67,21 +67,47 @@ class RunOptions:
 
 
 def run_options(vertical: str, context: Mapping[str, Any]) -> RunOptions:
-    """The run's validated params; a contradiction is recorded and fails the task at once."""
+    """The run's validated params and dates; a contradiction is recorded and fails the task at once."""
     try:
+        check_run_dates(vertical, context)
         return RunOptions.from_params(context["params"])
     except InvalidRunParams as exc:
         record_failure(vertical, run_ds(context), context, exc)
         raise
 
 
+def check_run_dates(vertical: str, context: Mapping[str, Any]) -> None:
+    """Refuse a run whose day is not over, or whose data interval is not exactly its day.
+
+    The timetable already refuses both when a run is triggered without an explicit
+    data interval (`pipelines.orchestration.timetable`); a trigger that passes
+    ``data_interval_start``/``end`` bypasses it, so the first task checks again.
+    """
+    from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over, day_interval
+
+    ds = run_ds(context)
+    day = datetime.fromisoformat(ds).date()
+    try:
+        check_day_is_over(day)
+    except DayNotOverError as exc:
+        raise InvalidRunParams(f"{vertical}: {exc}") from None
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None and (start, end) != tuple(day_interval(day)):
+        raise InvalidRunParams(
+            f"{vertical} {ds}: data interval {start.isoformat()} -> {end.isoformat()} is not the UTC day "
+            f"{ds} that this run processes; trigger without a data interval (Airflow then uses the day "
+            "of the logical date)"
+        )
+
+
 def run_ds(context: Mapping[str, Any]) -> str:
     """The run's logical date as YYYY-MM-DD (UTC): the day whose data the run covers.
 
-    Scheduled runs use a cron *data-interval* timetable, so the logical date is
-    the start of the interval (02:00 on the 27th covers the 27th, runs on the
-    28th); a manual run covers the logical date it was triggered with.  A run
-    triggered without one covers the day before it ran, like tonight's run.
+    The timetable (`pipelines.orchestration.timetable`) makes the data interval
+    exactly that day: the run for the 27th has logical date 27th 00:00Z and data
+    interval 27th 00:00Z -> 28th 00:00Z, and is scheduled on the 28th.  A run
+    triggered without a logical date (Airflow 3 allows it; it has no data
+    interval) covers the day before it ran, like tonight's run.
     """
     logical = context.get("logical_date")
     if logical is None:
