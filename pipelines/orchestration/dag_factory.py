@@ -22,7 +22,7 @@ from airflow.sdk import DAG, Asset, Param, TriggerRule, chain, get_current_conte
 
 from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.orchestration.notifiers import FailureNotifier
-from pipelines.orchestration.tasks import run_ds, run_options, run_stage
+from pipelines.orchestration.tasks import data_quality_retry_policy, run_ds, run_options, run_stage
 from pipelines.orchestration.timetable import UtcDayTimetable
 
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
@@ -146,6 +146,7 @@ def build_vertical_dag(vertical: str) -> DAG:
             "retry_exponential_backoff": RETRY_BACKOFF,
             "max_retry_delay": MAX_RETRY_DELAY,
             "execution_timeout": TASK_TIMEOUT,
+            "retry_policy": data_quality_retry_policy(),
             "on_failure_callback": FailureNotifier(vertical=name, to=spec.alerts.emails),
         },
     ) as dag:

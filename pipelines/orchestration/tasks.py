@@ -6,10 +6,10 @@ their own callees torch, Great Expectations and DVC).
 
 Failure semantics (see docs/airflow.md):
 
-* `DataQualityError` -> `DataQualityFailure` (an ``AirflowFailException``):
-  the run fails at once, without retries.  The stage already quarantined the
-  partition and sent the data-quality alert; retrying would only re-check the
-  same bad rows.
+* `DataQualityError` -> its summary logged, then `DataQualityFailure`: the
+  run fails at once (the tasks' retry policy), and the task log ends with the
+  summary, not a traceback.  The stage already quarantined the partition and
+  sent the data-quality alert; retrying would only re-check the same bad rows.
 * anything else (other `PipelineError`\\ s, unexpected exceptions) propagates
   unchanged: a retryable fault, retried with exponential back-off.
 """
@@ -32,12 +32,32 @@ log = logging.getLogger(__name__)
 FAILURE_RECORD = "airflow_failure"
 
 
-class DataQualityFailure(AirflowFailException):
-    """The vertical's suite failed: fail the run now, never retry.
+class DataQualityFailure(SystemExit):
+    """The vertical's suite failed: fail the run now, never retry, no traceback.
 
-    The failure notifier recognises it and sends nothing more, because the
-    stage's own data-quality alert already told the owners everything.
+    Bad data is an expected outcome, not a crash: `run_stage` logs the summary
+    and raises this.  A `SystemExit` because Airflow's task runner logs every
+    other exception with its traceback ("Task failed with exception"), but a
+    `SystemExit` as one line ("Task exited"), so the task log ends with the
+    summary.  `DATA_QUALITY_RETRY_POLICY` (every task's ``retry_policy``) fails
+    it at once instead of retrying.  The failure notifier recognises it and
+    sends nothing more: the stage's own data-quality alert told the owners.
     """
+
+
+def data_quality_retry_policy() -> Any:
+    """The tasks' ``retry_policy``: a `DataQualityFailure` fails at once; anything else retries as usual."""
+    from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+    return ExceptionRetryPolicy(
+        rules=[
+            RetryRule(
+                exception=f"{__name__}.DataQualityFailure",
+                action=RetryAction.FAIL,
+                reason="bad data: a retry would re-check the same rows",
+            )
+        ]
+    )
 
 
 class InvalidRunParams(AirflowFailException):
@@ -117,6 +137,10 @@ def run_ds(context: Mapping[str, Any]) -> str:
 
 def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` and return its small record."""
+    from pipelines.config import Settings
+    from pipelines.orchestration.task_logging import route_library_notices
+
+    route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
     from pipelines.errors import DataQualityError
 
@@ -125,7 +149,16 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
         result: dict[str, Any] = getattr(stages, stage)(vertical, ds, **kwargs)
     except DataQualityError as exc:
         record_failure(vertical, ds, context, exc)
-        raise DataQualityFailure(str(exc)) from exc
+        # The summary ends the task log: an expected outcome, told in two lines, no traceback.
+        log.error("%s", exc)
+        log.error(
+            "%s %s: the data-quality alert went to the owners and the day is quarantined; no retry. "
+            "Fix the source, then clear '%s' of this run (or trigger the date again).",
+            vertical,
+            ds,
+            stage,
+        )
+        raise DataQualityFailure(f"{vertical} {ds}: data quality failed (summary above)") from exc
     except BaseException as exc:
         record_failure(vertical, ds, context, exc)
         raise

@@ -15,7 +15,7 @@ then block the vertical, ``max_active_runs=1``).  Airflow's trigger endpoint
 answers that refusal as HTTP 400 with the message below.
 
 A custom timetable must be registered with a plugin for the scheduler and the
-DAG processor to (de)serialize it: ``plugins/vertical_timetable.py``.
+DAG processor to (de)serialize it: ``plugins/vertical_runs.py``.
 """
 
 from __future__ import annotations
