@@ -49,7 +49,7 @@ def route_library_notices(home: Path) -> Path:
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         forward = _ForwardWarnings(level=logging.WARNING)
         for handler in (to_file, forward):
-            handler._pipelines_route = True  # type: ignore[attr-defined]
+            setattr(handler, "_pipelines_route", True)  # noqa: B010 - marks our handlers for idempotence
             logger.addHandler(handler)
         logger.propagate = False
     return path

@@ -61,7 +61,7 @@ def test_runs_show_their_real_start_duration_trigger_and_the_day_they_processed(
             started, ended = datetime.fromisoformat(start), datetime.fromisoformat(end)
             assert started.replace(tzinfo=UTC) >= STARTED.replace(microsecond=0), start  # not the logical date
             assert 0 < (ended - started).total_seconds() <= row["seconds"] + 5
-            assert (triggered_by, run_type) == ("cli", "manual")
+            assert (triggered_by, run_type) == ("CLI", "manual")  # the DB stores the enum name
             assert user.endswith("(make run)")
             # The day processed (ds) is the logical date and exactly the data interval.
             assert logical.startswith(f"{DS} 00:00:00")
