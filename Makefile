@@ -53,8 +53,11 @@ airflow: install dags
 pipeline: seed
 	$(BIN)/python -m pipelines run all
 
-# The same stages through DVC (decides, never deploys; see dvc.yaml).
-repro: seed
+# The same stages through DVC in the experiment profile (.state/experiments/: own registry,
+# bucket, DVC remote and outbox; reads the warehouse read-only; never deploys or mails; see
+# dvc.yaml). Seeds the demo warehouse only where there is none, never over an existing one.
+repro: install
+	$(BIN)/python -m pipelines.experiment seed-if-missing
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
 

@@ -1,7 +1,7 @@
 """``python -m pipelines …``: the same stages as the DAGs, from a shell.
 
 Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
-5 versioning, 6 training, 7 deploy, 8 stage order; 1 anything else.
+5 versioning, 6 training, 7 deploy, 8 stage order, 9 registry; 1 anything else.
 """
 
 from __future__ import annotations
@@ -65,15 +65,26 @@ def _parser() -> argparse.ArgumentParser:
         if name == "deploy":
             stage.add_argument("--dry-run", action="store_true")
 
-    status = sub.add_parser("status", help="champion, data version, metrics and last decision per vertical")
+    status = sub.add_parser(
+        "status", help="production state, champion, last decision, blocked versions and recent events per vertical"
+    )
     status.add_argument("--json", action="store_true")
+    status.add_argument("--events", type=int, default=10, help="recent audit events per vertical (default 10)")
 
-    rollback = sub.add_parser("rollback", help="move a vertical's production pointer back")
+    rollback = sub.add_parser("rollback", help="move a vertical's production pointer back (a reason is required)")
     rollback.add_argument("vertical")
     rollback.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
-    rollback.add_argument("--reason", default=None, help="why (goes into the notice email)")
+    rollback.add_argument("--reason", default=None, help="required: why (kept in the registry and the notice)")
+
+    unblock = sub.add_parser("unblock", help="let a version rolled back away from be promoted again")
+    unblock.add_argument("vertical")
+    unblock.add_argument("model_version")
+    unblock.add_argument("--reason", default=None, help="required: why it may return (kept in the registry)")
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
+
+    alerts = sub.add_parser("alerts", help="emails SMTP did not accept (kept in outbox/undelivered/)")
+    alerts.add_argument("action", choices=["pending", "flush"], help="list them, or send them now")
 
     registry = sub.add_parser("registry", help="model registry maintenance")
     registry.add_argument("action", choices=["upgrade", "current"], help="migrate to the newest schema, or show it")
@@ -147,15 +158,27 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.registry import Registry
+    from pipelines.rollout import reconcile_production
+    from pipelines.serving import check_production
 
     registry = Registry.from_settings(settings)
     out: list[dict[str, Any]] = []
     for name in vertical_names(settings):
+        # A deploy that died after its pointer flip is confirmed before anything is shown.
+        reconcile_production(registry, settings.bucket_url, name)
         champion = registry.champion(name)
         last = registry.last_decision(name)
         out.append(
             {
                 "vertical": name,
+                # The registry's side (state, rolled back from …, pending intent) and the bucket's
+                # side (does what the pointer names still verify: version, ok, problem).
+                "production": {
+                    **(_production(registry, name) or {}),
+                    **check_production(name, bucket_url=settings.bucket_url),
+                },
+                "blocked": [_event(e) for e in registry.blocks(name)],
+                "recent_events": [_event(e) for e in registry.events(name, limit=max(args.events, 0))],
                 "champion": None
                 if champion is None
                 else {
@@ -186,11 +209,50 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _production(registry: Any, vertical: str) -> dict[str, Any] | None:
+    """The registry's production state: version, last move, and "rolled back from …" with its reason."""
+    state = registry.production(vertical)
+    if state is None:
+        return None
+    return {
+        "model_version": state.model_version,
+        "state": f"rolled back from {state.rolled_back_from}" if state.rolled_back_from else "deployed",
+        "action": state.action,
+        "since": state.since,
+        "by": state.by,
+        "ds": state.ds,
+        "previous_version": state.previous_version,
+        "rolled_back_from": state.rolled_back_from,
+        "reason": state.reason,
+        "pending": None if state.pending is None else _event(state.pending),
+    }
+
+
+def _event(event: Any) -> dict[str, Any]:
+    keys = ("id", "at", "kind", "ds", "model_version", "actor", "run_id", "reason", "details")
+    return {key: getattr(event, key) for key in keys}
+
+
 def _status_lines(row: dict[str, Any]) -> str:
-    champ, last = row["champion"], row["last_decision"]
+    champ, last, prod = row["champion"], row["last_decision"], row["production"] or {}
     lines = [f"{row['vertical']}: champion {champ['model_version'] if champ else 'none'}"]
     if champ:
         lines[0] += f" (data {champ['data_version']}, trained for {champ['ds']})"
+    if not prod.get("ok", True):
+        lines.append(f"  PRODUCTION BROKEN ({prod.get('version')}): {prod['problem']}")
+    if prod.get("rolled_back_from"):
+        lines.append(
+            f"  rolled back from {prod['rolled_back_from']} on {prod['since']:%Y-%m-%d %H:%M} UTC "
+            f"by {prod['by']}: {prod['reason'] or 'no reason recorded'}"
+        )
+    if prod.get("pending"):
+        pending = prod["pending"]
+        lines.append(
+            f"  pending {pending['kind'].replace('_intent', '')} of {pending['model_version']} by {pending['actor']} "
+            f"since {pending['at']:%Y-%m-%d %H:%M} UTC (the pointer has not moved to it)"
+        )
+    for block in row["blocked"]:
+        lines.append(f"  blocked {block['model_version']}: rolled back by {block['actor']} ({block['reason']})")
     if last:
         verdict = "approved" if last["approved"] else "rejected"
         lines.append(f"  last decision {last['ds']} {last['model_version']}: {verdict} — {'; '.join(last['reasons'])}")
@@ -210,6 +272,33 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{result['vertical']}: production is already {result['model_version']}; the pointer did not move")
     if result["notice"]:
         print(f"notice sent: {result['notice']}")
+    return 0
+
+
+def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+    """List or send the emails the SMTP relay refused earlier (each is sent exactly once)."""
+    from pipelines.alerts import flush_undelivered, undelivered
+
+    if args.action == "pending":
+        for path in undelivered(settings):
+            print(path)
+        return 0
+    sent, left = flush_undelivered(settings)
+    print(f"sent {sent} queued email(s); {left} still queued")
+    return 0 if left == 0 else 1
+
+
+def _unblock(args: argparse.Namespace, settings: Settings) -> int:
+    """Lift the sticky-rollback block on one version (recorded with who and why)."""
+    from pipelines.rollout import unblock_version
+
+    lifted = unblock_version(
+        args.vertical, args.model_version, settings=settings, actor=stages.actor(), reason=args.reason
+    )
+    if lifted is None:
+        print(f"{args.vertical}: {args.model_version} is not blocked; nothing changed")
+    else:
+        print(f"{lifted.vertical}: {lifted.model_version} unblocked by {lifted.actor}; it may be promoted again")
     return 0
 
 
@@ -256,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args, settings)
         if args.command == "rollback":
             return _rollback(args, settings)
+        if args.command == "unblock":
+            return _unblock(args, settings)
         if args.command == "verticals":
             return _verticals(settings)
+        if args.command == "alerts":
+            return _alerts(args, settings)
         if args.command == "registry":
             from pipelines import registry_migrations
 

@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +28,8 @@ VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 GATE_METRICS = ("accuracy", "recall", "f1", "precision", "auroc")
 GateMetric = Literal["accuracy", "recall", "f1", "precision", "auroc"]
 ReportOutcome = Literal["promoted", "rejected"]
+Profile = Literal["production", "experiment"]
+PROFILES: tuple[Profile, ...] = ("production", "experiment")
 
 
 class _Strict(BaseModel):
@@ -291,6 +294,10 @@ def _hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: `make airflow` serves the UI here; Airflow's own fallback for ``[api] base_url`` too.
+DEFAULT_PUBLIC_URL = "http://localhost:8080"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and which external systems to use (env-driven)."""
@@ -301,23 +308,90 @@ class Settings:
     bucket_url: str
     registry_url: str
     dvc_remote: str
+    #: ``production`` (the default), or ``experiment``: what ``dvc repro`` / ``dvc exp run``
+    #: use (`experiment_settings`): their own data root, registry, bucket, DVC remote and
+    #: outbox, the production warehouse read-only, and no email ever sent.
+    profile: Profile = "production"
+    #: The embedded demo warehouse (SQLite file); None: ``<home>/warehouse.db``.
+    warehouse_file: Path | None = None
+    #: Where people reach this deployment's Airflow UI and the Models view (links in emails).
+    public_url: str = DEFAULT_PUBLIC_URL
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, profile: str | None = None) -> Settings:
+        """Settings from ``PIPELINES_*`` variables; ``profile`` (else ``PIPELINES_PROFILE``) picks the profile."""
         home = Path(os.environ.get("PIPELINES_HOME", PROJECT_ROOT / ".state")).resolve()
-        return cls(
+        production = cls(
             home=home,
             specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
             expectations_dir=Path(os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
             bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
             registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
             dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
+            # The Airflow API server's own base URL unless the links must name another (a proxy).
+            public_url=os.environ.get("PIPELINES_PUBLIC_URL")
+            or os.environ.get("AIRFLOW__API__BASE_URL")
+            or DEFAULT_PUBLIC_URL,
         )
+        chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
+        if chosen == "production":
+            return production
+        if chosen == "experiment":
+            return experiment_settings(production)
+        raise SpecError(f"unknown PIPELINES_PROFILE {chosen!r}; use one of {', '.join(PROFILES)}")
 
     @property
     def warehouse_url(self) -> str:
-        """The embedded demo warehouse that ``seed`` fills."""
-        return f"sqlite:///{self.home / 'warehouse.db'}"
+        """The embedded demo warehouse that ``seed`` fills (opened read-only in the experiment profile)."""
+        path = self.warehouse_file or self.home / "warehouse.db"
+        if self.profile == "experiment":
+            # SQLite enforces it: an experiment can read the warehouse but never change it.
+            return f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+        return f"sqlite:///{path}"
+
+    @property
+    def sends_email(self) -> bool:
+        """Whether alerts may go out through SMTP; the experiment profile only writes its outbox."""
+        return self.profile == "production"
+
+
+def experiment_settings(production: Settings) -> Settings:
+    """The experiment profile derived from the production settings: nothing it writes is production's.
+
+    Data root ``PIPELINES_EXPERIMENT_HOME`` (default ``<production home>/experiments``) holding
+    its own partitions, DVC repos, models, reports and outbox; its own registry, bucket and DVC
+    remote (``PIPELINES_EXPERIMENT_REGISTRY_URL`` / ``_BUCKET_URL`` / ``_DVC_REMOTE``, defaults
+    under that root).  The production variables are never used for them, so a production
+    environment cannot leak into an experiment.  It reads the same specs, suites and sources;
+    the embedded warehouse is production's file, opened read-only.
+    """
+    default_home = production.home / "experiments"
+    home = Path(os.environ.get("PIPELINES_EXPERIMENT_HOME", default_home)).resolve()
+    experiment = replace(
+        production,
+        home=home,
+        bucket_url=os.environ.get("PIPELINES_EXPERIMENT_BUCKET_URL", (home / "bucket").as_uri()),
+        registry_url=os.environ.get("PIPELINES_EXPERIMENT_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
+        dvc_remote=os.environ.get("PIPELINES_EXPERIMENT_DVC_REMOTE", str(home / "dvc-remote")),
+        profile="experiment",
+        warehouse_file=production.warehouse_file or production.home / "warehouse.db",
+    )
+    shared = [
+        (name, variable)
+        for name, variable, mine, theirs in (
+            ("data root", "PIPELINES_EXPERIMENT_HOME", experiment.home, production.home),
+            ("registry", "PIPELINES_EXPERIMENT_REGISTRY_URL", experiment.registry_url, production.registry_url),
+            ("bucket", "PIPELINES_EXPERIMENT_BUCKET_URL", experiment.bucket_url, production.bucket_url),
+            ("DVC remote", "PIPELINES_EXPERIMENT_DVC_REMOTE", experiment.dvc_remote, production.dvc_remote),
+        )
+        if mine == theirs
+    ]
+    if shared:
+        raise SpecError(
+            "the experiment profile must not share production's "
+            + ", ".join(f"{name} (set {variable} to a separate one)" for name, variable in shared)
+        )
+    return experiment
 
 
 def _format_validation_error(path: Path, exc: ValidationError) -> str:

@@ -26,6 +26,12 @@ class SpecError(PipelineError):
     exit_code = 2
 
 
+class InvalidArgumentError(PipelineError):
+    """A command-line argument, DAG param or trigger conf is out of range (a date before the data, ...)."""
+
+    exit_code = 2
+
+
 class SourceError(PipelineError):
     """The vertical's source is unreachable or returned unusable data."""
 
@@ -71,3 +77,9 @@ class StageOrderError(PipelineError):
     """A stage ran before the stage it depends on produced its record."""
 
     exit_code = 8
+
+
+class RegistryError(PipelineError):
+    """The model registry database could not be read or written (down, locked, wrong URL or schema)."""
+
+    exit_code = 9

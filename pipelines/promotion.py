@@ -16,7 +16,9 @@ every rule below yields a `RuleResult` (observed, required, margin, detail):
   finds no significant drop against ``champion`` or ``logistic``;
 * ``comparison:size``   the holdout is big enough for the paired test, else
   ``comparison.too_small`` decides (keep the champion, or point estimates);
-* ``first_model``       with no champion, the spec's first-model policy.
+* ``first_model``       with no champion, the spec's first-model policy;
+* ``rollback_block``    the challenger is a version a person rolled back away
+  from: it never returns automatically (force it with a reason, or unblock it).
 
 A drop against a reference model blocks only when it is both *material*
 (beyond the tolerance or margin) and *significant*: the point rule and the
@@ -313,6 +315,7 @@ def decide_promotion(
     baselines: dict[str, dict[str, Any]] | None = None,
     slices: dict[str, list[SliceMetrics]] | None = None,
     force_reason: str | None = None,
+    blocked: str | None = None,
 ) -> PromotionDecision:
     """Decide whether the challenger replaces the champion.
 
@@ -322,8 +325,10 @@ def decide_promotion(
     ``logistic`` to the paired statistics of the challenger against that model
     (`pipelines.comparison.compare_paired`); ``baselines`` holds each
     baseline's metric dict; ``slices`` the per-value metrics of each slice
-    column (`pipelines.evaluation.slice_metrics`).  ``force_reason`` overrides
-    a rejection and is recorded verbatim (it must say why).
+    column (`pipelines.evaluation.slice_metrics`).  ``blocked`` says why the
+    challenger was rolled back away from (who, when, why), if it was: a
+    failing ``rollback_block`` rule.  ``force_reason`` overrides a rejection
+    (a block included) and is recorded verbatim (it must say why).
     """
     slice_rules, notes = _slice_rules(gate, slices)
     rules = [
@@ -344,6 +349,8 @@ def decide_promotion(
     else:
         policy = f"thresholds+champion ({gate.comparison.method})"
         rules.extend(_champion_rules(gate, challenger, champion, (comparisons or {}).get("champion")))
+    if blocked:
+        rules.append(RuleResult("rollback_block", False, None, None, blocked))
     approved = not any(r.rejects for r in rules)
     forced = False
     if force_reason is not None:

@@ -8,13 +8,17 @@ with every failed expectation and its observed values, written next to the run.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipelines import data_docs
 from pipelines.config import Settings, VerticalSpec, load_suite
 
 log = logging.getLogger(__name__)
@@ -30,10 +34,13 @@ class FailedExpectation:
     expected: dict[str, Any]
     observed: Any
     unexpected_count: int | None
+    #: Of every row checked (``element_count``), missing values included.
     unexpected_percent: float | None
     sample_values: list[Any]
     sample_keys: list[Any]
     notes: str | None
+    #: Rows the expectation looked at (the base of ``unexpected_percent``).
+    element_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,16 +53,38 @@ class QualityReport:
     success: bool
     evaluated: int
     failed: list[FailedExpectation] = field(default_factory=list)
+    #: The data docs index, over HTTP (the Models view under ``Settings.public_url``).
     data_docs: str | None = None
+    #: This validation's own page in the data docs.
+    data_docs_page: str | None = None
+    #: Rows of each day checked (``rows`` is their sum).
+    rows_per_day: dict[str, int] = field(default_factory=dict)
+    #: The days that fail on their own and were quarantined (set by the validate stage).
+    failed_days: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_json(self) -> str:
+        """Strict JSON (``quality.json``): a NaN or infinity from GX becomes null, never bare ``NaN``."""
+        return json.dumps(strict_json(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def summary(self) -> str:
         if self.success:
             return f"{self.suite}: {self.evaluated} expectations passed on {self.rows} rows"
         names = ", ".join(f"{f.expectation}({f.column or 'table'})" for f in self.failed)
         return f"{self.suite}: {len(self.failed)} of {self.evaluated} expectations failed on {self.rows} rows: {names}"
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -129,6 +158,7 @@ def validate_frame(
     context = _gx_context(settings, spec.name)
     checkpoint = _checkpoint(context, spec, suite_json)
     n_days = max(len(days), 1)
+    started = time.time()
     result = checkpoint.run(
         batch_parameters={"dataframe": frame},
         expectation_parameters={
@@ -137,9 +167,11 @@ def validate_frame(
         },
         run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
     )
-    validation = next(iter(result.run_results.values()))
+    [(validation_id, validation)] = result.run_results.items()
     failed = [_mask_failure(_failed_expectation(r), spec.pii) for r in validation.results if not r.success]
-    docs = context.get_docs_sites_urls()
+    site = data_docs.site_root(settings, spec.name)
+    data_docs.make_offline(site, since=started - 1)
+    page = _site_page(context.get_docs_sites_urls(resource_identifier=validation_id), site)
     return QualityReport(
         vertical=spec.name,
         ds=ds,
@@ -149,8 +181,32 @@ def validate_frame(
         success=bool(validation.success),
         evaluated=len(validation.results),
         failed=failed,
-        data_docs=docs[0]["site_url"] if docs else None,
+        data_docs=data_docs.docs_url(settings, spec.name) if (site / "index.html").is_file() else None,
+        data_docs_page=data_docs.docs_url(settings, spec.name, page) if page else None,
+        rows_per_day=rows_per_day(frame, spec, days),
     )
+
+
+def rows_per_day(frame: pd.DataFrame, spec: VerticalSpec, days: list[str]) -> dict[str, int]:
+    """How many rows each of ``days`` holds (0 for a day with none)."""
+    column = spec.source.event_time
+    if column not in frame.columns:  # the suite reports the missing column; per-day counts are unknown
+        return {days[0]: len(frame)} if len(days) == 1 else {}
+    counts = frame[column].astype(str).str[:10].value_counts()
+    return {day: int(counts.get(day, 0)) for day in days}
+
+
+def _site_page(urls: list[dict[str, Any]], site: Path) -> str | None:
+    """This validation's page, relative to the site root (GX answers with a file:// URL)."""
+    from urllib.parse import unquote, urlsplit
+
+    for entry in urls:
+        url = entry.get("site_url") or ""
+        if url.startswith("file://"):
+            path = Path(unquote(urlsplit(url).path))
+            if path.is_relative_to(site):
+                return path.relative_to(site).as_posix()
+    return None
 
 
 def _mask_failure(failure: FailedExpectation, pii: list[str]) -> FailedExpectation:
@@ -214,10 +270,12 @@ def _failed_expectation(result: Any) -> FailedExpectation:
         expected=_jsonable(kwargs),
         observed=_jsonable(observed),
         unexpected_count=res.get("unexpected_count"),
-        unexpected_percent=_jsonable(res.get("unexpected_percent")),
+        # GX's plain "unexpected_percent" is of the non-missing values; the email says "of N rows checked".
+        unexpected_percent=_jsonable(res.get("unexpected_percent_total", res.get("unexpected_percent"))),
         sample_values=_jsonable(list(res.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]),
         sample_keys=_jsonable(list(res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]),
         notes=(config.meta or {}).get("notes"),
+        element_count=res.get("element_count"),
     )
 
 
@@ -248,6 +306,24 @@ def failing_rows(frame: pd.DataFrame, report: QualityReport, spec: VerticalSpec)
     return mask_pii(rows, spec.pii)
 
 
+def failing_samples(frame: pd.DataFrame, report: QualityReport, spec: VerticalSpec) -> list[pd.DataFrame]:
+    """For each failed expectation, in order, its own failing rows (GX's sample keys), PII masked.
+
+    One list per expectation, so a second failing check's rows are shown even
+    when the first one already has a full sample.
+    """
+    samples = []
+    for failure in report.failed:
+        keys = [row.get(spec.key) for row in failure.sample_keys if isinstance(row, dict)]
+        keys = [key for key in keys if key is not None]
+        if spec.key not in frame.columns or not keys:
+            rows = frame.head(0)
+        else:
+            rows = frame[frame[spec.key].isin(keys)].head(SAMPLE_ROWS)
+        samples.append(mask_pii(rows, spec.pii))
+    return samples
+
+
 def mask_pii(frame: pd.DataFrame, pii: list[str]) -> pd.DataFrame:
     """Replace PII values with a fixed mask so alerts never leak them."""
     masked = frame.copy()
@@ -259,4 +335,4 @@ def mask_pii(frame: pd.DataFrame, pii: list[str]) -> pd.DataFrame:
 
 
 def data_docs_index(settings: Settings, vertical: str) -> Path:
-    return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    return data_docs.site_root(settings, vertical) / "index.html"

@@ -13,6 +13,12 @@ serialised across processes (``BEGIN IMMEDIATE`` on SQLite, an advisory lock
 per vertical on PostgreSQL), so two racing promotions leave one champion and
 one unbroken history.  Callers get frozen dataclasses, never ORM objects, so no
 session outlives a method.
+
+Every decision, force, deploy intent, pointer move, block and unblock also
+appends an ``events`` row (the audit trail): rows there are only inserted, so
+a rerun adds to the history and never rewrites it.  Any database failure
+reaches callers as `RegistryError`, naming the database, the vertical and date,
+and what to check.
 """
 
 from __future__ import annotations
@@ -21,41 +27,38 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipelines.errors import DeployError, PipelineError, VersioningError
-from pipelines.registry_records import DecisionRecord, DeploymentRecord, HistoryEntry, ModelRecord, detach
+from pipelines.errors import PipelineError, RegistryError, VersioningError
+from pipelines.registry_audit import AuditTrail, DeployAction, _now, run_id_of
+from pipelines.registry_records import (
+    DecisionRecord,
+    DeploymentRecord,
+    EventRecord,
+    HistoryEntry,
+    ModelRecord,
+    ProductionState,
+    detach,
+)
 from pipelines.registry_schema import (
-    LOCK_DEPLOYMENTS,
     SQLITE_BUSY_TIMEOUT_MS,
     Base,
     DecisionRow,
     DeploymentRow,
+    EventRow,
     ModelVersionRow,
     UtcDateTime,
-    advisory_xact_lock,
     create_registry_engine,
 )
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
-
-DeployAction = Literal["deploy", "rollback"]
-
-#: Retries when a writer that skips the per-vertical lock (older code) took our seq.
-_DEPLOYMENT_RETRIES = 5
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
 
 # -- engines ----------------------------------------------------------------
 
@@ -70,7 +73,15 @@ def _shared_engine(url: str) -> Engine:
     with _shared_lock:
         engine = _shared_engines.get(url)
         if engine is None:
-            engine = _shared_engines[url] = create_registry_engine(url)
+            try:
+                engine = create_registry_engine(url)
+            except SQLAlchemyError as exc:
+                # A malformed URL or a missing driver: say which variable to fix.
+                raise RegistryError(
+                    f"cannot open the model registry ({type(exc).__name__}: {exc}); check "
+                    "PIPELINES_REGISTRY_URL (a sqlite:/// or postgresql+psycopg:// URL)"
+                ) from exc
+            _shared_engines[url] = engine
         return engine
 
 
@@ -86,8 +97,8 @@ def _ensure_migrated(engine: Engine) -> None:
 # -- the registry -----------------------------------------------------------
 
 
-class Registry:
-    """Reads and idempotent writes of the registry tables."""
+class Registry(AuditTrail):
+    """Reads and idempotent writes of the registry tables (pointer moves and the trail: `AuditTrail`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -128,16 +139,53 @@ class Registry:
         self.close()
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
-        _ensure_migrated(self.engine)
-        with self._sessions() as session, session.begin():
-            yield session
+    def _read(self, vertical: str | None = None, ds: str | None = None) -> Iterator[Session]:
+        with self._database_errors("read", vertical, ds):
+            _ensure_migrated(self.engine)
+            with self._sessions() as session, session.begin():
+                yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
-        _ensure_migrated(self.engine)
-        with self._write_sessions() as session, session.begin():
-            yield session
+    def _write(
+        self, vertical: str | None = None, ds: str | None = None, *, retryable: bool = False
+    ) -> Iterator[Session]:
+        with self._database_errors("write", vertical, ds, retryable=retryable):
+            _ensure_migrated(self.engine)
+            with self._write_sessions() as session, session.begin():
+                yield session
+
+    @contextmanager
+    def _database_errors(
+        self, doing: str, vertical: str | None, ds: str | None, *, retryable: bool = False
+    ) -> Iterator[None]:
+        """Turn any SQLAlchemy failure into a `RegistryError` that says what to check.
+
+        ``retryable`` lets an ``IntegrityError`` through for the caller's retry loop.
+        """
+        try:
+            yield
+        except IntegrityError as exc:
+            if retryable:
+                raise
+            raise self._error(doing, vertical, ds, exc) from exc
+        except SQLAlchemyError as exc:
+            raise self._error(doing, vertical, ds, exc) from exc
+
+    def _error(self, doing: str, vertical: str | None, ds: str | None, exc: BaseException | None) -> RegistryError:
+        where = self.engine.url.render_as_string(hide_password=True)
+        cause = getattr(exc, "orig", None) or exc
+        hint = (
+            "another process holds the SQLite write lock longer than the busy timeout; retry when it is done"
+            if "locked" in str(cause)
+            else "check that the database is up, PIPELINES_REGISTRY_URL is right and the schema exists "
+            "(`python -m pipelines registry upgrade`)"
+        )
+        return RegistryError(
+            f"could not {doing} the model registry at {where}: {type(cause).__name__}: "
+            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else '?'}; {hint}",
+            vertical=vertical,
+            ds=ds,
+        )
 
     def _insert(self, table: Any) -> Any:
         # Both dialect inserts expose the same on_conflict_* API.
@@ -160,9 +208,11 @@ class Registry:
 
         ``metrics=None`` (training, before evaluation) keeps any metrics already
         recorded, so retraining never blanks a deployed model's numbers.
-        A rerun refreshes ``metrics`` and ``lineage`` and keeps the first
-        ``ds`` and ``created_at``; a rerun without a DAG run id (the CLI) keeps
-        the Airflow run that produced the model.  The same model version with a
+        A rerun refreshes ``metrics`` and keeps what the first producer wrote:
+        ``ds``, ``created_at``, ``dag_run_id`` and ``lineage`` (which names that
+        run), so a rerun - Airflow or CLI - never rewrites where the model came
+        from; a row first written without a run id takes the first run id
+        (with its lineage) that comes.  The same model version with a
         different data version means version ids are not derived from the data:
         that raises `VersioningError` instead of rewriting history.
         """
@@ -181,12 +231,15 @@ class Registry:
             index_elements=["vertical", "model_version"],
             set_={
                 "metrics": table.c.metrics if metrics is None else stmt.excluded.metrics,
-                "lineage": stmt.excluded.lineage,
-                "dag_run_id": func.coalesce(stmt.excluded.dag_run_id, table.c.dag_run_id),
+                "lineage": case(
+                    (and_(table.c.dag_run_id.is_(None), stmt.excluded.dag_run_id.is_not(None)), stmt.excluded.lineage),
+                    else_=table.c.lineage,
+                ),
+                "dag_run_id": func.coalesce(table.c.dag_run_id, stmt.excluded.dag_run_id),
             },
             where=table.c.data_version == stmt.excluded.data_version,
         )
-        with self._write() as session:
+        with self._write(vertical, ds) as session:
             session.execute(stmt)
             row = self._model_row(session, vertical, model_version)
             if row is None or row.data_version != data_version:
@@ -201,13 +254,13 @@ class Registry:
 
     def model(self, vertical: str, model_version: str) -> ModelRecord | None:
         """One model version, or None if it was never registered."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             row = self._model_row(session, vertical, model_version)
             return detach(ModelRecord, row) if row else None
 
     def models(self, vertical: str, limit: int = 20) -> list[ModelRecord]:
         """A vertical's model versions, newest first."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             rows = session.scalars(
                 select(ModelVersionRow)
                 .where(ModelVersionRow.vertical == vertical)
@@ -245,12 +298,18 @@ class Registry:
         forced_reason: str | None = None,
         actor: str | None = None,
     ) -> DecisionRecord:
-        """Record the gate's decision for (vertical, ds, model_version); reruns update it.
+        """Record the gate's decision for (vertical, ds, model_version) and append its event.
 
+        The ``decisions`` row is the key's current verdict (what deploy and
+        rollback check); the ``events`` trail keeps every verdict: each call
+        appends a ``decision`` (or ``forced``) event with its actor, run and
+        failed rules, so a rerun adds history instead of replacing it.  The
+        row's ``actor`` is who decided first; a rerun does not rewrite it.
         A forced promotion is a person's decision: a later automatic rerun of
-        the gate for the same key leaves it as it is (and the stored, forced
-        record is returned), while forcing again overwrites it.  ``actor`` says
-        who or what decided (``airflow:<run_id>``, ``cli:<user>``).
+        the gate for the same key leaves the row as it is (and the stored,
+        forced record is returned), while forcing again overwrites it and
+        names the person.  ``actor`` says who or what decided
+        (``airflow:<run_id>``, ``cli:<user>``).
         """
         if forced and not forced_reason:
             raise PipelineError("a forced decision needs forced_reason", vertical=vertical, ds=ds)
@@ -269,21 +328,44 @@ class Registry:
             updated_at=now,
             actor=actor,
         )
-        rewritten = ("approved", "forced", "forced_reason", "reasons", "champion_version", "updated_at", "actor")
+        verdict = ("approved", "forced", "forced_reason", "reasons", "champion_version", "updated_at")
+        set_: dict[str, Any] = {name: getattr(stmt.excluded, name) for name in verdict}
+        # Forcing names the person; an automatic rerun keeps whoever decided first.
+        set_["actor"] = case(
+            (stmt.excluded.forced.is_(True), stmt.excluded.actor),
+            else_=func.coalesce(table.c.actor, stmt.excluded.actor),
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=["vertical", "ds", "model_version"],
-            set_={name: getattr(stmt.excluded, name) for name in rewritten},
+            set_=set_,
             where=or_(table.c.forced.is_(False), stmt.excluded.forced.is_(True)),
         )
-        with self._write() as session:
+        with self._write(vertical, ds) as session:
             session.execute(stmt)
             row = self._decision_row(session, vertical, ds, model_version)
             assert row is not None  # inserted or kept just now, in this transaction
+            failed = [r.get("detail") for r in reasons if isinstance(r, dict) and not r.get("passed", True)]
+            self._event(
+                session,
+                vertical=vertical,
+                kind="forced" if forced else "decision",
+                actor=actor,
+                ds=ds,
+                model_version=model_version,
+                reason=forced_reason if forced else None,
+                details={
+                    "approved": approved,
+                    "champion_version": champion_version,
+                    "failed": failed,
+                    # An automatic rerun of a forced key: the person's verdict stands.
+                    "kept_forced": bool(row.forced and not forced),
+                },
+            )
             return detach(DecisionRecord, row)
 
     def decision(self, vertical: str, ds: str, model_version: str) -> DecisionRecord | None:
         """The decision for one key (what the deploy stage checks before pushing)."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             row = self._decision_row(session, vertical, ds, model_version)
             return detach(DecisionRecord, row) if row else None
 
@@ -297,7 +379,7 @@ class Registry:
 
     def decisions(self, vertical: str, limit: int = 20) -> list[DecisionRecord]:
         """Newest first: by logical date, then by when the row was last written."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             return [detach(DecisionRecord, row) for row in self._decision_rows(session, vertical, limit)]
 
     @staticmethod
@@ -318,7 +400,7 @@ class Registry:
 
     def history(self, vertical: str, limit: int = 20) -> list[HistoryEntry]:
         """Decisions, newest first, each with whether and when its version reached production."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             decisions = self._decision_rows(session, vertical, limit)
             versions = {row.model_version for row in decisions}
             moves = session.scalars(
@@ -340,110 +422,9 @@ class Registry:
                 for row in decisions
             ]
 
-    # -- deployments -------------------------------------------------------------
-
-    def record_deployment(
-        self,
-        *,
-        vertical: str,
-        model_version: str,
-        actor: str,
-        action: DeployAction = "deploy",
-        ds: str | None = None,
-        previous_version: str | None = None,
-    ) -> DeploymentRecord | None:
-        """Append a pointer move; return None (writing nothing) if it names the champion.
-
-        ``actor`` is who or what moved the pointer (``airflow:<run_id>``,
-        ``cli:<user>``) and is required.  ``previous_version`` is what
-        production held before the move: pass the bucket pointer's
-        (`DeployResult.previous_version`, the ground truth); when omitted it is
-        the registry's own last champion.  The model must be registered first
-        (`record_model`) so every deployment traces to its lineage.  Call this
-        after every successful bucket deploy, even one that changed nothing:
-        that is how a crash between the bucket and the registry heals on the
-        rerun.  Racing callers for one vertical are serialised: each sees the
-        move before it, so exactly one of them promotes a given version.
-        """
-        if action not in ("deploy", "rollback"):
-            raise PipelineError(f"deployment action must be 'deploy' or 'rollback', not {action!r}")
-        if not actor.strip():
-            raise PipelineError(
-                f"the {action} of {model_version} needs an actor (who or what moved the pointer, "
-                "e.g. 'airflow:<run_id>' or 'cli:<user>')",
-                vertical=vertical,
-                ds=ds,
-            )
-        for _ in range(_DEPLOYMENT_RETRIES):
-            try:
-                return self._append_deployment(
-                    vertical=vertical,
-                    model_version=model_version,
-                    actor=actor,
-                    action=action,
-                    ds=ds,
-                    previous_version=previous_version,
-                )
-            except IntegrityError:
-                # A writer outside the lock took this seq (or the model row vanished); re-read.
-                if self.model(vertical, model_version) is None:
-                    break
-        raise DeployError(
-            f"could not record the {action} of {model_version}: another process kept moving the "
-            "pointer, or the model is not registered; check `deployments` and retry",
-            vertical=vertical,
-            ds=ds,
-        )
-
-    def _append_deployment(
-        self,
-        *,
-        vertical: str,
-        model_version: str,
-        actor: str,
-        action: str,
-        ds: str | None,
-        previous_version: str | None,
-    ) -> DeploymentRecord | None:
-        with self._write() as session:
-            if self._dialect == "postgresql":
-                # READ COMMITTED lets two writers read the same last move; the lock
-                # (held to commit) makes read-decide-append one step per vertical.
-                # SQLite needs none: BEGIN IMMEDIATE already admits one writer.
-                advisory_xact_lock(session, LOCK_DEPLOYMENTS, vertical)
-            if self._model_row(session, vertical, model_version) is None:
-                raise DeployError(
-                    f"model version {model_version} is not in the registry; record_model() it "
-                    "before recording its deployment",
-                    vertical=vertical,
-                    ds=ds,
-                )
-            last = self._last_deployment_row(session, vertical)
-            if last is not None and last.model_version == model_version:
-                return None
-            row = DeploymentRow(
-                vertical=vertical,
-                seq=last.seq + 1 if last else 1,
-                model_version=model_version,
-                action=action,
-                previous_version=previous_version or (last.model_version if last else None),
-                actor=actor,
-                ds=ds,
-                at=_now(),
-            )
-            session.add(row)
-            session.flush()
-            return detach(DeploymentRecord, row)
-
-    @staticmethod
-    def _last_deployment_row(session: Session, vertical: str) -> DeploymentRow | None:
-        return session.scalars(
-            select(DeploymentRow).where(DeploymentRow.vertical == vertical).order_by(DeploymentRow.seq.desc()).limit(1)
-        ).first()
-
     def deployments(self, vertical: str, limit: int = 20) -> list[DeploymentRecord]:
         """Pointer moves, newest first."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             rows = session.scalars(
                 select(DeploymentRow)
                 .where(DeploymentRow.vertical == vertical)
@@ -454,7 +435,7 @@ class Registry:
 
     def champion(self, vertical: str) -> ModelRecord | None:
         """The model the last deploy or rollback put in production, if any."""
-        with self._read() as session:
+        with self._read(vertical) as session:
             last = self._last_deployment_row(session, vertical)
             if last is None:
                 return None
@@ -467,7 +448,7 @@ class Registry:
         Mirrors the bucket pointer's ``previous_version``: after a rollback it
         names the version rolled back from, so a second rollback undoes the first.
         """
-        with self._read() as session:
+        with self._read(vertical) as session:
             last = self._last_deployment_row(session, vertical)
             if last is None or last.previous_version is None:
                 return None
@@ -483,10 +464,14 @@ __all__ = [
     "DeployAction",
     "DeploymentRecord",
     "DeploymentRow",
+    "EventRecord",
+    "EventRow",
     "HistoryEntry",
     "ModelRecord",
     "ModelVersionRow",
+    "ProductionState",
     "Registry",
     "UtcDateTime",
     "create_registry_engine",
+    "run_id_of",
 ]

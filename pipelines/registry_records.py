@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from pipelines.registry_schema import Base
 
@@ -81,6 +81,55 @@ class HistoryEntry:
     @property
     def deployed(self) -> bool:
         return self.deployed_at is not None
+
+
+#: What an audit event can be (``events.kind``).
+EVENT_KINDS: Final = (
+    "decision",  # the gate decided (automatically); reruns add one each
+    "forced",  # a person forced a promotion, with a reason (lifts a rollback block)
+    "deploy_intent",  # a deploy is about to move the pointer (written before it moves)
+    "rollback_intent",  # a rollback is about to move the pointer
+    "deploy",  # the pointer moved to a version (the deployments row is written with it)
+    "rollback",  # the pointer moved back, with the reason
+    "intent_closed",  # an intent ended without a move (already in production, or it failed)
+    "block",  # a version rolled back away from: no automatic re-promotion
+    "unblock",  # a person lifted a block, with a reason
+)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One entry of the append-only audit trail (``events``), newest ids last."""
+
+    id: int
+    vertical: str
+    kind: str
+    ds: str | None
+    model_version: str | None
+    actor: str
+    run_id: str | None
+    reason: str | None
+    details: dict[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ProductionState:
+    """What production serves according to the registry, and how it got there."""
+
+    model_version: str
+    #: ``deploy`` or ``rollback``: the last pointer move.
+    action: str
+    since: datetime
+    by: str
+    ds: str | None
+    previous_version: str | None
+    #: The rollback's reason (None for a deploy).
+    reason: str | None
+    #: The version production was rolled back away from (None unless the last move was a rollback).
+    rolled_back_from: str | None
+    #: A deploy or rollback recorded as intended but not (yet) confirmed, if any.
+    pending: EventRecord | None
 
 
 def detach(record_type: type[_R], row: Base) -> _R:

@@ -15,6 +15,10 @@ PostgreSQL, so the two can never drift apart unnoticed.
 ``deployments``
     the append-only history of pointer moves (``deploy`` / ``rollback``), each
     with who or what moved it; the last row of a vertical names its champion.
+``events``
+    the append-only audit trail (added in 0003): every decision, forced
+    promotion, deploy intent, deployment, rollback, block and unblock, with
+    actor, run id, time and reason.  Rows are only ever inserted.
 """
 
 from __future__ import annotations
@@ -153,6 +157,27 @@ class DeploymentRow(Base):
     #: Who moved the pointer: ``airflow:<dag_run_id>``, ``cli:<user>``, ...
     actor: Mapped[str] = mapped_column(String(250))
     ds: Mapped[str | None] = mapped_column(String(10))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class EventRow(Base):
+    """One entry of the append-only audit trail (see `pipelines.registry_records.EVENT_KINDS`)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_vertical_id", "vertical", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vertical: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    #: The logical date concerned, when there is one (a rollback or an unblock has none).
+    ds: Mapped[str | None] = mapped_column(String(10))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    #: Who: ``airflow:<run_id>``, ``cli:<user>``.
+    actor: Mapped[str] = mapped_column(String(250))
+    #: The Airflow DAG run behind the event, when an Airflow run made it.
+    run_id: Mapped[str | None] = mapped_column(String(250))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(Json)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

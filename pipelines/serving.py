@@ -100,6 +100,42 @@ def load_version(
     return _load(vertical, model_version, bucket_url or _default_bucket_url(), cache_dir, None)
 
 
+def check_production(vertical: str, *, bucket_url: str | None = None) -> dict[str, Any]:
+    """Whether what the pointer names would load: ``{"version", "ok", "problem"}``.
+
+    Verifies every file of the version folder against its ``checksums.json``
+    and that manifest against the digest the pointer was written with (what
+    `load_production` checks before deserialising anything), without
+    downloading or loading the model.  Nothing deployed is ``ok`` with no
+    version.  ``status`` shows it, so a corrupted artefact is visible before
+    a scoring service or the next champion re-scoring trips over it.
+    """
+    from pipelines.bucket import verify_version
+
+    bucket_url = bucket_url or _default_bucket_url()
+    try:
+        pointer = read_pointer(bucket_url, vertical)
+    except DeployError as exc:
+        return {"version": None, "ok": False, "problem": str(exc)}
+    if pointer is None:
+        return {"version": None, "ok": True, "problem": None}
+    version = str(pointer["version"])
+    try:
+        verify_version(bucket_url, vertical, version)
+        with store_errors(bucket_url, vertical=vertical):
+            manifest = read_manifest(Bucket.open(bucket_url), vertical, version)
+    except DeployError as exc:
+        return {"version": version, "ok": False, "problem": str(exc)}
+    expected = pointer.get("checksums_sha256")
+    if manifest is not None and expected and sha256_bytes(manifest[0]) != expected:
+        problem = (
+            f"{CHECKSUMS_FILE} of {version} was rewritten after deployment (the pointer expects sha256 "
+            f"{expected}); serving refuses it: roll back or redeploy"
+        )
+        return {"version": version, "ok": False, "problem": problem}
+    return {"version": version, "ok": True, "problem": None}
+
+
 def _default_bucket_url() -> str:
     from pipelines.config import Settings
 

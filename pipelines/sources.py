@@ -179,13 +179,27 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
     by_day = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
     for ds in days:
         part = by_day.get(ds, frame.iloc[0:0])
-        write_partition(part, layout.raw(ds), spec.key)
+        try:
+            write_partition(part, layout.raw(ds), spec.key)
+        except OSError as exc:
+            # Disk full, read-only volume, quota: the atomic write left nothing behind.
+            raise SourceError(
+                f"could not store the raw partition {layout.raw(ds)} ({exc.strerror or exc}); nothing "
+                f"half-written was kept. Free space under {settings.home} (PIPELINES_HOME) and rerun extract",
+                vertical=spec.name,
+                ds=ds,
+            ) from exc
         counts[ds] = len(part)
     return counts
 
 
 def write_partition(frame: pd.DataFrame, path: Path, key: str) -> None:
-    """Parquet with a canonical row order, so identical rows give identical bytes."""
+    """Parquet with a canonical row order, so identical rows give identical bytes.
+
+    Written to a temp file beside ``path`` and renamed over it: a reader sees
+    the previous partition or the new one, whole, never a torn file, even when
+    the disk fills up or the process dies mid-write.
+    """
     ordered = frame.sort_values(key, kind="stable") if key in frame.columns else frame
     buf = io.BytesIO()
     ordered.reset_index(drop=True).to_parquet(buf, index=False)

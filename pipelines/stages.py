@@ -16,13 +16,17 @@ import smtplib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.lineage import code_version, model_version_id
+from pipelines.run_context import RunContext
 from pipelines.sources import extract_days, parse_ds, read_partitions, window_days
+
+if TYPE_CHECKING:
+    from pipelines.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +95,18 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
 # -- validate ------------------------------------------------------------------
 
 
-def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
+def validate(
+    vertical: str, ds: str, *, settings: Settings | None = None, run_context: RunContext | None = None
+) -> dict[str, Any]:
     """Run the suite on the extracted days; quarantine and alert on failure.
 
     Raises `DataQualityError` (after quarantining and alerting) so the run
     stops before training.  Previously validated data is never touched.
+    ``run_context`` (from the orchestration layer) puts the Airflow run's
+    links and rerun hint in the alert; None means a CLI run.
     """
     from pipelines import alerts, quality
-    from pipelines.layout import write_json_atomic
+    from pipelines.layout import write_bytes_atomic
 
     spec, settings, layout = _context(vertical, ds, settings)
     days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
@@ -114,17 +122,20 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     frame = read_partitions([layout.raw(day) for day in pending])
     report = quality.validate_frame(frame, spec, ds=ds, days=pending, settings=settings)
     report_path = layout.report_dir(ds) / "quality.json"
-    write_json_atomic(report_path, report.to_dict())
+    bad: list[str] = []
     if not report.success:
         bad = quality.failing_days(frame, spec, pending, settings) if len(pending) > 1 else pending
         bad = bad or pending  # e.g. a window-level check failed: no single day to blame
+        report = replace(report, failed_days=bad)
+    write_bytes_atomic(report_path, report.to_json().encode())
+    if not report.success:
         for day in pending:
             if day in bad:
                 _move(layout.raw(day), layout.quarantine(day))
             else:
                 _move(layout.raw(day), layout.validated(day))
-        sample = quality.failing_rows(frame, report, spec)
-        message = alerts.quality_alert(spec, replace(report, days=bad), sample, settings)
+        samples = quality.failing_samples(frame, report, spec)
+        message = alerts.quality_alert(spec, report, samples, settings, run_context)
         try:
             where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality")
         except (OSError, smtplib.SMTPException) as exc:
@@ -135,7 +146,14 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         layout.write_record(
             ds,
             "validate",
-            {"success": False, "summary": summary, "quarantined": bad, "alert": where, "report": str(report_path)},
+            {
+                "success": False,
+                "summary": summary,
+                "quarantined": bad,
+                "alert": where,
+                "report": str(report_path),
+                "data_docs_page": report.data_docs_page,
+            },
         )
         raise DataQualityError(
             f"{summary}. Quarantined {len(bad)} of {len(pending)} day(s) under "
@@ -156,6 +174,7 @@ def validate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "evaluated": report.evaluated,
         "report": str(report_path),
         "data_docs": report.data_docs,
+        "data_docs_page": report.data_docs_page,
     }
     layout.write_record(ds, "validate", record)
     return record
@@ -410,6 +429,7 @@ def gate(
     from pipelines.evaluation import gate_slice_metrics, read_holdout_scores
     from pipelines.promotion import decide_promotion
     from pipelines.registry import Registry
+    from pipelines.rollout import block_message
 
     spec, settings, layout = _context(vertical, ds, settings)
     evaluation = layout.read_record(ds, "evaluate", needed_by="gate")
@@ -433,6 +453,9 @@ def gate(
         if metrics is not None
     }
     comparisons = {} if scores is None else gate_comparisons(scores, spec.gate, thresholds)
+    registry = Registry.from_settings(settings)
+    # Sticky rollback: a version a person rolled back away from never returns by itself.
+    block = registry.block(spec.name, evaluation["model_version"])
     decision = decide_promotion(
         spec.gate,
         evaluation["challenger"],
@@ -443,6 +466,7 @@ def gate(
         baselines=baselines or None,
         slices=None if scores is None else gate_slice_metrics(spec.gate.slices, scores, evaluation["challenger"]),
         force_reason=force_reason,
+        blocked=block_message(block) if block else None,
     )
     record = {
         "model_version": evaluation["model_version"],
@@ -450,7 +474,7 @@ def gate(
         **decision.to_dict(),
     }
     layout.write_record(ds, "gate", record)
-    Registry.from_settings(settings).record_decision(
+    registry.record_decision(
         vertical=spec.name,
         ds=ds,
         model_version=evaluation["model_version"],
@@ -496,35 +520,85 @@ def deploy(
 ) -> dict[str, Any]:
     """Push an approved model to the bucket and flip the pointer last.
 
-    A rejected decision or a dry run deploys nothing and says so; a version
-    already in production is a no-op.
+    A rejected decision, a version rolled back away from (until forced or
+    unblocked) or a dry run deploys nothing and says so; a version already in
+    production is a no-op.  The registry learns of the deploy before the
+    pointer moves (an intent), so a registry outage stops the deploy while
+    production is untouched, and a crash after the flip is reconciled by the
+    next run, ``status`` or the Models view.
     """
-    from pipelines.deploy import deploy_version
-    from pipelines.model_card import render_model_card
     from pipelines.registry import Registry
+    from pipelines.rollout import block_message, reconcile_production
 
     spec, settings, layout = _context(vertical, ds, settings)
     decision = layout.read_record(ds, "gate", needed_by="deploy")
     version = decision["model_version"]
+    registry = Registry.from_settings(settings)
+    # An earlier attempt may have died between the pointer flip and the registry write.
+    reconcile_production(registry, settings.bucket_url, spec.name)
     if not decision["approved"]:
         record = {"deployed": False, "model_version": version, "why": "; ".join(decision["reasons"])}
     elif dry_run:
         record = {"deployed": False, "model_version": version, "why": "dry run: approved but not deployed"}
     elif (kept := _kept_record(layout, ds, "deploy", version, settings)) is not None and kept.get("deployed"):
         record = kept
+    elif (block := registry.block(spec.name, version)) is not None:
+        record = {"deployed": False, "model_version": version, "why": block_message(block)}
     elif (blocked := _deploy_blocker(spec, ds, decision, settings)) is not None:
         record = {"deployed": False, "model_version": version, "why": blocked}
     else:
-        trained = layout.read_record(ds, "train", needed_by="deploy")
-        evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
-        snap = layout.read_record(ds, "snapshot", needed_by="deploy")
-        lineage = {**_lineage(spec, ds, trained, snap, run_id), "decision": decision}
-        registry = Registry.from_settings(settings)
-        if registry.model(spec.name, version) is None:
-            # Check before the pointer flips: a deployment the registry can't record must not happen.
-            raise DeployError(
-                f"model {version} is not in the registry; rerun train and evaluate", vertical=spec.name, ds=ds
-            )
+        record = _push(
+            spec,
+            ds,
+            version=version,
+            decision=decision,
+            registry=registry,
+            settings=settings,
+            layout=layout,
+            run_id=run_id,
+        )
+    layout.write_record(ds, "deploy", record)
+    return record
+
+
+def _push(
+    spec: VerticalSpec,
+    ds: str,
+    *,
+    version: str,
+    decision: dict[str, Any],
+    registry: Registry,
+    settings: Settings,
+    layout: Layout,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """Intent in the registry, then the bucket (upload, verify, pointer), then the registry row."""
+    from pipelines.deploy import deploy_version, read_pointer
+    from pipelines.errors import PipelineError, RegistryError
+    from pipelines.model_card import render_model_card
+
+    trained = layout.read_record(ds, "train", needed_by="deploy")
+    evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
+    snap = layout.read_record(ds, "snapshot", needed_by="deploy")
+    model = registry.model(spec.name, version)
+    if model is None:
+        # Check before the pointer flips: a deployment the registry can't record must not happen.
+        raise DeployError(
+            f"model {version} is not in the registry; rerun train and evaluate", vertical=spec.name, ds=ds
+        )
+    # The bucket's lineage.json names the run that first produced the model, as the registry does.
+    lineage = {**(model.lineage or _lineage(spec, ds, trained, snap, run_id)), "decision": decision}
+    pointer = read_pointer(settings.bucket_url, spec.name)
+    who = actor(run_id)
+    intent = registry.record_intent(
+        vertical=spec.name,
+        model_version=version,
+        action="deploy",
+        actor=who,
+        ds=ds,
+        previous_version=pointer["version"] if pointer else None,
+    )
+    try:
         result = deploy_version(
             bucket_url=settings.bucket_url,
             vertical=spec.name,
@@ -535,6 +609,11 @@ def deploy(
             model_card=render_model_card(spec, ds, trained, evaluation, decision),
             ds=ds,
         )
+    except PipelineError as exc:
+        # Production is unchanged (the pointer moves last): close the intent, keep the error.
+        registry.close_intent(intent, actor=who, outcome=f"failed: {exc}")
+        raise
+    try:
         # Always record: idempotent (no row when the version is already champion), and
         # it repairs the registry when an earlier attempt died after the pointer flip.
         registry.record_deployment(
@@ -542,18 +621,23 @@ def deploy(
             model_version=version,
             action="deploy",
             previous_version=result.previous_version,
-            actor=actor(run_id),
+            actor=who,
             ds=ds,
         )
-        record = {
-            "deployed": result.changed,
-            "model_version": version,
-            "uri": result.uri,
-            "previous_version": result.previous_version,
-            "why": "deployed" if result.changed else "already in production",
-        }
-    layout.write_record(ds, "deploy", record)
-    return record
+    except RegistryError as exc:
+        raise RegistryError(
+            f"production now serves {version} but the registry could not record it ({exc}); the pending "
+            "intent is confirmed by the next run, `python -m pipelines status` or the Models view",
+            vertical=spec.name,
+            ds=ds,
+        ) from exc
+    return {
+        "deployed": result.changed,
+        "model_version": version,
+        "uri": result.uri,
+        "previous_version": result.previous_version,
+        "why": "deployed" if result.changed else "already in production",
+    }
 
 
 def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], settings: Settings) -> str | None:

@@ -10,6 +10,7 @@ switched off because they would not be behind it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.config import VERTICAL_NAME, Settings
 from pipelines.errors import PipelineError
 from pipelines.models_view import DEFAULT_PREFIX
+from pipelines.models_view.bucket_pages import add_bucket_routes
 from pipelines.models_view.html import Links, render_index, render_message, render_vertical
 from pipelines.models_view.overview import (
     VerticalOverview,
@@ -33,6 +35,8 @@ from pipelines.models_view.overview import (
 )
 from pipelines.registry import Registry
 
+#: A logical date in a URL.
+DS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: Decisions and deployments per vertical on the overview page and in the list endpoint.
 OVERVIEW_HISTORY = 10
 #: ... and on one vertical's page (the JSON detail endpoint takes ``?history=``).
@@ -131,6 +135,9 @@ def create_app(
         settings, registry = check_vertical(user, vertical)
         return collect_vertical(registry, settings, vertical, history=history)
 
+    # The deployed versions of a file:// bucket (folder, model card, files), read-only.
+    add_bucket_routes(app, user_dep=user_dep, check_vertical=check_vertical, links_of=lambda r: _links(r, prefix))
+
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: Any = user_dep) -> HTMLResponse:
         settings = settings_factory()
@@ -160,6 +167,20 @@ def create_app(
         request: Request, vertical: str, user: Any = user_dep, history: Annotated[int, Query(ge=0, le=500)] = 50
     ) -> dict[str, Any]:
         return _as_json(one_vertical(user, vertical, history), _links(request, prefix))
+
+    @app.get("/docs/{vertical}/runs/{ds}")
+    def data_docs_of_date(vertical: str, ds: str, user: Any = user_dep) -> RedirectResponse:
+        """The newest validation result of logical date ``ds``: a stable link for alerts and pages."""
+        if not VERTICAL_NAME.match(vertical) or not DS_PATTERN.fullmatch(ds):
+            raise HTTPException(404, "no such data docs")
+        settings, _ = check_vertical(user, vertical)
+        root = data_docs_root(settings, vertical)
+        # GX files a result under validations/<suite>/<run name>/<run time>/; the run name is "<vertical>-<ds>".
+        pages = sorted(root.glob(f"validations/**/{vertical}-{ds}/*/*.html"), key=lambda p: p.parent.name)
+        if not pages:
+            raise HTTPException(404, f"no validation result of {vertical} for {ds} in the data docs")
+        # Relative, so it works under any mount point or proxy prefix: ../ leaves "runs/".
+        return RedirectResponse("../" + pages[-1].relative_to(root).as_posix(), status_code=307)
 
     @app.get("/docs/{vertical}/{path:path}")
     def data_docs(vertical: str, path: str, user: Any = user_dep) -> FileResponse:

@@ -10,16 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
+
+import jinja2
 
 from pipelines.models_view.overview import (
     Champion,
     DecisionEntry,
     DeploymentEntry,
+    EventEntry,
     MetricCheck,
     RuleLine,
     VerticalOverview,
 )
+
+#: The data docs route of the app, under its prefix; the one place every data docs link is built
+#: (`data_docs_href`), so the route can move without hunting for links.
+DATA_DOCS_SEGMENT = "docs"
+
+
+def data_docs_href(view_root: str, vertical: str, page: str = "index.html") -> str:
+    """The URL of ``page`` (relative to the vertical's data docs site) as the plugin serves it."""
+    return f"{view_root}/{DATA_DOCS_SEGMENT}/{quote(vertical, safe='')}/{quote(page, safe='/')}"
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,18 @@ class Links:
         return f"{self.ui_root}dags/{quote(dag_id, safe='')}"
 
     def data_docs(self, vertical: str) -> str:
-        return f"{self.view_root}/docs/{quote(vertical, safe='')}/index.html"
+        return data_docs_href(self.view_root, vertical)
+
+    def data_docs_page(self, vertical: str, page: str) -> str:
+        """A page of the data docs site, e.g. one date's validation result."""
+        return data_docs_href(self.view_root, vertical, page)
+
+    def bucket_version(self, vertical: str, model_version: str) -> str:
+        """The version folder of a ``file://`` bucket, served read-only by the plugin."""
+        return f"{self.view_root}/bucket/{quote(vertical, safe='')}/{quote(model_version, safe='')}/"
+
+    def model_card(self, vertical: str, model_version: str) -> str:
+        return self.bucket_version(vertical, model_version) + "model-card"
 
     def vertical_page(self, vertical: str) -> str:
         return f"{self.view_root}/verticals/{quote(vertical, safe='')}"
@@ -135,7 +160,9 @@ def _champion_block(view: VerticalOverview, champion: Champion | None, links: Li
             else ""
         )
         + "</dd>"
-        f"<dt>Links</dt><dd>{_run_link(links, view.name, champion.dag_run_id)} · {docs}</dd>"
+        f"<dt>Links</dt><dd>{_run_link(links, view.name, champion.dag_run_id)} · {docs}"
+        f"{_validation_link(view, links, view.champion_validation_page, ' · ')}</dd>"
+        f"<dt>In the bucket</dt><dd>{_version_links(view, links, champion.model_version)}</dd>"
         "</dl>"
     )
     return (
@@ -158,13 +185,22 @@ def _rules_cell(decision: DecisionEntry) -> str:
     return f'{listed}<details><summary>{label}</summary><ul class="reasons">{items}</ul></details>'
 
 
-def _fate(decision: DecisionEntry) -> str:
-    """What became of the decided version: the champion now, or deployed once."""
+def _fate(decision: DecisionEntry, blocked: dict[str, str]) -> str:
+    """What became of the decided version: the champion now, deployed once, or never; blocked."""
+    block = blocked.get(decision.model_version)
+    mark = f'<div><span class="chip blocked" title="{_e(block)}">blocked</span></div>' if block else ""
     if decision.is_champion:
-        return '<div><span class="chip champion">champion</span></div>'
+        return '<div><span class="chip champion">champion</span></div>' + mark
     if decision.deployed_at:
-        return f'<div class="small muted">deployed {_when(decision.deployed_at)}</div>'
-    return ""
+        return f'<div class="small muted">deployed {_when(decision.deployed_at)}</div>' + mark
+    if decision.never_deployed:
+        # An approved or forced version that never reached production is what an operator asks about.
+        kind = "never" if decision.outcome != "rejected" else "never muted"
+        return (
+            f'<div><span class="chip {kind}" title="this version never reached production">never deployed</span></div>'
+            + mark
+        )
+    return mark
 
 
 def _by(actor: str | None) -> str:
@@ -176,10 +212,13 @@ def _decisions_table(view: VerticalOverview, links: Links) -> str:
         return '<p class="muted">No gate decisions recorded.</p>'
     rows = "".join(
         "<tr>"
-        f"<td class=nowrap>{_e(d.ds)}</td><td>{_code(d.model_version)}{_fate(d)}</td><td>{_outcome_badge(d.outcome)}"
+        f"<td class=nowrap>{_e(d.ds)}</td>"
+        f"<td>{_code(d.model_version)}{_fate(d, view.blocked_versions)}{_deployed_version(view, links, d)}</td>"
+        f"<td>{_outcome_badge(d.outcome)}"
         f"{_by(d.actor)}</td>"
         f"<td>{_code(d.champion_version)}</td><td class=reasons-cell>{_rules_cell(d)}</td>"
-        f"<td class=nowrap>{_run_link(links, view.name, d.dag_run_id)}</td>"
+        f"<td class=nowrap>{_run_link(links, view.name, d.dag_run_id)}"
+        f"{_validation_link(view, links, d.validation_page, '<br>')}</td>"
         "</tr>"
         for d in view.decisions
     )
@@ -209,6 +248,39 @@ def _deployments_table(view: VerticalOverview, links: Links) -> str:
     )
 
 
+def _event_what(event: EventEntry) -> str:
+    """The event's own facts: the verdict, the move, or why an intent ended."""
+    details = event.details
+    if event.kind in ("decision", "forced"):
+        verdict = "approved" if details.get("approved") else "rejected"
+        failed = "; ".join(str(f) for f in details.get("failed") or [])
+        return f"{verdict}" + (f": {_e(failed)}" if failed and not details.get("approved") else "")
+    if event.kind in ("deploy", "rollback"):
+        how = " (reconciled from its intent)" if details.get("reconciled") else ""
+        return f"{_code(details.get('previous_version'))} → {_code(event.model_version)}{how}"
+    if event.kind == "intent_closed":
+        return _e(details.get("outcome"))
+    return ""
+
+
+def _events_table(view: VerticalOverview, links: Links) -> str:
+    if not view.events:
+        return '<p class="muted">No events recorded.</p>'
+    rows = "".join(
+        "<tr>"
+        f"<td class=nowrap>{_when(e.at)}</td><td><span class='badge {_e(e.kind)}'>{_e(e.kind)}</span></td>"
+        f"<td>{_code(e.model_version)}</td><td class=nowrap>{_e(e.ds or '—')}</td><td>{_event_what(e)}</td>"
+        f"<td>{_e(e.reason) if e.reason else '<span class=muted>—</span>'}</td>"
+        f"<td>{_actor(e.actor, e.run_id)}</td><td class=nowrap>{_run_link(links, view.name, e.run_id)}</td>"
+        "</tr>"
+        for e in view.events
+    )
+    return (
+        "<table class=events><thead><tr><th>When</th><th>Event</th><th>Model</th><th>For date</th><th>What</th>"
+        f"<th>Reason</th><th>By</th><th>Run</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link: bool) -> str:
     meta = " · ".join(
         part
@@ -228,12 +300,14 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         # Nothing trained yet: one line instead of three empty boxes.
         docs = f' · <a href="{_e(links.data_docs(view.name))}">Data docs</a>' if view.has_data_docs else ""
         empty = f'<p class="muted">No model, gate decision or deployment in the registry yet.{docs}</p>'
-        return f"{head}{empty}</section>"
+        return f"{head}{empty}{_blocked_days(view, links)}</section>"
     return (
         f"{head}"
         f'<div class="cards">{_champion_block(view, view.champion, links)}</div>'
         f"<h3>Gate decisions</h3>{_decisions_table(view, links)}"
         f"<h3>Deployments and rollbacks</h3>{_deployments_table(view, links)}"
+        f"{_blocked_days(view, links)}"
+        f"<h3>Audit trail</h3>{_events_table(view, links)}"
         "</section>"
     )
 
@@ -260,6 +334,88 @@ def _summary_table(views: list[VerticalOverview]) -> str:
         "<th>Trained for</th><th>Metrics vs gate</th><th>Last decision</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+# -- links to the bucket and the data docs; the blocked days (Jinja2 templates, autoescaped) --------
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=True,  # every value is escaped unless a template marks it safe
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render_template(name: str, **context: Any) -> str:
+    """One of ``templates/*.html``, with every value HTML-escaped."""
+    return _TEMPLATES.get_template(name).render(**context)
+
+
+def _version_links(view: VerticalOverview, links: Links, model_version: str) -> str:
+    """The model card and the version folder: served links for ``file://``, the URI for ``s3://``."""
+    bucket = view.bucket
+    if bucket is None:
+        return '<span class="muted">—</span>'
+    return render_template(
+        "version_links.html",
+        bucket=bucket,
+        uri=bucket.version_uri(model_version),
+        card=links.model_card(view.name, model_version),
+        folder=links.bucket_version(view.name, model_version),
+    ).strip()
+
+
+def _deployed_version(view: VerticalOverview, links: Links, decision: DecisionEntry) -> str:
+    """A deployed decision's model card and folder (only deployed versions are in the bucket)."""
+    if not (decision.is_champion or decision.deployed_at):
+        return ""
+    return f'<div class="small">{_version_links(view, links, decision.model_version)}</div>'
+
+
+def _validation_link(view: VerticalOverview, links: Links, page: str | None, sep: str) -> str:
+    if not page:
+        return ""
+    href = links.data_docs_page(view.name, page)
+    return f'{sep}<a class="validation" href="{_e(href)}" title="the GX validation result of that date">validation</a>'
+
+
+def _blocked_days(view: VerticalOverview, links: Links) -> str:
+    if not view.blocked:
+        return ""
+    rows = [
+        {
+            "day": b,
+            "validation": links.data_docs_page(view.name, b.validation_page) if b.validation_page else None,
+        }
+        for b in view.blocked
+    ]
+    return render_template("blocked_days.html", rows=rows)
+
+
+def render_version_folder(vertical: str, model_version: str, folder: dict[str, Any], links: Links) -> str:
+    """A deployed version folder: its files (read-only links), checksums and verification."""
+    body = render_template(
+        "version_folder.html",
+        vertical=vertical,
+        model_version=model_version,
+        folder=folder,
+        card=links.model_card(vertical, model_version),
+        back=links.vertical_page(vertical),
+    )
+    return _page(f"{vertical} · {model_version}", body, links)
+
+
+def render_model_card(vertical: str, model_version: str, card_html: str, links: Links) -> str:
+    """The model card, rendered from the version's ``model_card.md`` (raw HTML in it is escaped)."""
+    body = render_template(
+        "model_card.html",
+        vertical=vertical,
+        card_html=card_html,
+        folder=links.bucket_version(vertical, model_version),
+        back=links.vertical_page(vertical),
+    )
+    return _page(f"Model card · {vertical} · {model_version}", body, links)
 
 
 # -- pages ---------------------------------------------------------------------
@@ -365,11 +521,19 @@ dt { color:var(--muted); } dd { margin:0; }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; }
 .badge.approved, .badge.deploy { color:var(--pass); background:var(--pass-bg); }
 .badge.rejected, .badge.rollback { color:var(--fail); background:var(--fail-bg); }
-.badge.forced { color:var(--forced); background:var(--forced-bg); }
+.badge.forced, .badge.block, .badge.unblock { color:var(--forced); background:var(--forced-bg); }
+.chip.blocked { margin:3px 0 0; padding:0 7px; border-radius:10px; font-size:11.5px; font-weight:600;
+                color:var(--fail); background:var(--fail-bg); }
+.never { color:var(--forced); }
 ul.reasons { margin:0; padding:0; list-style:none; }
 ul.reasons li { margin:1px 0; } li.fail { color:var(--fail); } li.forced { color:var(--forced); font-weight:600; }
 li.pass { color:var(--pass); } li.unknown { color:var(--muted); }
 details summary { cursor:pointer; color:var(--muted); font-size:12.5px; }
 td.reasons-cell { min-width:320px; }
+.chip.never { margin:3px 0 0; padding:0 7px; border-radius:10px; font-size:11.5px; font-weight:600;
+              color:var(--forced); background:var(--forced-bg); }
+.chip.never.muted { color:var(--muted); background:#eef2f6; }
+.blocked td.summary { color:var(--fail); }
+.card-md table { width:auto; } .card-md img { max-width:420px; }
 .alert { background:var(--fail-bg); color:var(--fail); padding:8px 12px; border-radius:6px; white-space:pre-wrap; }
 """

@@ -7,15 +7,18 @@ from a registry they filled themselves.
 
 from __future__ import annotations
 
+import glob
+import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
 from pipelines.errors import PipelineError
-from pipelines.registry import DecisionRecord, DeploymentRecord, ModelRecord, Registry
+from pipelines.registry import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
 
 Outcome = Literal["approved", "rejected", "forced"]
 
@@ -86,6 +89,10 @@ class DecisionEntry:
     deployed_at: datetime | None = None
     #: Whether the version is the champion now.
     is_champion: bool = False
+    #: True when the registry's history says the version never reached production.
+    never_deployed: bool = False
+    #: The GX data docs page of that date's validation, relative to the data docs site.
+    validation_page: str | None = None
 
     @property
     def failed(self) -> list[RuleLine]:
@@ -105,6 +112,20 @@ class DeploymentEntry:
 
 
 @dataclass(frozen=True)
+class EventEntry:
+    """One entry of the registry's append-only audit trail (decisions, forces, moves, blocks)."""
+
+    at: datetime
+    kind: str
+    ds: str | None
+    model_version: str | None
+    actor: str
+    run_id: str | None
+    reason: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class VerticalOverview:
     """Everything the view knows about one vertical."""
 
@@ -119,6 +140,16 @@ class VerticalOverview:
     #: Why the spec could not be loaded (the vertical is still listed, with the message).
     spec_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Days the suite failed on and that are held in quarantine, newest first.
+    blocked: list[BlockedDay] = field(default_factory=list)
+    #: Where the deployed versions live (see `BucketLocation`).
+    bucket: BucketLocation | None = None
+    #: The champion's validation page in the data docs (relative to the site).
+    champion_validation_page: str | None = None
+    #: The audit trail, newest first.
+    events: list[EventEntry] = field(default_factory=list)
+    #: Versions rolled back away from and not yet forced or unblocked: version -> why.
+    blocked_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def last_decision(self) -> DecisionEntry | None:
@@ -168,24 +199,69 @@ def collect_vertical(
     except PipelineError as exc:
         spec_error = str(exc)
     thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()} if spec else {}
+    notes = _reconcile(registry, settings, vertical)
     deployments = registry.deployments(vertical, limit=history)
     models = _ModelCache(registry, vertical)
     champion = registry.champion(vertical)
     champion_version = champion.model_version if champion else None
-    notes = []
     if champion is None and deployments:
         notes.append(f"the last deployment names {deployments[0].model_version}, which is not in model_versions")
+    decisions = _decisions(registry, vertical, history, models, champion_version)
     return VerticalOverview(
         name=vertical,
         description=spec.description if spec else None,
         owner=spec.owner if spec else None,
         thresholds=thresholds,
         champion=_champion(champion, deployments, thresholds) if champion else None,
-        decisions=_decisions(registry, vertical, history, models, champion_version),
+        decisions=annotate_decisions(decisions, settings, vertical, history_known=_has_history(registry)),
         deployments=[_deployment(d) for d in deployments],
         has_data_docs=(data_docs_root(settings, vertical) / "index.html").is_file(),
         spec_error=spec_error,
         notes=notes,
+        blocked=blocked_days(settings, vertical, limit=history),
+        bucket=bucket_location(settings.bucket_url, vertical),
+        champion_validation_page=validation_page(settings, vertical, champion.ds) if champion else None,
+        events=[_event(e) for e in registry.events(vertical, limit=history * 3)],
+        blocked_versions={b.model_version or "": _block_message(b) for b in registry.blocks(vertical)},
+    )
+
+
+def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[str]:
+    """Confirm a deploy that died after its pointer flip, so the view agrees with serving.
+
+    A bucket that cannot be read is reported on the page (the registry's view is shown as is).
+    """
+    from pipelines.rollout import reconcile_production
+
+    try:
+        reconcile_production(registry, settings.bucket_url, vertical)
+    except PipelineError as exc:
+        return [f"a pending deploy could not be checked against the bucket: {exc}"]
+    pending = registry.pending_intent(vertical)
+    if pending is None:
+        return []
+    return [
+        f"{pending.kind.replace('_intent', '')} of {pending.model_version} by {pending.actor} pending since "
+        f"{pending.at:%Y-%m-%d %H:%M} UTC: the production pointer has not moved to it"
+    ]
+
+
+def _block_message(block: EventRecord) -> str:
+    from pipelines.rollout import block_message
+
+    return block_message(block)
+
+
+def _event(record: EventRecord) -> EventEntry:
+    return EventEntry(
+        at=record.at,
+        kind=record.kind,
+        ds=record.ds,
+        model_version=record.model_version,
+        actor=record.actor,
+        run_id=record.run_id,
+        reason=record.reason,
+        details=record.details,
     )
 
 
@@ -297,3 +373,131 @@ def _deployment(record: DeploymentRecord) -> DeploymentEntry:
         ds=record.ds,
         dag_run_id=_run_of(record.actor),
     )
+
+
+# -- where a version, its validation and its blocked days are (read from disk, no GX import) ---------
+
+
+@dataclass(frozen=True)
+class BucketLocation:
+    """The deployment bucket folder of a vertical's versions.
+
+    ``served`` is True for a ``file://`` bucket: the plugin serves its version
+    folders read-only (an ``s3://`` bucket is shown as its URI, to be opened
+    with the team's S3 tools and credentials).
+    """
+
+    #: ``<bucket>/<vertical>/versions/``, credentials removed from the URL.
+    versions_uri: str
+    served: bool
+
+    def version_uri(self, model_version: str) -> str:
+        return f"{self.versions_uri}{model_version}/"
+
+
+def bucket_location(bucket_url: str, vertical: str) -> BucketLocation:
+    """Where ``vertical``'s versions live in the bucket at ``bucket_url``."""
+    parts = urlsplit(bucket_url)
+    # A password in the URL never reaches a page; an Airflow conn id ("aws_default@") is no secret.
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    shown = urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+    return BucketLocation(versions_uri=f"{shown}/{vertical}/versions/", served=parts.scheme == "file")
+
+
+def local_bucket_root(bucket_url: str) -> Path | None:
+    """The folder of a ``file://`` bucket (None for any other scheme)."""
+    parts = urlsplit(bucket_url)
+    if parts.scheme != "file":
+        return None
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(parts.path))
+
+
+def validation_page(settings: Settings, vertical: str, ds: str) -> str | None:
+    """The data docs page of the newest validation run for ``ds``, relative to the site, or None.
+
+    The validate stage names its GX run ``<vertical>-<ds>`` (`pipelines.quality.validate_frame`);
+    GX writes each run to ``validations/<suite>/<run name>/<run time>/<batch>.html``.
+    A rerun adds a newer run time: the last one is what the day's data got.
+    """
+    root = data_docs_root(settings, vertical)
+    pages = sorted(
+        root.glob(f"validations/*/{glob.escape(f'{vertical}-{ds}')}/*/*.html"),  # ds is registry text
+        key=lambda p: (p.parent.name, p.name),  # GX run times sort as text (20261130T155756.632102Z)
+    )
+    return pages[-1].relative_to(root).as_posix() if pages else None
+
+
+@dataclass(frozen=True)
+class BlockedDay:
+    """A run stopped by the data-quality suite: its date, what failed, the days held back."""
+
+    ds: str
+    summary: str
+    #: The days the stage moved to quarantine for this run.
+    quarantined: list[str]
+    #: Of those, the days whose partition is still in quarantine (not revalidated since).
+    still_quarantined: list[str]
+    #: Where the alert went (an address list, an outbox file, or why it was not sent).
+    alert: str | None
+    validation_page: str | None
+
+
+def blocked_days(settings: Settings, vertical: str, *, limit: int = 10) -> list[BlockedDay]:
+    """Runs whose latest ``validate`` record failed, newest first (at most ``limit``).
+
+    The validate stage writes ``runs/<vertical>/<ds>/validate.json`` with
+    ``success: false`` when the suite fails; a later successful rerun of the
+    date overwrites it, so a fixed day drops off this list.
+    """
+    runs = settings.home / "runs" / vertical
+    quarantine = settings.home / "data" / vertical / "quarantine"
+    blocked: list[BlockedDay] = []
+    for record_path in sorted(runs.glob("*/validate.json"), reverse=True):
+        if len(blocked) >= limit:
+            break
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue  # being rewritten by a running stage: it shows on the next page load
+        if not isinstance(record, dict) or record.get("success") is not False:
+            continue
+        ds = record_path.parent.name
+        days = [str(d) for d in record.get("quarantined") or []]
+        blocked.append(
+            BlockedDay(
+                ds=ds,
+                summary=str(record.get("summary") or "the data-quality suite failed"),
+                quarantined=days,
+                still_quarantined=[d for d in days if (quarantine / f"{d}.parquet").is_file()],
+                alert=str(record["alert"]) if record.get("alert") else None,
+                validation_page=validation_page(settings, vertical, ds),
+            )
+        )
+    return blocked
+
+
+def _has_history(registry: Registry) -> bool:
+    return callable(getattr(registry, "history", None))
+
+
+def annotate_decisions(
+    decisions: list[DecisionEntry], settings: Settings, vertical: str, *, history_known: bool
+) -> list[DecisionEntry]:
+    """Add each decision's validation page and whether its version never reached production.
+
+    "Never deployed" needs ``Registry.history``; without it whether a version
+    was deployed is unknown, and nothing is marked.
+    """
+    pages: dict[str, str | None] = {}
+    annotated = []
+    for d in decisions:
+        if d.ds not in pages:
+            pages[d.ds] = validation_page(settings, vertical, d.ds)
+        never = history_known and d.deployed_at is None and not d.is_champion
+        annotated.append(replace(d, never_deployed=never, validation_page=pages[d.ds]))
+    return annotated

@@ -23,6 +23,7 @@ from airflow.sdk import DAG, Asset, Param, TriggerRule, chain, get_current_conte
 from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.orchestration.notifiers import FailureNotifier
 from pipelines.orchestration.tasks import data_quality_retry_policy, run_ds, run_options, run_stage
+from pipelines.orchestration.tasks import run_context as task_run_context
 from pipelines.orchestration.timetable import UtcDayTimetable
 
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
@@ -159,7 +160,8 @@ def build_vertical_dag(vertical: str) -> DAG:
 
         @task(task_id="validate", doc_md="Run the GX suite; bad data fails here, without retries.")
         def validate() -> dict[str, Any]:
-            return run_stage("validate", name, get_current_context())
+            context = get_current_context()
+            return run_stage("validate", name, context, run_context=task_run_context(context))
 
         @task(task_id="snapshot", outlets=[asset], doc_md="Version the validated window with DVC.")
         def snapshot() -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The one-step rollback, as a DAG triggered from the Airflow UI.
 
 Trigger ``rollback_model`` with params ``vertical``, ``to_version`` (empty: the
-version before the current one) and ``reason``: the production pointer moves
-back (only to an approved, registered version whose files verify), the
-registry records who did it, and the vertical's owners get a notice
-(`pipelines.rollout.rollback_vertical`, the same function as
+version before the current one) and ``reason`` (required): the production
+pointer moves back (only to an approved, registered version whose files
+verify), the registry records who did it and why, the version rolled back
+away from is blocked from automatic re-promotion, and the vertical's owners
+get a notice (`pipelines.rollout.rollback_vertical`, the same function as
 ``python -m pipelines rollback``).  One DAG serves every vertical, so the
 nightly DAGs keep their shape and a rollback never waits behind a retraining.
 """
@@ -47,7 +48,9 @@ def rollback_params(verticals: list[str]) -> dict[str, Param]:
             maxLength=500,
             pattern=r"\S",
             title="Reason",
-            description="Required: why production is rolled back (goes into the notice email).",
+            description="Required: why production is rolled back (kept in the registry, shown in "
+            "`status --json` and the Models view, and sent in the notice email). The version rolled "
+            "back away from stays blocked until forced or unblocked.",
         ),
     }
 

@@ -21,9 +21,12 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
+
+if TYPE_CHECKING:
+    from pipelines.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,35 @@ def run_ds(context: Mapping[str, Any]) -> str:
     if logical is None:
         logical = context["dag_run"].run_after - timedelta(days=1)
     return logical.astimezone(UTC).date().isoformat()
+
+
+def run_context(context: Mapping[str, Any]) -> RunContext:
+    """The task's run ids and UI links, for messages the core builds (it never imports Airflow)."""
+    from urllib.parse import quote
+
+    from airflow.sdk.configuration import conf
+
+    from pipelines.run_context import RunContext
+
+    ti = context.get("ti")
+    dag_id = getattr(ti, "dag_id", None)
+    run_id = context.get("run_id")
+    # The same base URL Airflow builds ti.log_url from.
+    base = str(conf.get("api", "base_url", fallback="http://localhost:8080/")).rstrip("/")
+    run_url = f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}" if dag_id and run_id else None
+    try:
+        log_url: str | None = str(ti.log_url) if ti is not None else None
+    except AttributeError:  # not every TaskInstance flavour carries one
+        log_url = None
+    return RunContext(
+        origin="airflow",
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=getattr(ti, "task_id", None),
+        try_number=getattr(ti, "try_number", None),
+        run_url=run_url,
+        log_url=log_url,
+    )
 
 
 def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:

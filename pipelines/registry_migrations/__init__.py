@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, RegistryError
 from pipelines.registry_schema import LOCK_MIGRATIONS, advisory_xact_lock, create_registry_engine
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 INITIAL_REVISION = "0001_initial"
 #: The newest revision (a test checks it against ``versions/``).  Knowing it
 #: without importing Alembic keeps the up-to-date check cheap for every process.
-HEAD_REVISION = "0002_decision_actor"
+HEAD_REVISION = "0003_audit_events"
 
 _VERSION_TABLE = "alembic_version"
 _LEGACY_TABLES = frozenset({"model_versions", "decisions", "deployments"})
@@ -63,7 +64,7 @@ def current_revision(target: str | Engine | Connection) -> str | None:
     """The revision the registry at ``target`` is at; None for an unmigrated database."""
     if isinstance(target, Connection):
         return _current(target)
-    with _engine(target) as engine, engine.connect() as conn:
+    with _database_errors(target), _engine(target) as engine, engine.connect() as conn:
         return _current(conn)
 
 
@@ -116,6 +117,25 @@ def new_revision(rev_id: str, message: str) -> Path:
 
 
 @contextmanager
+def _database_errors(target: str | Engine) -> Iterator[None]:
+    """A database failure while migrating, as `RegistryError` naming the database (password masked)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        where = target.url if isinstance(target, Engine) else target
+        try:
+            shown = make_url(where).render_as_string(hide_password=True)
+        except SQLAlchemyError:
+            shown = "PIPELINES_REGISTRY_URL"  # unparsable: do not echo it (it may hold a password)
+        cause = getattr(exc, "orig", None) or exc
+        raise RegistryError(
+            f"could not migrate the model registry at {shown}: {type(cause).__name__}: "
+            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else '?'}; check that the database is "
+            "up and PIPELINES_REGISTRY_URL is right"
+        ) from exc
+
+
+@contextmanager
 def _engine(target: str | Engine) -> Iterator[Engine]:
     """``target`` as an engine; one made here from a URL is disposed of afterwards."""
     if isinstance(target, Engine):
@@ -139,7 +159,7 @@ def _current(conn: Connection) -> str | None:
 def _migrate(target: str | Engine, action: Callable[[Config], object]) -> str | None:
     from alembic.util import CommandError
 
-    with _engine(target) as engine, engine.connect() as conn, _serialised(conn):
+    with _database_errors(target), _engine(target) as engine, engine.connect() as conn, _serialised(conn):
         config = alembic_config(conn)
         _stamp_if_legacy(conn, config)
         before = _current(conn)

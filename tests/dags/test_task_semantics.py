@@ -273,3 +273,16 @@ def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(setting
                 handler.close()
         library.handlers[:0] = [h for h in saved[0] if h not in library.handlers]
         library.propagate = saved[1]
+
+
+def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):
+    """What the validate task hands the core for the data-quality alert (the core never imports Airflow)."""
+    from pipelines.orchestration.tasks import run_context
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
+    ctx = context(run_id="scheduled__2026-11-27T02:00:00+00:00")
+    run = run_context(ctx)
+    assert run.from_airflow and (run.dag_id, run.task_id, run.try_number) == ("finance", "validate", 1)
+    assert run.run_id == "scheduled__2026-11-27T02:00:00+00:00"
+    assert run.run_url == "https://airflow.example.com/dags/finance/runs/scheduled__2026-11-27T02%3A00%3A00%2B00%3A00"
+    assert run.log_url == "http://localhost:8080/log"  # Airflow's own ti.log_url

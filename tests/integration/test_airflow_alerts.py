@@ -9,6 +9,7 @@ Airflow's `SmtpNotifier`, or into the outbox when no SMTP is configured.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -61,7 +62,8 @@ def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champio
 
     [alert] = smtp_server.messages  # exactly one email: the data-quality alert, no task-failure email
     assert alert["Subject"].startswith(f"[data quality] {VERTICAL} {DS}:")
-    body = alert.get_content()
+    body = alert.get_body(("plain",)).get_content()
+    html = alert.get_body(("html",)).get_content()  # the HTML part, beside its text alternative
     assert f"vertical '{VERTICAL}', logical date {DS}" in body
     assert "expect_column_values_to_be_between on age" in body
     assert '"max_value": 120' in body and "observed:" in body and "250" in body
@@ -69,7 +71,19 @@ def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champio
     assert not any(name and name in body for name in names)
     quarantined = home / "data" / VERTICAL / "quarantine" / f"{DS}.parquet"
     assert str(quarantined) in body and quarantined.exists()
-    assert f"python -m pipelines run {VERTICAL} --date {DS}" in body
+    # An Airflow run links its run, its task log and the data docs (over HTTP), and says to clear the task.
+    run_url = re.search(rf"Airflow run:  (http\S+/dags/{VERTICAL}/runs/\S+)", body)
+    assert run_url, body
+    base = run_url.group(1).split("/dags/")[0]
+    assert re.search(rf"Task log: +{re.escape(base)}/dags/{VERTICAL}/runs/\S+/tasks/validate", body)
+    docs = re.search(
+        rf"Data docs \(this validation\): ({re.escape(base)}/models/docs/{VERTICAL}/validations/\S+)", body
+    )
+    assert docs and "file://" not in body
+    assert "clear the 'validate' task (with downstream) of this run in the Airflow UI" in body
+    assert "python -m pipelines run" not in body
+    assert f'href="{run_url.group(1)}"' in html and "***" in html
+    assert not any(name and name in html for name in names)
 
     assert pointer(home, VERTICAL) == champion
     assert (bucket_listing(home), registry_counts(home)) == before

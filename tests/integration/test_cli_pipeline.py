@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,35 @@ def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
     assert "later date" in deploy["why"] or not cli.record("finance", DS, "gate")["approved"]
 
 
+def test_a_rolled_back_model_does_not_come_back_without_a_force(cli: Cli):
+    """Issue 8: rollback C -> A, rerun C's night: not promoted, and the run says why."""
+    cli("run", "finance", "--date", DS)
+    first = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())["version"]
+    later = "2026-12-15"
+    cli("run", "finance", "--date", later, "--force-reason", "test: a second deployment")
+    second = cli.record("finance", later, "deploy")["model_version"]
+    assert second != first
+
+    refused = cli("rollback", "finance", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "needs a reason" in refused.stderr
+    cli("rollback", "finance", "--reason", "recall complaints from the review team")
+
+    rerun = cli("run", "finance", "--date", later)
+    assert "promoted" not in rerun.stdout
+    assert json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())["version"] == first
+    gate = cli.record("finance", later, "gate")
+    block = next(r for r in gate["rules"] if r["rule"] == "rollback_block")
+    assert not gate["approved"] and not block["passed"]
+    assert "because recall complaints from the review team; force it" in block["detail"]
+    assert cli.record("finance", later, "report")["deployed"] is False
+
+    status = next(s for s in json.loads(cli("status", "--json").stdout) if s["vertical"] == "finance")
+    assert status["production"]["state"] == f"rolled back from {second}"
+    assert status["production"]["reason"] == "recall complaints from the review team"
+    assert [b["model_version"] for b in status["blocked"]] == [second]
+    # Forcing or unblocking lets it back: tests/unit/test_rollout.py (deploy) and test_promotion.py (gate).
+
+
 def corrupt_day(warehouse: Path, ds: str) -> int:
     with sqlite3.connect(warehouse) as db:
         cur = db.execute("update finance_loans set age = 500, status = 'unknown' where event_date = ?", (ds,))
@@ -113,8 +143,10 @@ def test_corrupted_partition_is_quarantined_alerted_and_never_trained(cli: Cli):
 
     mails = sorted((cli.home / "outbox").glob("*data-quality*"))
     assert len(mails) == 1
-    body = mails[0].read_text()
-    assert f"finance {NEXT_DS}" in body
+    mail = message_from_bytes(mails[0].read_bytes(), policy=policy.default)
+    body = mail.get_body(("plain",)).get_content()
+    assert f"python -m pipelines run finance --date {NEXT_DS}" in body  # a CLI run: the CLI rerun hint
+    assert f"finance {NEXT_DS}" in mail["Subject"]
     assert "expect_column_values_to_be_between on age" in body
     assert "expect_column_values_to_be_in_set on status" in body
     assert "500" in body and "unknown" in body

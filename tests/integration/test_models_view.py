@@ -154,7 +154,12 @@ def populate_registry(settings: Settings) -> None:
     )
     registry.record_deployment(vertical="finance", model_version=forced[0], actor="cli:alice", ds=forced[2])
     registry.record_deployment(
-        vertical="finance", model_version=first[0], actor="cli:oncall", action="rollback", ds=forced[2]
+        vertical="finance",
+        model_version=first[0],
+        actor="cli:oncall",
+        action="rollback",
+        ds=forced[2],
+        reason="forced model misroutes loans",
     )
     registry.record_decision(
         vertical="finance",
@@ -284,6 +289,21 @@ def test_detail_json_has_champion_checks_and_history(state: Settings):
         ("rollback", "mv-9f8e7d6c5b4a", "mv-5a0e3f1d2c88"),
     ]
     assert data["links"]["champion_dag_run"].startswith("/dags/finance/runs/")
+    # The audit trail: the force and the rollback with their reasons, and the block the rollback left.
+    trail = {(e["kind"], e["model_version"]): e for e in data["events"]}
+    assert trail[("forced", "mv-9f8e7d6c5b4a")]["reason"].startswith("schema change upstream")
+    assert trail[("rollback", "mv-5a0e3f1d2c88")]["reason"] == "forced model misroutes loans"
+    assert trail[("block", "mv-9f8e7d6c5b4a")]["actor"] == "cli:oncall"
+    assert data["blocked_versions"] == {"mv-9f8e7d6c5b4a": data["blocked_versions"]["mv-9f8e7d6c5b4a"]}
+    assert "forced model misroutes loans" in data["blocked_versions"]["mv-9f8e7d6c5b4a"]
+
+
+def test_page_shows_the_trail_and_marks_decisions_never_deployed(state: Settings):
+    page = _client(state).get("/models/verticals/finance", headers={"Accept": "text/html"}).text
+    trail = page.split("<h3>Audit trail</h3>")[1]
+    assert "forced model misroutes loans" in trail and "badge block" in trail and "badge forced" in trail
+    assert page.count("never deployed") == 1  # the rejected decision; the others reached production
+    assert 'class="chip blocked"' in page
 
 
 def test_unreachable_registry_is_a_503_that_says_what_to_check(tmp_path: Path):
@@ -508,3 +528,172 @@ def test_models_entry_is_in_the_airflow_ui_navigation(api_server: ApiServer):
         "models",
         "nav",
     )
+
+
+# -- links to the bucket, the validation result of a date, blocked days, never deployed -----------
+
+VALIDATION_PAGE = "validations/finance/finance-2026-11-28/20261128T021500.000000Z/finance-finance.html"
+BLOCKED_DS = "2026-11-29"
+#: Approved by the gate, never deployed (e.g. a dry run): the view must mark it.
+UNDEPLOYED = "mv-0a1b2c3d4e5f"
+
+
+def _deploy_folder(settings: Settings, vertical: str, version: str, card: str) -> Path:
+    """A version folder as `pipelines.deploy` writes it: files, then checksums.json, then the pointer."""
+    import hashlib
+
+    folder = settings.home / "bucket" / vertical / "versions" / version
+    folder.mkdir(parents=True)
+    files = {
+        "model_card.md": card.encode(),
+        "metrics.json": b'{"accuracy": 0.7}\n',
+        "confusion_matrix.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        "weights.pt": b"\x00weights",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {"files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    (folder / "checksums.json").write_text(json.dumps(manifest))
+    (folder.parent.parent / "production.json").write_text(json.dumps({"version": version}))
+    return folder
+
+
+@pytest.fixture
+def linked(state: Settings) -> Settings:
+    """The registry of `state`, plus the champion's bucket folder, data docs of two runs, a blocked day."""
+    card = (
+        f"# Model card: finance {CHAMPION}\n\nTrained for logical date 2026-11-28.\n\n"
+        "<script>alert('card')</script>\n\n| metric | value |\n|---|---|\n| accuracy | 0.70 |\n"
+    )
+    _deploy_folder(state, "finance", CHAMPION, card)
+    (state.home / "bucket" / "finance" / "versions" / CHAMPION / "notes.txt").write_text("not in the manifest")
+    docs = data_docs_root(state, "finance")
+    for page in (VALIDATION_PAGE, VALIDATION_PAGE.replace("T021500", "T020000")):
+        (docs / page).parent.mkdir(parents=True)
+        (docs / page).write_text(f"<html><body>validation result {page}</body></html>")
+    run = state.home / "runs" / "finance" / BLOCKED_DS
+    run.mkdir(parents=True)
+    (run / "validate.json").write_text(
+        json.dumps(
+            {
+                "success": False,
+                "summary": "finance: 1 of 23 expectations failed on 4 rows: expect_column_values_to_be_between(age)",
+                "quarantined": [BLOCKED_DS],
+                "alert": "finance-ml@example.com",
+            }
+        )
+    )
+    quarantine = state.home / "data" / "finance" / "quarantine"
+    quarantine.mkdir(parents=True)
+    (quarantine / f"{BLOCKED_DS}.parquet").write_bytes(b"PAR1")
+    registry = Registry.from_settings(state)
+    registry.record_model(
+        vertical="finance",
+        model_version=UNDEPLOYED,
+        data_version="dv-4a5b6c7d8e9f",
+        ds="2026-11-30",
+        dag_run_id="manual__2026-11-30T03:00:00+00:00",
+        metrics=GOOD,
+        lineage={},
+    )
+    registry.record_decision(
+        vertical="finance",
+        ds="2026-11-30",
+        model_version=UNDEPLOYED,
+        approved=True,
+        champion_version=CHAMPION,
+        reasons=_rules(GOOD, FINANCE_FLOORS),
+    )
+    return state
+
+
+def test_page_links_the_model_card_the_bucket_version_and_that_dates_validation(linked: Settings):
+    client = _client(linked)
+    page = client.get("/models/verticals/finance").text
+    base = f"/models/bucket/finance/{CHAMPION}/"
+    assert f'href="{base}model-card"' in page and f'href="{base}"' in page
+    # The newest validation run of the champion's date (a rerun's page replaces an earlier one).
+    assert f'href="/models/docs/finance/{VALIDATION_PAGE}"' in page
+    assert "T020000" not in page
+    assert client.get(f"/models/docs/finance/{VALIDATION_PAGE}").status_code == 200
+    data = client.get("/models/api/verticals/finance").json()
+    assert data["champion_validation_page"] == VALIDATION_PAGE
+    assert data["bucket"] == {"versions_uri": (linked.home / "bucket").as_uri() + "/finance/versions/", "served": True}
+
+
+def test_approved_decision_never_deployed_is_marked(linked: Settings):
+    data = _client(linked).get("/models/api/verticals/finance").json()
+    marks = {d["model_version"]: d["never_deployed"] for d in data["decisions"]}
+    assert marks[UNDEPLOYED] is True and marks[REJECTED] is True
+    assert marks[CHAMPION] is False and marks["mv-9f8e7d6c5b4a"] is False  # forced, deployed, rolled back
+    page = _client(linked).get("/models/verticals/finance").text
+    row = page[page.index(UNDEPLOYED) : page.index("</tr>", page.index(UNDEPLOYED))]
+    assert 'class="chip never"' in row and "never deployed" in row
+    assert "model-card" not in row  # a version that never reached the bucket has no folder to link
+
+
+def test_blocked_days_show_what_failed_and_leave_once_the_day_passes(linked: Settings):
+    client = _client(linked)
+    page = client.get("/models/verticals/finance").text
+    assert "Data-quality blocked days" in page
+    blocked = page[page.index("Data-quality blocked days") :]
+    assert BLOCKED_DS in blocked and "expect_column_values_to_be_between(age)" in blocked
+    assert "1 day(s): 2026-11-29" in blocked and "finance-ml@example.com" in blocked
+    assert client.get("/models/api/verticals/finance").json()["blocked"][0]["still_quarantined"] == [BLOCKED_DS]
+    # The day was fixed and rerun: validate.json now says success, so it is no longer blocked.
+    (linked.home / "runs" / "finance" / BLOCKED_DS / "validate.json").write_text('{"success": true}')
+    assert "Data-quality blocked days" not in client.get("/models/verticals/finance").text
+
+
+def test_model_card_is_rendered_with_its_html_escaped(linked: Settings):
+    response = _client(linked).get(f"/models/bucket/finance/{CHAMPION}/model-card")
+    assert response.status_code == 200
+    assert f"<h1>Model card: finance {CHAMPION}</h1>" in response.text
+    assert "<td>accuracy</td>" in response.text  # Markdown tables render
+    assert "<script>alert('card')" not in response.text and "&lt;script&gt;" in response.text
+
+
+def test_bucket_version_files_are_served_read_only_and_only_those_of_the_manifest(linked: Settings):
+    client = _client(linked)
+    folder = client.get(f"/models/bucket/finance/{CHAMPION}/")
+    assert folder.status_code == 200
+    assert "every file matches" in folder.text and "the production pointer names this version" in folder.text
+    card = client.get(f"/models/bucket/finance/{CHAMPION}/model_card.md")
+    assert card.status_code == 200 and card.text.startswith("# Model card")
+    assert card.headers["content-type"].startswith("text/plain")
+    assert "sandbox" in card.headers["content-security-policy"]
+    weights = client.get(f"/models/bucket/finance/{CHAMPION}/weights.pt")
+    assert weights.headers["content-disposition"].startswith("attachment")
+    assert client.get(f"/models/bucket/finance/{CHAMPION}/checksums.json").status_code == 200
+    assert client.get(f"/models/bucket/finance/{CHAMPION}/notes.txt").status_code == 404  # in the folder, not listed
+    assert client.post(f"/models/bucket/finance/{CHAMPION}/model_card.md").status_code == 405
+    for path in (
+        f"/models/bucket/finance/{CHAMPION}/..%2f..%2fproduction.json",
+        f"/models/bucket/finance/..%2f{CHAMPION}/model_card.md",
+        "/models/bucket/finance/mv-nosuch/",
+        "/models/bucket/finance/mv-nosuch/model-card",
+    ):
+        assert _raw_get(client, path).status_code == 404, path
+    # A tampered file is reported on the folder page, not hidden.
+    (linked.home / "bucket" / "finance" / "versions" / CHAMPION / "metrics.json").write_text("{}")
+    assert "metrics.json: expected sha256" in client.get(f"/models/bucket/finance/{CHAMPION}/").text
+
+
+def test_bucket_pages_need_the_login_and_the_verticals_permission(linked: Settings):
+    anonymous = TestClient(_client(linked).app)
+    assert anonymous.get(f"/models/bucket/finance/{CHAMPION}/model-card").status_code == 401
+    healthcare_only = _client(linked, readable={"healthcare"})
+    for path in ("/", "model-card", "model_card.md"):
+        url = f"/models/bucket/finance/{CHAMPION}/{path.lstrip('/')}"
+        assert healthcare_only.get(url).status_code == 403, url
+
+
+def test_s3_bucket_is_shown_as_its_uri_not_served(linked: Settings):
+    s3 = replace(linked, bucket_url="s3://models_conn:hunter2@ml-models/prod")
+    client = _client(s3)
+    page = client.get("/models/verticals/finance").text
+    assert f"s3://models_conn@ml-models/prod/finance/versions/{CHAMPION}/" in page
+    assert "hunter2" not in page
+    assert "/models/bucket/finance/" not in page
+    response = client.get(f"/models/bucket/finance/{CHAMPION}/model-card")
+    assert response.status_code == 404 and "open s3://models_conn@ml-models" in response.json()["detail"]

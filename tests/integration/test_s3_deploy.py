@@ -291,9 +291,9 @@ def test_rollback_use_case_moves_pointer_records_and_mails(
         _deploy(bucket_url, model_dirs[version], version)
 
     with pytest.raises(DeployError, match="refusing to roll back to v3: no gate decision approved it"):
-        rollback_vertical(VERTICAL, settings=s3_settings, to_version="v3", actor="test")
+        rollback_vertical(VERTICAL, settings=s3_settings, to_version="v3", actor="test", reason="r")
     with pytest.raises(DeployError, match="refusing to roll back to v9: it is not in the model registry"):
-        rollback_vertical(VERTICAL, settings=s3_settings, to_version="v9", actor="test")
+        rollback_vertical(VERTICAL, settings=s3_settings, to_version="v9", actor="test", reason="r")
     assert read_pointer(bucket_url, VERTICAL)["version"] == "v2"  # type: ignore[index]
 
     started = time.perf_counter()

@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Callable
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,9 @@ def test_one_bad_day_in_a_first_backfill_quarantines_only_that_day(tmp_path, see
     layout = Layout(Settings.from_env(), "finance")
     assert layout.quarantine(bad_day).exists() and not layout.validated(bad_day).exists()
     assert len(list(layout.validated(GOOD_DS).parent.glob("*.parquet"))) == 364
-    body = next((home / "outbox").glob("*data-quality*")).read_text()
+    mail = message_from_bytes(next((home / "outbox").glob("*data-quality*")).read_bytes(), policy=policy.default)
+    body = mail.get_body(("plain",)).get_content()
+    assert "Rows checked:" in body and "365 day(s); 1 day(s) quarantined" in body
     assert f"quarantine/{bad_day}.parquet" in body and f"quarantine/{GOOD_DS}.parquet" not in body
 
     # The next run does not pull the quarantined day again and trains on the rest of the window.

@@ -1,15 +1,19 @@
-"""Alert delivery: a real SMTP server on loopback, the outbox fallback, no duplicates."""
+"""Alert emails: what the data-quality alert says, and delivery (real SMTP on loopback, outbox, no duplicates)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
 import pandas as pd
 
 from pipelines.alerts import SmtpConfig, deliver, quality_alert
-from pipelines.config import VerticalSpec
+from pipelines.config import Settings, VerticalSpec
+from pipelines.data_docs import docs_url
 from pipelines.quality import FailedExpectation, QualityReport, mask_pii
+from pipelines.run_context import RunContext
 
 SPEC = VerticalSpec.model_validate(
     {
@@ -26,29 +30,68 @@ SPEC = VerticalSpec.model_validate(
         "alerts": {"emails": ["owner@example.com", "oncall@example.com"]},
     }
 )
+DAY1, DAY2 = "2026-11-26", "2026-11-27"
+AGE = FailedExpectation(
+    expectation="expect_column_values_to_be_between",
+    column="x",
+    expected={"min_value": 0, "max_value": 10},
+    observed=None,
+    unexpected_count=2,
+    unexpected_percent=100 * 2 / 23,
+    sample_values=[-4.0, 99.0],
+    sample_keys=[{"id": 7, "x": -4.0}, {"id": 9, "x": 99.0}],
+    notes="x is a percentage-like score",
+    element_count=23,
+)
+UNIQUE = FailedExpectation(
+    expectation="expect_column_values_to_be_unique",
+    column="id",
+    expected={},
+    observed=None,
+    unexpected_count=2,
+    unexpected_percent=100 * 2 / 23,
+    sample_values=[31, 31],
+    sample_keys=[{"id": 31}, {"id": 31}],
+    notes=None,
+    element_count=23,
+)
+# Two days checked (a backfill), one of them bad: 23 rows each.
 REPORT = QualityReport(
     vertical="demo",
-    ds="2026-11-27",
+    ds=DAY2,
     suite="demo",
-    days=["2026-11-27"],
-    rows=40,
+    days=[DAY1, DAY2],
+    rows=46,
     success=False,
     evaluated=9,
-    failed=[
-        FailedExpectation(
-            expectation="expect_column_values_to_be_between",
-            column="x",
-            expected={"min_value": 0, "max_value": 10},
-            observed=None,
-            unexpected_count=2,
-            unexpected_percent=5.0,
-            sample_values=[-4.0, 99.0],
-            sample_keys=[{"id": 7, "x": -4.0}, {"id": 9, "x": 99.0}],
-            notes="x is a percentage-like score",
-        )
-    ],
-    data_docs="file:///tmp/docs/index.html",
+    failed=[AGE, UNIQUE],
+    data_docs="https://airflow.example.com/models/docs/demo/index.html",
+    data_docs_page="https://airflow.example.com/models/docs/demo/validations/demo/demo-2026-11-27/t/demo-demo.html",
+    rows_per_day={DAY1: 23, DAY2: 23},
+    failed_days=[DAY2],
 )
+AIRFLOW_RUN = RunContext(
+    origin="airflow",
+    dag_id="demo",
+    run_id="scheduled__2026-11-27T02:00:00+00:00",
+    task_id="validate",
+    try_number=1,
+    run_url="https://airflow.example.com/dags/demo/runs/scheduled__2026-11-27T02%3A00%3A00%2B00%3A00",
+    log_url="https://airflow.example.com/dags/demo/runs/scheduled__2026-11-27T02%3A00%3A00%2B00%3A00/tasks/validate?try_number=1",
+)
+
+
+def samples() -> list[pd.DataFrame]:
+    """Each failed expectation's own rows, PII masked (what `failing_samples` hands over)."""
+    out_of_range = pd.DataFrame({"id": [7, 9], "x": [-4.0, 99.0], "name": ["Alice Smith", None]})
+    duplicates = pd.DataFrame({"id": [31, 31], "x": [5.5, 6.5], "name": ["Bob <b>Jones</b>", "Carol"]})
+    return [mask_pii(out_of_range, SPEC.pii), mask_pii(duplicates, SPEC.pii)]
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    plain, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert plain is not None and html is not None, "the alert must be HTML with a plain-text alternative"
+    return plain.get_content(), html.get_content()
 
 
 def message(text: str = "hello") -> EmailMessage:
@@ -60,18 +103,98 @@ def message(text: str = "hello") -> EmailMessage:
 
 
 def test_quality_alert_says_what_broke_and_masks_pii(settings):
-    rows = pd.DataFrame({"id": [7, 9], "x": [-4.0, 99.0], "name": ["Alice Smith", None]})
-    sample = mask_pii(rows, SPEC.pii)
-    msg = quality_alert(SPEC, REPORT, sample, settings)
-    body = msg.get_content()
+    msg = quality_alert(SPEC, REPORT, samples(), settings)
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = parts(msg)
     assert msg["To"] == "owner@example.com, oncall@example.com"
-    assert "demo 2026-11-27" in msg["Subject"]
-    assert "expect_column_values_to_be_between on x" in body
-    assert '"max_value": 10' in body and "2 unexpected rows (5.00% of rows)" in body
-    assert "Alice" not in body and "***" in body
-    assert "quarantine/2026-11-27.parquet" in body
-    assert "python -m pipelines run demo --date 2026-11-27" in body
-    assert "file:///tmp/docs/index.html" in body
+    assert "demo 2026-11-27" in msg["Subject"] and "2 expectation(s) failed" in msg["Subject"]
+    for body in (text, html):
+        assert "expect_column_values_to_be_between" in body and "expect_column_values_to_be_unique" in body
+        assert "Alice" not in body and "Bob" not in body and "Carol" not in body and "***" in body
+        assert "x is a percentage-like score" in body
+    assert "expect_column_values_to_be_between on x" in text
+    assert 'expected: {"max_value": 10, "min_value": 0}' in text
+    # A check without arguments is said in words, never "expected: {}".
+    assert "expected: {}" not in text and "expected: id: column values to be unique" in text
+
+
+def test_quality_alert_states_each_day_checked_with_its_rows(settings):
+    text, html = parts(quality_alert(SPEC, REPORT, samples(), settings))
+    assert "Rows checked: 46 over 2 day(s); 1 day(s) quarantined" in text
+    day_lines = [line.split() for line in text.splitlines() if line.strip().startswith(("2026-11-26", "2026-11-27"))]
+    assert [(d[0], d[1], d[3]) for d in day_lines] == [(DAY1, "23", "passed,"), (DAY2, "23", "FAILED,")]
+    assert str(settings.home / "data" / "demo" / "validated" / f"{DAY1}.parquet") in text
+    assert str(settings.home / "data" / "demo" / "quarantine" / f"{DAY2}.parquet") in text
+    # Percentages are of the rows the expectation checked, and say so.
+    assert "2 of 23 rows checked unexpected (8.70%)" in text
+    assert "2 of 23 rows checked unexpected (8.70%)" in html
+    assert html.count("failed, quarantined") == 1 and html.count("passed, validated") == 1
+    assert f'<td style="padding:4px 10px;border-bottom:1px solid #eef0f3;">{DAY1}</td>' in html
+
+
+def test_every_failing_expectation_shows_its_own_sample_rows(settings):
+    text, html = parts(quality_alert(SPEC, REPORT, samples(), settings))
+    first, second = text.split("2. expect_column_values_to_be_unique")
+    assert "-4.0" in first and "99.0" in first and "31" not in first.split("1. expect_column")[1]
+    assert "31" in second and "5.5" in second and "6.5" in second
+    # The HTML part lists the second check's rows too, escaped, as cells.
+    assert '<td style="padding:3px 8px;border:1px solid #d9dde3;">6.5</td>' in html
+    assert "<b>" not in html
+
+
+def test_airflow_run_links_its_run_log_and_data_docs_and_says_clear_the_task(settings):
+    text, html = parts(quality_alert(SPEC, REPORT, samples(), settings, AIRFLOW_RUN))
+    for body in (text, html):
+        assert AIRFLOW_RUN.run_url in body and AIRFLOW_RUN.log_url.replace("&", "&amp;") in body.replace("&", "&amp;")
+        assert REPORT.data_docs_page in body and REPORT.data_docs in body
+        assert "file://" not in body
+        assert "python -m pipelines run" not in body  # there is no CLI run to repeat
+    assert f'href="{AIRFLOW_RUN.run_url}"' in html and f'href="{AIRFLOW_RUN.log_url}"' in html
+    assert f'href="{REPORT.data_docs_page}"' in html
+    assert "clear the 'validate' task (with downstream) of this run in the Airflow UI" in text
+    assert "airflow tasks clear demo -t '^validate$' -d -s 2026-11-27 -e 2026-11-27 --yes" in text
+    assert "Airflow run: demo / scheduled__2026-11-27T02:00:00+00:00 (task validate, try 1)" in text
+
+
+def test_cli_run_gets_the_cli_rerun_hint_and_no_airflow_links(settings):
+    text, html = parts(quality_alert(SPEC, REPORT, samples(), settings))
+    for body in (text, html):
+        assert "python -m pipelines run demo --date 2026-11-27" in body
+        assert "Airflow UI" not in body and "Task log" not in body
+    assert "Started from the command line (no Airflow run)." in text
+
+
+def test_data_docs_links_use_the_configured_public_url(settings, monkeypatch):
+    monkeypatch.setenv("PIPELINES_PUBLIC_URL", "https://ml.example.org/airflow")
+    assert Settings.from_env().public_url == "https://ml.example.org/airflow"
+    configured = Settings.from_env()
+    url = docs_url(configured, "demo", "validations/demo/demo-2026-11-27/t/demo-demo.html")
+    assert url == "https://ml.example.org/airflow/models/docs/demo/validations/demo/demo-2026-11-27/t/demo-demo.html"
+    monkeypatch.delenv("PIPELINES_PUBLIC_URL")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.corp:8443")
+    assert Settings.from_env().public_url == "https://airflow.corp:8443"  # Airflow's own base URL otherwise
+
+
+def test_html_alert_is_delivered_through_a_real_smtp_server_once(settings, smtp_server):
+    deliver(quality_alert(SPEC, REPORT, samples(), settings, AIRFLOW_RUN), settings, dedupe_key="demo-q")
+    retry = replace(AIRFLOW_RUN, try_number=2, log_url=AIRFLOW_RUN.log_url.replace("=1", "=2"))
+    deliver(quality_alert(SPEC, REPORT, samples(), settings, retry), settings, dedupe_key="demo-q")
+    [received] = smtp_server.messages  # the same failure, retried, is not mailed twice
+    text, html = parts(received)
+    assert "expect_column_values_to_be_unique" in text and AIRFLOW_RUN.log_url in text
+    assert html.lstrip().startswith("<!DOCTYPE html>") and "***" in html
+
+
+def test_quality_json_is_strict_json():
+    nan_failure = replace(AGE, observed=float("nan"), unexpected_percent=float("nan"), sample_values=[float("inf")])
+    text = replace(REPORT, failed=[nan_failure]).to_json()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in quality.json")
+
+    loaded = json.loads(text, parse_constant=refuse)
+    assert loaded["failed"][0]["observed"] is None and loaded["failed"][0]["sample_values"] == [None]
+    assert loaded["rows_per_day"] == {DAY1: 23, DAY2: 23} and loaded["failed_days"] == [DAY2]
 
 
 def test_without_smtp_mail_goes_to_the_outbox(settings):
@@ -111,3 +234,14 @@ def test_smtp_connection_defaults_follow_airflow_ssl_on(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", '{"conn_type": "smtp", "host": "relay", "port": 465}')
     config = SmtpConfig.from_env()
     assert config is not None and config.use_ssl and config.starttls
+
+
+def test_a_year_long_backfill_lists_the_bad_day_and_sums_up_the_rest(settings):
+    days = [f"2026-{m:02d}-{d:02d}" for m in (1, 2, 3) for d in range(1, 29)]  # 84 days
+    year = replace(REPORT, days=days, rows=84 * 10, rows_per_day=dict.fromkeys(days, 10), failed_days=["2026-01-15"])
+    text, html = parts(quality_alert(SPEC, year, samples(), settings))
+    assert "Rows checked: 840 over 84 day(s); 1 day(s) quarantined" in text
+    assert "2026-01-15       10 rows  FAILED, quarantined" in text
+    assert "2026-01-01 .. 2026-02-25: 52 more day(s), 520 rows, all passed, validated" in text
+    assert text.count("passed, validated  ") == 31  # the last month, day by day
+    assert "(52 days)" in html

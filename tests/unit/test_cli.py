@@ -40,3 +40,11 @@ def test_a_single_vertical_failure_exits_with_its_own_code(settings, capsys):
     # No warehouse was seeded into this data root: the source error's code (3), not a generic 1.
     assert main(["run", "finance", "--date", "2026-11-27"]) == 3
     assert "BLOCKED (SourceError)" in capsys.readouterr().out
+
+
+def test_an_unreachable_registry_is_one_line_and_exit_9(settings, capsys, monkeypatch):
+    monkeypatch.setenv("PIPELINES_REGISTRY_URL", "postgresql+psycopg://registry:s3cret@127.0.0.1:1/mlops")
+    for command in (["status"], ["registry", "upgrade"]):
+        assert main(command) == 9
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "127.0.0.1:1" in err and "s3cret" not in err

@@ -372,6 +372,18 @@ def test_forced_promotion_overrides_and_records_reason():
     assert any("accuracy" in r for r in decision.reasons[1:])
 
 
+def test_a_version_rolled_back_away_from_is_rejected_until_forced():
+    why = "mv-c was rolled back on 2026-11-30 09:12 UTC by cli:bob because recall complaints; force it or unblock it"
+    good = decide(challenger=GOOD)
+    assert good.approved
+    blocked = decide(challenger=GOOD, blocked=why)
+    assert not blocked.approved and rule(blocked, "rollback_block").detail == why
+    assert blocked.reasons == [why]  # every other rule passed: the block alone says why
+    forced = decide(challenger=GOOD, blocked=why, force_reason="root cause fixed (INC-42)")
+    assert forced.approved and forced.forced
+    assert forced.reasons == ["forced promotion: root cause fixed (INC-42)", why]
+
+
 def test_forced_promotion_needs_a_reason():
     with pytest.raises(ValueError, match="written reason"):
         decide(force_reason="  ")

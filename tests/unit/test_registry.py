@@ -149,6 +149,8 @@ def test_decision_records_who_decided(registry: Registry) -> None:
     assert registry.record_decision(**key, approved=False, reasons=RULES).actor is None
     auto = registry.record_decision(**key, approved=False, reasons=RULES, actor="airflow:scheduled__1")
     assert auto.actor == "airflow:scheduled__1"
+    # A CLI rerun (`dvc exp run`, `pipelines gate`) adds its own event; it does not take the decision over.
+    assert registry.record_decision(**key, approved=False, reasons=RULES, actor="cli:root").actor == auto.actor
     registry.record_decision(
         **key, approved=True, reasons=RULES, forced=True, forced_reason="hotfix", actor="cli:alice"
     )
@@ -195,7 +197,9 @@ def exercise_champion_history(reg: Registry) -> None:
     assert reg.champion("finance").model_version == "m2"  # type: ignore[union-attr]
     assert reg.previous_champion("finance").model_version == "m1"  # type: ignore[union-attr]
 
-    back = reg.record_deployment(vertical="finance", model_version="m1", actor="cli:alice", action="rollback")
+    back = reg.record_deployment(
+        vertical="finance", model_version="m1", actor="cli:alice", action="rollback", reason="m2 misroutes loans"
+    )
     assert back is not None and back.action == "rollback" and back.previous_version == "m2"
     assert reg.champion("finance").model_version == "m1"  # type: ignore[union-attr]
     assert reg.previous_champion("finance").model_version == "m2"  # type: ignore[union-attr]
@@ -208,6 +212,25 @@ def exercise_champion_history(reg: Registry) -> None:
     ]
     assert [d.model_version for d in reg.deployments("finance", limit=1)] == ["m1"]
     assert history[0].at.tzinfo is not None
+
+    # The trail: every move is an event; the rollback blocks the version it left, with its reason.
+    trail = [(e.kind, e.model_version, e.actor, e.reason) for e in reg.events("finance")]
+    assert trail == [
+        ("block", "m2", "cli:alice", "m2 misroutes loans"),
+        ("rollback", "m1", "cli:alice", "m2 misroutes loans"),
+        ("deploy", "m2", "airflow:run2", None),
+        ("deploy", "m1", "airflow:run1", None),
+    ]
+    assert reg.events("finance")[-1].run_id == "run1"
+    production = reg.production("finance")
+    assert production is not None
+    assert (production.model_version, production.action, production.rolled_back_from, production.reason) == (
+        "m1",
+        "rollback",
+        "m2",
+        "m2 misroutes loans",
+    )
+    assert production.by == "cli:alice" and production.pending is None
 
 
 def test_champion_follows_deploys_and_rollbacks(registry: Registry) -> None:
@@ -348,8 +371,12 @@ def test_migrated_schema_matches_the_models(url: str) -> None:
 def test_initial_revision_is_the_schema_create_all_made(url: str) -> None:
     """0001 is the pre-migration schema: the models less what later revisions added."""
     registry_migrations.upgrade(url, registry_migrations.INITIAL_REVISION)
-    diffs = _schema_diffs(url)
-    assert [(d[0], d[2], d[3].name) for d in diffs] == [("add_column", "decisions", "actor")]
+    diffs = [(d[0], d[2], d[3].name) if d[0] == "add_column" else (d[0], d[1].name) for d in _schema_diffs(url)]
+    assert sorted(diffs) == [
+        ("add_column", "decisions", "actor"),
+        ("add_index", "ix_events_vertical_id"),
+        ("add_table", "events"),
+    ]
 
 
 def test_first_use_migrates_a_fresh_database(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -447,3 +474,160 @@ def test_retraining_does_not_blank_recorded_metrics(settings):
     registry.record_model(**args, metrics=None, lineage={"step": "train again"})
     model = registry.model("finance", "mv-aaaaaaaaaaaa")
     assert model is not None and model.metrics == {"f1": 0.6}
+
+
+# -- the audit trail, sticky rollback, deploy intents (both backends) ---------------------
+
+
+def test_reruns_add_events_and_never_rewrite_the_first_producer(url: str) -> None:
+    reg = Registry(create_registry_engine(url))
+    lineage = {"dag_run_id": "scheduled__1", "code_version": "abc"}
+    reg.record_model(
+        vertical="finance", model_version="m1", data_version="d1", ds="2024-01-01", metrics=None,
+        lineage=lineage, dag_run_id="scheduled__1",
+    )  # fmt: skip
+    key: dict[str, Any] = {"vertical": "finance", "ds": "2024-01-01", "model_version": "m1"}
+    reg.record_decision(**key, approved=True, reasons=RULES, actor="airflow:scheduled__1")
+    first = reg.events("finance")
+    # A cleared Airflow run, then `dvc exp run` on a laptop: both rerun train, evaluate and gate.
+    for run_id in ("manual__2", None):
+        reg.record_model(
+            vertical="finance", model_version="m1", data_version="d1", ds="2024-01-01", metrics={"f1": 0.6},
+            lineage={"dag_run_id": run_id, "code_version": "abc"}, dag_run_id=run_id,
+        )  # fmt: skip
+        rejected = [{**RULES[0], "passed": False, "detail": "f1 below floor"}]
+        reg.record_decision(
+            **key, approved=False, reasons=rejected, actor=f"airflow:{run_id}" if run_id else "cli:root"
+        )
+
+    model = reg.model("finance", "m1")
+    assert model is not None and model.dag_run_id == "scheduled__1" and model.lineage == lineage
+    assert model.metrics == {"f1": 0.6}  # measurements are refreshed; provenance is not
+    decision = reg.decision("finance", "2024-01-01", "m1")
+    assert decision is not None and decision.actor == "airflow:scheduled__1" and not decision.approved
+    trail = reg.events("finance")
+    assert [(e.kind, e.actor, e.run_id, e.details["approved"]) for e in trail] == [
+        ("decision", "cli:root", None, False),
+        ("decision", "airflow:manual__2", "manual__2", False),
+        ("decision", "airflow:scheduled__1", "scheduled__1", True),
+    ]
+    assert trail[0].details["failed"] == ["f1 below floor"]
+    assert trail[-1] == first[0]  # the earlier event is exactly as it was written
+    assert _count(reg, DecisionRow) == 1
+    reg.close()
+
+
+def test_a_rolled_back_version_stays_blocked_until_forced_or_unblocked(url: str) -> None:
+    reg = Registry(create_registry_engine(url))
+    _model(reg, "m1")
+    _model(reg, "m2", data="d2", ds="2024-01-02")
+    reg.record_deployment(vertical="finance", model_version="m1", actor="airflow:run1")
+    reg.record_deployment(vertical="finance", model_version="m2", actor="airflow:run2")
+    with pytest.raises(PipelineError, match="needs a reason") as refused:
+        reg.record_deployment(vertical="finance", model_version="m1", actor="cli:bob", action="rollback", reason=" ")
+    assert refused.value.exit_code == 2 and reg.block("finance", "m2") is None
+    reg.record_deployment(vertical="finance", model_version="m1", actor="cli:bob", action="rollback", reason="drift")
+
+    block = reg.block("finance", "m2")
+    assert block is not None and (block.actor, block.reason, block.kind) == ("cli:bob", "drift", "block")
+    assert [b.model_version for b in reg.blocks("finance")] == ["m2"]
+    assert reg.block("finance", "m1") is None
+    # An automatic rerun's decision does not lift it; a forced one does.
+    key: dict[str, Any] = {"vertical": "finance", "ds": "2024-01-02", "model_version": "m2"}
+    reg.record_decision(**key, approved=True, reasons=RULES, actor="airflow:run3")
+    assert reg.block("finance", "m2") is not None
+    reg.record_decision(**key, approved=True, reasons=RULES, forced=True, forced_reason="fixed", actor="cli:al")
+    assert reg.block("finance", "m2") is None and reg.blocks("finance") == []
+
+    # Roll back again, then lift the block explicitly (a reason is required).
+    reg.record_deployment(vertical="finance", model_version="m2", actor="cli:al")
+    reg.record_deployment(vertical="finance", model_version="m1", actor="cli:bob", action="rollback", reason="again")
+    with pytest.raises(PipelineError, match="needs a reason"):
+        reg.unblock(vertical="finance", model_version="m2", actor="cli:al", reason="")
+    lifted = reg.unblock(vertical="finance", model_version="m2", actor="cli:al", reason="root cause fixed")
+    assert lifted is not None and lifted.kind == "unblock" and reg.block("finance", "m2") is None
+    assert reg.unblock(vertical="finance", model_version="m2", actor="cli:al", reason="twice") is None
+    reg.close()
+
+
+def test_an_intent_the_pointer_proves_is_reconciled_into_the_deployment(url: str) -> None:
+    reg = Registry(create_registry_engine(url))
+    _model(reg, "m1")
+    _model(reg, "m2", data="d2", ds="2024-01-02")
+    reg.record_deployment(vertical="finance", model_version="m1", actor="airflow:run1")
+    with pytest.raises(DeployError, match="not in the registry"):
+        reg.record_intent(vertical="finance", model_version="ghost", actor="airflow:run2")
+    intent = reg.record_intent(
+        vertical="finance", model_version="m2", actor="airflow:run2", ds="2024-01-02", previous_version="m1"
+    )
+    assert reg.pending_intent("finance") == intent
+    production = reg.production("finance")
+    assert production is not None and production.model_version == "m1" and production.pending == intent
+
+    # The process died before the pointer moved: nothing to confirm, nothing written.
+    assert reg.reconcile("finance", "m1") is None and reg.pending_intent("finance") == intent
+    # ... or after: the pointer names m2, so the move is recorded as the intent's actor.
+    moved = reg.reconcile("finance", "m2")
+    assert moved is not None and (moved.model_version, moved.previous_version, moved.actor, moved.ds) == (
+        "m2",
+        "m1",
+        "airflow:run2",
+        "2024-01-02",
+    )
+    assert reg.pending_intent("finance") is None and reg.champion("finance").model_version == "m2"  # type: ignore[union-attr]
+    assert reg.events("finance", limit=1)[0].details["reconciled"] is True
+    assert reg.reconcile("finance", "m2") is None  # idempotent
+    # A retried deploy that finds its version already recorded closes its own intent.
+    reg.record_intent(vertical="finance", model_version="m2", actor="airflow:run2")
+    assert reg.record_deployment(vertical="finance", model_version="m2", actor="airflow:run2") is None
+    assert reg.pending_intent("finance") is None
+    assert reg.events("finance", limit=1)[0].details["outcome"] == "already in production"
+    assert len(reg.deployments("finance")) == 2
+    reg.close()
+
+
+def test_a_malformed_or_unreachable_registry_is_a_registry_error(tmp_path: Path) -> None:
+    from pipelines.errors import RegistryError
+
+    with pytest.raises(RegistryError, match="PIPELINES_REGISTRY_URL") as bad:
+        Registry.from_url("postgresql+nosuchdriver://x@127.0.0.1/db")
+    assert bad.value.exit_code == RegistryError.exit_code != 1
+    down = Registry.from_url("postgresql+psycopg://registry:s3cret@127.0.0.1:1/mlops")
+    with pytest.raises(RegistryError, match=r"\[finance\].*127\.0\.0\.1:1.*check that the database is up") as err:
+        down.champion("finance")
+    assert "s3cret" not in str(err.value)
+    down.close()
+
+
+def test_a_write_locked_sqlite_registry_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from pipelines import registry_schema
+    from pipelines.errors import RegistryError
+
+    monkeypatch.setattr(registry_schema, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "locked.db"
+    reg = Registry(create_registry_engine(f"sqlite:///{path}"))
+    _model(reg, "m1")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    try:
+        with pytest.raises(RegistryError, match=r"\[finance, 2024-01-01\].*locked.*retry when it is done"):
+            reg.record_intent(vertical="finance", model_version="m1", actor="airflow:run1", ds="2024-01-01")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert reg.pending_intent("finance") is None
+    reg.close()
+
+
+@pytest.mark.postgres
+def test_a_dropped_postgres_schema_is_a_registry_error(pg_schema_url: str) -> None:
+    from pipelines.errors import RegistryError
+
+    reg = Registry(create_registry_engine(pg_schema_url))
+    _model(reg, "m1")
+    _execute(pg_schema_url, "DROP TABLE events", "DROP TABLE deployments")  # a DBA's mistake, mid-flight
+    with pytest.raises(RegistryError, match=r"\[finance\].*UndefinedTable.*registry upgrade"):
+        reg.record_intent(vertical="finance", model_version="m1", actor="airflow:run1")
+    reg.close()

@@ -1,0 +1,232 @@
+"""The real-browser tier: headless Chromium (the OS package) driven by Playwright against ``airflow standalone``.
+
+One standalone per session on a free loopback port, with its own AIRFLOW_HOME
+(migrated by standalone itself), a PIPELINES_HOME holding a copy of the seeded
+demo warehouse, the repo's DAGs and plugins, and only the runs the tests
+trigger (the cron scheduler is off).  The browser is ``/usr/bin/chromium``
+(Debian's ``chromium``; ``.ci/run`` installs it): Playwright's own browser
+downloads are never used.  Screenshots go to each test's ``tmp_path``; with
+``PIPELINES_DOCS_SCREENSHOTS=1`` the ones the docs use are also copied to ``docs/img/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipelines.config import PROJECT_ROOT
+
+from ..conftest import IN_CI
+from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, seed_home
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+STARTUP_TIMEOUT_S = 300
+#: Airflow's log servers bind these fixed ports; a second standalone on the machine would collide.
+LOG_SERVER_PORTS = (8793, 8794)
+DOCS_IMG = PROJECT_ROOT / "docs" / "img"
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.is_file():
+        return
+    message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    if IN_CI:
+        pytest.fail(f"{message}; .ci/run must install it", pytrace=False)
+    pytest.skip(message)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class AirflowUI:
+    """A running ``airflow standalone``: its URL, the admin login, a REST client and the data root."""
+
+    base_url: str
+    password: str
+    api: httpx.Client
+    home: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
+                )
+            result = check()
+            if result:
+                return result
+            time.sleep(2)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 50})
+        response.raise_for_status()
+        return list(response.json()["dag_runs"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        response.raise_for_status()
+        return str(response.json()["state"])
+
+    def wait_for_run_end(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        return str(
+            self.wait_for(
+                f"run {run_id} of {dag_id} to end",
+                lambda: (state := self.run_state(dag_id, run_id)) in ("success", "failed") and state,
+                timeout,
+            )
+        )
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        response.raise_for_status()
+        return {ti["task_id"]: ti["state"] for ti in response.json()["task_instances"]}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        response = self.api.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            headers={"Accept": "application/json"},
+        )
+        response.raise_for_status()
+        return json.dumps(response.json())
+
+
+def _healthy(client: httpx.Client) -> bool:
+    try:
+        response = client.get("/api/v2/monitor/health")
+    except httpx.TransportError:
+        return False
+    if response.status_code != 200:
+        return False
+    health = response.json()
+    return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT to standalone itself (its clean shutdown), then SIGKILL whatever is left of its group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
+    """``airflow standalone`` on a free loopback port, healthy, with the ``finance`` DAG parsed."""
+    _require_chromium()
+    busy = [port for port in LOG_SERVER_PORTS if _port_in_use(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use (another airflow standalone?): its log servers would collide")
+    workdir = tmp_path_factory.mktemp("browser-airflow")
+    home = workdir / "state"
+    seed_home(home)
+    airflow_home = workdir / "airflow"
+    airflow_home.mkdir()
+    port = _free_port()
+    env = airflow_env(
+        home,
+        airflow_home,
+        port=port,
+        # Only the runs the tests trigger: no cron run for "yesterday" after a DAG is unpaused.
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        # One secret for every component, so task tokens validate at the API server.
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
+    )
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(PROJECT_ROOT / "plugins")
+    log = workdir / "standalone.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [AIRFLOW_BIN, "standalone"],
+            env=env,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches every child
+        )
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    ui = AirflowUI(f"http://127.0.0.1:{port}", "", api, home, log, process)
+    try:
+        ui.wait_for("a healthy scheduler", lambda: _healthy(api), STARTUP_TIMEOUT_S)
+        passwords = airflow_home / "simple_auth_manager_passwords.json.generated"
+        ui.password = json.loads(passwords.read_text())["admin"]
+        token = api.post("/auth/token", json={"username": "admin", "password": ui.password})
+        assert token.status_code == 201, token.text
+        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        ui.wait_for("DAG finance", lambda: api.get("/api/v2/dags/finance").status_code == 200, 180)
+        yield ui
+    finally:
+        api.close()
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """The OS's headless Chromium under Playwright (never a downloaded browser)."""
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Callable[..., Path]:
+    """``shots(page, name, docs=False)`` saves ``tmp_path/<name>.png``; ``docs=True`` also copies it to docs/img
+    when PIPELINES_DOCS_SCREENSHOTS=1 (so a plain test run never rewrites tracked files)."""
+
+    def take(page: Any, name: str, *, docs: bool = False, full_page: bool = False) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        if docs and os.environ.get("PIPELINES_DOCS_SCREENSHOTS") == "1":
+            shutil.copyfile(path, DOCS_IMG / f"{name}.png")
+        return path
+
+    return take
