@@ -1,7 +1,10 @@
 """``python -m pipelines …``: the same stages as the DAGs, from a shell.
 
 Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
-5 versioning, 6 training, 7 deploy, 8 stage order, 9 registry; 1 anything else.
+Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
+5 versioning, 6 training, 7 deploy, 8 stage order, 9 registry, 75 another run
+of the vertical holds its lease (``--wait`` to queue behind it); 1 anything else.
+A refused argument is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,16 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 from pipelines import stages
-from pipelines.config import Settings, load_spec, vertical_names
-from pipelines.errors import DataQualityError, PipelineError, SpecError
+from pipelines.config import Settings, check_vertical_name, echo, load_spec, vertical_names
+from pipelines.errors import DataQualityError, PipelineError, RunAlreadyActive, SpecError
+from pipelines.run_lock import hold_run
+from pipelines.sources import check_ds, parse_ds
 
 log = logging.getLogger("pipelines.cli")
+
+#: The longest ``--wait`` accepted (a day): a longer wait is a stuck run, not a queue.
+MAX_WAIT_S = 86_400
+#: What a model version may look like on the command line (it names a bucket folder).
+MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def yesterday() -> str:
@@ -26,11 +38,40 @@ def yesterday() -> str:
     return (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line on stderr and exit code 2.
+
+    argparse's own ``error`` prints the whole usage block first; a script or an
+    alert that captures stderr then sees the usage, not the reason.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def _argument(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse ``type`` from a checker raising `PipelineError`: its message becomes the refusal."""
+
+    def convert(value: str) -> str:
+        try:
+            return check(value)
+        except PipelineError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = check.__name__
+    return convert
+
+
 def _iso_date(value: str) -> str:
-    try:
-        return date.fromisoformat(value).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad date {value!r}: use YYYY-MM-DD, e.g. 2026-11-27") from exc
+    return parse_ds(value).isoformat()
+
+
+def _vertical(value: str) -> str:
+    return check_vertical_name(value)
+
+
+def _vertical_or_all(value: str) -> str:
+    return value if value == "all" else check_vertical_name(value)
 
 
 def _reason(value: str) -> str:
@@ -39,27 +80,59 @@ def _reason(value: str) -> str:
     return value.strip()
 
 
+def _rollback_reason(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("a rollback needs a reason: say why production goes back")
+    return value.strip()
+
+
+def _unblock_reason(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an unblock needs a written reason: say why the version may return")
+    return value.strip()
+
+
+def _model_version(value: str) -> str:
+    if not MODEL_VERSION.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid model version {echo(value)}: letters, digits, '.', '_' and '-' only (see `status`)"
+        )
+    return value
+
+
+def _wait(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"--wait takes seconds from 0 to {MAX_WAIT_S}, got {echo(value)}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seed = sub.add_parser("seed", help="create/refresh the demo SQLite warehouse from packaged public datasets")
     seed.add_argument("--url", help="SQLAlchemy URL to seed instead of the embedded warehouse")
 
+    date_help = "logical date YYYY-MM-DD, from the source's first day to today (default: yesterday, UTC)"
+    wait_help = "wait up to SECONDS for another run of the vertical to finish (default 0: refuse at once)"
     run = sub.add_parser("run", help="run every stage for a vertical (or 'all') and a logical date")
-    run.add_argument("vertical", help="vertical name, or 'all'")
-    run.add_argument("--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+    run.add_argument("vertical", type=_argument(_vertical_or_all), help="vertical name, or 'all'")
+    run.add_argument("--date", type=_argument(_iso_date), default=None, help=date_help)
     run.add_argument("--force-reason", type=_reason, default=None, help="promote even if the gate rejects; recorded")
     run.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
     run.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    run.add_argument("--wait", type=_wait, default=0.0, metavar="SECONDS", help=wait_help)
 
     for name in stages.STAGES:
         stage = sub.add_parser(name, help=f"run only the {name} stage")
-        stage.add_argument("vertical")
-        stage.add_argument(
-            "--date", type=_iso_date, default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)"
-        )
+        stage.add_argument("vertical", type=_argument(_vertical))
+        stage.add_argument("--date", type=_argument(_iso_date), default=None, help=date_help)
+        stage.add_argument("--wait", type=_wait, default=0.0, metavar="SECONDS", help=wait_help)
         if name == "gate":
             stage.add_argument("--force-reason", type=_reason, default=None)
         if name == "deploy":
@@ -72,14 +145,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--events", type=int, default=10, help="recent audit events per vertical (default 10)")
 
     rollback = sub.add_parser("rollback", help="move a vertical's production pointer back (a reason is required)")
-    rollback.add_argument("vertical")
-    rollback.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
-    rollback.add_argument("--reason", default=None, help="required: why (kept in the registry and the notice)")
+    rollback.add_argument("vertical", type=_argument(_vertical))
+    rollback.add_argument(
+        "--to", dest="to_version", type=_model_version, default=None, help="version to restore (default: previous)"
+    )
+    rollback.add_argument(
+        "--reason", type=_rollback_reason, default=None, help="required: why (kept in the registry and the notice)"
+    )
 
     unblock = sub.add_parser("unblock", help="let a version rolled back away from be promoted again")
-    unblock.add_argument("vertical")
-    unblock.add_argument("model_version")
-    unblock.add_argument("--reason", default=None, help="required: why it may return (kept in the registry)")
+    unblock.add_argument("vertical", type=_argument(_vertical))
+    unblock.add_argument("model_version", type=_model_version)
+    unblock.add_argument(
+        "--reason", type=_unblock_reason, default=None, help="required: why it may return (kept in the registry)"
+    )
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
 
@@ -91,6 +170,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checked_date(name: str, ds: str, settings: Settings) -> None:
+    """Refuse an unknown vertical or a date outside its data before any lock, file or query."""
+    check_ds(ds, load_spec(name, settings))
+
+
 def _progress(vertical: str, stage: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {vertical}: {stage} …", file=sys.stderr, flush=True)
 
@@ -99,24 +183,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     ds = args.date or yesterday()
     names = vertical_names(settings) if args.vertical == "all" else [args.vertical]
     for name in names:
-        load_spec(name, settings)  # fail fast on an unknown vertical or a broken spec
+        _checked_date(name, ds, settings)  # fail fast on an unknown vertical, a broken spec or a bad date
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
     for name in names:
         started = time.monotonic()
         try:
-            summary = stages.run_all(
-                name,
-                ds,
-                settings=settings,
-                force_reason=args.force_reason,
-                dry_run=args.dry_run,
-                on_stage=_progress,
-            )
+            with hold_run(name, ds, settings=settings, wait_s=args.wait):
+                summary = stages.run_all(
+                    name,
+                    ds,
+                    settings=settings,
+                    force_reason=args.force_reason,
+                    dry_run=args.dry_run,
+                    on_stage=_progress,
+                )
         except PipelineError as exc:
             codes.append(exc.exit_code)
-            kind = "data quality" if isinstance(exc, DataQualityError) else type(exc).__name__
-            summary = {"vertical": name, "ds": ds, "blocked": kind, "error": str(exc)}
+            summary = {"vertical": name, "ds": ds, "blocked": _blocked_kind(exc), "error": str(exc)}
+            print(f"error: {exc}", file=sys.stderr)
         summary["seconds"] = round(time.monotonic() - started, 1)
         rows.append(summary)
     if args.json:
@@ -127,6 +212,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if not codes:
         return 0
     return codes[0] if len(names) == 1 else 1
+
+
+def _blocked_kind(exc: PipelineError) -> str:
+    if isinstance(exc, DataQualityError):
+        return "data quality"
+    if isinstance(exc, RunAlreadyActive):
+        return "already running"
+    return type(exc).__name__
 
 
 def decision_table(rows: list[dict[str, Any]]) -> str:
@@ -141,9 +234,11 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
     lines = [header, f"{'':<44}(challenger/threshold/champion)", "-" * len(header)]
     for row in rows:
         if "blocked" in row:
+            # The whole message: its hint (what to do) is usually at the end.
+            error = "\n    ".join(str(row["error"]).splitlines())
             lines.append(
                 f"{row['vertical']:<14}{row['ds']:<12}{'-':<18}{'-':<17}{'-':<17}{'-':<17}"
-                f"BLOCKED ({row['blocked']}): {row['error'].splitlines()[0][:120]}"
+                f"BLOCKED ({row['blocked']}): {error}"
             )
             continue
         outcome = "promoted" if row["deployed"] else ("approved, not deployed" if row["approved"] else "rejected")
@@ -360,12 +455,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"registry schema at {registry_migrations.current_revision(settings.registry_url) or 'none'}")
             return 0
         ds = args.date or yesterday()
+        _checked_date(args.vertical, ds, settings)
         kwargs: dict[str, Any] = {"settings": settings}
         if args.command == "gate":
             kwargs["force_reason"] = args.force_reason
         if args.command == "deploy":
             kwargs["dry_run"] = args.dry_run
-        result = getattr(stages, args.command)(args.vertical, ds, **kwargs)
+        # One stage is a run too: it must not overlap another run of the vertical.
+        with hold_run(args.vertical, ds, settings=settings, wait_s=args.wait):
+            result = getattr(stages, args.command)(args.vertical, ds, **kwargs)
         print(json.dumps(result, indent=2, default=str))
         return 0
     except PipelineError as exc:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, replace
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +26,8 @@ from pipelines.errors import SpecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+#: Longest piece of a rejected name echoed back in an error (a hostile one may be huge).
+_ECHO_CHARS = 40
 GATE_METRICS = ("accuracy", "recall", "f1", "precision", "auroc")
 GateMetric = Literal["accuracy", "recall", "f1", "precision", "auroc"]
 ReportOutcome = Literal["promoted", "rejected"]
@@ -46,6 +49,9 @@ class SqlSource(_Strict):
     conn_id: str = "warehouse_default"
     table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
     event_time: str = "event_date"
+    #: First day the source has data: earlier logical dates are refused and the
+    #: training window never reaches back before it.  Unset: `EARLIEST_DS`.
+    start: date | None = None
 
 
 class FileSource(_Strict):
@@ -56,6 +62,8 @@ class FileSource(_Strict):
     url: str
     format: Literal["csv", "parquet"] = "parquet"
     event_time: str = "event_date"
+    #: First day the source has data (see `SqlSource.start`).
+    start: date | None = None
 
     @model_validator(mode="after")
     def _has_ds(self) -> FileSource:
@@ -102,8 +110,8 @@ class Window(_Strict):
 
 
 class Quality(_Strict):
-    #: Suite file name under ``expectations/`` (defaults to the vertical name).
-    suite: str | None = None
+    #: Suite file name under ``expectations/`` (defaults to the vertical name); a plain name, never a path.
+    suite: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")] | None = None
     #: Row-count bounds per day; the suite's row-count check scales them by the
     #: number of days validated at once (one at night, more on a first backfill).
     min_rows_per_day: Annotated[int, Field(ge=0)] = 1
@@ -259,7 +267,7 @@ class VerticalSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> VerticalSpec:
-        if not VERTICAL_NAME.match(self.name):
+        if not VERTICAL_NAME.fullmatch(self.name):
             raise ValueError("name must be lower-case letters, digits and '_' (2-32 chars)")
         used = set(self.features.all)
         if self.label.column in used:
@@ -431,8 +439,31 @@ def vertical_names(settings: Settings | None = None) -> list[str]:
     return [p.stem for p in spec_paths(settings)]
 
 
+def echo(value: object) -> str:
+    """``value`` quoted for an error message: one line, and at most a few dozen characters of it."""
+    text = str(value)
+    if len(text) <= _ECHO_CHARS:
+        return repr(text)
+    return f"{text[:_ECHO_CHARS]!r}… ({len(text)} characters)"
+
+
+def check_vertical_name(vertical: object) -> str:
+    """``vertical`` if it is a well-formed vertical name, else raise `SpecError`.
+
+    Checked before the name goes into any path, so ``../x`` or a 10,000-character
+    name never reaches the file system.
+    """
+    if not isinstance(vertical, str) or not VERTICAL_NAME.fullmatch(vertical):
+        raise SpecError(
+            f"invalid vertical name {echo(vertical)}: use 2-32 lower-case letters, digits and '_', "
+            "starting with a letter (e.g. finance); `python -m pipelines verticals` lists them"
+        )
+    return vertical
+
+
 def load_spec(vertical: str, settings: Settings | None = None) -> VerticalSpec:
     """Load the spec for ``vertical`` or raise `SpecError` listing the known ones."""
+    check_vertical_name(vertical)
     settings = settings or Settings.from_env()
     path = settings.specs_dir / f"{vertical}.yaml"
     if not path.exists():

@@ -83,3 +83,13 @@ class RegistryError(PipelineError):
     """The model registry database could not be read or written (down, locked, wrong URL or schema)."""
 
     exit_code = 9
+
+
+class RunAlreadyActive(PipelineError):
+    """Another run of the same vertical holds its run lease (see `pipelines.run_lock`).
+
+    Exit code 75 is ``EX_TEMPFAIL`` (sysexits.h): nothing is wrong with the
+    request, it can simply be retried once the other run has finished.
+    """
+
+    exit_code = 75

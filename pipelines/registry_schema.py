@@ -19,6 +19,9 @@ PostgreSQL, so the two can never drift apart unnoticed.
     the append-only audit trail (added in 0003): every decision, forced
     promotion, deploy intent, deployment, rollback, block and unblock, with
     actor, run id, time and reason.  Rows are only ever inserted.
+``run_leases``
+    at most one row per vertical: the run that currently holds it (see
+    `pipelines.run_lock`), so two runs of one vertical never overlap.
 """
 
 from __future__ import annotations
@@ -179,6 +182,29 @@ class EventRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(Json)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RunLeaseRow(Base):
+    """The lease of the one run a vertical may have at a time (`pipelines.run_lock`).
+
+    Keyed by vertical alone: runs of two dates of one vertical share window
+    partitions, the DVC repository and the production pointer, so they must not
+    overlap either; ``ds`` says which date the holder is running.
+    """
+
+    __tablename__ = "run_leases"
+
+    vertical: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ds: Mapped[str] = mapped_column(String(10))
+    #: The Airflow DAG run id (shared by its tasks), or ``cli:<host>:<pid>:<token>``.
+    holder: Mapped[str] = mapped_column(String(250))
+    #: The process working for the holder now; None between two Airflow tasks.
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: A lease not renewed by then is abandoned and may be taken over.
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 # -- engine -----------------------------------------------------------------

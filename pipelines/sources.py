@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import os
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec
-from pipelines.errors import SourceError
+from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,59 @@ _DRIVERS = {
 
 
 def parse_ds(ds: str, *, vertical: str | None = None) -> date:
-    """Parse a logical date ``YYYY-MM-DD`` or raise a `SourceError` saying the format."""
+    """Parse a logical date ``YYYY-MM-DD`` or raise an `InvalidArgumentError` saying the format."""
+    from pipelines.config import echo
+
+    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
+    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
+        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
     try:
         return date.fromisoformat(ds)
-    except (TypeError, ValueError) as exc:
-        raise SourceError(f"bad date {ds!r}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
+    except ValueError as exc:
+        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
+
+
+#: Lower bound of a logical date when the spec declares no ``source.start``.
+EARLIEST_DS = date(1970, 1, 1)
+
+
+def check_ds(ds: str, spec: VerticalSpec, *, today: date | None = None) -> date:
+    """Parse ``ds`` and check it lies between the source's first day and today (UTC).
+
+    The one place a run's logical date is judged, for the CLI, the Airflow tasks
+    and every stage: a date before the data (``1900-01-01``) would backfill
+    hundreds of empty days, one after today (``9999-12-31``) has no data yet and
+    overflows the date arithmetic.  Raises `InvalidArgumentError` (exit code 2).
+    """
+    day = parse_ds(ds, vertical=spec.name)
+    first = spec.source.start or EARLIEST_DS
+    last = today or datetime.now(UTC).date()
+    if day < first:
+        where = "the first day of its source (source.start)" if spec.source.start else "the earliest date accepted"
+        raise InvalidArgumentError(
+            f"date {ds} is before {first.isoformat()}, {where}: pick a date from {first.isoformat()} to "
+            f"{last.isoformat()}",
+            vertical=spec.name,
+        )
+    if day > last:
+        raise InvalidArgumentError(
+            f"date {ds} is after today ({last.isoformat()} UTC), so its data cannot exist yet: pick a date from "
+            f"{first.isoformat()} to {last.isoformat()}",
+            vertical=spec.name,
+        )
+    return day
 
 
 def window_days(spec: VerticalSpec, ds: str) -> list[str]:
-    """Every day of the training window ending at ``ds`` (inclusive), oldest first."""
+    """Every day of the training window ending at ``ds`` (inclusive), oldest first.
+
+    The window never reaches back before ``source.start``: those days have no
+    data by declaration, so they are neither pulled nor reported missing.
+    """
     end = parse_ds(ds, vertical=spec.name)
-    return [(end - timedelta(days=n)).isoformat() for n in range(spec.window.train_days - 1, -1, -1)]
+    days = [end - timedelta(days=n) for n in range(spec.window.train_days - 1, -1, -1)]
+    start = spec.source.start
+    return [day.isoformat() for day in days if start is None or day >= start]
 
 
 def resolve_connection_url(conn_id: str, settings: Settings) -> str:

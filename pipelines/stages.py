@@ -23,7 +23,7 @@ from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.lineage import code_version, model_version_id
 from pipelines.run_context import RunContext
-from pipelines.sources import extract_days, parse_ds, read_partitions, window_days
+from pipelines.sources import check_ds, extract_days, read_partitions, window_days
 
 if TYPE_CHECKING:
     from pipelines.registry import Registry
@@ -36,7 +36,7 @@ STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deplo
 def _context(vertical: str, ds: str, settings: Settings | None) -> tuple[VerticalSpec, Settings, Layout]:
     settings = settings or Settings.from_env()
     spec = load_spec(vertical, settings)
-    parse_ds(ds, vertical=vertical)
+    check_ds(ds, spec)
     return spec, settings, Layout(settings, spec.name)
 
 

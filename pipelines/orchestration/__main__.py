@@ -12,11 +12,16 @@ import os
 import sys
 from pathlib import Path
 
+COMMANDS = ("dags", "run", "rollback", "standalone")
+
 
 def _dags(argv: list[str]) -> int:
+    from pipelines.cli import OneLineParser
     from pipelines.orchestration.dag_files import DAGS_DIR, DagFileError, sync_dag_files
 
-    check = "--check" in argv
+    parser = OneLineParser(prog="python -m pipelines.orchestration dags")
+    parser.add_argument("--check", action="store_true", help="only say whether dags/ is up to date")
+    check = parser.parse_args(argv).check
     try:
         report = sync_dag_files(DAGS_DIR, check=check)
     except DagFileError as exc:
@@ -51,15 +56,25 @@ def _standalone() -> int:
 
 
 def _rollback(argv: list[str]) -> int:
-    import argparse
-
+    from pipelines.cli import OneLineParser, _argument, _model_version, _rollback_reason, _vertical
+    from pipelines.config import load_spec
+    from pipelines.errors import PipelineError
     from pipelines.orchestration.airflow_env import apply_embedded_defaults
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.orchestration rollback")
-    parser.add_argument("vertical")
-    parser.add_argument("--to", dest="to_version", default=None, help="version to restore (default: previous)")
-    parser.add_argument("--reason", required=True, help="why production is rolled back (goes into the notice)")
+    parser = OneLineParser(prog="python -m pipelines.orchestration rollback")
+    parser.add_argument("vertical", type=_argument(_vertical))
+    parser.add_argument(
+        "--to", dest="to_version", type=_model_version, default=None, help="version to restore (default: previous)"
+    )
+    parser.add_argument(
+        "--reason", type=_rollback_reason, required=True, help="why production is rolled back (goes into the notice)"
+    )
     args = parser.parse_args(argv)
+    try:
+        load_spec(args.vertical)  # an unknown vertical is refused before Airflow starts
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     apply_embedded_defaults()  # before the first airflow import
 
     from pipelines.config import Settings
@@ -90,8 +105,21 @@ def main(argv: list[str]) -> int:
     if command == "rollback":
         return _rollback(rest)
     if command == "standalone":
+        if rest:
+            print(f"error: standalone takes no arguments, got {' '.join(rest)[:80]!r}", file=sys.stderr)
+            return 2
         return _standalone()
-    print(__doc__, file=sys.stderr)
+    if command in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    # One line, like every other refusal; --help prints the whole story.
+    from pipelines.config import echo
+
+    what = f"unknown command {echo(command)}" if command else "no command given"
+    print(
+        f"python -m pipelines.orchestration: error: {what}; use one of {', '.join(COMMANDS)} (see --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -11,7 +11,6 @@ Exit status: 0 when every vertical's run succeeded, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -116,35 +115,79 @@ def _exception_message(traceback_text: str) -> str:
     return " ".join(line for line in message if line).split(": ", 1)[-1]
 
 
+def _conf(raw: str | None) -> dict[str, Any]:
+    """``--conf`` as a run conf: a JSON object of the DAG's params, each of its type."""
+    from pipelines.errors import InvalidArgumentError
+
+    if raw is None:
+        return {}
+    try:
+        conf = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"--conf is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(conf, dict):
+        raise InvalidArgumentError("--conf must be a JSON object, e.g. '{\"dry_run\": true}'")
+    types = {"dry_run": bool, "force_promotion": bool, "force_reason": str}
+    for key, value in conf.items():
+        if key not in types:
+            raise InvalidArgumentError(f"--conf has an unknown key {key[:40]!r}; known: {', '.join(types)}")
+        if not isinstance(value, types[key]):
+            raise InvalidArgumentError(f"--conf {key} must be a JSON {types[key].__name__}, got {type(value).__name__}")
+    if len(conf.get("force_reason", "")) > MAX_REASON:
+        raise InvalidArgumentError(f"--conf force_reason is longer than {MAX_REASON} characters")
+    return conf
+
+
+#: The DAG's ``force_reason`` param allows this many characters.
+MAX_REASON = 500
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.orchestration run", description=__doc__.splitlines()[0])
-    parser.add_argument("verticals", nargs="*", default=["all"], help="vertical names, or 'all' (default)")
-    parser.add_argument("--date", default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)")
+    from pipelines.cli import OneLineParser, _argument, _iso_date, _reason, _vertical_or_all
+
+    parser = OneLineParser(prog="python -m pipelines.orchestration run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "verticals", nargs="*", type=_argument(_vertical_or_all), default=["all"], help="vertical names, or 'all'"
+    )
+    parser.add_argument(
+        "--date", type=_argument(_iso_date), default=None, help="logical date YYYY-MM-DD (default: yesterday, UTC)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="evaluate and decide, but do not deploy")
-    parser.add_argument("--force-reason", default=None, help="promote even if the gate rejects; recorded")
+    parser.add_argument("--force-reason", type=_reason, default=None, help="promote even if the gate rejects; recorded")
     parser.add_argument("--conf", default=None, help="raw run conf (JSON), e.g. '{\"dry_run\": true}'")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON instead of the table")
     parser.add_argument("--summary-json", default=None, help="also write the summaries (with task states) here")
     args = parser.parse_args(argv)
+    apply_embedded_defaults()  # before the first airflow import, and before Settings reads PIPELINES_HOME
 
-    apply_embedded_defaults()  # before the first airflow import
-    from pipelines.cli import decision_table
-    from pipelines.config import Settings, vertical_names
+    from pipelines.config import Settings, load_spec, vertical_names
+    from pipelines.errors import PipelineError
     from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over
+    from pipelines.sources import check_ds
 
     ds = args.date or yesterday()
+    settings = Settings.from_env()
+    names = vertical_names(settings) if args.verticals == ["all"] else args.verticals
     try:
-        day = date.fromisoformat(ds)  # reject a malformed date before starting Airflow
-    except ValueError:
-        parser.error(f"--date must be YYYY-MM-DD, got {ds!r}")
+        # Refuse an unknown vertical, a date outside its data or a bad conf before Airflow starts.
+        for name in names:
+            check_ds(ds, load_spec(name, settings))
+        extra = _conf(args.conf)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.force_reason and len(args.force_reason) > MAX_REASON:
+        parser.error(f"--force-reason is longer than {MAX_REASON} characters")
     try:
-        check_day_is_over(day)  # the timetable would refuse it inside dag.test()
+        check_day_is_over(date.fromisoformat(ds))  # a run processes a whole UTC day (the timetable refuses it too)
     except DayNotOverError as exc:
         parser.error(f"--date {exc}")
-    names = vertical_names(Settings.from_env()) if args.verticals == ["all"] else args.verticals
+
+    from pipelines.cli import decision_table
+
     migrate_metadata_db()
     dags, import_errors = load_dags()
-    conf = {**run_conf(dry_run=args.dry_run, force_reason=args.force_reason), **json.loads(args.conf or "{}")}
+    conf = {**run_conf(dry_run=args.dry_run, force_reason=args.force_reason), **extra}
     rows: list[dict[str, Any]] = []
     for name in names:
         print(f"[{time.strftime('%H:%M:%S')}] {name} {ds}: running the DAG through Airflow …", file=sys.stderr)

@@ -10,8 +10,17 @@ Failure semantics (see docs/airflow.md):
   run fails at once (the tasks' retry policy), and the task log ends with the
   summary, not a traceback.  The stage already quarantined the partition and
   sent the data-quality alert; retrying would only re-check the same bad rows.
+* `InvalidArgumentError` / `SpecError` (a logical date outside the data, a
+  broken spec) -> `InvalidRunParams`: retrying cannot fix the arguments.
 * anything else (other `PipelineError`\\ s, unexpected exceptions) propagates
-  unchanged: a retryable fault, retried with exponential back-off.
+  unchanged: a retryable fault, retried with exponential back-off.  That
+  includes `RunAlreadyActive`: another run (a CLI run, say) holds the
+  vertical, and the retry comes back after it.
+
+Every stage holds the vertical's run lease (`pipelines.run_lock`) with the DAG
+run id as holder, so the run's tasks share it while a CLI run or another DAG
+run is refused.  Between tasks the lease is parked for the next task; ``report``
+and the run's last failure give it back.
 """
 
 from __future__ import annotations
@@ -167,20 +176,33 @@ def run_context(context: Mapping[str, Any]) -> RunContext:
     )
 
 
+#: The last task of a run: its success gives the run lease back.
+LAST_STAGE = "report"
+#: How long a task waits for another run of its vertical before failing (and being retried).
+LEASE_WAIT_S = 60.0
+
+
 def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` and return its small record."""
+    """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` under the run lease; return its small record."""
     from pipelines.config import Settings
     from pipelines.orchestration.task_logging import route_library_notices
 
     route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
-    from pipelines.errors import DataQualityError
+    from pipelines.errors import DataQualityError, InvalidArgumentError, SpecError
+    from pipelines.run_lock import hold_run
 
     ds = run_ds(context)
+    holder = str(context["run_id"])
     try:
-        result: dict[str, Any] = getattr(stages, stage)(vertical, ds, **kwargs)
+        # Parked on exit, success or not: the run's next task, or this task's retry, takes it up.
+        with hold_run(
+            vertical, ds, settings=Settings.from_env(), holder=holder, wait_s=LEASE_WAIT_S, park_on_exit=True
+        ):
+            result: dict[str, Any] = getattr(stages, stage)(vertical, ds, **kwargs)
     except DataQualityError as exc:
         record_failure(vertical, ds, context, exc)
+        _give_back(vertical, holder)  # the run stops here: no retry, no downstream task
         # The summary ends the task log: an expected outcome, told in two lines, no traceback.
         log.error("%s", exc)
         log.error(
@@ -191,10 +213,32 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
             stage,
         )
         raise DataQualityFailure(f"{vertical} {ds}: data quality failed (summary above)") from exc
+    except (InvalidArgumentError, SpecError) as exc:
+        record_failure(vertical, ds, context, exc)
+        _give_back(vertical, holder)
+        raise InvalidRunParams(str(exc)) from exc
     except BaseException as exc:
         record_failure(vertical, ds, context, exc)
+        if _last_try(context):
+            _give_back(vertical, holder)
         raise
+    if stage == LAST_STAGE:
+        _give_back(vertical, holder)
     return result
+
+
+def _last_try(context: Mapping[str, Any]) -> bool:
+    """Whether Airflow will not retry this task (its run ends with this failure)."""
+    ti = context.get("ti")
+    return int(getattr(ti, "try_number", 1) or 1) > int(getattr(ti, "max_tries", 0) or 0)
+
+
+def _give_back(vertical: str, holder: str) -> None:
+    """Release the run's lease (a no-op when it holds none, e.g. refused before taking it)."""
+    from pipelines.config import Settings
+    from pipelines.run_lock import RunLock
+
+    RunLock.from_settings(Settings.from_env()).release(vertical, holder)
 
 
 def record_failure(vertical: str, ds: str, context: Mapping[str, Any], exc: BaseException) -> None:

@@ -38,7 +38,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 INITIAL_REVISION = "0001_initial"
 #: The newest revision (a test checks it against ``versions/``).  Knowing it
 #: without importing Alembic keeps the up-to-date check cheap for every process.
-HEAD_REVISION = "0003_audit_events"
+HEAD_REVISION = "0004_run_leases"
 
 _VERSION_TABLE = "alembic_version"
 _LEGACY_TABLES = frozenset({"model_versions", "decisions", "deployments"})

@@ -118,7 +118,7 @@ def test_other_errors_stay_retryable(settings, monkeypatch, exc):
     assert (settings.home / "runs" / "finance" / "2026-11-27" / f"{FAILURE_RECORD}.json").exists()
 
 
-def test_stage_gets_vertical_ds_and_kwargs(monkeypatch):
+def test_stage_gets_vertical_ds_and_kwargs(settings, monkeypatch):
     seen = {}
 
     def gate(vertical, ds, **kwargs):
@@ -128,6 +128,57 @@ def test_stage_gets_vertical_ds_and_kwargs(monkeypatch):
     monkeypatch.setattr(stages, "gate", gate)
     assert run_stage("gate", "finance", context(), force_reason="why", run_id="r1") == {"approved": True}
     assert seen == {"vertical": "finance", "ds": "2026-11-27", "force_reason": "why", "run_id": "r1"}
+
+
+# -- the run lease ---------------------------------------------------------------------
+
+
+def test_tasks_of_one_run_share_the_lease_and_report_gives_it_back(settings, monkeypatch):
+    from pipelines.errors import RunAlreadyActive
+    from pipelines.run_lock import RunLock
+
+    for stage in ("extract", "report"):
+        monkeypatch.setattr(stages, stage, lambda vertical, ds, **_: {"ok": True})
+    lock = RunLock.from_settings(settings)
+
+    run_stage("extract", "finance", context())
+    parked = lock.current("finance")
+    assert parked is not None and parked.holder == "manual__x" and parked.pid is None  # kept for the next task
+    with pytest.raises(RunAlreadyActive, match="run id manual__x"):
+        lock.acquire("finance", "2026-11-27", "cli:someone")  # a CLI run between two tasks is refused
+
+    run_stage("report", "finance", context())
+    assert lock.current("finance") is None
+
+
+def test_another_run_holding_the_vertical_fails_the_task_retryably(settings, monkeypatch):
+    from pipelines.errors import RunAlreadyActive
+    from pipelines.orchestration import tasks
+    from pipelines.run_lock import RunLock
+
+    monkeypatch.setattr(tasks, "LEASE_WAIT_S", 0.2)
+    monkeypatch.setattr(stages, "extract", lambda vertical, ds, **_: pytest.fail("ran while another run held it"))
+    RunLock.from_settings(settings).acquire("finance", "2026-11-27", "cli:vm:1:abc")
+    with pytest.raises(RunAlreadyActive, match=r"already running .*cli:vm:1:abc") as err:
+        run_stage("extract", "finance", context())
+    assert not isinstance(err.value, AirflowFailException)  # Airflow retries it after the other run
+
+
+def test_a_data_quality_stop_gives_the_lease_back(settings, monkeypatch):
+    from pipelines.run_lock import RunLock
+
+    def bad(vertical, ds, **_):
+        raise DataQualityError("2 expectations failed", vertical=vertical, ds=ds)
+
+    monkeypatch.setattr(stages, "validate", bad)
+    with pytest.raises(DataQualityFailure):
+        run_stage("validate", "finance", context())
+    assert RunLock.from_settings(settings).current("finance") is None
+
+
+def test_a_logical_date_outside_the_data_fails_without_retry(settings):
+    with pytest.raises(InvalidRunParams, match="before 2024-01-01"):
+        run_stage("extract", "finance", context(ds="1900-01-01"))
 
 
 # -- failure notifier ----------------------------------------------------------

@@ -75,7 +75,7 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
 
 def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
     cli("run", "finance", "--date", DS)
-    later = "2026-12-15"
+    later = "2026-11-29"  # after DS, and not after today: future dates are refused
     cli("run", "finance", "--date", later, "--force-reason", "test: a newer champion")
     newer = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())
     assert newer["ds"] == later

@@ -48,3 +48,24 @@ def test_an_unreachable_registry_is_one_line_and_exit_9(settings, capsys, monkey
         assert main(command) == 9
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "127.0.0.1:1" in err and "s3cret" not in err
+
+
+def test_a_blocked_run_shows_the_whole_error_with_its_hint(settings, capsys):
+    from pipelines.cli import decision_table
+
+    hint = "run `python -m pipelines seed` for the demo warehouse"
+    error = f"[finance, 2026-11-27] {'source finance_loans is unreachable: ' * 5}{hint}\nsecond line of detail"
+    table = decision_table([{"vertical": "finance", "ds": "2026-11-27", "blocked": "SourceError", "error": error}])
+    assert hint in table and "second line of detail" in table  # nothing cut at 120 characters
+
+
+def test_a_second_run_of_a_busy_vertical_exits_75_naming_the_holder(settings, capsys):
+    from pipelines.run_lock import RunLock
+
+    RunLock.from_settings(settings).acquire("finance", "2026-11-27", "scheduled__2026-11-27T02:00:00+00:00")
+    assert main(["run", "finance", "--date", "2026-11-27"]) == 75
+    captured = capsys.readouterr()
+    assert "BLOCKED (already running)" in captured.out
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert "already running (run id scheduled__2026-11-27T02:00:00+00:00, pid " in error
+    assert main(["extract", "finance", "--date", "2026-11-27"]) == 75  # one stage is a run too

@@ -376,6 +376,7 @@ def test_initial_revision_is_the_schema_create_all_made(url: str) -> None:
         ("add_column", "decisions", "actor"),
         ("add_index", "ix_events_vertical_id"),
         ("add_table", "events"),
+        ("add_table", "run_leases"),
     ]
 
 

@@ -11,9 +11,16 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.config import VerticalSpec
-from pipelines.errors import SourceError
+from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout
-from pipelines.sources import assemble_window, extract_days, parse_ds, resolve_connection_url, window_days
+from pipelines.sources import (
+    assemble_window,
+    check_ds,
+    extract_days,
+    parse_ds,
+    resolve_connection_url,
+    window_days,
+)
 
 
 def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
@@ -50,10 +57,40 @@ def write_table(url: str, table: str, frame: pd.DataFrame) -> None:
 
 def test_parse_ds_rejects_bad_dates_with_the_expected_format():
     assert parse_ds("2026-11-27") == date(2026, 11, 27)
-    with pytest.raises(SourceError, match="use YYYY-MM-DD"):
-        parse_ds("27/11/2026")
-    with pytest.raises(SourceError, match="2026-13-01"):
+    for bad in ("27/11/2026", "20261127", "2026-W48-5", "2026-11-27T00:00"):
+        with pytest.raises(InvalidArgumentError, match="use YYYY-MM-DD") as err:
+            parse_ds(bad)
+        assert err.value.exit_code == 2
+    with pytest.raises(InvalidArgumentError, match="2026-13-01"):
         parse_ds("2026-13-01")
+
+
+def test_check_ds_keeps_dates_between_the_source_start_and_today():
+    spec = make_spec({"kind": "sql", "table": "t", "start": "2024-01-01"})
+    today = date(2026, 11, 30)
+    assert check_ds("2024-01-01", spec, today=today) == date(2024, 1, 1)
+    assert check_ds("2026-11-30", spec, today=today) == today
+    with pytest.raises(InvalidArgumentError, match=r"before 2024-01-01, the first day of its source") as err:
+        check_ds("2023-12-31", spec, today=today)
+    assert err.value.exit_code == 2
+    with pytest.raises(InvalidArgumentError, match=r"after today \(2026-11-30 UTC\)"):
+        check_ds("2026-12-01", spec, today=today)
+    with pytest.raises(InvalidArgumentError, match="after today"):
+        check_ds("9999-12-31", spec, today=today)
+
+
+def test_check_ds_without_a_declared_start_still_refuses_absurd_dates():
+    spec = make_spec({"kind": "sql", "table": "t"})
+    with pytest.raises(InvalidArgumentError, match="before 1970-01-01, the earliest date accepted"):
+        check_ds("1900-01-01", spec, today=date(2026, 11, 30))
+    assert check_ds("1999-05-01", spec, today=date(2026, 11, 30)) == date(1999, 5, 1)
+
+
+def test_window_never_reaches_back_before_the_source_start():
+    spec = make_spec({"kind": "sql", "table": "t", "start": "2024-01-01"})
+    days = window_days(spec, "2024-01-05")
+    assert days == ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
+    assert len(window_days(spec, "2026-11-27")) == spec.window.train_days
 
 
 def test_window_days_ends_at_ds_inclusive():
