@@ -75,6 +75,13 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
     listed = client.get(runs).json()
     assert listed["total_entries"] == 0, listed  # nothing was created, so nothing can block
 
+    # The rollback DAG's reason is required and must not be blank.
+    response = client.post(
+        "/api/v2/dags/rollback_model/dagRuns",
+        json={"logical_date": None, "conf": {"vertical": VERTICAL, "reason": "   "}},
+    )
+    assert response.status_code == 400, response.text
+
     # A valid trigger is untouched by the guard, gets exactly its day, and starts.
     ok = client.post(runs, json={"logical_date": f"{DS}T15:04:00Z", "conf": {"dry_run": True}})
     assert ok.status_code == 200, ok.text
@@ -85,13 +92,8 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
     )
     assert run["triggered_by"] == "rest_api"
     airflow.wait_for("the run to start", lambda: airflow.run_state(run["dag_run_id"]) in ("running", "success"), 120)
-
-    # The rollback DAG's reason is required and must not be blank.
-    response = client.post(
-        "/api/v2/dags/rollback_model/dagRuns",
-        json={"logical_date": None, "conf": {"vertical": VERTICAL, "reason": "   "}},
-    )
-    assert response.status_code == 400, response.text
+    stop = client.patch(f"{runs}/{run['dag_run_id']}", json={"state": "failed"})  # the next test needs the CPUs
+    assert stop.status_code == 200, stop.text
 
 
 def _log_lines(airflow: Airflow, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
