@@ -118,3 +118,36 @@ def test_a_data_interval_that_is_not_the_processed_day_fails_at_run_start():
     other = (utc(2026, 11, 26, 2), utc(2026, 11, 27, 2))
     with pytest.raises(InvalidRunParams, match="is not the UTC day 2026-11-27"):
         check_run_dates("finance", context(utc(2026, 11, 27), other))
+
+
+# -- the API server's trigger guard (its HTTP side: tests/integration/test_airflow_trigger_guards.py) ------
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"logical_date": "2026-11-27T00:00:00Z", "conf": {}}, None),
+        ({"logical_date": "2026-11-27T15:04:00+02:00", "conf": {"force_reason": "ignored"}}, None),
+        ({"logical_date": None, "conf": {}}, None),  # no logical date: covers the day before it ran
+        ({"logical_date": "2999-01-01T00:00:00Z", "conf": {}}, "not over yet"),
+        ({"logical_date": "2026-11-27T00:00:00Z", "conf": {"force_promotion": True}}, "force_reason is empty"),
+        ({"logical_date": "2026-11-27T00:00:00Z", "conf": {"force_promotion": True, "force_reason": " "}}, "empty"),
+    ],
+)
+def test_trigger_guard_rules(body, problem):
+    import json
+
+    from pipelines.orchestration.trigger_guard import trigger_problem
+
+    found = trigger_problem("finance", json.dumps(body).encode())
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith("finance: ") and problem in found
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"logical_date": "yesterday"}'])
+def test_trigger_guard_leaves_malformed_requests_to_airflow(body):
+    from pipelines.orchestration.trigger_guard import trigger_problem
+
+    assert trigger_problem("finance", body) is None
