@@ -18,12 +18,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, TriggerRule, chain, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, TriggerRule, chain, get_current_context, task
 
 from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.orchestration.notifiers import FailureNotifier
+from pipelines.orchestration.tasks import data_quality_retry_policy, run_ds, run_options, run_stage
 from pipelines.orchestration.tasks import run_context as task_run_context
-from pipelines.orchestration.tasks import run_ds, run_options, run_stage
+from pipelines.orchestration.timetable import UtcDayTimetable
 
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 
@@ -51,26 +52,37 @@ def training_window_asset(vertical: str) -> Asset:
 
 
 def run_params() -> dict[str, Param]:
-    """The trigger form, validated by Airflow (JSON schema) before a run starts."""
+    """The trigger form, validated by Airflow (JSON schema) before a run starts.
+
+    Every field is optional, so the form submits with its defaults: Airflow's
+    form marks a typed param *required* unless its JSON-schema type admits
+    ``null`` (see Airflow's ``example_params_ui_tutorial``).  Airflow validates
+    each param against its own schema only (checked in 3.3: neither the form
+    nor the server evaluates one param's schema against another's value), so
+    "a forced promotion needs a reason" is enforced when the run starts
+    (`pipelines.orchestration.tasks.RunOptions`), before any work.
+    """
     return {
         "dry_run": Param(
             False,
-            type="boolean",
+            type=["boolean", "null"],
             title="Dry run",
             description="Extract, validate, train, evaluate and decide, but do not deploy.",
         ),
         "force_promotion": Param(
             False,
-            type="boolean",
+            type=["boolean", "null"],
             title="Force promotion",
-            description="Promote the challenger even if the gate rejects it. Requires a reason.",
+            description="Promote the challenger even if the gate rejects it. Needs a reason (below): "
+            "a forced run without one fails at once, before any work.",
         ),
         "force_reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=500,
             title="Reason for forcing",
-            description="Required (non-empty) when 'Force promotion' is on; recorded with the decision.",
+            description="Required (non-empty) when 'Force promotion' is on; recorded with the decision. "
+            "Ignored when not forcing.",
         ),
     }
 
@@ -95,13 +107,16 @@ def _doc_md(spec: VerticalSpec, settings: Settings) -> str:
 | alerts | {", ".join(spec.alerts.emails)} |
 | spec | `{settings.specs_dir / (spec.name + ".yaml")}` |
 
-Each run covers its **logical date** (YYYY-MM-DD, UTC). To rerun a day, trigger
-with that logical date, or clear the run (or a task with its downstream): the
-stages are idempotent, so the data and model versions come out the same and
-nothing is registered or deployed twice.
+Each run processes **one UTC day**: the day of its logical date, which is
+exactly its data interval (`D 00:00` → `D+1 00:00` UTC). The nightly run for
+day D starts at `{spec.schedule}` (UTC) on D+1. To rerun a day, trigger with
+that logical date (a day that is not over yet is refused), or clear the run
+(or a task with its downstream): the stages are idempotent, so the data and
+model versions come out the same and nothing is registered or deployed twice.
 
-Params: `dry_run` (decide, don't deploy), `force_promotion` + `force_reason`
-(override a rejection; the reason is recorded). Bad data fails `validate`
+Params (all optional): `dry_run` (decide, don't deploy), `force_promotion` +
+`force_reason` (override a rejection; a non-empty reason is required and
+recorded, else the run fails at once). Bad data fails `validate`
 without retries, quarantines the day and emails the owners; the deployed model
 never changes on a failed run.
 """
@@ -117,7 +132,7 @@ def build_vertical_dag(vertical: str) -> DAG:
     with DAG(
         dag_id=name,
         description=spec.description.strip().split(". ")[0][:200],
-        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        schedule=UtcDayTimetable(spec.schedule),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -132,6 +147,7 @@ def build_vertical_dag(vertical: str) -> DAG:
             "retry_exponential_backoff": RETRY_BACKOFF,
             "max_retry_delay": MAX_RETRY_DELAY,
             "execution_timeout": TASK_TIMEOUT,
+            "retry_policy": data_quality_retry_policy(),
             "on_failure_callback": FailureNotifier(vertical=name, to=spec.alerts.emails),
         },
     ) as dag:

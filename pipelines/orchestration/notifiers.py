@@ -52,7 +52,8 @@ def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:
     error = f"{type(exc).__name__}: {exc}" if exc is not None else "(no exception recorded; see the task log)"
     subject = f"[retrain failed] {vertical} {ds}: task {ti.task_id}"
     lines = [
-        f"The nightly retraining of vertical '{vertical}' failed for logical date {ds}.",
+        f"The nightly retraining of vertical '{vertical}' failed for {ds}, the UTC day it processes "
+        f"(logical date {ds}; data interval {ds} 00:00 UTC to the next day 00:00 UTC).",
         "",
         f"DAG run:  {ti.dag_id} / {context.get('run_id')}",
         f"Task:     {ti.task_id} (try {ti.try_number}; retries are exhausted)",

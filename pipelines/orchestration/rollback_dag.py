@@ -39,9 +39,10 @@ def rollback_params(verticals: list[str]) -> dict[str, Param]:
             title="Version to restore",
             description="A model version (mv-…) approved earlier; empty restores the previous production version.",
         ),
-        # Required: the form cannot be submitted without a reason (pattern: at least one non-blank).
+        # Required: no default and a type without "null", so the form keeps
+        # Trigger disabled until it is filled; the pattern refuses a blank one
+        # (a REST trigger with "   " is a 400), and the task checks it again.
         "reason": Param(
-            None,
             type="string",
             minLength=1,
             maxLength=500,

@@ -6,10 +6,10 @@ their own callees torch, Great Expectations and DVC).
 
 Failure semantics (see docs/airflow.md):
 
-* `DataQualityError` -> `DataQualityFailure` (an ``AirflowFailException``):
-  the run fails at once, without retries.  The stage already quarantined the
-  partition and sent the data-quality alert; retrying would only re-check the
-  same bad rows.
+* `DataQualityError` -> its summary logged, then `DataQualityFailure`: the
+  run fails at once (the tasks' retry policy), and the task log ends with the
+  summary, not a traceback.  The stage already quarantined the partition and
+  sent the data-quality alert; retrying would only re-check the same bad rows.
 * `InvalidArgumentError` / `SpecError` (a logical date outside the data, a
   broken spec) -> `InvalidRunParams`: retrying cannot fix the arguments.
 * anything else (other `PipelineError`\\ s, unexpected exceptions) propagates
@@ -44,12 +44,32 @@ log = logging.getLogger(__name__)
 FAILURE_RECORD = "airflow_failure"
 
 
-class DataQualityFailure(AirflowFailException):
-    """The vertical's suite failed: fail the run now, never retry.
+class DataQualityFailure(SystemExit):
+    """The vertical's suite failed: fail the run now, never retry, no traceback.
 
-    The failure notifier recognises it and sends nothing more, because the
-    stage's own data-quality alert already told the owners everything.
+    Bad data is an expected outcome, not a crash: `run_stage` logs the summary
+    and raises this.  A `SystemExit` because Airflow's task runner logs every
+    other exception with its traceback ("Task failed with exception"), but a
+    `SystemExit` as one line ("Task exited"), so the task log ends with the
+    summary.  `DATA_QUALITY_RETRY_POLICY` (every task's ``retry_policy``) fails
+    it at once instead of retrying.  The failure notifier recognises it and
+    sends nothing more: the stage's own data-quality alert told the owners.
     """
+
+
+def data_quality_retry_policy() -> Any:
+    """The tasks' ``retry_policy``: a `DataQualityFailure` fails at once; anything else retries as usual."""
+    from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+    return ExceptionRetryPolicy(
+        rules=[
+            RetryRule(
+                exception=f"{__name__}.DataQualityFailure",
+                action=RetryAction.FAIL,
+                reason="bad data: a retry would re-check the same rows",
+            )
+        ]
+    )
 
 
 class InvalidRunParams(AirflowFailException):
@@ -79,21 +99,47 @@ class RunOptions:
 
 
 def run_options(vertical: str, context: Mapping[str, Any]) -> RunOptions:
-    """The run's validated params; a contradiction is recorded and fails the task at once."""
+    """The run's validated params and dates; a contradiction is recorded and fails the task at once."""
     try:
+        check_run_dates(vertical, context)
         return RunOptions.from_params(context["params"])
     except InvalidRunParams as exc:
         record_failure(vertical, run_ds(context), context, exc)
         raise
 
 
+def check_run_dates(vertical: str, context: Mapping[str, Any]) -> None:
+    """Refuse a run whose day is not over, or whose data interval is not exactly its day.
+
+    The timetable already refuses both when a run is triggered without an explicit
+    data interval (`pipelines.orchestration.timetable`); a trigger that passes
+    ``data_interval_start``/``end`` bypasses it, so the first task checks again.
+    """
+    from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over, day_interval
+
+    ds = run_ds(context)
+    day = datetime.fromisoformat(ds).date()
+    try:
+        check_day_is_over(day)
+    except DayNotOverError as exc:
+        raise InvalidRunParams(f"{vertical}: {exc}") from None
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None and (start, end) != tuple(day_interval(day)):
+        raise InvalidRunParams(
+            f"{vertical} {ds}: data interval {start.isoformat()} -> {end.isoformat()} is not the UTC day "
+            f"{ds} that this run processes; trigger without a data interval (Airflow then uses the day "
+            "of the logical date)"
+        )
+
+
 def run_ds(context: Mapping[str, Any]) -> str:
     """The run's logical date as YYYY-MM-DD (UTC): the day whose data the run covers.
 
-    Scheduled runs use a cron *data-interval* timetable, so the logical date is
-    the start of the interval (02:00 on the 27th covers the 27th, runs on the
-    28th); a manual run covers the logical date it was triggered with.  A run
-    triggered without one covers the day before it ran, like tonight's run.
+    The timetable (`pipelines.orchestration.timetable`) makes the data interval
+    exactly that day: the run for the 27th has logical date 27th 00:00Z and data
+    interval 27th 00:00Z -> 28th 00:00Z, and is scheduled on the 28th.  A run
+    triggered without a logical date (Airflow 3 allows it; it has no data
+    interval) covers the day before it ran, like tonight's run.
     """
     logical = context.get("logical_date")
     if logical is None:
@@ -138,8 +184,11 @@ LEASE_WAIT_S = 60.0
 
 def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` under the run lease; return its small record."""
-    from pipelines import stages
     from pipelines.config import Settings
+    from pipelines.orchestration.task_logging import route_library_notices
+
+    route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
+    from pipelines import stages
     from pipelines.errors import DataQualityError, InvalidArgumentError, SpecError
     from pipelines.run_lock import hold_run
 
@@ -154,7 +203,16 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     except DataQualityError as exc:
         record_failure(vertical, ds, context, exc)
         _give_back(vertical, holder)  # the run stops here: no retry, no downstream task
-        raise DataQualityFailure(str(exc)) from exc
+        # The summary ends the task log: an expected outcome, told in two lines, no traceback.
+        log.error("%s", exc)
+        log.error(
+            "%s %s: the data-quality alert went to the owners and the day is quarantined; no retry. "
+            "Fix the source, then clear '%s' of this run (or trigger the date again).",
+            vertical,
+            ds,
+            stage,
+        )
+        raise DataQualityFailure(f"{vertical} {ds}: data quality failed (summary above)") from exc
     except (InvalidArgumentError, SpecError) as exc:
         record_failure(vertical, ds, context, exc)
         _give_back(vertical, holder)

@@ -7,7 +7,7 @@ one ``airflow standalone`` for the whole module (see ``conftest.py``):
 2. trigger ``finance`` from its trigger form with the defaults for a past date,
    and see the run succeed;
 3. trigger a forced promotion without a reason, and see it refused (by the
-   form, or at run start by ``extract``);
+   form, by the API server on submit, or at run start by ``extract``);
 4. open the Models view inside the UI and follow its links: the DAG run, the
    model card, the data docs and that date's validation result.
 
@@ -166,6 +166,16 @@ def test_forced_promotion_without_a_reason_is_refused(page: Any, airflow_ui: Air
         assert _run_for(airflow_ui, FORCED_DS) is None
         return
     submit.click()
+    # ... refused by the API server when submitted (the trigger guard: HTTP 400, shown in the form, no run) ...
+    refusal = dialog.get_by_text("force_reason is empty")
+    try:
+        expect(refusal.first).to_be_visible(timeout=15_000)
+    except AssertionError:
+        pass
+    else:
+        shots(page, "forced-without-reason-refused", docs=True)
+        assert _run_for(airflow_ui, FORCED_DS) is None
+        return
     # ... or refused at run start: extract fails at once (no retries), before any work, saying why.
     run = airflow_ui.wait_for(f"the run for {FORCED_DS}", lambda: _run_for(airflow_ui, FORCED_DS), 60)
     assert run["conf"].get("force_promotion") is True

@@ -11,11 +11,14 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="pipelines-dagbag-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# The repo's plugins register the verticals' timetable (serialization needs it).
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(Path(__file__).resolve().parents[2] / "plugins")
 
 from pipelines.orchestration.dag_files import DAGS_DIR  # after the env above
 

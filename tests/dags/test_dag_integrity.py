@@ -81,8 +81,8 @@ def test_dag_shape(dagbag, vertical):
         assert dag.task_dict[upstream].downstream_task_ids == {downstream}
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert dag.timetable.expression == spec.schedule
+    assert type(dag.timetable).__name__ == "UtcDayTimetable"
+    assert dag.timetable.summary == spec.schedule
     assert dag.owner == spec.owner
     assert set(dag.tags) == {*spec.tags, f"vertical:{vertical}"}
     assert spec.label.column in dag.doc_md
@@ -91,15 +91,61 @@ def test_dag_shape(dagbag, vertical):
 
 
 @pytest.mark.parametrize("vertical", VERTICALS)
-def test_params_in_trigger_form(dagbag, vertical):
+def test_trigger_form_submits_with_its_defaults(dagbag, vertical):
+    """Every field optional (type admits null), defaults valid: the form's Trigger button is enabled."""
     params = dagbag.dags[vertical].params
-    assert params["dry_run"] is False
-    assert params["force_promotion"] is False
-    assert params["force_reason"] == ""
-    schema = {key: params.get_param(key).schema for key in ("dry_run", "force_promotion", "force_reason")}
-    assert schema["dry_run"]["type"] == "boolean"
-    assert schema["force_promotion"]["type"] == "boolean"
-    assert schema["force_reason"]["type"] == "string"
+    assert params.validate() == {"dry_run": False, "force_promotion": False, "force_reason": None}
+    for key in ("dry_run", "force_promotion", "force_reason"):
+        # Airflow's form marks a field required unless its type admits null.
+        assert "null" in params.get_param(key).schema["type"], key
+    assert params.get_param("force_reason").resolve("x" * 500) == "x" * 500
+    with pytest.raises(Exception):  # noqa: B017 - Airflow raises its own ParamValidationError
+        params.get_param("force_reason").resolve("x" * 501)
+
+
+@pytest.mark.parametrize(
+    ("conf", "accepted"),
+    [
+        ({}, True),
+        ({"dry_run": True}, True),
+        ({"force_promotion": True, "force_reason": "CFO sign-off #12"}, True),
+        ({"force_reason": "no force: ignored"}, True),
+        ({"force_promotion": True}, False),
+        ({"force_promotion": True, "force_reason": "   "}, False),
+        ({"force_promotion": True, "force_reason": None}, False),
+    ],
+)
+def test_trigger_conf_validation(dagbag, conf, accepted):
+    """What Airflow checks at trigger (each param's schema), then the run start (the cross-field rule)."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from pipelines.orchestration.dag_factory import run_params
+    from pipelines.orchestration.tasks import InvalidRunParams, RunOptions
+
+    assert set(dagbag.dags["finance"].params.keys()) == set(run_params())  # the form is run_params()
+    params = ParamsDict(run_params())  # fresh: update() changes the Param objects in place
+    params.update(conf)
+    values = params.validate()  # per-param JSON schema: every one of these conf passes it
+    if accepted:
+        options = RunOptions.from_params(values)
+        forced = bool(conf.get("force_promotion"))
+        assert options.force_reason == (conf["force_reason"] if forced else None)
+    else:
+        with pytest.raises(InvalidRunParams, match="force_reason is empty"):
+            RunOptions.from_params(values)
+
+
+def test_rollback_reason_is_required_in_the_form(dagbag):
+    from pipelines.orchestration.rollback_dag import rollback_params
+
+    assert "reason" in dagbag.dags["rollback_model"].params
+    param = rollback_params(["finance"])["reason"]  # fresh: resolve() in other tests stores values
+    assert "null" not in param.schema["type"]  # the form keeps Trigger disabled until it is filled
+    assert not param.has_value  # no default to submit
+    for blank in ("", "   ", None):
+        with pytest.raises(Exception):  # noqa: B017 - Airflow raises its own ParamValidationError
+            param.resolve(blank)
+    assert param.resolve("bad model in prod") == "bad model in prod"
 
 
 @pytest.mark.parametrize("vertical", VERTICALS)

@@ -8,6 +8,7 @@ through Airflow in tests/integration/test_airflow_alerts.py.
 from __future__ import annotations
 
 import email
+import logging
 from datetime import UTC, datetime
 from email import policy
 from types import SimpleNamespace
@@ -31,6 +32,7 @@ from pipelines.orchestration.tasks import (
     DataQualityFailure,
     InvalidRunParams,
     RunOptions,
+    data_quality_retry_policy,
     run_ds,
     run_stage,
 )
@@ -93,10 +95,13 @@ def test_data_quality_error_fails_the_run_without_retry(settings, monkeypatch):
         raise DataQualityError("2 expectations failed", vertical=vertical, ds=ds)
 
     monkeypatch.setattr(stages, "validate", bad)
-    with pytest.raises(DataQualityFailure, match="2 expectations failed") as err:
+    with pytest.raises(DataQualityFailure, match="finance 2026-11-27: data quality failed") as err:
         run_stage("validate", "finance", context())
-    assert isinstance(err.value, AirflowFailException)
     assert isinstance(err.value.__cause__, DataQualityError)
+    decision = data_quality_retry_policy().evaluate(err.value, try_number=1, max_tries=3)
+    assert decision.action.value == "fail"  # Airflow does not retry it
+    for other in (SourceError("warehouse down"), RuntimeError("disk full")):
+        assert data_quality_retry_policy().evaluate(other, try_number=1, max_tries=3).action.value == "default"
     record = (settings.home / "runs" / "finance" / "2026-11-27" / f"{FAILURE_RECORD}.json").read_text()
     assert '"data_quality": true' in record and '"run_id": "manual__x"' in record
 
@@ -259,6 +264,66 @@ def test_generated_file_is_recognised_and_parsed_by_airflow_heuristics(tmp_path)
     assert is_generated(path) and path.read_text().startswith(MARKER)
     content = path.read_text().lower()
     assert "airflow" in content and "dag" in content  # DAG discovery safe mode
+
+
+# -- task logs -------------------------------------------------------------------
+
+
+def test_data_quality_failure_logs_its_summary_last(settings, monkeypatch, caplog):
+    def bad(vertical, ds, **_):
+        raise DataQualityError("1 of 18 expectations failed on 3954 rows: age", vertical=vertical, ds=ds)
+
+    monkeypatch.setattr(stages, "validate", bad)
+    with caplog.at_level(logging.INFO), pytest.raises(DataQualityFailure):
+        run_stage("validate", "finance", context())
+    summary, hint = [r.getMessage() for r in caplog.records if r.name == "pipelines.orchestration.tasks"][-2:]
+    assert "1 of 18 expectations failed on 3954 rows: age" in summary
+    assert "no retry" in hint and "clear 'validate'" in hint
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(settings):
+    from pipelines.orchestration.task_logging import route_library_notices
+
+    library = logging.getLogger("great_expectations")
+    saved = (library.handlers[:], library.propagate)
+    for handler in saved[0]:  # an earlier test's run_stage routed them to its own home
+        if getattr(handler, "_pipelines_route", False):
+            library.removeHandler(handler)
+    task_log, root = _Collect(), logging.getLogger()  # stands in for Airflow's task-log handler
+    root.addHandler(task_log)
+    old_level, root.level = root.level, logging.INFO
+    try:
+        path = route_library_notices(settings.home)
+        assert route_library_notices(settings.home) == path
+        assert sum(getattr(h, "_pipelines_route", False) for h in library.handlers) == 2  # idempotent
+        gx = logging.getLogger("great_expectations._docs_decorators")
+        gx.info("Skipping registering function get_context because it does not have a class")
+        gx.warning("a real GX warning")
+        logging.getLogger("pipelines.stages").info("our own notice")
+        assert task_log.messages == ["a real GX warning", "our own notice"]
+        for handler in library.handlers:
+            handler.flush()
+        text = path.read_text()
+        assert "Skipping registering function get_context" in text and "a real GX warning" in text
+        assert path.is_relative_to(settings.home)
+    finally:
+        root.removeHandler(task_log)
+        root.level = old_level
+        for handler in library.handlers[:]:
+            if handler not in saved[0]:
+                library.removeHandler(handler)
+                handler.close()
+        library.handlers[:0] = [h for h in saved[0] if h not in library.handlers]
+        library.propagate = saved[1]
 
 
 def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):

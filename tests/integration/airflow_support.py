@@ -12,21 +12,32 @@ import atexit
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from pipelines.config import PROJECT_ROOT
 from pipelines.orchestration.airflow_env import embedded_env, with_interpreter_on_path
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REGISTRY_TABLES = ("model_versions", "decisions", "deployments")
+STARTUP_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 600
 
 
 def airflow_env(pipelines_home: Path, airflow_home: Path, *, port: int | None = None, **extra: str) -> dict[str, str]:
@@ -134,3 +145,156 @@ def registry_counts(home: Path) -> dict[str, int]:
 def pointer(home: Path, vertical: str) -> dict[str, Any] | None:
     path = home / "bucket" / vertical / "production.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- a real `airflow standalone` ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Airflow:
+    """A running ``airflow standalone`` and an authenticated REST client for it."""
+
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    home: Path
+    log: Path
+    #: The DAG the run/task helpers address.
+    dag_id: str
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_for(self, what: str, check: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
+                )
+            result = check()
+            if result:
+                return result
+            time.sleep(2)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+
+    def run_state(self, run_id: str) -> str:
+        response = self.client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}")
+        response.raise_for_status()
+        return response.json()["state"]
+
+    def task_states(self, run_id: str) -> dict[str, dict[str, Any]]:
+        response = self.client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances")
+        response.raise_for_status()
+        return {
+            ti["task_id"]: {"state": ti["state"], "try_number": ti["try_number"]}
+            for ti in response.json()["task_instances"]
+        }
+
+    def wait_for_run(self, run_id: str) -> None:
+        state = self.wait_for(
+            f"run {run_id}", lambda: (s := self.run_state(run_id)) in ("success", "failed") and s, RUN_TIMEOUT_S
+        )
+        assert state == "success", f"{self.task_states(run_id)}\n{self.log_tail()}"
+
+    def xcom(self, run_id: str, task_id: str) -> Any:
+        response = self.client.get(
+            f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        )
+        response.raise_for_status()
+        value = response.json()["value"]
+        return json.loads(value) if isinstance(value, str) else value
+
+    def clear(self, run_id: str, task_ids: list[str] | None) -> list[str]:
+        body: dict[str, Any] = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "only_failed": False,
+            "reset_dag_runs": True,
+            "include_downstream": True,
+        }
+        if task_ids is not None:
+            body["task_ids"] = task_ids
+        response = self.client.post(f"/api/v2/dags/{self.dag_id}/clearTaskInstances", json=body)
+        assert response.status_code == 200, response.text
+        return sorted(ti["task_id"] for ti in response.json()["task_instances"])
+
+
+@contextmanager
+def standalone(pipelines_home: Path, tmp_path: Path, dag_id: str) -> Iterator[Airflow]:
+    """``airflow standalone`` on a free loopback port, healthy, with a logged-in REST client.
+
+    Its own AIRFLOW_HOME and SQLite DB under ``tmp_path``; the caller seeds
+    ``pipelines_home``.  Stopped (every child) on exit.
+    """
+    airflow_home = tmp_path / "airflow"
+    airflow_home.mkdir()
+    port = free_port()
+    env = airflow_env(
+        pipelines_home,
+        airflow_home,
+        port=port,
+        # Only the runs this test triggers: no cron run for "yesterday" after unpausing.
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        # One secret for every component, so task tokens validate at the API server.
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
+    )
+    log = tmp_path / "standalone.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [AIRFLOW_BIN, "standalone"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches every child
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    server = Airflow(process, client, airflow_home, log, dag_id)
+    try:
+        server.wait_for("a healthy scheduler", lambda: _healthy(client), STARTUP_TIMEOUT_S)
+        passwords = airflow_home / "simple_auth_manager_passwords.json.generated"
+        password = json.loads(passwords.read_text())["admin"]
+        token = client.post("/auth/token", json={"username": "admin", "password": password})
+        assert token.status_code == 201, token.text
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        server.wait_for(f"DAG {dag_id}", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200, 180)
+        yield server
+    finally:
+        client.close()
+        _stop(process)
+
+
+def _healthy(client: httpx.Client) -> bool:
+    try:
+        response = client.get("/api/v2/monitor/health")
+    except httpx.TransportError:
+        return False
+    if response.status_code != 200:
+        return False
+    health = response.json()
+    return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT to standalone itself (its clean shutdown, ~10 s), then SIGKILL whatever is left of its group.
+
+    Not SIGTERM (standalone would orphan its children) and not SIGINT to the whole
+    group (the components then die under standalone, which hangs reaping them).
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)

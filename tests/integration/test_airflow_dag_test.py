@@ -8,6 +8,8 @@ skips only ``deploy``.
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from pipelines.config import vertical_names
 from .airflow_support import (
     NightlyResult,
     bucket_listing,
+    migrated_airflow_home,
     pointer,
     record,
     registry_counts,
@@ -31,6 +34,9 @@ VERTICALS = vertical_names()
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 
 
+STARTED = datetime.now(UTC)
+
+
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NightlyResult]:
     """Tonight's run of every vertical for ``DS``, as `make run` does it."""
@@ -39,6 +45,27 @@ def nightly(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NightlyResu
     result = run_nightly(home, "all", "--date", DS)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
     return home, result
+
+
+def test_runs_show_their_real_start_duration_trigger_and_the_day_they_processed(nightly):
+    """What the UI shows for `make run`'s runs: the metadata DB rows of each DAG run."""
+    _, result = nightly
+    with sqlite3.connect(migrated_airflow_home() / "airflow.db") as db:
+        for vertical in VERTICALS:
+            row = result.rows[vertical]
+            start, end, triggered_by, user, run_type, logical, di_start, di_end = db.execute(
+                "select start_date, end_date, triggered_by, triggering_user_name, run_type, logical_date,"
+                " data_interval_start, data_interval_end from dag_run where dag_id = ? and run_id = ?",
+                (vertical, row["run_id"]),
+            ).fetchone()
+            started, ended = datetime.fromisoformat(start), datetime.fromisoformat(end)
+            assert started.replace(tzinfo=UTC) >= STARTED.replace(microsecond=0), start  # not the logical date
+            assert 0 < (ended - started).total_seconds() <= row["seconds"] + 5
+            assert (triggered_by, run_type) == ("CLI", "manual")  # the DB stores the enum name
+            assert user.endswith("(make run)")
+            # The day processed (ds) is the logical date and exactly the data interval.
+            assert logical.startswith(f"{DS} 00:00:00")
+            assert di_start.startswith(f"{DS} 00:00:00") and di_end.startswith("2026-11-28 00:00:00")
 
 
 def test_prints_the_decision_table(nightly):

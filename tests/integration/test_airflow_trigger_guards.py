@@ -1,0 +1,139 @@
+"""What an operator meets in a real Airflow: refused triggers, and a data-quality task log.
+
+One ``airflow standalone`` for the module.  A logical date whose UTC day is not
+over (today, tomorrow; with or without an explicit data interval), and a
+forced promotion without a reason, answer HTTP 400 with the reason and create
+no run, so nothing sits "running" and blocks the vertical
+(``max_active_runs=1``); a valid trigger right after is accepted, gets exactly
+its day as data interval and starts.  The rollback DAG refuses a blank reason
+the same way.  A corrupted day fails ``validate`` with a task log that ends
+with the summary: no traceback, no Great Expectations notices.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from .airflow_support import Airflow, seed_home, standalone
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+VERTICAL = "finance"
+DS = "2026-11-27"
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+    home = tmp_path_factory.mktemp("state")
+    seed_home(home)
+    with standalone(home, tmp_path_factory.mktemp("airflow"), VERTICAL) as server:
+        server.pipelines_home = home  # type: ignore[attr-defined]
+        yield server
+
+
+def _midnight(days_from_today: int) -> str:
+    day = datetime.now(UTC).date() + timedelta(days=days_from_today)
+    return f"{day.isoformat()}T00:00:00Z"
+
+
+def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airflow: Airflow):
+    client = airflow.client
+    assert client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": False}).status_code == 200
+    runs = f"/api/v2/dags/{VERTICAL}/dagRuns"
+    tomorrow, today = _midnight(1), _midnight(0)
+    next_day = _midnight(2)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+
+    refused = {
+        "future date": {"logical_date": tomorrow, "conf": {}},
+        "future date, explicit interval": {
+            "logical_date": tomorrow,
+            "data_interval_start": tomorrow,
+            "data_interval_end": next_day,
+            "conf": {},
+        },
+        "today (not over)": {"logical_date": today, "conf": {}},
+    }
+    for what, body in refused.items():
+        response = client.post(runs, json=body)
+        assert response.status_code == 400, (what, response.text)
+        detail = response.json()["detail"]
+        assert "not over yet" in detail and f"up to {yesterday}" in detail, (what, detail)
+        assert VERTICAL in detail
+
+    for reason in (None, "", "   "):
+        conf = {"force_promotion": True} | ({} if reason is None else {"force_reason": reason})
+        response = client.post(runs, json={"logical_date": f"{DS}T00:00:00Z", "conf": conf})
+        assert response.status_code == 400, (conf, response.text)
+        assert "force_reason is empty" in response.json()["detail"]
+
+    listed = client.get(runs).json()
+    assert listed["total_entries"] == 0, listed  # nothing was created, so nothing can block
+
+    # The rollback DAG's reason is required and must not be blank.
+    response = client.post(
+        "/api/v2/dags/rollback_model/dagRuns",
+        json={"logical_date": None, "conf": {"vertical": VERTICAL, "reason": "   "}},
+    )
+    assert response.status_code == 400, response.text
+
+    # A valid trigger is untouched by the guard, gets exactly its day, and starts.
+    ok = client.post(runs, json={"logical_date": f"{DS}T15:04:00Z", "conf": {"dry_run": True}})
+    assert ok.status_code == 200, ok.text
+    run = ok.json()
+    assert (run["data_interval_start"], run["data_interval_end"]) == (
+        "2026-11-27T00:00:00Z",
+        "2026-11-28T00:00:00Z",
+    )
+    assert run["triggered_by"] == "rest_api"
+    airflow.wait_for("the run to start", lambda: airflow.run_state(run["dag_run_id"]) in ("running", "success"), 120)
+    stop = client.patch(f"{runs}/{run['dag_run_id']}", json={"state": "failed"})  # the next test needs the CPUs
+    assert stop.status_code == 200, stop.text
+
+
+def _log_lines(airflow: Airflow, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+    response = airflow.client.get(
+        f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    content = response.json()["content"]
+    return [line if isinstance(line, dict) else {"event": str(line)} for line in content]
+
+
+def test_a_data_quality_failure_ends_its_task_log_with_the_summary(airflow: Airflow):
+    vertical, home = "healthcare", airflow.pipelines_home  # type: ignore[attr-defined]
+    with sqlite3.connect(home / "warehouse.db") as db:
+        db.execute(
+            "update healthcare_covid_tests set age = 250 where test_id in "
+            "(select test_id from healthcare_covid_tests where event_date = ? order by test_id limit 2)",
+            (DS,),
+        )
+    client = airflow.client
+    assert client.patch(f"/api/v2/dags/{vertical}", json={"is_paused": False}).status_code == 200
+    trigger = client.post(f"/api/v2/dags/{vertical}/dagRuns", json={"logical_date": f"{DS}T00:00:00Z", "conf": {}})
+    assert trigger.status_code == 200, trigger.text
+    run_id = trigger.json()["dag_run_id"]
+    url = f"/api/v2/dags/{vertical}/dagRuns/{run_id}"
+    airflow.wait_for("the run to fail", lambda: client.get(url).json()["state"] == "failed", 600)
+    validate = client.get(f"{url}/taskInstances/validate").json()
+    assert (validate["state"], validate["try_number"]) == ("failed", 1)  # no retry
+
+    lines = _log_lines(airflow, vertical, run_id, "validate")
+    text = "\n".join(str(line) for line in lines)
+    assert "Traceback" not in text and not any(line.get("error_detail") for line in lines), text[-4000:]
+    assert "Skipping registering function" not in text  # GX notices went to the library log file
+    assert len(lines) < 80, text[-4000:]
+    ours = [i for i, line in enumerate(lines) if line.get("logger") == "pipelines.orchestration.tasks"]
+    assert ours, text[-4000:]
+    summary, hint = (str(lines[i]["event"]) for i in ours[-2:])
+    assert "expectations failed" in summary and "age" in summary
+    assert "no retry" in hint and "clear 'validate'" in hint
+    after = [str(line.get("event")) for line in lines[ours[-1] + 1 :]]
+    assert len(after) <= 8, after  # Airflow's own closing lines only ("Task exited", the retry decision)
+    assert (home / "logs" / "libraries.log").read_text().count("Skipping registering function") > 0
