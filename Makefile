@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed repro test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed repro browser test test-fast lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
@@ -61,7 +61,15 @@ repro: install
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
 
-test: install
+# The real-browser tier (tests/browser) drives the OS's Chromium: Playwright cannot download its own offline.
+# Installed here when missing and we are root; otherwise that tier is skipped and pytest says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && export DEBIAN_FRONTEND=noninteractive && \
+	  { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }; } || \
+	  echo "chromium is missing and could not be installed: tests/browser will be skipped (apt-get install -y chromium)"
+
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
