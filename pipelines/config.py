@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import SpecError
 
@@ -40,6 +40,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _quoted_date(value: object) -> object:
+    # YAML reads an unquoted 2024-01-01 as a date, which DVC (the specs are its params) cannot store.
+    if isinstance(value, date):
+        raise ValueError(f'write the date in quotes ("{value.isoformat()}"): DVC reads the specs as params')
+    return value
+
+
+#: ``source.start``: a quoted ``"YYYY-MM-DD"`` in the spec file.
+SourceStart = Annotated[date | None, BeforeValidator(_quoted_date)]
+
+
 class SqlSource(_Strict):
     """Rows come from a table (or view) reached through SQLAlchemy."""
 
@@ -51,7 +62,7 @@ class SqlSource(_Strict):
     event_time: str = "event_date"
     #: First day the source has data: earlier logical dates are refused and the
     #: training window never reaches back before it.  Unset: `EARLIEST_DS`.
-    start: date | None = None
+    start: SourceStart = None
 
 
 class FileSource(_Strict):
@@ -63,7 +74,7 @@ class FileSource(_Strict):
     format: Literal["csv", "parquet"] = "parquet"
     event_time: str = "event_date"
     #: First day the source has data (see `SqlSource.start`).
-    start: date | None = None
+    start: SourceStart = None
 
     @model_validator(mode="after")
     def _has_ds(self) -> FileSource:

@@ -18,6 +18,10 @@ from pipelines.config import PROJECT_ROOT
 
 DEFAULT_PORT = 8080
 
+#: SQLite metadata DB: how long a connection waits for another process's write lock (s).  Python's
+#: default of 5 s turns a busy scheduler on 2 loaded cores into API 500s ("Database error").
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 
 def embedded_env(env: Mapping[str, str] | None = None, *, root: Path = PROJECT_ROOT) -> dict[str, str]:
     """The Airflow settings of the embedded default (SQLite, LocalExecutor, 2 cores).
@@ -30,6 +34,15 @@ def embedded_env(env: Mapping[str, str] | None = None, *, root: Path = PROJECT_R
     home = Path(env.get("AIRFLOW_HOME") or state / "airflow")
     port = int(env.get("AIRFLOW__API__PORT") or DEFAULT_PORT)
     base_url = f"http://localhost:{port}"
+    conn = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"sqlite:///{home / 'airflow.db'}"
+    sqlite_only = (
+        {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS",
+        }
+        if conn.startswith("sqlite")
+        else {}
+    )
     return {
         "PIPELINES_HOME": str(state),
         "AIRFLOW_HOME": str(home),
@@ -47,6 +60,7 @@ def embedded_env(env: Mapping[str, str] | None = None, *, root: Path = PROJECT_R
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
         # New DAGs show up within seconds after `make dags`, not after 5 minutes.
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        **sqlite_only,
     }
 
 

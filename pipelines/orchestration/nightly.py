@@ -162,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.config import Settings, load_spec, vertical_names
     from pipelines.errors import PipelineError
-    from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over
     from pipelines.sources import check_ds
 
     ds = args.date or yesterday()
@@ -178,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if args.force_reason and len(args.force_reason) > MAX_REASON:
         parser.error(f"--force-reason is longer than {MAX_REASON} characters")
+    # Imports Airflow (which creates AIRFLOW_HOME): only once the arguments are known to be sane.
+    from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over
+
     try:
         check_day_is_over(date.fromisoformat(ds))  # a run processes a whole UTC day (the timetable refuses it too)
     except DayNotOverError as exc:

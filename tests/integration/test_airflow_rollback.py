@@ -14,7 +14,7 @@ from pipelines.config import PROJECT_ROOT
 from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly, seed_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
-FIRST, SECOND = "2026-11-27", "2026-12-15"
+FIRST, SECOND = "2026-11-27", "2026-11-29"
 
 
 def rollback_via_airflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -95,7 +95,7 @@ def test_a_rolled_back_model_does_not_come_back_without_a_force(cli: Cli):
     """Issue 8: rollback C -> A, rerun C's night: not promoted, and the run says why."""
     cli("run", "finance", "--date", DS)
     first = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())["version"]
-    later = "2026-12-15"
+    later = "2026-11-29"
     cli("run", "finance", "--date", later, "--force-reason", "test: a second deployment")
     second = cli.record("finance", later, "deploy")["model_version"]
     assert second != first

@@ -369,8 +369,15 @@ def test_bucket_unreachable_is_a_deploy_error_naming_the_url_and_production_is_u
         "AWS_MAX_ATTEMPTS": "1",
     }.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(DeployError, match=url) as caught:
-        stages.deploy(VERTICAL, DS)
+    import s3fs
+
+    # fsspec caches one S3 filesystem per set of options: an earlier test's (live SeaweedFS) must not answer.
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(DeployError, match=url) as caught:
+            stages.deploy(VERTICAL, DS)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # nor may this one (a closed port) answer a later test
     assert caught.value.exit_code == 7
     assert "PIPELINES_BUCKET_URL" in str(caught.value)
     assert Registry.from_settings(_settings()).champion(VERTICAL) is None

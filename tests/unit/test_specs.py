@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ def _mutated(change: str) -> dict[str, Any]:
         data["name"] = "Finance-EU"
     elif change == "bad threshold":
         data["gate"]["thresholds"]["f1"] = 1.5
+    elif change == "unquoted start date":
+        data["source"]["start"] = date(2024, 1, 1)  # what YAML makes of `start: 2024-01-01`
     return data
 
 
@@ -138,6 +141,7 @@ def _mutated(change: str) -> dict[str, Any]:
         ("pii as feature", r"PII columns must not be model features: \['age'\]"),
         ("bad name", r"name must be lower-case letters"),
         ("bad threshold", r"gate\.thresholds\.f1: Input should be less than or equal to 1"),
+        ("unquoted start date", r"source\.sql\.start: Value error, write the date in quotes \(\"2024-01-01\"\)"),
     ],
 )
 def test_spec_errors_name_the_field(tmp_path: Path, change: str, message: str) -> None:
