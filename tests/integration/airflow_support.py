@@ -254,7 +254,9 @@ def standalone(pipelines_home: Path, tmp_path: Path, dag_id: str) -> Iterator[Ai
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches every child
         )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=120
+    )  # the API waits up to 60 s for the SQLite write lock
     server = Airflow(process, client, airflow_home, log, dag_id)
     try:
         server.wait_for("a healthy scheduler", lambda: _healthy(client), STARTUP_TIMEOUT_S)

@@ -46,7 +46,7 @@ def test_rollback_dag_restores_the_previous_version_records_it_and_notifies(tmp_
     assert second != first
 
     refused = rollback_via_airflow(home, "finance", "--reason", "   ")
-    assert refused.returncode == 1
+    assert refused.returncode == 2 and "a rollback needs a reason" in refused.stderr  # refused before Airflow runs
     assert pointer(home, "finance")["version"] == second  # nothing moved
 
     done = rollback_via_airflow(home, "finance", "--reason", "recall complaints from the review team")
