@@ -61,6 +61,11 @@ repro: install
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
 
+# The scoring API on http://127.0.0.1:8090 (/docs, /v2, /v1/<vertical>/predict) over every
+# production model in the bucket; hot-reloads on promotion and rollback (PIPELINES_SCORING_* vars).
+serve: install
+	$(BIN)/python -m pipelines serve $(SERVE_ARGS)
+
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
