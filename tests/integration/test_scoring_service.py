@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,7 +171,7 @@ def test_model_card_metadata_and_docs(served: dict[str, Any]):
     server = httpx.get(f"{served['base']}/v2", headers=AUTH).json()
     assert server["name"] == "pipelines-scoring"
     docs = httpx.get(f"{served['base']}/openapi.json").json()
-    assert f"/v1/{{vertical}}/predict" in docs["paths"]
+    assert "/v1/{vertical}/predict" in docs["paths"]
     assert "/v2/models/{vertical}/versions/{model_version}/infer" in docs["paths"]
     assert httpx.get(f"{served['base']}/docs").status_code == 200
 
@@ -250,7 +249,7 @@ _DROP = object()
     ],
 )
 def test_bad_request_catalogue(
-    served: dict[str, Any], rows: pd.DataFrame, case: str, status: int, field: str, reason: str
+    served: dict[str, Any], rows: pd.DataFrame, *, case: str, status: int, field: str, reason: str
 ):
     path = f"/v1/{VERTICAL}/predict"
     content: bytes | None = None
