@@ -199,8 +199,9 @@ class Exports(_Strict):
 
     #: fp32 ONNX computes the same function: only float rounding may differ.
     onnx: ExportTolerance = ExportTolerance(max_abs_diff=1e-4, max_metric_delta=0.005)
-    #: int8 weights round each weight to 1/127 of its range: allow a visible but bounded drift.
-    onnx_int8: ExportTolerance = ExportTolerance(max_abs_diff=0.05, max_metric_delta=0.02)
+    #: Dynamic int8 quantises weights and activations: on the small MLPs here single rows move by
+    #: 0.05-0.1 (measured), so the per-row bound is loose and the metric deltas do the guarding.
+    onnx_int8: ExportTolerance = ExportTolerance(max_abs_diff=0.15, max_metric_delta=0.02)
 
 
 class Gate(_Strict):
