@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.scoring.runtime import FORMATS, LoadedModel, ModelFormat
 from pipelines.scoring.store import ModelStore
@@ -159,38 +160,7 @@ def create_app(config: ScoringConfig) -> FastAPI:
     app.state.store = store
     app.state.config = config
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        path = request.url.path
-        response: Response
-        if config.token is not None and path not in OPEN_PATHS and not _authorised(request, config.token):
-            response = JSONResponse(
-                {"error": "missing or wrong bearer token", "field": "Authorization", "reason": "unauthenticated"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        else:
-            response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        elapsed = time.perf_counter() - started
-        status = str(response.status_code)
-        metrics.requests.labels(route, status).inc()
-        metrics.latency.labels(route).observe(elapsed)
-        if response.status_code >= 400:
-            metrics.errors.labels(route, status).inc()
-        # No bodies, no feature values: route template, vertical, outcome, size and timing only.
-        log.info(
-            "%s %s vertical=%s status=%s rows=%s version=%s ms=%.2f",
-            request.method,
-            route,
-            request.path_params.get("vertical", "-") if route != "unmatched" else "-",
-            status,
-            request.scope.get("scoring_rows", "-"),
-            request.scope.get("scoring_version", "-"),
-            elapsed * 1000,
-        )
-        return response
+    app.add_middleware(_Guard, token=config.token, metrics=metrics)
 
     # -- health and server metadata ----------------------------------------------
 
@@ -377,10 +347,60 @@ def create_app(config: ScoringConfig) -> FastAPI:
     return app
 
 
-def _authorised(request: Request, token: str) -> bool:
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+class _Guard:
+    """Auth, metrics and the access log around every request (plain ASGI: no per-request task or copy)."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, metrics: _Metrics) -> None:
+        self.app = app
+        self.token = token
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        if self.token is not None and scope["path"] not in OPEN_PATHS and not _authorised(scope, self.token):
+            denied = JSONResponse(
+                {"error": "missing or wrong bearer token", "field": "Authorization", "reason": "unauthenticated"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await denied(scope, receive, tracking_send)
+        else:
+            await self.app(scope, receive, tracking_send)
+        # The router records the matched route in the scope: label by its template, never the raw path.
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        if status >= 400:
+            self.metrics.errors.labels(route, str(status)).inc()
+        # No bodies, no feature values: route template, vertical, outcome, size and timing only.
+        log.info(
+            "%s %s vertical=%s status=%s rows=%s version=%s ms=%.2f",
+            scope["method"],
+            route,
+            (scope.get("path_params") or {}).get("vertical", "-") if route != "unmatched" else "-",
+            status,
+            scope.get("scoring_rows", "-"),
+            scope.get("scoring_version", "-"),
+            elapsed * 1000,
+        )
+
+
+def _authorised(scope: Scope, token: str) -> bool:
+    given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    scheme, _, value = given.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token.encode())
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

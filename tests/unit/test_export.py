@@ -55,6 +55,15 @@ def test_a_rerun_keeps_the_exports_that_evaluate_checked(trained: Path):
     assert not list(trained.glob(".*")), "no temp files left behind"
 
 
+def test_identical_weights_give_byte_identical_exports(tmp_path: Path, trained: Path):
+    # Reruns and reproductions compare the bucket byte for byte: the exports must not differ.
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    for name in ("weights.pt", "model.json", "preprocessing.json"):
+        (copy / name).write_bytes((trained / name).read_bytes())
+    assert export_model_dir(copy) == export_model_dir(trained)
+
+
 def _decision(checks):
     gate = load_spec("finance", make_settings(Path("/nonexistent"))).gate
     challenger = {
