@@ -80,11 +80,27 @@ class ScoringConfig:
             cache_dir=Path(os.environ.get("PIPELINES_SCORING_CACHE", settings.home / "cache" / "scoring")),
             model_format=fmt,  # checked against FORMATS above
             poll_interval=float(os.environ.get("PIPELINES_SCORING_POLL_S", "2")),
-            token=os.environ.get(TOKEN_ENV) or None,
+            token=_token(),
             max_rows=int(os.environ.get("PIPELINES_SCORING_MAX_ROWS", "10000")),
             max_body_bytes=int(os.environ.get("PIPELINES_SCORING_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
             verticals=[v.strip() for v in verticals.split(",") if v.strip()] or None,
         )
+
+
+def _token() -> str | None:
+    """The bearer token: ``PIPELINES_SCORING_TOKEN``, or the file ``PIPELINES_SCORING_TOKEN_FILE`` names (a secret)."""
+    from pipelines.errors import SpecError
+
+    path = os.environ.get(f"{TOKEN_ENV}_FILE")
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SpecError(f"{TOKEN_ENV}_FILE={path} cannot be read ({exc}); mount the secret there") from exc
+        if not token:
+            raise SpecError(f"{TOKEN_ENV}_FILE={path} is empty; refusing to serve without the intended token")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 class _Metrics:
@@ -423,6 +439,8 @@ def _parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, "body", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "body", "malformed JSON: nested too deeply") from None
 
 
 def _split_binary(raw: bytes, header: str | None) -> tuple[Any, dict[int, bytes] | None]:

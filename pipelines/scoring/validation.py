@@ -47,7 +47,10 @@ def _numeric(value: Any, field: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(422, field, f"expected a number or null, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf  # an integer beyond float range: refused below like any infinity
     if not math.isfinite(number):
         raise RequestError(422, field, f"{value} is not a finite number; send null for a missing value")
     return number
@@ -195,13 +198,21 @@ def _tensor_values(tensor: dict[str, Any], name: str, *, categorical: bool, bina
 
 
 def _flatten(data: list) -> list:
+    """Row-major values of a nested list, iteratively (a hostile nesting depth must not recurse)."""
     out: list = []
-    for item in data:
-        if isinstance(item, list):
-            out.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
         else:
             out.append(item)
     return out
+
+
+_END = object()
 
 
 def _decode_binary(raw: bytes, datatype: str, name: str) -> list:

@@ -245,6 +245,8 @@ _DROP = object()
         ("too_many_rows", 413, "records", "exceed the limit of 5000"),
         ("ten_megabytes", 413, "body", "exceed the limit"),
         ("malformed_json", 400, "body", "malformed JSON"),
+        ("deeply_nested_json", 400, "body", "nested too deeply"),
+        ("huge_integer", 422, "records[0].age", "not a finite number"),
         ("unknown_vertical", 404, "vertical", "no production model is served for 'retail'"),
     ],
 )
@@ -280,6 +282,10 @@ def test_bad_request_catalogue(
         content = b'{"records": [' + b" " * (10 * 1024 * 1024) + b"]}"
     elif case == "malformed_json":
         content = b'{"records": [{"income": 1,'
+    elif case == "deeply_nested_json":
+        content = b"[" * 100_000 + b"]" * 100_000
+    elif case == "huge_integer":
+        content = json.dumps({"records": [_record(rows, age="__BIG__")]}).replace('"__BIG__"', "9" * 400).encode()
     elif case == "unknown_vertical":
         path, body = "/v1/retail/predict", {"records": [_record(rows)]}
     if content is not None:
@@ -326,3 +332,23 @@ def test_unknown_version_is_404(served: dict[str, Any]):
     response = httpx.get(f"{served['base']}/v2/models/{VERTICAL}/versions/v0", headers=AUTH)
     assert response.status_code == 404
     assert response.json()["field"] == "model_version"
+
+
+def test_v2_accepts_column_tensors_of_shape_rows_by_one(served: dict[str, Any], rows: pd.DataFrame):
+    frame = rows.iloc[3:6]
+    body = {
+        "inputs": [
+            {"name": n, "datatype": "FP32", "shape": [3, 1], "data": [[v] for v in frame[n].tolist()]} for n in NUMERIC
+        ]
+        + [
+            {"name": n, "datatype": "BYTES", "shape": [3, 1], "data": [[v] for v in frame[n].fillna("rent")]}
+            for n in CATEGORICAL
+        ],
+        "outputs": [{"name": "probability"}],
+        "id": "req-42",
+    }
+    answer = post(served, f"/v2/models/{VERTICAL}/versions/v1/infer", json=body).json()
+    assert answer["id"] == "req-42" and [o["name"] for o in answer["outputs"]] == ["probability"]
+    expected = served["reference"].predict_proba(frame.fillna({"job_type": "rent"}))
+    # FP32 inputs round the numbers before preprocessing: close, not bit-equal.
+    np.testing.assert_allclose(answer["outputs"][0]["data"], expected, atol=1e-4)
