@@ -125,7 +125,7 @@ class ModelStore:
             self._refuse(vertical, version, digest, str(exc))
             return
         self._models = {**self._models, vertical: loaded}
-        self.problems.pop(vertical, None)
+        self.problems = {k: v for k, v in self.problems.items() if k != vertical}
         log.info(
             "scoring: %s now serves %s (%s; was %s)",
             vertical,
@@ -138,7 +138,11 @@ class ModelStore:
 
     def _refuse(self, vertical: str, version: str | None, digest: str | None, why: str) -> None:
         current = self._models.get(vertical)
-        self.problems[vertical] = {"version": version, "checksums_sha256": digest, "problem": why}
+        # Replaced, never mutated: request threads iterate it (`/v1/models`) while the poller writes.
+        self.problems = {
+            **self.problems,
+            vertical: {"version": version, "checksums_sha256": digest, "problem": why},
+        }
         log.error(
             "scoring: %s: refusing production %s (%s); still serving %s",
             vertical,
