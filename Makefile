@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed repro test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed repro serve test test-fast lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
@@ -23,6 +23,7 @@ help:
 	@echo "make airflow    start Airflow standalone on http://localhost:8080 (user admin; see docs/airflow.md)"
 	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
 	@echo "make pipeline   the same nightly run without Airflow (CLI)"
+	@echo "make serve      the scoring API on http://127.0.0.1:8090 (docs/serving.md)"
 	@echo "make lint       ruff and mypy"
 
 $(STAMP): requirements.lock pyproject.toml
