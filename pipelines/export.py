@@ -55,12 +55,29 @@ def export_model_dir(model_dir: Path) -> dict[str, dict[str, Any]]:
     return {fmt: _describe(model_dir / name) for fmt, name in ONNX_FILES.items()}
 
 
+def try_export_model_dir(model_dir: Path) -> dict[str, Any]:
+    """`export_model_dir`, but a failed export is recorded instead of failing the train stage.
+
+    The PyTorch model stays deployable; evaluate finds no export file and the
+    gate's ``export:<format>:available`` rule keeps that format out of the deploy.
+    """
+    try:
+        return export_model_dir(model_dir)
+    except TrainingError as exc:
+        log.error("export of %s failed; only the PyTorch model can be deployed: %s", model_dir, exc)
+        return {"error": str(exc)}
+
+
 def _export_fp32(model_dir: Path, target: Path) -> None:
     import torch
 
     from pipelines.modeling import load_model_dir
 
-    model = load_model_dir(model_dir)
+    try:
+        model = load_model_dir(model_dir)
+    except (TrainingError, RuntimeError, OSError, ValueError) as exc:
+        # RuntimeError: weights that do not fit the recorded architecture (torch's load_state_dict).
+        raise TrainingError(f"ONNX export of {model_dir}: the model does not load ({exc})") from exc
 
     class _Probability(torch.nn.Module):
         """The network and its sigmoid, so the graph answers probabilities."""

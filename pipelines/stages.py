@@ -236,7 +236,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     before training, so a retried task resumes from its checkpoint and a rerun
     finds the finished model instead of training a duplicate.
     """
-    from pipelines.export import export_model_dir
+    from pipelines.export import try_export_model_dir
     from pipelines.registry import Registry
     from pipelines.training import train_model
 
@@ -252,7 +252,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     else:
         result = train_model(train_frame, spec, model_dir=model_dir, checkpoint_dir=layout.checkpoint_dir(version))
         epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
-    exports = export_model_dir(model_dir)
+    exports = try_export_model_dir(model_dir)
     record = {
         "model_version": version,
         "data_version": snap["id"],

@@ -14,7 +14,13 @@ import pytest
 from pipelines.config import PROJECT_ROOT, Exports, ExportTolerance, load_spec
 from pipelines.deploy import deploy_version
 from pipelines.errors import DeployError
-from pipelines.export import check_exports, export_model_dir, export_rules, refused_export_files
+from pipelines.export import (
+    check_exports,
+    export_model_dir,
+    export_rules,
+    refused_export_files,
+    try_export_model_dir,
+)
 from pipelines.features import label_vector
 from pipelines.modeling import load_model_dir
 from pipelines.promotion import decide_promotion
@@ -161,6 +167,20 @@ def test_an_unloadable_or_unchecked_export_is_refused(tmp_path: Path, trained: P
     assert refused_export_files(_decision(checks).to_dict()) == ["model.int8.onnx", "model.onnx"]
     # An evaluation recorded before exports existed: nothing unchecked is deployed.
     assert refused_export_files(_decision(None).to_dict()) == ["model.int8.onnx", "model.onnx"]
+
+
+def test_a_failed_export_is_recorded_and_does_not_fail_training(tmp_path: Path, trained: Path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("weights.pt", "model.json", "preprocessing.json"):
+        (model_dir / name).write_bytes((trained / name).read_bytes())
+    # Weights that do not fit the architecture: the exporter cannot load the model.
+    manifest = json.loads((model_dir / "model.json").read_text())
+    manifest["architecture"]["hidden"] = [3]
+    (model_dir / "model.json").write_text(json.dumps(manifest))
+    result = try_export_model_dir(model_dir)
+    assert "error" in result
+    assert not list(model_dir.glob("*.onnx")) and not list(model_dir.glob(".*"))
 
 
 def test_tolerances_are_typed_spec_fields():
