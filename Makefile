@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed repro browser test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed repro serve browser test test-fast lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
@@ -23,6 +23,7 @@ help:
 	@echo "make airflow    start Airflow standalone on http://localhost:8080 (user admin; see docs/airflow.md)"
 	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
 	@echo "make pipeline   the same nightly run without Airflow (CLI)"
+	@echo "make serve      the scoring API on http://127.0.0.1:8090 (docs/serving.md)"
 	@echo "make lint       ruff and mypy"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -60,6 +61,11 @@ repro: install
 	$(BIN)/python -m pipelines.experiment seed-if-missing
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
+
+# The scoring API on http://127.0.0.1:8090 (/docs, /v2, /v1/<vertical>/predict) over every
+# production model in the bucket; hot-reloads on promotion and rollback (PIPELINES_SCORING_* vars).
+serve: install
+	$(BIN)/python -m pipelines serve $(SERVE_ARGS)
 
 # The real-browser tier (tests/browser) drives the OS's Chromium: Playwright cannot download its own offline.
 # Installed here when missing and we are root; otherwise that tier is skipped and pytest says so.

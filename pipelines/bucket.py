@@ -5,6 +5,7 @@ production (s3fs).  The layout::
 
     <bucket>/<vertical>/versions/<model_version>/   immutable once complete
         weights.pt, preprocessing.json, model.json   every file of the model dir
+        model.onnx, model.int8.onnx                  its ONNX exports (each only if the gate passed it)
         metrics.json, lineage.json                   evaluation and provenance
         model_card.md, model_card.json               the model card, for people and for tools
         confusion_matrix.svg                         the holdout confusion matrix

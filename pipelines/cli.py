@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
 
     registry = sub.add_parser("registry", help="model registry maintenance")
     registry.add_argument("action", choices=["upgrade", "current"], help="migrate to the newest schema, or show it")
+
+    serve = sub.add_parser(
+        "serve", help="run the scoring API (v2 inference protocol + /v1 JSON) over every production model"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=8090)
     return parser
 
 
@@ -446,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
             return _verticals(settings)
         if args.command == "alerts":
             return _alerts(args, settings)
+        if args.command == "serve":
+            from pipelines.scoring.app import serve
+
+            serve(host=args.host, port=args.port)
+            return 0
         if args.command == "registry":
             from pipelines import registry_migrations
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,15 +131,15 @@ def _new_pointer(
 # -- what goes into a version folder --------------------------------------------
 
 
-def _collect_files(model_dir: Path) -> dict[str, Path | bytes]:
-    """Every file of the model dir (recursively; hidden temp files skipped)."""
+def _collect_files(model_dir: Path, exclude: Collection[str] = ()) -> dict[str, Path | bytes]:
+    """Every file of the model dir (recursively; hidden temp files and ``exclude`` skipped)."""
     if not model_dir.is_dir():
         raise DeployError(f"model directory {model_dir} does not exist; run the train stage first")
     files: dict[str, Path | bytes] = {}
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir).as_posix()
         # Dot-files are leftovers of interrupted atomic writes, never model content.
-        if path.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+        if path.is_file() and rel not in exclude and not any(part.startswith(".") for part in rel.split("/")):
             files[rel] = path
     if not files:
         raise DeployError(f"model directory {model_dir} holds no files; run the train stage first")
@@ -192,12 +192,14 @@ def deploy_version(
     model_card: str,
     ds: str,
     model_card_json: dict[str, Any] | None = None,
+    exclude: Collection[str] = (),
 ) -> DeployResult:
     """Upload ``model_dir`` as an immutable version folder, verify it, then flip the pointer.
 
     ``metrics`` is the evaluation record; its ``challenger.confusion_matrix``
     becomes ``confusion_matrix.svg``.  ``model_card_json`` adds to (and
-    overrides keys of) the generated ``model_card.json``.
+    overrides keys of) the generated ``model_card.json``.  ``exclude`` names
+    model-dir files to leave out (exports the gate refused).
 
     Idempotent: a complete, intact folder is never rewritten, an interrupted
     one is rewritten, and a pointer already naming the version is left alone
@@ -206,7 +208,7 @@ def deploy_version(
     """
     check_name(vertical, "vertical")
     check_name(model_version, "model version")
-    files = _collect_files(model_dir)
+    files = _collect_files(model_dir, exclude)
     files.update(
         card_files(
             vertical=vertical,

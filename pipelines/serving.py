@@ -136,6 +136,25 @@ def check_production(vertical: str, *, bucket_url: str | None = None) -> dict[st
     return {"version": version, "ok": True, "problem": None}
 
 
+def fetch_verified(
+    vertical: str,
+    model_version: str,
+    *,
+    bucket_url: str,
+    cache_dir: Path | None = None,
+    pointer: dict[str, Any] | None = None,
+) -> Path:
+    """A local copy of the version folder whose every file matches its checksums, without loading it.
+
+    With ``pointer``, the folder's ``checksums.json`` must also be the one the
+    pointer was written for.  The scoring service loads its own format from it.
+    """
+    check_name(vertical, "vertical")
+    check_name(model_version, "model version")
+    with store_errors(bucket_url, vertical=vertical):
+        return _fetch(vertical, model_version, bucket_url, cache_dir, pointer)
+
+
 def _default_bucket_url() -> str:
     from pipelines.config import Settings
 

@@ -236,6 +236,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     before training, so a retried task resumes from its checkpoint and a rerun
     finds the finished model instead of training a duplicate.
     """
+    from pipelines.export import try_export_model_dir
     from pipelines.registry import Registry
     from pipelines.training import train_model
 
@@ -251,6 +252,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     else:
         result = train_model(train_frame, spec, model_dir=model_dir, checkpoint_dir=layout.checkpoint_dir(version))
         epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
+    exports = try_export_model_dir(model_dir)
     record = {
         "model_version": version,
         "data_version": snap["id"],
@@ -265,6 +267,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "epochs_run": epochs,
         "model_dir": str(model_dir),
         "run_id": run_id,
+        "exports": exports,
     }
     layout.write_record(ds, "train", record)
     registry = Registry.from_settings(settings)
@@ -319,6 +322,7 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         slice_values,
         write_holdout_scores,
     )
+    from pipelines.export import check_exports
     from pipelines.features import label_vector
     from pipelines.layout import write_json_atomic
     from pipelines.modeling import load_model_dir
@@ -370,6 +374,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "champion": champion_metrics,
         "champion_version": champion_version,
         "baselines": {b.name: b.to_record() for b in baselines},
+        # Each ONNX export re-scored on these rows; the gate turns them into export rules.
+        "exports": check_exports(Path(trained["model_dir"]), holdout, y_true, prob, spec.model.decision_threshold),
         "holdout_scores": str(scores_path),
         # The gate checks it reads exactly the rows scored here.
         "holdout_scores_sha256": scores_sha256,
@@ -427,6 +433,7 @@ def gate(
     from pipelines.comparison import gate_comparisons
     from pipelines.errors import StageOrderError
     from pipelines.evaluation import gate_slice_metrics, read_holdout_scores
+    from pipelines.export import export_rules
     from pipelines.promotion import decide_promotion
     from pipelines.registry import Registry
     from pipelines.rollout import block_message
@@ -468,6 +475,8 @@ def gate(
         force_reason=force_reason,
         blocked=block_message(block) if block else None,
     )
+    # Export checks never reject the model; a failing export is only left out of the deploy.
+    decision = replace(decision, rules=[*decision.rules, *export_rules(evaluation.get("exports"), spec.gate.exports)])
     record = {
         "model_version": evaluation["model_version"],
         "already_in_production": evaluation["model_version"] == evaluation["champion_version"],
@@ -575,6 +584,7 @@ def _push(
     """Intent in the registry, then the bucket (upload, verify, pointer), then the registry row."""
     from pipelines.deploy import deploy_version, read_pointer
     from pipelines.errors import PipelineError, RegistryError
+    from pipelines.export import refused_export_files
     from pipelines.model_card import render_model_card
 
     trained = layout.read_record(ds, "train", needed_by="deploy")
@@ -608,6 +618,7 @@ def _push(
             lineage=lineage,
             model_card=render_model_card(spec, ds, trained, evaluation, decision),
             ds=ds,
+            exclude=refused_export_files(decision),
         )
     except PipelineError as exc:
         # Production is unchanged (the pointer moves last): close the intent, keep the error.

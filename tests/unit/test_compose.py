@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY")
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_FERNET_KEY",
+    "PIPELINES_SCORING_TOKEN",
+)
 
 
 def test_compose_file_matches_the_compose_spec():
@@ -41,6 +48,7 @@ def test_compose_resolves_every_reference_with_secrets_from_the_environment():
         "MINIO_ROOT_PASSWORD": "p",
         "AIRFLOW_JWT_SECRET": "j",
         "AIRFLOW_FERNET_KEY": "f",
+        "PIPELINES_SCORING_TOKEN": "t",
     }
     proc = subprocess.run(
         [_compose_binary(), "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, check=False
@@ -55,6 +63,7 @@ def test_compose_refuses_to_start_without_secrets():
         "MINIO_ROOT_PASSWORD",
         "AIRFLOW_JWT_SECRET",
         "AIRFLOW_FERNET_KEY",
+        "PIPELINES_SCORING_TOKEN",
     )
     env = {k: v for k, v in os.environ.items() if k not in secrets}
     proc = subprocess.run(
