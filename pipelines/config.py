@@ -177,7 +177,7 @@ class Tuning(_Strict):
     weekday: Annotated[int, Field(ge=0, le=6)] = 6
     trials: Annotated[int, Field(ge=1, le=1000)] = 20
     #: Wall-clock budget of one sweep; trials still running at the end finish.
-    timeout_seconds: Annotated[int, Field(ge=10, le=86_400)] = 600
+    timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
     seed: int = 0
     #: What a trial is scored on (validation): ``auroc`` or the validation ``loss``.
     metric: Literal["auroc", "loss"] = "auroc"
