@@ -33,9 +33,7 @@ def code_version() -> str:
     return "code-" + digest.hexdigest()[:12]
 
 
-def model_version_id(
-    spec: VerticalSpec, *, data_version: str, code: str, warm_start_from: str | None = None
-) -> str:
+def model_version_id(spec: VerticalSpec, *, data_version: str, code: str, warm_start_from: str | None = None) -> str:
     """``mv-<hash>`` of data version, training config (features, model, seed), code and warm-start source.
 
     A tuned configuration reaches here as the spec's ``model`` section (the

@@ -48,6 +48,8 @@ class TabularMLP(torch.nn.Module):
       (`pipelines.thresholds`), identity while training.
     """
 
+    passthrough: torch.Tensor
+
     def __init__(
         self,
         input_dim: int,

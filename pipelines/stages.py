@@ -248,9 +248,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     spec, tuning = tuned_spec(spec, ds, fit_frame, validation, settings=settings, registry=registry, layout=layout)
     warm, warm_note = choose_warm_start(spec, ds, settings=settings, registry=registry, layout=layout)
     code = code_version()
-    version = model_version_id(
-        spec, data_version=snap["id"], code=code, warm_start_from=warm.version if warm else None
-    )
+    version = model_version_id(spec, data_version=snap["id"], code=code, warm_start_from=warm.version if warm else None)
     model_dir = layout.model_dir(version)
     reused = (model_dir / "model.json").exists() and (model_dir / "weights.pt").exists()
     if reused:

@@ -50,7 +50,7 @@ def make_window(rows_per_day: int = 12, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "id": np.arange(n),
-            "event_date": [str(d) for d in np.repeat(days, rows_per_day)],
+            "event_date": [str(d) for d in days for _ in range(rows_per_day)],
             "amount": amount,
             "age": rng.integers(18, 80, size=n),
             "city": city,
@@ -102,7 +102,7 @@ def test_threshold_options_need_a_validation_split() -> None:
     raw = make_spec().model_dump()
     raw["window"] = {"train_days": 60, "holdout_days": 10}
     raw["model"]["threshold"] = {"objective": "max_f1"}
-    with pytest.raises(ValueError, match="window.validation_days"):
+    with pytest.raises(ValueError, match=r"window\.validation_days"):
         VerticalSpec.model_validate(raw)
 
 
@@ -161,7 +161,8 @@ def test_warm_start_begins_from_the_champions_weights(
 
     class Snapshot(pl.Callback):
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            seen.update({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+            net: Any = pl_module.model
+            seen.update({k: v.detach().clone() for k, v in net.state_dict().items()})
 
     result = train_model(
         fit,
@@ -236,7 +237,7 @@ def test_sweep_stops_at_its_time_budget(parts: tuple[pd.DataFrame, pd.DataFrame,
 def test_sweep_nights() -> None:
     weekly = sweep_spec(when=["weekly", "after_rejection", "first_run"], weekday=6)
     assert sweep_reason(weekly, "2024-03-10", last_sweep=None, last_rejected=False) == "first run: no sweep yet"
-    assert sweep_reason(weekly, "2024-03-10", last_sweep="2024-03-03", last_rejected=False).startswith("weekly")
+    assert str(sweep_reason(weekly, "2024-03-10", last_sweep="2024-03-03", last_rejected=False)).startswith("weekly")
     assert sweep_reason(weekly, "2024-03-11", last_sweep="2024-03-10", last_rejected=False) is None
     assert sweep_reason(weekly, "2024-03-11", last_sweep="2024-03-10", last_rejected=True) is not None
     assert sweep_reason(make_spec(), "2024-03-10", last_sweep=None, last_rejected=True) is None
