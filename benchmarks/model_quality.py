@@ -45,7 +45,9 @@ def fixed_specs(ref: str, target: Path) -> Path:
     return target
 
 
-def run_nights(label: str, specs_dir: Path, home: Path, verticals: list[str], dates: list[str]) -> list[dict]:
+def run_nights(
+    label: str, specs_dir: Path, home: Path, verticals: list[str], dates: list[str], *, rows_file: Path
+) -> list[dict]:
     """Every stage for each vertical and date in a fresh home; one row per (vertical, date)."""
     os.environ["PIPELINES_HOME"] = str(home)
     os.environ["PIPELINES_SPECS_DIR"] = str(specs_dir)
@@ -66,7 +68,9 @@ def run_nights(label: str, specs_dir: Path, home: Path, verticals: list[str], da
                 getattr(stages, stage)(vertical, ds, settings=settings)
                 timings[stage] = time.monotonic() - started
             rows.append(_row(label, vertical, ds, layout, timings))
-            print(json.dumps(rows[-1]), flush=True)
+            # One line per night as it finishes: a cut-short run still leaves its rows (see --render).
+            with rows_file.open("a") as handle:
+                handle.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=("fixed", "tuned"), help="run one configuration only (a child run)")
     parser.add_argument("--rows", type=Path, help="child runs append their JSON rows here")
     parser.add_argument("--out", type=Path, help="Markdown file to write (default: stdout)")
+    parser.add_argument("--render", type=Path, help="only render the table from a rows file of earlier child runs")
     args = parser.parse_args(argv)
     end = date.fromisoformat(args.end)
     dates = [str(end - timedelta(days=d)) for d in range(args.dates - 1, -1, -1)]
@@ -171,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         # One configuration per process: the stages read settings and specs from the environment once.
         with tempfile.TemporaryDirectory(prefix=f"quality-{args.config}-") as tmp:
             specs = fixed_specs(args.fixed_ref, Path(tmp) / "specs") if args.config == "fixed" else ROOT / "verticals"
-            rows = run_nights(args.config, specs, Path(tmp) / "home", args.verticals, dates)
-        with args.rows.open("a") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
+            run_nights(args.config, specs, Path(tmp) / "home", args.verticals, dates, rows_file=args.rows)
+        return 0
+    if args.render:
+        rows = [json.loads(line) for line in args.render.read_text().splitlines()]
+        note = f"Rendered from {args.render.name} (a reduced or partial run; see the note below the tables)."
+        _write(render(rows, note), args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         rows_file = Path(tmp) / "rows.jsonl"
@@ -203,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         f"--verticals {' '.join(args.verticals)}`: every stage for each night, fresh homes, "
         f"fixed = the specs at git ref `{args.fixed_ref}`, tuned = this tree's `verticals/`."
     )
-    text = render(rows, note)
-    if args.out:
-        args.out.write_text(text)
+    _write(render(rows, note), args.out)
+    return 0
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out:
+        out.write_text(text)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 if __name__ == "__main__":

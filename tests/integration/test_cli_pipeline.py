@@ -39,6 +39,12 @@ def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
     model = load_production(vertical, bucket_url=(cli.home / "bucket").as_uri(), cache_dir=cli.home / "serve")
     prob = model.predict_proba(raw)
     assert len(prob) == len(raw) and ((prob >= 0) & (prob <= 1)).all()
+    # One operating point: the threshold chosen on validation at training is what the
+    # evaluation (hence the gate) scored and what serving predicts with.
+    chosen = cli.record(vertical, DS, "train")["decision_threshold"]
+    assert cli.record(vertical, DS, "evaluate")["challenger"]["threshold"] == chosen
+    assert model.decision_threshold == chosen
+    assert (model.predict(raw) == (prob >= chosen)).all()
 
     status = json.loads(cli("status", "--json").stdout)
     mine = next(s for s in status if s["vertical"] == vertical)
