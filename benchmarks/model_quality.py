@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verticals", nargs="+", default=list(VERTICALS), choices=VERTICALS)
     parser.add_argument("--dates", type=int, default=10, help="consecutive nightly dates")
     parser.add_argument("--end", default=str(date.today() - timedelta(days=1)), help="last date (YYYY-MM-DD)")
-    parser.add_argument("--fixed-ref", default="main", help="git ref whose verticals/ is the fixed configuration")
+    parser.add_argument(
+        "--fixed-ref", default="main", help="git ref whose verticals/ is the fixed configuration (same schema)"
+    )
     parser.add_argument("--config", choices=("fixed", "tuned"), help="run one configuration only (a child run)")
     parser.add_argument("--rows", type=Path, help="child runs append their JSON rows here")
     parser.add_argument("--out", type=Path, help="Markdown file to write (default: stdout)")

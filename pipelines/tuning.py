@@ -191,7 +191,9 @@ def run_sweep(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
     )
     done = [t for t in study.trials if t.state.is_finished()]
-    remaining = tuning.trials - len(done)
+    # A finished sweep (budget spent, by trials or by time) is final: a rerun of the night
+    # reuses it, so it reproduces the same configuration; an interrupted one continues.
+    remaining = 0 if study.user_attrs.get("complete") else tuning.trials - len(done)
     y_val = label_vector(validation, spec.label)
     started = time.monotonic()
 
@@ -213,6 +215,7 @@ def run_sweep(
 
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, timeout=tuning.timeout_seconds, catch=())
+        study.set_user_attr("complete", True)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not finished:
         raise TrainingError(

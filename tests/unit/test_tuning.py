@@ -232,6 +232,11 @@ def test_sweep_stops_at_its_time_budget(parts: tuple[pd.DataFrame, pd.DataFrame,
         sweep_spec(trials=200, timeout_seconds=1), fit, validation, storage=f"sqlite:///{tmp_path / 's.db'}", name="x"
     )
     assert 1 <= result["trials"] < 200
+    # The budget was spent: a rerun of the night reuses the study as it is (same configuration).
+    rerun = run_sweep(
+        sweep_spec(trials=200, timeout_seconds=1), fit, validation, storage=f"sqlite:///{tmp_path / 's.db'}", name="x"
+    )
+    assert (rerun["trials"], rerun["best_params"]) == (result["trials"], result["best_params"])
 
 
 def test_sweep_nights() -> None:
@@ -241,3 +246,80 @@ def test_sweep_nights() -> None:
     assert sweep_reason(weekly, "2024-03-11", last_sweep="2024-03-10", last_rejected=False) is None
     assert sweep_reason(weekly, "2024-03-11", last_sweep="2024-03-10", last_rejected=True) is not None
     assert sweep_reason(make_spec(), "2024-03-10", last_sweep=None, last_rejected=True) is None
+
+
+# -- which champion a night warm-starts from ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def champion_dir(
+    parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    fit, validation, _ = parts
+    root = tmp_path_factory.mktemp("champion-dir")
+    train_model(fit, make_spec(), model_dir=root / "m", checkpoint_dir=root / "c", validation=validation)
+    return root / "m"
+
+
+def deploy_champion(settings: Any, model_dir: Path, version: str, ds: str) -> None:
+    from pipelines.deploy import deploy_version
+
+    deploy_version(
+        bucket_url=settings.bucket_url,
+        vertical="demo",
+        model_version=version,
+        model_dir=model_dir,
+        metrics={"challenger": {"confusion_matrix": [[1, 0], [0, 1]]}},
+        lineage={"data_version": "dv-x"},
+        model_card=f"# {version}\n",
+        ds=ds,
+    )
+
+
+def test_night_warm_starts_from_the_deployed_champion_and_reruns_reuse_the_source(
+    settings: Any, champion_dir: Path
+) -> None:
+    from pipelines.layout import Layout
+    from pipelines.registry import Registry
+    from pipelines.tuning import choose_warm_start
+
+    spec = make_spec(warm_start={"enabled": True})
+    layout = Layout(settings, "demo")
+    with Registry.from_settings(settings) as registry:
+        assert choose_warm_start(spec, DS, settings=settings, registry=registry, layout=layout)[0] is None
+
+        deploy_champion(settings, champion_dir, "mv-champ", "2024-03-09")
+        warm, note = choose_warm_start(spec, DS, settings=settings, registry=registry, layout=layout)
+        assert warm is not None and warm.version == "mv-champ" and note["from"] == "mv-champ"
+        # Loaded from the bucket: the weights are the deployed ones.
+        deployed = load_model_dir(champion_dir).module.state_dict()
+        for name, value in warm.model.module.state_dict().items():
+            torch.testing.assert_close(value, deployed[name], rtol=0, atol=0)
+
+        # An incompatible spec trains cold and says why.
+        cold, why = choose_warm_start(
+            make_spec(hidden=[16], warm_start={"enabled": True}),
+            DS,
+            settings=settings,
+            registry=registry,
+            layout=layout,
+        )
+        assert cold is None and "incompatible" in why["why"]
+
+        # This date's own model is now in production (it was promoted): a rerun of the date
+        # warm-starts from what that model recorded, not from itself.
+        registry.record_model(
+            vertical="demo",
+            model_version="mv-tonight",
+            data_version="dv-x",
+            ds=DS,
+            dag_run_id=None,
+            metrics=None,
+            lineage={"warm_start": {"from": "mv-champ", "why": "compatible champion"}},
+        )
+        deploy_champion(settings, champion_dir, "mv-tonight", DS)
+        rerun, _ = choose_warm_start(spec, DS, settings=settings, registry=registry, layout=layout)
+        assert rerun is not None and rerun.version == "mv-champ"
+
+        disabled, why = choose_warm_start(make_spec(), DS, settings=settings, registry=registry, layout=layout)
+        assert disabled is None and "enabled is false" in why["why"]
