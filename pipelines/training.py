@@ -222,22 +222,28 @@ class EpochShuffledBatches:
     uninterrupted run would have seen.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n_rows: int, batch_size: int, seed: int, *, no_single_row_batch: bool = False) -> None:
         self.n_rows = n_rows
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        # Batch norm cannot train on a batch of one row: fold such a last row into the batch before.
+        self.fold_last = no_single_row_batch and n_rows > batch_size and n_rows % batch_size == 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng(derive_seed(self.seed, self.epoch, "shuffle")).permutation(self.n_rows)
-        for start in range(0, self.n_rows, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+        starts = list(range(0, self.n_rows, self.batch_size))
+        if self.fold_last:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = self.n_rows if i == len(starts) - 1 else start + self.batch_size
+            yield order[start:end].tolist()
 
     def __len__(self) -> int:
-        return (self.n_rows + self.batch_size - 1) // self.batch_size
+        return (self.n_rows + self.batch_size - 1) // self.batch_size - int(self.fold_last)
 
 
 # -- training ----------------------------------------------------------------
@@ -531,7 +537,14 @@ def _fit(
                 f"unexpected {unexpected}); set model.warm_start.enabled: false or retrain cold",
                 vertical=spec.name,
             )
-    data = data_cls(x, y, batch_size=spec.model.batch_size, seed=spec.model.seed, validation=validation)
+    data = data_cls(
+        x,
+        y,
+        batch_size=spec.model.batch_size,
+        seed=spec.model.seed,
+        validation=validation,
+        batch_norm=bool(hparams.get("batch_norm")),
+    )
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, enable_version_counter=False)
     extra: list[Any] = []
     best: Any = None
@@ -613,15 +626,19 @@ def _lightning_classes() -> tuple[type, type]:
             batch_size: int,
             seed: int,
             validation: tuple[np.ndarray, np.ndarray] | None = None,
+            batch_norm: bool = False,
         ) -> None:
             super().__init__()
             self.dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
             self.batch_size = batch_size
             self.seed = seed
+            self.batch_norm = batch_norm
             self.validation = None if validation is None else TensorDataset(*(torch.from_numpy(a) for a in validation))
 
         def train_dataloader(self) -> DataLoader:
-            sampler = EpochShuffledBatches(len(self.dataset), self.batch_size, self.seed)
+            sampler = EpochShuffledBatches(
+                len(self.dataset), self.batch_size, self.seed, no_single_row_batch=self.batch_norm
+            )
             # batch_size=None: the sampler yields whole batches, indexed in one tensor op.
             # Own generator: a DataLoader draws a base seed from the global RNG each time it
             # starts an epoch, which would shift the dropout masks of a resumed run.

@@ -323,3 +323,13 @@ def test_night_warm_starts_from_the_deployed_champion_and_reruns_reuse_the_sourc
 
         disabled, why = choose_warm_start(make_spec(), DS, settings=settings, registry=registry, layout=layout)
         assert disabled is None and "enabled is false" in why["why"]
+
+
+def test_batch_norm_never_gets_a_single_row_batch() -> None:
+    from pipelines.training import EpochShuffledBatches
+
+    folded = EpochShuffledBatches(9, 4, seed=1, no_single_row_batch=True)
+    assert [len(b) for b in folded] == [4, 5] and len(folded) == 2
+    assert sorted(i for b in folded for i in b) == list(range(9))
+    # Without batch norm the batches are as they always were.
+    assert [len(b) for b in EpochShuffledBatches(9, 4, seed=1)] == [4, 4, 1]
