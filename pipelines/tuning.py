@@ -272,6 +272,30 @@ def _pruning_callback(trial: Any, metric: str) -> Any:
     return ReportToTrial()
 
 
+def list_studies(settings: Settings, vertical: str) -> list[dict[str, Any]]:
+    """Every sweep of ``vertical``, oldest first: trial counts and the best configuration."""
+    import optuna
+
+    storage = _storage(settings)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        if not summary.study_name.startswith(f"{vertical}:"):
+            continue
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        best = summary.best_trial
+        out.append(
+            {
+                "study": summary.study_name,
+                "trials": len(trials),
+                "complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials),
+                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+                "best_value": None if best is None else best.value,
+                "best_params": None if best is None else best.params,
+            }
+        )
+    return sorted(out, key=lambda s: str(s["study"]))
+
+
 def _log_loss(y: Any, prob: Any) -> float:
     import numpy as np
 

@@ -210,17 +210,25 @@ def sweep_spec(**tuning: Any) -> VerticalSpec:
 
 
 def test_sweep_respects_its_trial_budget_and_is_deterministic(
-    parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], tmp_path: Path
+    parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], tmp_path: Path, settings: Any
 ) -> None:
+    from pipelines.tuning import list_studies, study_storage_url
+
     fit, validation, _ = parts
     spec = sweep_spec(trials=3)
-    first = run_sweep(spec, fit, validation, storage=f"sqlite:///{tmp_path / 'a.db'}", name="demo:2024-03-10")
+    # Studies live beside the registry (its own file: Optuna's Alembic table must not meet the registry's).
+    storage = study_storage_url(settings)
+    assert storage != settings.registry_url and storage.endswith("optuna.db")
+    first = run_sweep(spec, fit, validation, storage=storage, name="demo:2024-03-10")
     again = run_sweep(spec, fit, validation, storage=f"sqlite:///{tmp_path / 'b.db'}", name="demo:2024-03-10")
     assert first["trials"] == 3
     assert (first["best_params"], first["best_value"]) == (again["best_params"], again["best_value"])
     # A rerun on the same storage finds the finished study: no extra trials.
-    rerun = run_sweep(spec, fit, validation, storage=f"sqlite:///{tmp_path / 'a.db'}", name="demo:2024-03-10")
+    rerun = run_sweep(spec, fit, validation, storage=storage, name="demo:2024-03-10")
     assert rerun["trials"] == 3 and rerun["best_params"] == first["best_params"]
+    # What `python -m pipelines tuning demo` lists.
+    [listed] = list_studies(settings, "demo")
+    assert (listed["study"], listed["trials"], listed["best_params"]) == ("demo:2024-03-10", 3, first["best_params"])
     tuned = apply_params(spec, first["best_params"])
     assert tuned.model.hidden == [first["best_params"]["width"]]
     assert tuned.training_hash() != spec.training_hash()  # the model version covers the chosen config
