@@ -79,6 +79,26 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
     assert registry_counts(cli.home) == counts
 
 
+def test_a_warm_started_night_reruns_to_the_same_model(cli: Cli):
+    """Night 2 fine-tunes night 1's champion; rerunning night 2 (model wiped) reproduces it bit for bit."""
+    import shutil
+
+    cli("run", "finance", "--date", DS)
+    champion = cli.record("finance", DS, "train")["model_version"]
+    cli("run", "finance", "--date", NEXT_DS)
+    first = cli.record("finance", NEXT_DS, "train")
+    assert first["warm_start"]["from"] == champion
+    assert first["tuning"]["swept"] is False  # a Saturday after an approval: tonight reuses the sweep of DS
+    weights = (Path(first["model_dir"]) / "weights.pt").read_bytes()
+
+    shutil.rmtree(first["model_dir"])
+    shutil.rmtree(cli.home / "checkpoints")
+    cli("run", "finance", "--date", NEXT_DS)  # production now serves this night's own model
+    again = cli.record("finance", NEXT_DS, "train")
+    assert (again["model_version"], again["warm_start"]) == (first["model_version"], first["warm_start"])
+    assert (Path(again["model_dir"]) / "weights.pt").read_bytes() == weights
+
+
 def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
     cli("run", "finance", "--date", DS)
     later = "2026-12-15"
