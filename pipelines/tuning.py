@@ -178,7 +178,7 @@ def run_sweep(
     from pipelines.evaluation import auroc
     from pipelines.features import label_vector
     from pipelines.modeling import load_model_dir
-    from pipelines.training import train_model
+    from pipelines.training import derive_seed, train_model
 
     tuning = spec.model.tuning
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,7 +187,12 @@ def run_sweep(
         storage=storage,
         load_if_exists=True,
         direction="maximize" if tuning.metric == "auroc" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        # Seeded per study from (model.tuning.seed, study name): deterministic, yet each vertical and
+        # sweep night explores its own candidates instead of every sweep replaying the same ones.
+        sampler=optuna.samplers.TPESampler(
+            seed=derive_seed(tuning.seed, 0, f"sweep:{name}") % 2**32,
+            n_startup_trials=max(3, tuning.trials // 2),
+        ),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
     )
     done = [t for t in study.trials if t.state.is_finished()]
