@@ -95,15 +95,25 @@ def fit_logistic(
 
 
 def logistic_baseline(
-    train: pd.DataFrame, holdout: pd.DataFrame, spec: VerticalSpec, *, c: float = 1.0
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    spec: VerticalSpec,
+    *,
+    c: float = 1.0,
+    validation: pd.DataFrame | None = None,
 ) -> BaselineScores:
     """Fit the logistic baseline on ``train`` and score ``holdout``, as the spec's model is.
 
     The preprocessing is fitted on the whole train split, like the model's;
     the regression itself on at most `MAX_LOGISTIC_TRAIN_ROWS` of its rows
-    (a sample seeded by ``model.seed``).
+    (a sample seeded by ``model.seed``).  With ``validation`` (the model's
+    validation split), the calibration and decision threshold are chosen on
+    it by the spec's ``model.threshold`` rule, exactly as for the model, so
+    the comparison is between two models at their own chosen operating points.
     """
-    preprocessor = Preprocessor.fit(train, spec.features)
+    from pipelines.thresholds import choose_threshold, fit_calibration
+
+    preprocessor = Preprocessor.fit(train, spec.features, max_categories=spec.model.max_categories)
     if len(train) > MAX_LOGISTIC_TRAIN_ROWS:
         rows = np.random.default_rng(spec.model.seed).choice(len(train), MAX_LOGISTIC_TRAIN_ROWS, replace=False)
         train = train.iloc[np.sort(rows)]
@@ -117,8 +127,24 @@ def logistic_baseline(
             vertical=spec.name,
         )
     prob = fit.predict_proba(preprocessor.transform(holdout))
-    metrics = compute_metrics(label_vector(holdout, spec.label), prob, spec.model.decision_threshold)
-    detail = {"c": c, "iterations": fit.iterations, "balanced": spec.model.balance_classes, "train_rows": len(train)}
+    threshold = spec.model.decision_threshold
+    detail: dict[str, Any] = {
+        "c": c,
+        "iterations": fit.iterations,
+        "balanced": spec.model.balance_classes,
+        "train_rows": len(train),
+    }
+    if validation is not None:
+        y_val = label_vector(validation, spec.label)
+        val_logits = _with_intercept(preprocessor.transform(validation)) @ fit.coef
+        calibration = fit_calibration(y_val, val_logits, spec.model.threshold.calibration)
+        chosen = choose_threshold(
+            y_val, calibration.apply(val_logits), spec.model.threshold, fixed=spec.model.decision_threshold
+        )
+        prob = calibration.apply(_with_intercept(preprocessor.transform(holdout)) @ fit.coef)
+        threshold = chosen.threshold
+        detail |= {"threshold_choice": chosen.to_dict(), "calibration": calibration.to_dict()}
+    metrics = compute_metrics(label_vector(holdout, spec.label), prob, threshold)
     return BaselineScores("logistic", prob, metrics, detail)
 
 

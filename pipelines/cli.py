@@ -165,6 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     alerts = sub.add_parser("alerts", help="emails SMTP did not accept (kept in outbox/undelivered/)")
     alerts.add_argument("action", choices=["pending", "flush"], help="list them, or send them now")
 
+    tuning = sub.add_parser("tuning", help="a vertical's tuning sweeps: trials, pruned, best configuration")
+    tuning.add_argument("vertical")
+    tuning.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     registry = sub.add_parser("registry", help="model registry maintenance")
     registry.add_argument("action", choices=["upgrade", "current"], help="migrate to the newest schema, or show it")
 
@@ -403,6 +407,24 @@ def _unblock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _tuning(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.tuning import list_studies
+
+    load_spec(args.vertical, settings)  # an unknown vertical fails with the spec error
+    studies = list_studies(settings, args.vertical)
+    if args.json:
+        print(json.dumps(studies, indent=2))
+        return 0
+    if not studies:
+        print(f"{args.vertical}: no tuning sweep yet")
+    for study in studies:
+        print(
+            f"{study['study']}: {study['complete']} complete, {study['pruned']} pruned of {study['trials']} trials; "
+            f"best {study['best_value']} {json.dumps(study['best_params'], sort_keys=True)}"
+        )
+    return 0
+
+
 def _verticals(settings: Settings) -> int:
     from pipelines.config import load_suite
 
@@ -450,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             return _unblock(args, settings)
         if args.command == "verticals":
             return _verticals(settings)
+        if args.command == "tuning":
+            return _tuning(args, settings)
         if args.command == "alerts":
             return _alerts(args, settings)
         if args.command == "serve":

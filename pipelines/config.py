@@ -112,11 +112,16 @@ class Window(_Strict):
     train_days: Annotated[int, Field(ge=7, le=3650)] = 365
     #: The most recent days of the window, held out for evaluation (time split).
     holdout_days: Annotated[int, Field(ge=1)] = 60
+    #: The days just before the holdout, kept out of fitting for early stopping,
+    #: tuning and choosing the decision threshold; 0: no validation split.
+    validation_days: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _holdout_inside(self) -> Window:
         if self.holdout_days >= self.train_days:
             raise ValueError("window.holdout_days must be smaller than window.train_days")
+        if self.validation_days and self.holdout_days + self.validation_days >= self.train_days:
+            raise ValueError("window.holdout_days + window.validation_days must be smaller than window.train_days")
         return self
 
 
@@ -171,6 +176,75 @@ class Quality(_Strict):
     distribution: Distribution = Distribution()
 
 
+class ThresholdChoice(_Strict):
+    """How the decision threshold is chosen on the validation split (``window.validation_days``)."""
+
+    #: ``fixed``: ``model.decision_threshold`` as written; ``max_f1``; ``max_recall``
+    #: subject to precision >= ``min_precision``; ``max_precision`` subject to recall
+    #: >= ``min_recall``; ``min_cost``: fewest ``cost_fp`` * FP + ``cost_fn`` * FN.
+    objective: Literal["fixed", "max_f1", "max_recall", "max_precision", "min_cost"] = "fixed"
+    min_precision: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_recall: Annotated[float, Field(ge=0, le=1)] = 0.0
+    cost_fp: Annotated[float, Field(ge=0)] = 1.0
+    cost_fn: Annotated[float, Field(ge=0)] = 1.0
+    #: Map scores to probabilities on validation first: ``platt`` (a logistic fit
+    #: of the logit) or ``temperature`` (one scale); both keep the ranking (AUROC).
+    calibration: Literal["none", "platt", "temperature"] = "none"
+
+
+class EarlyStopping(_Strict):
+    """Stop when the validation loss has not improved for ``patience`` epochs; keep the best epoch."""
+
+    patience: Annotated[int, Field(ge=1, le=100)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class WarmStart(_Strict):
+    """Start from the champion's weights when its preprocessing and architecture fit this spec."""
+
+    enabled: bool = False
+    #: Fine-tuning epochs (instead of ``model.epochs``) when warm.
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
+    #: Fine-tuning learning rate as a fraction of ``model.learning_rate``.
+    learning_rate_scale: Annotated[float, Field(gt=0, le=1)] = 0.3
+
+
+class SearchSpace(_Strict):
+    """What a tuning sweep may vary (each list: the choices; each pair: [low, high])."""
+
+    width: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [16, 32, 64, 128])
+    depth: list[Annotated[int, Field(ge=1, le=6)]] = Field(default_factory=lambda: [1, 2, 3])
+    dropout: tuple[float, float] = (0.0, 0.4)
+    learning_rate: tuple[float, float] = (3e-4, 1e-2)
+    weight_decay: tuple[float, float] = (1e-6, 1e-2)
+    batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 128, 256, 512])
+    epochs: tuple[int, int] = (5, 40)
+    wide: list[bool] = Field(default_factory=lambda: [False, True])
+    batch_norm: list[bool] = Field(default_factory=lambda: [False, True])
+    embedding_dim: list[Annotated[int, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 4, 8])
+
+
+SweepWhen = Literal["weekly", "after_rejection", "always", "first_run"]
+
+
+class Tuning(_Strict):
+    """An Optuna sweep on the validation split, within a budget, on some nights only."""
+
+    enabled: bool = False
+    #: Nights that sweep: ``weekly`` (on ``weekday``, 0 = Monday), ``after_rejection``
+    #: (the last decision rejected), ``first_run`` (no tuned config yet), ``always``.
+    #: Other nights reuse the best configuration found so far.
+    when: list[SweepWhen] = Field(default_factory=lambda: list[SweepWhen](["weekly", "first_run"]))
+    weekday: Annotated[int, Field(ge=0, le=6)] = 6
+    trials: Annotated[int, Field(ge=1, le=1000)] = 20
+    #: Wall-clock budget of one sweep; trials still running at the end finish.
+    timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    seed: int = 0
+    #: What a trial is scored on (validation): ``auroc`` or the validation ``loss``.
+    metric: Literal["auroc", "loss"] = "auroc"
+    space: SearchSpace = SearchSpace()
+
+
 class Model(_Strict):
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [32, 16])
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
@@ -181,8 +255,24 @@ class Model(_Strict):
     seed: int = 42
     #: Weight the positive class by the inverse class ratio of the train split.
     balance_classes: bool = True
-    #: Probability at or above which a row is predicted positive.
+    #: Probability at or above which a row is predicted positive (``threshold.objective: fixed``).
     decision_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    #: Choose the threshold (and calibrate) on the validation split instead.
+    threshold: ThresholdChoice = ThresholdChoice()
+    #: Stop on the validation loss; None trains all ``epochs``.
+    early_stopping: EarlyStopping | None = None
+    #: A linear ("wide") part beside the deep one: the net contains logistic regression.
+    wide: bool = False
+    #: Batch normalisation after each hidden linear layer.
+    batch_norm: bool = False
+    #: Embed categoricals with at least ``embedding_min_categories`` values in
+    #: ``embedding_dim`` dimensions before the deep part; 0: one-hot straight in.
+    embedding_dim: Annotated[int, Field(ge=0, le=64)] = 0
+    embedding_min_categories: Annotated[int, Field(ge=2)] = 10
+    #: Most frequent categories kept per categorical column (the rest: ``__other__``).
+    max_categories: Annotated[int, Field(ge=1, le=10_000)] = 50
+    warm_start: WarmStart = WarmStart()
+    tuning: Tuning = Tuning()
 
 
 #: What a baseline comparison may use.  ``balanced_accuracy`` (mean of recall
@@ -364,6 +454,19 @@ class VerticalSpec(_Strict):
                 self.label.column: "the label",
             }
         )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_for_tuning(self) -> VerticalSpec:
+        needs = []
+        if self.model.threshold.objective != "fixed" or self.model.threshold.calibration != "none":
+            needs.append("model.threshold")
+        if self.model.early_stopping is not None:
+            needs.append("model.early_stopping")
+        if self.model.tuning.enabled:
+            needs.append("model.tuning")
+        if needs and not self.window.validation_days:
+            raise ValueError(f"{', '.join(needs)} need(s) a validation split: set window.validation_days")
         return self
 
     @property

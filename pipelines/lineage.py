@@ -16,7 +16,7 @@ from pathlib import Path
 from pipelines.config import VerticalSpec
 
 # Files whose content changes what a model learns; docs, CLI or DAG edits don't.
-_TRAINING_CODE = ("features.py", "modeling.py", "training.py")
+_TRAINING_CODE = ("features.py", "modeling.py", "training.py", "thresholds.py")
 _TRAINING_LIBS = ("torch", "pytorch-lightning", "numpy", "pandas")
 
 
@@ -33,7 +33,16 @@ def code_version() -> str:
     return "code-" + digest.hexdigest()[:12]
 
 
-def model_version_id(spec: VerticalSpec, *, data_version: str, code: str) -> str:
-    """``mv-<hash>`` of data version, training config (features, model, seed) and code."""
-    payload = "|".join((spec.name, data_version, spec.training_hash(), code, str(spec.model.seed)))
+def model_version_id(spec: VerticalSpec, *, data_version: str, code: str, warm_start_from: str | None = None) -> str:
+    """``mv-<hash>`` of data version, training config (features, model, seed), code and warm-start source.
+
+    A tuned configuration reaches here as the spec's ``model`` section (the
+    sweep's choice applied to it), so it is covered by ``training_hash``; a
+    warm-started model also depends on the champion it started from.
+    """
+    parts = [spec.name, data_version, spec.training_hash(), code, str(spec.model.seed)]
+    if warm_start_from is not None:
+        # Only when warm: cold models keep the ids they always had.
+        parts.append(f"warm:{warm_start_from}")
+    payload = "|".join(parts)
     return "mv-" + hashlib.sha256(payload.encode()).hexdigest()[:12]

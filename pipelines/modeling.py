@@ -5,7 +5,8 @@ A model directory holds three files whose bytes depend only on their content:
 
 * ``weights.pt``          the module's ``state_dict`` (``torch.save``; loaded with ``weights_only=True``)
 * ``preprocessing.json``  the fitted `Preprocessor`
-* ``model.json``          architecture, feature names, decision threshold, label
+* ``model.json``          architecture, feature names, decision threshold (chosen on
+                          validation where the spec asks), label
 """
 
 from __future__ import annotations
@@ -32,20 +33,109 @@ MODEL_FILES = (WEIGHTS_FILE, PREPROCESSING_FILE, MODEL_FILE)
 
 
 class TabularMLP(torch.nn.Module):
-    """Feed-forward net over preprocessed rows; one logit per row."""
+    """Feed-forward net over preprocessed rows; one logit per row.
 
-    def __init__(self, input_dim: int, hidden: list[int], dropout: float = 0.0) -> None:
+    Options (all off by default, which keeps the plain MLP's parameter names):
+
+    * ``embeddings``: ``[start, width, dim]`` column blocks (one categorical's
+      one-hot columns) projected to ``dim`` by a bias-free linear map before
+      the deep part, i.e. an embedding lookup that still takes the same float
+      matrix as input (so serving and export need no index inputs);
+    * ``wide``: a linear map of the whole input added to the deep output, so
+      the network contains the logistic baseline as a special case;
+    * ``batch_norm``: batch normalisation after each hidden linear layer;
+    * ``calibrated``: ``scale * logit + bias`` buffers set on validation
+      (`pipelines.thresholds`), identity while training.
+    """
+
+    passthrough: torch.Tensor
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: list[int],
+        dropout: float = 0.0,
+        *,
+        wide: bool = False,
+        batch_norm: bool = False,
+        embeddings: list[list[int]] | None = None,
+        calibrated: bool = False,
+    ) -> None:
         super().__init__()
+        blocks = [(int(s), int(w), int(d)) for s, w, d in (embeddings or [])]
+        embedded = {c for start, width, _ in blocks for c in range(start, start + width)}
+        self.register_buffer(
+            "passthrough", torch.tensor([c for c in range(input_dim) if c not in embedded], dtype=torch.long)
+        )
+        self.blocks = blocks
+        self.embed = torch.nn.ModuleList(torch.nn.Linear(w, d, bias=False) for _, w, d in blocks)
         layers: list[torch.nn.Module] = []
-        width = input_dim
+        width = input_dim - len(embedded) + sum(d for _, _, d in blocks)
         for size in hidden:
-            layers += [torch.nn.Linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
+            layers.append(torch.nn.Linear(width, size))
+            if batch_norm:
+                layers.append(torch.nn.BatchNorm1d(size))
+            layers += [torch.nn.ReLU(), torch.nn.Dropout(dropout)]
             width = size
         layers.append(torch.nn.Linear(width, 1))
         self.net = torch.nn.Sequential(*layers)
+        self.wide = torch.nn.Linear(input_dim, 1, bias=False) if wide else None
+        if calibrated:
+            self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+        else:
+            self.calibration: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        deep_in = x
+        if self.blocks:
+            parts = [x.index_select(1, self.passthrough)]
+            parts += [emb(x[:, s : s + w]) for (s, w, _), emb in zip(self.blocks, self.embed, strict=True)]
+            deep_in = torch.cat(parts, dim=1)
+        logit = self.net(deep_in).squeeze(-1)
+        if self.wide is not None:
+            logit = logit + self.wide(x).squeeze(-1)
+        if self.calibration is not None:
+            logit = logit * self.calibration[0] + self.calibration[1]
+        return logit
+
+
+def embedding_blocks(preprocessor: Preprocessor, dim: int, min_categories: int) -> list[list[int]]:
+    """``[start, width, dim]`` per categorical with at least ``min_categories`` kept values (none when dim is 0)."""
+    if dim <= 0:
+        return []
+    blocks, start = [], len(preprocessor.numeric)
+    for vocab in preprocessor.categorical:
+        width = len(vocab.categories) + 2  # + __other__ and __missing__
+        if len(vocab.categories) >= min_categories:
+            blocks.append([start, width, dim])
+        start += width
+    return blocks
+
+
+def architecture_of(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The keys that rebuild a `TabularMLP` (what ``model.json`` stores as ``architecture``)."""
+    return {
+        "input_dim": int(hparams["input_dim"]),
+        "hidden": [int(h) for h in hparams["hidden"]],
+        "dropout": float(hparams["dropout"]),
+        "wide": bool(hparams.get("wide", False)),
+        "batch_norm": bool(hparams.get("batch_norm", False)),
+        "embeddings": [[int(v) for v in block] for block in hparams.get("embeddings") or []],
+        "calibrated": bool(hparams.get("calibrated", False)),
+    }
+
+
+def build_module(architecture: dict[str, Any]) -> TabularMLP:
+    """A fresh `TabularMLP` for an ``architecture`` dict (older files lack the optional keys)."""
+    return TabularMLP(
+        int(architecture["input_dim"]),
+        [int(h) for h in architecture["hidden"]],
+        float(architecture["dropout"]),
+        wide=bool(architecture.get("wide", False)),
+        batch_norm=bool(architecture.get("batch_norm", False)),
+        embeddings=architecture.get("embeddings") or [],
+        calibrated=bool(architecture.get("calibrated", False)),
+    )
 
 
 @dataclass
@@ -79,6 +169,7 @@ def save_model_dir(
     hparams: dict[str, Any],
     decision_threshold: float,
     label: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the three model files atomically; return their paths.
 
@@ -97,17 +188,15 @@ def save_model_dir(
         )
     manifest = {
         "format_version": MODEL_FORMAT_VERSION,
-        "architecture": {
-            "input_dim": int(hparams["input_dim"]),
-            "hidden": [int(h) for h in hparams["hidden"]],
-            "dropout": float(hparams["dropout"]),
-        },
+        "architecture": architecture_of(hparams),
         "hparams": hparams,
         "feature_names": preprocessor.feature_names,
         "output_names": preprocessor.output_names,
         "decision_threshold": float(decision_threshold),
         "label": label,
         "torch_version": torch.__version__.split("+")[0],
+        # How the threshold and calibration were chosen, warm start, tuning: kept for the card and lineage.
+        **(extra or {}),
     }
     files = {
         WEIGHTS_FILE: _state_dict_bytes(module),
@@ -133,8 +222,7 @@ def load_model_dir(path: Path) -> ScoringModel:
             f"this code reads {MODEL_FORMAT_VERSION}. Retrain with the current code."
         )
     preprocessor = Preprocessor.from_dict(json.loads((path / PREPROCESSING_FILE).read_text()))
-    arch = manifest["architecture"]
-    module = TabularMLP(int(arch["input_dim"]), [int(h) for h in arch["hidden"]], float(arch["dropout"]))
+    module = build_module(manifest["architecture"])
     state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
     module.eval()

@@ -238,19 +238,32 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     """
     from pipelines.export import try_export_model_dir
     from pipelines.registry import Registry
-    from pipelines.training import train_model
+    from pipelines.training import split_validation, train_model
+    from pipelines.tuning import choose_warm_start, tuned_spec
 
     spec, settings, layout = _context(vertical, ds, settings)
     train_frame, holdout, snap = _window_split(spec, ds, settings, layout)
+    fit_frame, validation = split_validation(train_frame, spec, ds)
+    registry = Registry.from_settings(settings)
+    # The sweep (on its nights) or the best configuration found so far; the spec's own otherwise.
+    spec, tuning = tuned_spec(spec, ds, fit_frame, validation, settings=settings, registry=registry, layout=layout)
+    warm, warm_note = choose_warm_start(spec, ds, settings=settings, registry=registry, layout=layout)
     code = code_version()
-    version = model_version_id(spec, data_version=snap["id"], code=code)
+    version = model_version_id(spec, data_version=snap["id"], code=code, warm_start_from=warm.version if warm else None)
     model_dir = layout.model_dir(version)
     reused = (model_dir / "model.json").exists() and (model_dir / "weights.pt").exists()
     if reused:
         log.info("%s %s: model %s already trained; reusing it", spec.name, ds, version)
         epochs, resumed = None, False
     else:
-        result = train_model(train_frame, spec, model_dir=model_dir, checkpoint_dir=layout.checkpoint_dir(version))
+        result = train_model(
+            fit_frame,
+            spec,
+            model_dir=model_dir,
+            checkpoint_dir=layout.checkpoint_dir(version),
+            validation=validation,
+            warm_start=warm,
+        )
         epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
     exports = try_export_model_dir(model_dir)
     record = {
@@ -268,9 +281,9 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "model_dir": str(model_dir),
         "run_id": run_id,
         "exports": exports,
+        **_tuning_record(model_dir, validation, warm_note, tuning),
     }
     layout.write_record(ds, "train", record)
-    registry = Registry.from_settings(settings)
     registry.record_model(
         vertical=spec.name,
         model_version=version,
@@ -281,6 +294,24 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         lineage=_lineage(spec, ds, record, snap, run_id),
     )
     return {k: record[k] for k in ("model_version", "data_version", "train_rows", "holdout_rows", "reused")}
+
+
+def _tuning_record(
+    model_dir: Path, validation: Any, warm_note: dict[str, Any], tuning: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the train record (and lineage) says about validation, threshold, warm start and tuning."""
+    import json
+
+    manifest = json.loads((model_dir / "model.json").read_text())
+    return {
+        "validation_rows": 0 if validation is None else len(validation),
+        "decision_threshold": manifest["decision_threshold"],
+        "threshold_choice": manifest.get("threshold_choice"),
+        "calibration": manifest.get("calibration"),
+        "best_epoch": manifest.get("best_epoch"),
+        "warm_start": warm_note,
+        "tuning": tuning,
+    }
 
 
 def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: str | None) -> dict[str, Any]:
@@ -299,6 +330,11 @@ def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: s
         "seed": train_rec["seed"],
         "train_rows": train_rec["train_rows"],
         "holdout_rows": train_rec["holdout_rows"],
+        # Tuning (issue 12): how the threshold was chosen, the warm-start source, the sweep's config.
+        "validation_rows": train_rec.get("validation_rows"),
+        "decision_threshold": train_rec.get("decision_threshold"),
+        "warm_start": train_rec.get("warm_start"),
+        "tuning": train_rec.get("tuning"),
     }
 
 
@@ -327,6 +363,7 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     from pipelines.layout import write_json_atomic
     from pipelines.modeling import load_model_dir
     from pipelines.registry import Registry
+    from pipelines.training import split_validation
 
     spec, settings, layout = _context(vertical, ds, settings)
     trained = layout.read_record(ds, "train", needed_by="evaluate")
@@ -344,7 +381,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     y_true = label_vector(holdout, spec.label)
     challenger = load_model_dir(Path(trained["model_dir"]))
     prob = challenger.predict_proba(holdout)
-    metrics = compute_metrics(y_true, prob, spec.model.decision_threshold)
+    # The threshold the artefact carries (chosen on validation where the spec asks): what serving uses.
+    metrics = compute_metrics(y_true, prob, challenger.decision_threshold)
     pointer = read_pointer(settings.bucket_url, spec.name)
     champion_version = pointer["version"] if pointer else None
     champion_metrics = champion_prob = None
@@ -352,9 +390,11 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         champion = load_version(spec.name, champion_version, bucket_url=settings.bucket_url)
         champion_prob = champion.predict_proba(holdout)
         champion_metrics = compute_metrics(y_true, champion_prob, champion.decision_threshold)
+    # Baselines fit on the same rows as the model and choose their thresholds on the same validation split.
+    fit_frame, validation = split_validation(train_frame, spec, ds)
     baselines = [
-        majority_baseline(label_vector(train_frame, spec.label), y_true),
-        logistic_baseline(train_frame, holdout, spec, c=spec.gate.baselines.logistic_c),
+        majority_baseline(label_vector(fit_frame, spec.label), y_true),
+        logistic_baseline(fit_frame, holdout, spec, c=spec.gate.baselines.logistic_c, validation=validation),
     ]
     scores = holdout_scores_frame(
         y_true,

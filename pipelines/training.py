@@ -60,6 +60,14 @@ class TrainResult:
     #: Epoch the run continued from (0 for a fresh run).
     resumed_at_epoch: int = 0
     train_positives: int = 0
+    #: Rows of the validation split (0: none); the epoch whose weights were kept (early stopping).
+    validation_rows: int = 0
+    best_epoch: int | None = None
+    decision_threshold: float = 0.5
+    threshold: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    #: The champion version whose weights this model started from; None: trained cold.
+    warm_start_from: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready form for a stage record."""
@@ -162,6 +170,41 @@ def _check_split(
         )
 
 
+def split_validation(train: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Split the train part of `split_window` into (fit, validation) by event date.
+
+    Validation: the last ``window.validation_days`` days before the holdout
+    (never the holdout itself); fit: the earlier days.  With no validation
+    days the train part comes back whole and validation is None.  Raises
+    `TrainingError` when the validation split is empty or has a single class
+    (early stopping and threshold choice need both), or fit has a single class.
+    """
+    days = spec.window.validation_days
+    if not days:
+        return train, None
+    end = _parse_ds(ds, spec)
+    holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
+    validation_start = holdout_start - timedelta(days=days)
+    event_days = _event_dates(train[spec.source.event_time], spec, ds)
+    mask = (event_days >= validation_start).to_numpy()
+    fit = train[~mask].reset_index(drop=True)
+    validation = train[mask].reset_index(drop=True)
+    where = (
+        f"validation {validation_start}..{holdout_start - timedelta(days=1)} has {len(validation)} rows, "
+        f"fit (earlier days) has {len(fit)}"
+    )
+    for name, part in (("fit", fit), ("validation", validation)):
+        positives = int(label_vector(part, spec.label).sum()) if len(part) else 0
+        if positives in (0, len(part)):
+            raise TrainingError(
+                f"the {name} split has a single class or no rows ({positives} positive of {len(part)}); {where}. "
+                "Adjust window.validation_days (or widen window.train_days)",
+                vertical=spec.name,
+                ds=ds,
+            )
+    return fit, validation
+
+
 # -- seeded, resumable shuffling ---------------------------------------------
 
 
@@ -179,62 +222,128 @@ class EpochShuffledBatches:
     uninterrupted run would have seen.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n_rows: int, batch_size: int, seed: int, *, no_single_row_batch: bool = False) -> None:
         self.n_rows = n_rows
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        # Batch norm cannot train on a batch of one row: fold such a last row into the batch before.
+        self.fold_last = no_single_row_batch and n_rows > batch_size and n_rows % batch_size == 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng(derive_seed(self.seed, self.epoch, "shuffle")).permutation(self.n_rows)
-        for start in range(0, self.n_rows, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+        starts = list(range(0, self.n_rows, self.batch_size))
+        if self.fold_last:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = self.n_rows if i == len(starts) - 1 else start + self.batch_size
+            yield order[start:end].tolist()
 
     def __len__(self) -> int:
-        return (self.n_rows + self.batch_size - 1) // self.batch_size
+        return (self.n_rows + self.batch_size - 1) // self.batch_size - int(self.fold_last)
 
 
 # -- training ----------------------------------------------------------------
 
 
-def train_model(train: pd.DataFrame, spec: VerticalSpec, *, model_dir: Path, checkpoint_dir: Path) -> TrainResult:
+@dataclass(frozen=True)
+class WarmStartSource:
+    """A champion to fine-tune from: its version and loaded model (`pipelines.modeling.ScoringModel`)."""
+
+    version: str
+    model: Any
+
+
+def train_model(
+    train: pd.DataFrame,
+    spec: VerticalSpec,
+    *,
+    model_dir: Path,
+    checkpoint_dir: Path,
+    validation: pd.DataFrame | None = None,
+    warm_start: WarmStartSource | None = None,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
     """Fit preprocessing and the MLP on ``train``; write the model directory.
+
+    With ``validation`` (the split `split_validation` returns), training stops
+    early on the validation loss when the spec asks (keeping the best epoch's
+    weights), and the decision threshold and calibration are chosen on it.
+    With ``warm_start`` (a compatible champion, see `warm_start_compatible`),
+    the champion's preprocessing is reused and its weights are the starting
+    point, fine-tuned for ``model.warm_start.epochs``.  ``callbacks`` are
+    extra Lightning callbacks (a tuning trial's pruning).
 
     Resumes from ``checkpoint_dir/last.ckpt`` when a previous attempt left one
     (the checkpoint dir must belong to this model version: a checkpoint made
     from other data or hyperparameters is refused, not silently continued).
     """
     from pipelines.modeling import save_model_dir
+    from pipelines.thresholds import choose_threshold, fit_calibration
 
-    preprocessor = Preprocessor.fit(train, spec.features)
+    preprocessor = warm_start.model.preprocessor if warm_start else fit_preprocessor(train, spec)
     x = preprocessor.transform(train)
     y = label_vector(train, spec.label)
-    hparams = _hparams(spec, x, y)
-    resume_from = _prepare_checkpoint_dir(checkpoint_dir, _fingerprint(x, y, hparams), spec)
+    hparams = _hparams(spec, x, y, preprocessor=preprocessor, warm_start=warm_start)
+    max_epochs = spec.model.warm_start.epochs if warm_start else spec.model.epochs
+    x_val = y_val = None
+    if validation is not None:
+        x_val, y_val = preprocessor.transform(validation), label_vector(validation, spec.label)
+    fingerprint = _fingerprint(x, y, hparams, x_val, y_val)
+    resume_from = _prepare_checkpoint_dir(checkpoint_dir, fingerprint, spec)
+    initial = None if warm_start is None else warm_start.model.module.state_dict()
 
     with _torch_process_settings():
-        module, epochs_run, resumed_at = _fit(
-            x, y, hparams, spec, checkpoint_dir=checkpoint_dir, resume_from=resume_from
+        module, epochs_run, resumed_at, best_epoch = _fit(
+            x,
+            y,
+            hparams,
+            spec,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume_from,
+            validation=None if x_val is None or y_val is None else (x_val, y_val),
+            max_epochs=max_epochs,
+            initial_state=initial,
+            callbacks=callbacks or [],
         )
-    if epochs_run != spec.model.epochs:
+    if epochs_run > max_epochs:
         # Only a checkpoint from a run with more epochs gets here; its weights are not this spec's model.
         raise TrainingError(
-            f"checkpoint in {checkpoint_dir} is at epoch {epochs_run}, past model.epochs={spec.model.epochs}; "
+            f"checkpoint in {checkpoint_dir} is at epoch {epochs_run}, past "
+            f"{'model.warm_start.epochs' if warm_start else 'model.epochs'}={max_epochs}; "
             f"delete {checkpoint_dir} to retrain from scratch",
             vertical=spec.name,
         )
+    model = module.model
+    threshold_record = calibration_record = None
+    threshold = spec.model.decision_threshold
+    if x_val is not None and y_val is not None:
+        logits = _logits(model, x_val)
+        calibration = fit_calibration(y_val, logits, spec.model.threshold.calibration)
+        chosen = choose_threshold(
+            y_val, calibration.apply(logits), spec.model.threshold, fixed=spec.model.decision_threshold
+        )
+        threshold, threshold_record, calibration_record = chosen.threshold, chosen.to_dict(), calibration.to_dict()
+        if calibration.method != "none":
+            _set_calibration(model, calibration.scale, calibration.bias)
 
     label = {"column": spec.label.column, "positive": spec.label.positive}
     save_model_dir(
         model_dir,
-        module.model,
+        model,
         preprocessor,
-        hparams={**hparams, "epochs": spec.model.epochs},
-        decision_threshold=spec.model.decision_threshold,
+        hparams={**hparams, "epochs": max_epochs},
+        decision_threshold=threshold,
         label=label,
+        extra={
+            "threshold_choice": threshold_record,
+            "calibration": calibration_record,
+            "warm_start_from": warm_start.version if warm_start else None,
+            "best_epoch": best_epoch,
+        },
     )
     return TrainResult(
         model_dir=model_dir,
@@ -244,7 +353,55 @@ def train_model(train: pd.DataFrame, spec: VerticalSpec, *, model_dir: Path, che
         weights_sha256=hashlib.sha256((model_dir / "weights.pt").read_bytes()).hexdigest(),
         resumed_at_epoch=resumed_at,
         train_positives=int(y.sum()),
+        validation_rows=0 if validation is None else len(validation),
+        best_epoch=best_epoch,
+        decision_threshold=float(threshold),
+        threshold=threshold_record,
+        calibration=calibration_record,
+        warm_start_from=warm_start.version if warm_start else None,
     )
+
+
+def fit_preprocessor(train: pd.DataFrame, spec: VerticalSpec) -> Preprocessor:
+    """The preprocessing a cold model fits on its train split."""
+    return Preprocessor.fit(train, spec.features, max_categories=spec.model.max_categories)
+
+
+def warm_start_compatible(champion: Any, spec: VerticalSpec) -> str | None:
+    """Why ``champion`` (a loaded `ScoringModel`) cannot seed this spec's model, or None when it can.
+
+    Compatible: the same features (names, kinds, order) and the architecture
+    this spec would build on the champion's preprocessing.
+    """
+    from pipelines.modeling import architecture_of
+
+    pre = champion.preprocessor
+    if [s.name for s in pre.numeric] != list(spec.features.numeric) or [v.name for v in pre.categorical] != list(
+        spec.features.categorical
+    ):
+        return "its features differ from the spec's"
+    wanted = architecture_of(_architecture_hparams(spec, pre, calibrated=False))
+    have = {**champion.metadata.get("architecture", {})}
+    have = architecture_of({**have, "calibrated": False})
+    if have != wanted:
+        return f"its architecture {have} differs from the spec's {wanted}"
+    return None
+
+
+def _logits(model: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).double().numpy()
+
+
+def _set_calibration(model: Any, scale: float, bias: float) -> None:
+    import torch
+
+    if model.calibration is None:
+        raise TrainingError("the model was built without calibration buffers; set model.threshold.calibration")
+    model.calibration.copy_(torch.tensor([scale, bias], dtype=model.calibration.dtype))
 
 
 @contextmanager
@@ -268,27 +425,65 @@ def _torch_process_settings() -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _hparams(spec: VerticalSpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _architecture_hparams(spec: VerticalSpec, preprocessor: Preprocessor, *, calibrated: bool) -> dict[str, Any]:
+    from pipelines.modeling import embedding_blocks
+
+    return {
+        "input_dim": len(preprocessor.output_names),
+        "hidden": list(spec.model.hidden),
+        "dropout": spec.model.dropout,
+        "wide": spec.model.wide,
+        "batch_norm": spec.model.batch_norm,
+        "embeddings": embedding_blocks(preprocessor, spec.model.embedding_dim, spec.model.embedding_min_categories),
+        "calibrated": calibrated,
+    }
+
+
+def _hparams(
+    spec: VerticalSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    preprocessor: Preprocessor | None = None,
+    warm_start: WarmStartSource | None = None,
+) -> dict[str, Any]:
     positives = float(y.sum())
     # Inverse class ratio: a rare positive class weighs as much as the common one.
     pos_weight = (len(y) - positives) / positives if spec.model.balance_classes and positives else 1.0
-    return {
-        "input_dim": int(x.shape[1]),
-        "hidden": list(spec.model.hidden),
-        "dropout": spec.model.dropout,
-        "learning_rate": spec.model.learning_rate,
+    calibrated = spec.model.threshold.calibration != "none"
+    if preprocessor is None:
+        arch: dict[str, Any] = {"input_dim": int(x.shape[1]), "hidden": list(spec.model.hidden)}
+        arch["dropout"] = spec.model.dropout
+    else:
+        arch = _architecture_hparams(spec, preprocessor, calibrated=calibrated)
+    scale = spec.model.warm_start.learning_rate_scale if warm_start else 1.0
+    hparams = {
+        **arch,
+        "learning_rate": spec.model.learning_rate * scale,
         "weight_decay": spec.model.weight_decay,
         "batch_size": spec.model.batch_size,
         "pos_weight": pos_weight,
         "seed": spec.model.seed,
     }
+    if warm_start is not None:
+        hparams["warm_start_from"] = warm_start.version
+    return hparams
 
 
-def _fingerprint(x: np.ndarray, y: np.ndarray, hparams: dict[str, Any]) -> str:
+def _fingerprint(
+    x: np.ndarray,
+    y: np.ndarray,
+    hparams: dict[str, Any],
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> str:
     # Epochs are left out on purpose: raising them and rerunning continues training.
     digest = hashlib.sha256(x.tobytes())
     digest.update(y.tobytes())
     digest.update(json.dumps(hparams, sort_keys=True).encode())
+    if x_val is not None and y_val is not None:
+        digest.update(x_val.tobytes())
+        digest.update(y_val.tobytes())
     return digest.hexdigest()
 
 
@@ -317,36 +512,88 @@ def _fit(
     *,
     checkpoint_dir: Path,
     resume_from: Path | None,
-) -> tuple[Any, int, int]:
-    """Run the Trainer; return (lightning module, epochs completed, epoch resumed at)."""
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    max_epochs: int | None = None,
+    initial_state: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, int, int, int | None]:
+    """Run the Trainer; return (lightning module, epochs completed, epoch resumed at, best epoch kept)."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     data_cls, module_cls = _lightning_classes()
     pl.seed_everything(spec.model.seed, workers=True, verbose=False)
     module = module_cls(**hparams)
-    data = data_cls(x, y, batch_size=spec.model.batch_size, seed=spec.model.seed)
+    if initial_state is not None:
+        # Warm start: the champion's weights; its calibration (if any) is reset, being re-fitted after.
+        state = {k: v.clone() for k, v in initial_state.items() if k != "calibration"}
+        missing, unexpected = module.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if k != "calibration"]:
+            raise TrainingError(
+                f"warm start: the champion's weights do not fit this architecture (missing {missing}, "
+                f"unexpected {unexpected}); set model.warm_start.enabled: false or retrain cold",
+                vertical=spec.name,
+            )
+    data = data_cls(
+        x,
+        y,
+        batch_size=spec.model.batch_size,
+        seed=spec.model.seed,
+        validation=validation,
+        batch_norm=bool(hparams.get("batch_norm")),
+    )
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, enable_version_counter=False)
+    extra: list[Any] = []
+    best: Any = None
+    if validation is not None:
+        best = ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        extra.append(best)
+        if spec.model.early_stopping is not None:
+            extra.append(
+                EarlyStopping(
+                    monitor="val_loss",
+                    mode="min",
+                    patience=spec.model.early_stopping.patience,
+                    min_delta=spec.model.early_stopping.min_delta,
+                )
+            )
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,
-        max_epochs=spec.model.epochs,
+        max_epochs=max_epochs or spec.model.epochs,
         deterministic=True,
         enable_progress_bar=False,
         logger=False,
         enable_model_summary=False,
         default_root_dir=checkpoint_dir,
-        callbacks=[checkpoint],
+        num_sanity_val_steps=0,
+        # No validation split: skip the validation loop entirely (not an empty one each epoch).
+        limit_val_batches=0 if validation is None else 1.0,
+        callbacks=[checkpoint, *extra, *(callbacks or [])],
     )
     with warnings.catch_warnings():
         for pattern in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    best_epoch = None
+    if best is not None and best.best_model_path and spec.model.early_stopping is not None:
+        # Early stopping keeps the best validation epoch's weights, not the last epoch's.
+        saved = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(saved["state_dict"])
+        best_epoch = int(saved["epoch"]) + 1
     _check_finite(module, spec)
     resumed_at = module.start_epoch if module.start_epoch is not None else trainer.current_epoch
-    return module.cpu(), int(trainer.current_epoch), int(resumed_at) if resume_from else 0
+    return module.cpu(), int(trainer.current_epoch), int(resumed_at) if resume_from else 0, best_epoch
 
 
 def _check_finite(module: Any, spec: VerticalSpec) -> None:
@@ -369,16 +616,29 @@ def _lightning_classes() -> tuple[type, type]:
     from pipelines.modeling import TabularMLP
 
     class TabularDataModule(pl.LightningDataModule):
-        """In-memory tensors; batches from `EpochShuffledBatches`."""
+        """In-memory tensors; batches from `EpochShuffledBatches`; an optional validation split."""
 
-        def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int) -> None:
+        def __init__(
+            self,
+            x: np.ndarray,
+            y: np.ndarray,
+            *,
+            batch_size: int,
+            seed: int,
+            validation: tuple[np.ndarray, np.ndarray] | None = None,
+            batch_norm: bool = False,
+        ) -> None:
             super().__init__()
             self.dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
             self.batch_size = batch_size
             self.seed = seed
+            self.batch_norm = batch_norm
+            self.validation = None if validation is None else TensorDataset(*(torch.from_numpy(a) for a in validation))
 
         def train_dataloader(self) -> DataLoader:
-            sampler = EpochShuffledBatches(len(self.dataset), self.batch_size, self.seed)
+            sampler = EpochShuffledBatches(
+                len(self.dataset), self.batch_size, self.seed, no_single_row_batch=self.batch_norm
+            )
             # batch_size=None: the sampler yields whole batches, indexed in one tensor op.
             # Own generator: a DataLoader draws a base seed from the global RNG each time it
             # starts an epoch, which would shift the dropout masks of a resumed run.
@@ -389,6 +649,12 @@ def _lightning_classes() -> tuple[type, type]:
                 num_workers=0,
                 generator=torch.Generator().manual_seed(self.seed),
             )
+
+        def val_dataloader(self) -> DataLoader:
+            if self.validation is None:
+                return []  # type: ignore[return-value]  # Lightning skips validation on an empty list
+            # One batch: validation is small, and the epoch's AUROC needs every row at once.
+            return DataLoader(self.validation, batch_size=len(self.validation), shuffle=False, num_workers=0)
 
     class TabularClassifier(pl.LightningModule):
         """`TabularMLP` trained with BCE-with-logits and AdamW."""
@@ -404,10 +670,23 @@ def _lightning_classes() -> tuple[type, type]:
             batch_size: int,
             pos_weight: float,
             seed: int,
+            wide: bool = False,
+            batch_norm: bool = False,
+            embeddings: list[list[int]] | None = None,
+            calibrated: bool = False,
+            warm_start_from: str | None = None,
         ) -> None:
             super().__init__()
             self.save_hyperparameters()
-            self.model = TabularMLP(input_dim, hidden, dropout)
+            self.model = TabularMLP(
+                input_dim,
+                hidden,
+                dropout,
+                wide=wide,
+                batch_norm=batch_norm,
+                embeddings=embeddings,
+                calibrated=calibrated,
+            )
             self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
             self.start_epoch: int | None = None
 
@@ -425,6 +704,15 @@ def _lightning_classes() -> tuple[type, type]:
         def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
             x, y = batch
             return self.loss(self(x), y)
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            from pipelines.evaluation import auroc
+
+            x, y = batch
+            logits = self(x)
+            self.log("val_loss", self.loss(logits, y), prog_bar=False)
+            score = auroc(y.cpu().numpy(), torch.sigmoid(logits).double().cpu().numpy())
+            self.log("val_auroc", float(score) if score is not None else 0.5, prog_bar=False)
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.AdamW(

@@ -39,6 +39,12 @@ def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
     model = load_production(vertical, bucket_url=(cli.home / "bucket").as_uri(), cache_dir=cli.home / "serve")
     prob = model.predict_proba(raw)
     assert len(prob) == len(raw) and ((prob >= 0) & (prob <= 1)).all()
+    # One operating point: the threshold chosen on validation at training is what the
+    # evaluation (hence the gate) scored and what serving predicts with.
+    chosen = cli.record(vertical, DS, "train")["decision_threshold"]
+    assert cli.record(vertical, DS, "evaluate")["challenger"]["threshold"] == chosen
+    assert model.decision_threshold == chosen
+    assert (model.predict(raw) == (prob >= chosen)).all()
 
     status = json.loads(cli("status", "--json").stdout)
     mine = next(s for s in status if s["vertical"] == vertical)
@@ -71,6 +77,26 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
     assert second["deployed"] is True
     assert bucket_listing(cli.home) == bucket
     assert registry_counts(cli.home) == counts
+
+
+def test_a_warm_started_night_reruns_to_the_same_model(cli: Cli):
+    """Night 2 fine-tunes night 1's champion; rerunning night 2 (model wiped) reproduces it bit for bit."""
+    import shutil
+
+    cli("run", "finance", "--date", DS)
+    champion = cli.record("finance", DS, "train")["model_version"]
+    cli("run", "finance", "--date", NEXT_DS)
+    first = cli.record("finance", NEXT_DS, "train")
+    assert first["warm_start"]["from"] == champion
+    assert first["tuning"]["swept"] is False  # a Saturday after an approval: tonight reuses the sweep of DS
+    weights = (Path(first["model_dir"]) / "weights.pt").read_bytes()
+
+    shutil.rmtree(first["model_dir"])
+    shutil.rmtree(cli.home / "checkpoints")
+    cli("run", "finance", "--date", NEXT_DS)  # production now serves this night's own model
+    again = cli.record("finance", NEXT_DS, "train")
+    assert (again["model_version"], again["warm_start"]) == (first["model_version"], first["warm_start"])
+    assert (Path(again["model_dir"]) / "weights.pt").read_bytes() == weights
 
 
 def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
