@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from pipelines.errors import SpecError
 
@@ -40,13 +40,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _quoted_date(value: object) -> object:
+def _quoted_date(value: object, info: ValidationInfo) -> object:
     # YAML reads an unquoted 2024-01-01 as a date, which DVC (the specs are its params) cannot store.
-    if isinstance(value, date):
+    # Only the spec file is held to that: specs rebuilt in code (e.g. a tuned copy) carry dates.
+    if isinstance(value, date) and (info.context or {}).get(SPEC_FILE_CONTEXT):
         raise ValueError(f'write the date in quotes ("{value.isoformat()}"): DVC reads the specs as params')
     return value
 
 
+#: Validation context key set by `load_spec_file` (rules that only a spec file must follow).
+SPEC_FILE_CONTEXT = "spec_file"
 #: ``source.start``: a quoted ``"YYYY-MM-DD"`` in the spec file.
 SourceStart = Annotated[date | None, BeforeValidator(_quoted_date)]
 
@@ -606,7 +609,7 @@ def load_spec_file(path: Path) -> VerticalSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {path} must hold a mapping, got {type(raw).__name__}")
     try:
-        spec = VerticalSpec.model_validate(raw)
+        spec = VerticalSpec.model_validate(raw, context={SPEC_FILE_CONTEXT: True})
     except ValidationError as exc:
         raise SpecError(_format_validation_error(path, exc)) from exc
     if spec.name != path.stem:
