@@ -135,6 +135,10 @@ def test_chosen_threshold_travels_in_the_artefact(
     prob = loaded.predict_proba(holdout)
     np.testing.assert_array_equal(loaded.predict(holdout), (prob >= result.decision_threshold).astype(int))
     assert loaded.module.calibration is not None and float(loaded.module.calibration[0]) != 1.0
+    # The reliability diagram's data: every validation row lands in one of 10 bins, after calibration.
+    reliability = manifest["reliability"]
+    assert reliability["split"] == "validation" and reliability["calibration"] == "platt"
+    assert len(reliability["bins"]) == 10 and sum(b["count"] for b in reliability["bins"]) == len(validation)
 
 
 # -- warm start ---------------------------------------------------------------
