@@ -326,7 +326,10 @@ def _pruning_callback(trial: Any, metric: str) -> Any:
 
 
 def list_studies(settings: Settings, vertical: str) -> list[dict[str, Any]]:
-    """Every sweep of ``vertical``, oldest first: trial counts and the best configuration."""
+    """Every sweep of ``vertical``, oldest first: its date, trial counts and the best configuration.
+
+    The one reader of the studies: the ``tuning`` CLI command and the models view both use it.
+    """
     import optuna
 
     storage = _storage(settings)
@@ -336,9 +339,13 @@ def list_studies(settings: Settings, vertical: str) -> list[dict[str, Any]]:
             continue
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
         best = summary.best_trial
+        started = summary.datetime_start
         out.append(
             {
                 "study": summary.study_name,
+                "ds": summary.study_name.split(":", 1)[1],
+                "started": None if started is None else started.isoformat(timespec="seconds"),
+                "direction": summary.direction.name.lower(),
                 "trials": len(trials),
                 "complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),

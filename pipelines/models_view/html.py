@@ -23,6 +23,7 @@ from pipelines.models_view.overview import (
     EventEntry,
     MetricCheck,
     RuleLine,
+    TuningSweep,
     VerticalOverview,
 )
 
@@ -281,6 +282,40 @@ def _events_table(view: VerticalOverview, links: Links) -> str:
     )
 
 
+def _param(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _e(value)
+
+
+def _sweep_row(sweep: TuningSweep) -> str:
+    better = {"maximize": ("↑", "higher is better"), "minimize": ("↓", "lower is better")}.get(sweep.direction)
+    arrow = f' <span class="muted" title="{_e(better[1])}">{better[0]}</span>' if better else ""
+    value = '<span class="muted">—</span>' if sweep.best_value is None else f"{sweep.best_value:.4f}{arrow}"
+    params = (
+        " ".join(f'<span class="chip">{_e(k)}={_param(v)}</span>' for k, v in sorted(sweep.best_params.items()))
+        if sweep.best_params
+        else '<span class="muted">no complete trial</span>'
+    )
+    started = f'<div class="small muted">{_e(sweep.started)}</div>' if sweep.started else ""
+    return (
+        "<tr>"
+        f"<td class=nowrap>{_e(sweep.ds)}{started}</td>"
+        f'<td class=num title="{sweep.complete} complete, {sweep.pruned} pruned">{sweep.trials}</td>'
+        f"<td class=num>{value}</td><td>{params}</td>"
+        "</tr>"
+    )
+
+
+def _tuning_table(view: VerticalOverview) -> str:
+    """Recent tuning sweeps (newest first); nothing at all for a vertical that never swept."""
+    if not view.tuning:
+        return ""
+    rows = "".join(_sweep_row(s) for s in view.tuning)
+    return (
+        "<h3>Tuning</h3><table class=tuning><thead><tr><th>Sweep date</th><th class=num>Trials</th>"
+        f"<th class=num>Best value</th><th>Chosen configuration</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link: bool) -> str:
     meta = " · ".join(
         part
@@ -300,11 +335,12 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         # Nothing trained yet: one line instead of three empty boxes.
         docs = f' · <a href="{_e(links.data_docs(view.name))}">Data docs</a>' if view.has_data_docs else ""
         empty = f'<p class="muted">No model, gate decision or deployment in the registry yet.{docs}</p>'
-        return f"{head}{empty}{_blocked_days(view, links)}</section>"
+        return f"{head}{empty}{_blocked_days(view, links)}{_tuning_table(view)}</section>"
     return (
         f"{head}"
         f'<div class="cards">{_champion_block(view, view.champion, links)}</div>'
         f"<h3>Gate decisions</h3>{_decisions_table(view, links)}"
+        f"{_tuning_table(view)}"
         f"<h3>Deployments and rollbacks</h3>{_deployments_table(view, links)}"
         f"{_blocked_days(view, links)}"
         f"<h3>Audit trail</h3>{_events_table(view, links)}"
