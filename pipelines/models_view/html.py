@@ -23,7 +23,6 @@ from pipelines.models_view.overview import (
     EventEntry,
     MetricCheck,
     RuleLine,
-    TuningSweep,
     VerticalOverview,
 )
 
@@ -282,38 +281,9 @@ def _events_table(view: VerticalOverview, links: Links) -> str:
     )
 
 
-def _param(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else _e(value)
-
-
-def _sweep_row(sweep: TuningSweep) -> str:
-    better = {"maximize": ("↑", "higher is better"), "minimize": ("↓", "lower is better")}.get(sweep.direction)
-    arrow = f' <span class="muted" title="{_e(better[1])}">{better[0]}</span>' if better else ""
-    value = '<span class="muted">—</span>' if sweep.best_value is None else f"{sweep.best_value:.4f}{arrow}"
-    params = (
-        " ".join(f'<span class="chip">{_e(k)}={_param(v)}</span>' for k, v in sorted(sweep.best_params.items()))
-        if sweep.best_params
-        else '<span class="muted">no complete trial</span>'
-    )
-    started = f'<div class="small muted">{_e(sweep.started)}</div>' if sweep.started else ""
-    return (
-        "<tr>"
-        f"<td class=nowrap>{_e(sweep.ds)}{started}</td>"
-        f'<td class=num title="{sweep.complete} complete, {sweep.pruned} pruned">{sweep.trials}</td>'
-        f"<td class=num>{value}</td><td>{params}</td>"
-        "</tr>"
-    )
-
-
 def _tuning_table(view: VerticalOverview) -> str:
     """Recent tuning sweeps (newest first); nothing at all for a vertical that never swept."""
-    if not view.tuning:
-        return ""
-    rows = "".join(_sweep_row(s) for s in view.tuning)
-    return (
-        "<h3>Tuning</h3><table class=tuning><thead><tr><th>Sweep date</th><th class=num>Trials</th>"
-        f"<th class=num>Best value</th><th>Chosen configuration</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    return render_template("tuning.html", sweeps=view.tuning) if view.tuning else ""
 
 
 def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link: bool) -> str:
