@@ -9,6 +9,7 @@ production (s3fs).  The layout::
         metrics.json, lineage.json                   evaluation and provenance
         model_card.md, model_card.json               the model card, for people and for tools
         confusion_matrix.svg                         the holdout confusion matrix
+        reliability.svg                              the validation reliability diagram (with a validation split)
         checksums.json                               written last: sha256 of every other file
     <bucket>/<vertical>/production.json              the pointer, written after the folder verifies
 
@@ -49,6 +50,7 @@ LINEAGE_FILE = "lineage.json"
 MODEL_CARD_FILE = "model_card.md"
 MODEL_CARD_JSON_FILE = "model_card.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.svg"
+RELIABILITY_FILE = "reliability.svg"
 #: Environment variable naming the Airflow connection that holds S3 credentials.
 CONN_ID_ENV = "PIPELINES_BUCKET_CONN_ID"
 #: Vertical and version names become path segments: no separators, no "..".

@@ -2,7 +2,8 @@
 
 ``card_files`` builds them for `pipelines.deploy`: ``model_card.md`` (from the
 deploy stage, plus a link to the image), ``model_card.json`` (for tools) and
-``confusion_matrix.svg``.  All are pure functions of their inputs, with no
+``confusion_matrix.svg``, and ``reliability.svg`` (the validation reliability
+diagram, when ``model.json`` carries its bins).  All are pure functions of their inputs, with no
 timestamps, so a re-deploy of the same version produces the same bytes and
 verifies as identical.  The image is a hand-written SVG: dependency-free,
 diff-able, and it renders in any browser or Markdown viewer next to
@@ -22,6 +23,7 @@ from pipelines.bucket import (
     METRICS_FILE,
     MODEL_CARD_FILE,
     MODEL_CARD_JSON_FILE,
+    RELIABILITY_FILE,
     json_bytes,
 )
 
@@ -94,6 +96,57 @@ def _cell(row: int, col: int, count: int, intensity: float, share: float) -> lis
     ]
 
 
+# Geometry of the reliability diagram's plot area (pixels).
+_PLOT = 260
+_PLOT_LEFT = 60
+_PLOT_TOP = 50
+
+
+def reliability_svg(bins: list[dict[str, Any]], *, title: str, subtitle: str = "") -> bytes:
+    """A reliability diagram: observed positive rate against mean predicted probability.
+
+    One point per non-empty bin (its radius grows with the bin's row count),
+    joined in order, over the diagonal a perfectly calibrated model would follow.
+    """
+    points = [b for b in bins if b.get("count") and b.get("mean_predicted") is not None]
+    total = sum(int(b["count"]) for b in points) or 1
+    width, height = _PLOT_LEFT + _PLOT + 30, _PLOT_TOP + _PLOT + 60
+    bottom, right = _PLOT_TOP + _PLOT, _PLOT_LEFT + _PLOT
+
+    def xy(predicted: float, observed: float) -> tuple[float, float]:
+        return _PLOT_LEFT + predicted * _PLOT, bottom - observed * _PLOT
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
+        f'<text x="{width // 2}" y="20" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+        f'<text x="{width // 2}" y="38" text-anchor="middle" fill="#555">{escape(subtitle)}</text>',
+        f'<rect x="{_PLOT_LEFT}" y="{_PLOT_TOP}" width="{_PLOT}" height="{_PLOT}" fill="none" stroke="#333"/>',
+        f'<line x1="{_PLOT_LEFT}" y1="{bottom}" x2="{right}" y2="{_PLOT_TOP}" stroke="#999" stroke-dasharray="4 4"/>',
+    ]
+    for tick in (0.0, 0.5, 1.0):
+        x, y = xy(tick, tick)
+        parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{tick:.1f}</text>')
+        parts.append(f'<text x="{_PLOT_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
+    parts.append(f'<text x="{_PLOT_LEFT + _PLOT // 2}" y="{bottom + 34}" text-anchor="middle">mean predicted</text>')
+    mid = _PLOT_TOP + _PLOT // 2
+    parts.append(f'<text x="18" y="{mid}" text-anchor="middle" transform="rotate(-90 18 {mid})">observed rate</text>')
+    coords = [xy(float(b["mean_predicted"]), float(b["observed_rate"])) for b in points]
+    if len(coords) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="#1f5fa8" stroke-width="1.5"/>')
+    for b, (x, y) in zip(points, coords, strict=True):
+        radius = 3 + 5 * (int(b["count"]) / total) ** 0.5
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="#1f5fa8"><title>'
+            f"{float(b['lower']):.1f}-{float(b['upper']):.1f}: {int(b['count'])} rows, predicted "
+            f"{float(b['mean_predicted']):.3f}, observed {float(b['observed_rate']):.3f}</title></circle>"
+        )
+    parts.append(f'<text x="{_PLOT_LEFT}" y="{height - 8}" fill="#555">{total} validation rows</text>')
+    parts.append("</svg>")
+    return ("\n".join(parts) + "\n").encode()
+
+
 def _scalars(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     if not metrics:
         return None
@@ -148,6 +201,17 @@ def _class_labels(model_dir: Path) -> tuple[str, str]:
     return (f"not {positive}", positive)
 
 
+def _reliability(model_dir: Path) -> dict[str, Any] | None:
+    """The validation reliability bins the train stage kept in model.json (None: no validation split)."""
+    try:
+        record = json.loads((model_dir / "model.json").read_text()).get("reliability")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("bins"), list):
+        return None
+    return record
+
+
 def card_files(
     *,
     vertical: str,
@@ -159,7 +223,7 @@ def card_files(
     model_card: str,
     model_card_json: dict[str, Any] | None,
 ) -> dict[str, bytes]:
-    """metrics, lineage, the Markdown and JSON model cards and the confusion-matrix image.
+    """metrics, lineage, the Markdown and JSON model cards, the confusion-matrix and reliability images.
 
     No timestamps are added: the same inputs give the same bytes, so a
     re-deploy verifies as identical.
@@ -176,6 +240,16 @@ def card_files(
         )
         if CONFUSION_MATRIX_FILE not in model_card:
             model_card = model_card.rstrip("\n") + f"\n\n![Confusion matrix on the holdout]({CONFUSION_MATRIX_FILE})\n"
+    reliability = _reliability(model_dir)
+    if reliability is not None:
+        method = reliability.get("calibration") or "none"
+        files[RELIABILITY_FILE] = reliability_svg(
+            reliability["bins"],
+            title="Reliability on the validation split",
+            subtitle=f"{vertical} {model_version}, calibration: {method}",
+        )
+        if RELIABILITY_FILE not in model_card:
+            model_card = model_card.rstrip("\n") + f"\n\n![Reliability on the validation split]({RELIABILITY_FILE})\n"
     card = model_card_data(
         vertical=vertical,
         model_version=model_version,
@@ -184,6 +258,8 @@ def card_files(
         lineage=lineage,
         confusion_image=CONFUSION_MATRIX_FILE if matrix else None,
     )
+    if reliability is not None:
+        card["reliability"] = {**reliability, "image": RELIABILITY_FILE}
     files[MODEL_CARD_FILE] = model_card.encode()
     files[MODEL_CARD_JSON_FILE] = json_bytes({**card, **(model_card_json or {})})
     return files

@@ -35,6 +35,7 @@ from pipelines.bucket import (
     MODEL_CARD_FILE,
     MODEL_CARD_JSON_FILE,
     POINTER_FILE,
+    RELIABILITY_FILE,
     Bucket,
     FolderState,
     check_name,
@@ -70,7 +71,15 @@ log = logging.getLogger(__name__)
 
 #: Names the deploy writes itself; a model dir holding one would be shadowed.
 RESERVED_FILES = frozenset(
-    {CHECKSUMS_FILE, METRICS_FILE, MODEL_CARD_FILE, MODEL_CARD_JSON_FILE, CONFUSION_MATRIX_FILE, LINEAGE_FILE}
+    {
+        CHECKSUMS_FILE,
+        METRICS_FILE,
+        MODEL_CARD_FILE,
+        MODEL_CARD_JSON_FILE,
+        CONFUSION_MATRIX_FILE,
+        RELIABILITY_FILE,
+        LINEAGE_FILE,
+    }
 )
 
 
@@ -197,7 +206,8 @@ def deploy_version(
     """Upload ``model_dir`` as an immutable version folder, verify it, then flip the pointer.
 
     ``metrics`` is the evaluation record; its ``challenger.confusion_matrix``
-    becomes ``confusion_matrix.svg``.  ``model_card_json`` adds to (and
+    becomes ``confusion_matrix.svg``; the validation reliability bins in the
+    model dir's ``model.json`` become ``reliability.svg``.  ``model_card_json`` adds to (and
     overrides keys of) the generated ``model_card.json``.  ``exclude`` names
     model-dir files to leave out (exports the gate refused).
 

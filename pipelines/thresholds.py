@@ -158,3 +158,32 @@ def _counts_at(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "rows": float(truth.size), "positives": tp + fn}
+
+
+def reliability_bins(y: np.ndarray, prob: np.ndarray, *, bins: int = 10) -> list[dict[str, Any]]:
+    """Observed positive rate vs mean predicted probability in ``bins`` equal-width bins of ``prob``.
+
+    The data of a reliability diagram (kept in ``model.json``, drawn in the
+    model card).  Every bin is listed, empty ones with ``count`` 0 and null
+    rates, so the record shows where the model never predicts.  A probability
+    of exactly 1.0 falls in the last bin.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be positive, got {bins}")
+    truth = np.asarray(y, dtype=np.float64) > 0.5
+    scores = np.asarray(prob, dtype=np.float64)
+    index = np.clip(np.floor(scores * bins).astype(int), 0, bins - 1)
+    out: list[dict[str, Any]] = []
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        out.append(
+            {
+                "lower": round(b / bins, 6),
+                "upper": round((b + 1) / bins, 6),
+                "count": count,
+                "mean_predicted": round(float(scores[mask].mean()), 6) if count else None,
+                "observed_rate": round(float(truth[mask].mean()), 6) if count else None,
+            }
+        )
+    return out

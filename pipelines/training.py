@@ -282,7 +282,7 @@ def train_model(
     from other data or hyperparameters is refused, not silently continued).
     """
     from pipelines.modeling import save_model_dir
-    from pipelines.thresholds import choose_threshold, fit_calibration
+    from pipelines.thresholds import choose_threshold, fit_calibration, reliability_bins
 
     preprocessor = warm_start.model.preprocessor if warm_start else fit_preprocessor(train, spec)
     x = preprocessor.transform(train)
@@ -318,14 +318,19 @@ def train_model(
             vertical=spec.name,
         )
     model = module.model
-    threshold_record = calibration_record = None
+    threshold_record = calibration_record = reliability = None
     threshold = spec.model.decision_threshold
     if x_val is not None and y_val is not None:
         logits = _logits(model, x_val)
         calibration = fit_calibration(y_val, logits, spec.model.threshold.calibration)
-        chosen = choose_threshold(
-            y_val, calibration.apply(logits), spec.model.threshold, fixed=spec.model.decision_threshold
-        )
+        val_prob = calibration.apply(logits)
+        chosen = choose_threshold(y_val, val_prob, spec.model.threshold, fixed=spec.model.decision_threshold)
+        # Observed vs predicted on validation after calibration: the model card's reliability diagram.
+        reliability = {
+            "split": "validation",
+            "calibration": calibration.method,
+            "bins": reliability_bins(y_val, val_prob),
+        }
         threshold, threshold_record, calibration_record = chosen.threshold, chosen.to_dict(), calibration.to_dict()
         if calibration.method != "none":
             _set_calibration(model, calibration.scale, calibration.bias)
@@ -341,6 +346,7 @@ def train_model(
         extra={
             "threshold_choice": threshold_record,
             "calibration": calibration_record,
+            "reliability": reliability,
             "warm_start_from": warm_start.version if warm_start else None,
             "best_epoch": best_epoch,
         },

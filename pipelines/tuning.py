@@ -5,7 +5,7 @@ configurations on the fit split and scores them on the validation split,
 never the holdout.  It runs only on the nights the spec names (weekly, after
 a rejection, on the first run); other nights reuse the best configuration of
 the latest sweep, so the nightly cost stays bounded.  Studies are stored
-through SQLAlchemy next to the registry (see `study_storage_url`), one study
+through SQLAlchemy in the registry's database (see `study_storage_url`), one study
 per vertical and sweep date, so the CLI and the Models view can list trials,
 and a rerun of a sweep night finds its finished study instead of sweeping again.
 
@@ -18,6 +18,7 @@ Optuna is imported inside the functions that need it.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from datetime import date
@@ -84,13 +85,20 @@ def choose_warm_start(
 
 
 def study_storage_url(settings: Settings) -> str:
-    """Where Optuna studies live: the registry's database server, beside (not inside) the registry tables.
+    """Where Optuna studies live: the registry's database, beside (not inside) the registry's tables.
 
-    Optuna keeps its own Alembic ``alembic_version`` table, which would clash
-    with the registry's migrations in one SQLite file or PostgreSQL schema;
-    so SQLite gets a sibling file ``optuna.db`` and other databases the
-    same URL (put the ``optuna`` tables in their own database or schema by
-    setting ``PIPELINES_TUNING_URL``).
+    Optuna keeps its own Alembic ``alembic_version`` table; in the registry's
+    SQLite file or PostgreSQL schema it would find the registry's revision and
+    refuse to start ("no longer compatible with the table schema"), after
+    creating its tables among the registry's.  So:
+
+    * PostgreSQL: the same database, in a schema of its own, ``optuna`` (or
+      ``<registry schema>_optuna`` when the registry URL sets a
+      ``search_path``), chosen through the connection's ``options``;
+    * SQLite: a database is a file and has no schemas (an attached database
+      would not be seen by Alembic's unqualified ``alembic_version``), so a
+      sibling file ``optuna.db``;
+    * anything else, or to override: ``PIPELINES_TUNING_URL``.
     """
     import os
 
@@ -100,7 +108,47 @@ def study_storage_url(settings: Settings) -> str:
     url = settings.registry_url
     if url.startswith("sqlite:///"):
         return f"sqlite:///{Path(url.removeprefix('sqlite:///')).with_name('optuna.db')}"
-    return url
+    if url.startswith(("postgresql:", "postgresql+")):
+        return _postgres_study_url(url)
+    raise TrainingError(
+        f"tuning studies cannot share the registry database {url.split('://', 1)[0]}:// "
+        "(Optuna's Alembic table would clash with the registry's); set PIPELINES_TUNING_URL to a database of their own"
+    )
+
+
+def _postgres_study_url(registry_url: str) -> str:
+    """The registry URL with ``search_path`` set to the studies' own schema."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(registry_url)
+    options = url.query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    found = _SEARCH_PATH.search(options)
+    registry_schema = found.group(1).split(",")[0].strip('"') if found else "public"
+    schema = "optuna" if registry_schema == "public" else f"{registry_schema}_optuna"
+    if not _SCHEMA_NAME.match(schema):
+        raise TrainingError(
+            f"registry search_path schema {registry_schema!r} gives no safe schema name for tuning studies; "
+            "set PIPELINES_TUNING_URL"
+        )
+    rest = _SEARCH_PATH.sub("", options).strip()
+    new_options = " ".join(part for part in (rest, f"-csearch_path={schema}") if part)
+    return url.update_query_dict({"options": new_options}).render_as_string(hide_password=False)
+
+
+def _study_schema(url: str) -> str | None:
+    """The PostgreSQL schema a study URL selects through ``options`` (None: none, or not PostgreSQL)."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith(("postgresql:", "postgresql+")):
+        return None
+    options = make_url(url).query.get("options", "")
+    found = _SEARCH_PATH.search(options if isinstance(options, str) else " ".join(options))
+    return found.group(1).split(",")[0].strip('"') if found else None
+
+
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*(\S+)")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def study_name(vertical: str, ds: str) -> str:
@@ -278,7 +326,10 @@ def _pruning_callback(trial: Any, metric: str) -> Any:
 
 
 def list_studies(settings: Settings, vertical: str) -> list[dict[str, Any]]:
-    """Every sweep of ``vertical``, oldest first: trial counts and the best configuration."""
+    """Every sweep of ``vertical``, oldest first: its date, trial counts and the best configuration.
+
+    The one reader of the studies: the ``tuning`` CLI command and the models view both use it.
+    """
     import optuna
 
     storage = _storage(settings)
@@ -288,9 +339,13 @@ def list_studies(settings: Settings, vertical: str) -> list[dict[str, Any]]:
             continue
         trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
         best = summary.best_trial
+        started = summary.datetime_start
         out.append(
             {
                 "study": summary.study_name,
+                "ds": summary.study_name.split(":", 1)[1],
+                "started": None if started is None else started.isoformat(timespec="seconds"),
+                "direction": summary.direction.name.lower(),
                 "trials": len(trials),
                 "complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials),
                 "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
@@ -315,7 +370,23 @@ def _storage(settings: Settings) -> Any:
     url = study_storage_url(settings)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    schema = _study_schema(url)
+    if schema is not None and _SCHEMA_NAME.match(schema):
+        _create_schema(url, schema)
     return optuna.storages.RDBStorage(url)
+
+
+def _create_schema(url: str, schema: str) -> None:
+    """Create the studies' PostgreSQL schema if absent (Optuna creates tables, not schemas)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            # The name matched _SCHEMA_NAME, so quoting it is enough.
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
 
 
 def _latest_sweep(storage: Any, vertical: str, ds: str) -> str | None:

@@ -281,6 +281,11 @@ def _events_table(view: VerticalOverview, links: Links) -> str:
     )
 
 
+def _tuning_table(view: VerticalOverview) -> str:
+    """Recent tuning sweeps (newest first); nothing at all for a vertical that never swept."""
+    return render_template("tuning.html", sweeps=view.tuning) if view.tuning else ""
+
+
 def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link: bool) -> str:
     meta = " · ".join(
         part
@@ -300,11 +305,12 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         # Nothing trained yet: one line instead of three empty boxes.
         docs = f' · <a href="{_e(links.data_docs(view.name))}">Data docs</a>' if view.has_data_docs else ""
         empty = f'<p class="muted">No model, gate decision or deployment in the registry yet.{docs}</p>'
-        return f"{head}{empty}{_blocked_days(view, links)}</section>"
+        return f"{head}{empty}{_blocked_days(view, links)}{_tuning_table(view)}</section>"
     return (
         f"{head}"
         f'<div class="cards">{_champion_block(view, view.champion, links)}</div>'
         f"<h3>Gate decisions</h3>{_decisions_table(view, links)}"
+        f"{_tuning_table(view)}"
         f"<h3>Deployments and rollbacks</h3>{_deployments_table(view, links)}"
         f"{_blocked_days(view, links)}"
         f"<h3>Audit trail</h3>{_events_table(view, links)}"

@@ -126,6 +126,26 @@ class EventEntry:
 
 
 @dataclass(frozen=True)
+class TuningSweep:
+    """One tuning sweep (an Optuna study) of a vertical, as `pipelines.tuning.list_studies` reads it."""
+
+    study: str
+    #: The logical date the sweep ran for.
+    ds: str
+    #: When its first trial started (ISO 8601), if any did.
+    started: str | None
+    #: "maximize" (AUROC) or "minimize" (log loss).
+    direction: str
+    trials: int
+    complete: int
+    pruned: int
+    #: The best validation objective (``model.tuning.metric``), which ``direction`` says is better.
+    best_value: float | None
+    #: The chosen configuration: the best trial's parameters.
+    best_params: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class VerticalOverview:
     """Everything the view knows about one vertical."""
 
@@ -150,6 +170,8 @@ class VerticalOverview:
     events: list[EventEntry] = field(default_factory=list)
     #: Versions rolled back away from and not yet forced or unblocked: version -> why.
     blocked_versions: dict[str, str] = field(default_factory=dict)
+    #: Recent tuning sweeps, newest first.
+    tuning: list[TuningSweep] = field(default_factory=list)
 
     @property
     def last_decision(self) -> DecisionEntry | None:
@@ -207,6 +229,9 @@ def collect_vertical(
     if champion is None and deployments:
         notes.append(f"the last deployment names {deployments[0].model_version}, which is not in model_versions")
     decisions = _decisions(registry, vertical, history, models, champion_version)
+    tuning, tuning_note = tuning_sweeps(settings, vertical, limit=min(history, 5))
+    if tuning_note:
+        notes.append(tuning_note)
     return VerticalOverview(
         name=vertical,
         description=spec.description if spec else None,
@@ -223,7 +248,45 @@ def collect_vertical(
         champion_validation_page=validation_page(settings, vertical, champion.ds) if champion else None,
         events=[_event(e) for e in registry.events(vertical, limit=history * 3)],
         blocked_versions={b.model_version or "": _block_message(b) for b in registry.blocks(vertical)},
+        tuning=tuning,
     )
+
+
+def tuning_sweeps(settings: Settings, vertical: str, *, limit: int = 5) -> tuple[list[TuningSweep], str | None]:
+    """The newest ``limit`` tuning sweeps of ``vertical`` (newest first), and a note when they cannot be read.
+
+    Read with the `tuning` CLI command's reader (`pipelines.tuning.list_studies`).
+    No studies file next to a SQLite registry means no sweep yet: Optuna is not
+    even imported.  A storage that cannot be read is a note on the page, not
+    a failed page: the registry's history is still worth showing.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipelines.tuning import list_studies, study_storage_url
+
+    try:
+        url = study_storage_url(settings)
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            return [], None
+        studies = list_studies(settings, vertical)
+    # RuntimeError: Optuna's own "storage schema not compatible with this version".
+    except (PipelineError, SQLAlchemyError, ImportError, RuntimeError) as exc:
+        return [], f"tuning sweeps could not be read: {exc}"
+    newest = sorted(studies, key=lambda s: str(s["ds"]), reverse=True)[:limit]
+    return [
+        TuningSweep(
+            study=str(s["study"]),
+            ds=str(s["ds"]),
+            started=s.get("started"),
+            direction=str(s.get("direction") or ""),
+            trials=int(s["trials"]),
+            complete=int(s["complete"]),
+            pruned=int(s["pruned"]),
+            best_value=None if s["best_value"] is None else float(s["best_value"]),
+            best_params=s["best_params"],
+        )
+        for s in newest
+    ], None
 
 
 def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[str]:

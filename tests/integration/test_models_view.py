@@ -697,3 +697,62 @@ def test_s3_bucket_is_shown_as_its_uri_not_served(linked: Settings):
     assert "/models/bucket/finance/" not in page
     response = client.get(f"/models/bucket/finance/{CHAMPION}/model-card")
     assert response.status_code == 404 and "open s3://models_conn@ml-models" in response.json()["detail"]
+
+
+# -- tuning sweeps ---------------------------------------------------------------------------------
+
+
+def _sweep(settings: Settings, name: str, values: list[float], params: list[str]) -> None:
+    """A finished Optuna study where the `tuning` stage keeps them: trial i scores values[i]."""
+    import optuna
+
+    from pipelines.tuning import _storage
+
+    study = optuna.create_study(study_name=name, storage=_storage(settings), direction="minimize")
+    for value, width in zip(values, params, strict=True):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"width": width, "dropout": 0.125},
+                distributions={
+                    "width": optuna.distributions.CategoricalDistribution(params),
+                    "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+                },
+                value=value,
+            )
+        )
+
+
+def test_page_lists_recent_tuning_sweeps_with_the_cli_reader(state: Settings):
+    from pipelines.tuning import list_studies
+
+    client = _client(state)
+    # No studies file yet: no section, and no studies file created by reading the page.
+    assert "<h3>Tuning</h3>" not in client.get("/models/verticals/finance", headers={"Accept": "text/html"}).text
+    assert not (state.home / "optuna.db").exists()
+
+    _sweep(state, "finance:2026-11-20", [0.61, 0.55, 0.58], ["16", "<b>32</b>", "64"])
+    _sweep(state, "finance:2026-11-27", [0.52, 0.57], ["16", "64"])
+    _sweep(state, "healthcare:2026-11-27", [0.7], ["8"])
+
+    data = client.get("/models/api/verticals/finance").json()
+    assert [(s["ds"], s["trials"], s["best_value"]) for s in data["tuning"]] == [
+        ("2026-11-27", 2, 0.52),
+        ("2026-11-20", 3, 0.55),
+    ]
+    assert data["tuning"][1]["best_params"] == {"width": "<b>32</b>", "dropout": 0.125}
+    # The same reader as `python -m pipelines tuning finance`.
+    assert {s["study"] for s in data["tuning"]} == {s["study"] for s in list_studies(state, "finance")}
+
+    page = client.get("/models/verticals/finance", headers={"Accept": "text/html"}).text
+    tuning = page.split("<h3>Tuning</h3>")[1].split("</table>")[0]
+    assert tuning.index("2026-11-27") < tuning.index("2026-11-20")  # newest first
+    assert "0.5200" in tuning and "0.5500" in tuning and "dropout=0.125" in tuning
+    assert "width=&lt;b&gt;32&lt;/b&gt;" in tuning and "<b>32</b>" not in page
+    assert "healthcare" not in tuning
+
+
+def test_unreadable_tuning_storage_is_a_note_not_a_broken_page(state: Settings):
+    (state.home / "optuna.db").write_bytes(b"not a database at all" * 100)
+    response = _client(state).get("/models/verticals/finance", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert "tuning sweeps could not be read" in response.text and "<h3>Tuning</h3>" not in response.text

@@ -397,9 +397,11 @@ def test_cli_run_deploys_to_s3_and_serves(cli: Cli, s3_env: S3Server, tmp_path: 
     listing = _listing(url)
     version = deployed["model_version"]
     files = {k.rsplit("/", 1)[-1]: size for k, (_, _, size) in listing.items() if f"/versions/{version}/" in k}
-    assert set(files) == VERSION_FILES
+    # finance has a validation split, so its card also carries the reliability diagram.
+    assert set(files) == VERSION_FILES | {"reliability.svg"}
     card = json.loads(_fs(url).cat_file(f"{url.removeprefix('s3://')}/{VERTICAL}/versions/{version}/model_card.json"))
     assert card["model_version"] == version and card["confusion_matrix"]["image"] == "confusion_matrix.svg"
+    assert card["reliability"]["image"] == "reliability.svg"
 
     raw = pd.read_parquet(cli.home / "data" / VERTICAL / "validated" / f"{DS}.parquet")
     served = load_production(VERTICAL, bucket_url=url, cache_dir=tmp_path / "serve")

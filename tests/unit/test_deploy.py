@@ -570,3 +570,44 @@ def test_serving_imports_stay_light() -> None:
     code = f"import sys, pipelines.serving; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_version_folder_holds_reliability_diagram_with_a_point_per_non_empty_bin(
+    tmp_path: Path, bucket: Path, bucket_url: str
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    import numpy as np
+
+    from pipelines.thresholds import reliability_bins
+
+    # Scores only in 3 of the 10 bins: 0.05 (observed 0/4), 0.45 (2/4), 0.95 (4/4 -> also 1.0 in the last bin).
+    prob = np.array([0.05] * 4 + [0.45] * 4 + [0.95] * 3 + [1.0])
+    y = np.array([0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1])
+    bins = reliability_bins(y, prob)
+    assert [b["count"] for b in bins] == [4, 0, 0, 0, 4, 0, 0, 0, 0, 4]
+    assert (bins[4]["observed_rate"], bins[9]["observed_rate"], bins[1]["mean_predicted"]) == (0.5, 1.0, None)
+
+    model_dir = make_model_dir(tmp_path, 1)
+    record = {"split": "validation", "calibration": "platt", "bins": bins}
+    (model_dir / "model.json").write_text(json.dumps({"reliability": record}))
+    do_deploy(bucket_url, model_dir, "v1")
+    folder = version_dir(bucket, "v1")
+
+    assert "![Reliability on the validation split](reliability.svg)" in (folder / "model_card.md").read_text()
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["reliability"]["image"] == "reliability.svg" and card["reliability"]["bins"] == bins
+    svg = ET.fromstring((folder / "reliability.svg").read_bytes())
+    points = list(svg.iter("{http://www.w3.org/2000/svg}circle"))
+    assert len(points) == 3
+    # Points sit where observed vs predicted says: the 0.45 bin's point is at half height of the plot.
+    ys = sorted(float(p.get("cy") or 0) for p in points)
+    assert ys[0] < ys[1] < ys[2]
+    assert "reliability.svg" in json.loads((folder / "checksums.json").read_text())["files"]
+
+
+def test_no_reliability_diagram_without_validation_bins(tmp_path: Path, bucket: Path, bucket_url: str) -> None:
+    do_deploy(bucket_url, make_model_dir(tmp_path, 1), "v1")
+    folder = version_dir(bucket, "v1")
+    assert not (folder / "reliability.svg").exists()
+    assert "reliability" not in (folder / "model_card.md").read_text()

@@ -135,6 +135,10 @@ def test_chosen_threshold_travels_in_the_artefact(
     prob = loaded.predict_proba(holdout)
     np.testing.assert_array_equal(loaded.predict(holdout), (prob >= result.decision_threshold).astype(int))
     assert loaded.module.calibration is not None and float(loaded.module.calibration[0]) != 1.0
+    # The reliability diagram's data: every validation row lands in one of 10 bins, after calibration.
+    reliability = manifest["reliability"]
+    assert reliability["split"] == "validation" and reliability["calibration"] == "platt"
+    assert len(reliability["bins"]) == 10 and sum(b["count"] for b in reliability["bins"]) == len(validation)
 
 
 # -- warm start ---------------------------------------------------------------
@@ -341,3 +345,53 @@ def test_batch_norm_never_gets_a_single_row_batch() -> None:
     assert sorted(i for b in folded for i in b) == list(range(9))
     # Without batch norm the batches are as they always were.
     assert [len(b) for b in EpochShuffledBatches(9, 4, seed=1)] == [4, 4, 1]
+
+
+# -- where studies live ----------------------------------------------------------
+
+
+def test_postgres_study_url_is_a_schema_of_its_own() -> None:
+    from pipelines.tuning import study_storage_url
+    from tests.conftest import make_settings
+
+    plain = make_settings(Path("/tmp/x"), registry_url="postgresql+psycopg://u:pw@db:5432/reg")
+    assert study_storage_url(plain) == "postgresql+psycopg://u:pw@db:5432/reg?options=-csearch_path%3Doptuna"
+    scoped = make_settings(Path("/tmp/x"), registry_url="postgresql+psycopg://db/reg?options=-c%20search_path%3Dml")
+    assert study_storage_url(scoped) == "postgresql+psycopg://db/reg?options=-csearch_path%3Dml_optuna"
+    with pytest.raises(TrainingError, match="PIPELINES_TUNING_URL"):
+        study_storage_url(make_settings(Path("/tmp/x"), registry_url="mysql://db/reg"))
+
+
+@pytest.mark.postgres
+def test_studies_share_the_registry_database_on_postgres(pg_schema_url: str, tmp_path: Path) -> None:
+    """Optuna's tables (and its alembic_version) go to their own schema; the registry's stay untouched."""
+    import optuna
+    from sqlalchemy import create_engine, text
+
+    from pipelines.registry_migrations import current_revision, upgrade
+    from pipelines.tuning import _storage, list_studies, study_storage_url
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, registry_url=pg_schema_url)
+    head = upgrade(pg_schema_url)
+    schema = pg_schema_url.rsplit("%3D", 1)[1]
+    try:
+        study = optuna.create_study(study_name="demo:2024-03-10", storage=_storage(settings))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=2)
+        [listed] = list_studies(settings, "demo")
+        assert (listed["study"], listed["trials"]) == ("demo:2024-03-10", 2)
+        assert current_revision(pg_schema_url) == head  # the registry's migrations still see their own revision
+        engine = create_engine(study_storage_url(settings))
+        with engine.connect() as conn:
+            where = set(
+                conn.execute(
+                    text("SELECT table_schema FROM information_schema.tables WHERE table_name = 'studies'")
+                ).scalars()
+            )
+            assert f"{schema}_optuna" in where and schema not in where
+        engine.dispose()
+    finally:
+        admin = create_engine(pg_schema_url)
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_optuna" CASCADE'))
+        admin.dispose()
