@@ -35,8 +35,9 @@ def home(tmp_path: Path, seeded_warehouse: Path) -> Path:
     home.mkdir()
     shutil.copyfile(seeded_warehouse, home / "warehouse.db")
     spec = yaml.safe_load((PROJECT_ROOT / "verticals" / "finance.yaml").read_text())
-    spec["window"] = {"train_days": 30, "holdout_days": 10}
+    spec["window"] = {"train_days": 30, "holdout_days": 10, "validation_days": 8}
     spec["model"]["epochs"] = 2
+    spec["model"]["tuning"]["enabled"] = False  # the lease is under test, not the sweep
     specs = tmp_path / "specs"
     specs.mkdir()
     (specs / "finance.yaml").write_text(yaml.safe_dump(spec))

@@ -458,7 +458,8 @@ def test_pii_never_reaches_logs_alerts_reports_or_records(warehouse_home: Path, 
 
     # A short window keeps the first-run backfill small; the path is the nightly one.
     monkeypatch.setenv(
-        "PIPELINES_SPECS_DIR", str(_spec_dir(tmp_path, "healthcare", window={"train_days": 14, "holdout_days": 3}))
+        "PIPELINES_SPECS_DIR",
+        str(_spec_dir(tmp_path, "healthcare", window={"train_days": 14, "holdout_days": 3, "validation_days": 3})),
     )
     with sqlite3.connect(warehouse_home / "warehouse.db") as db:
         rows = db.execute(
