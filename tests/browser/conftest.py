@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -30,7 +29,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 from ..conftest import IN_CI
-from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, seed_home
+from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, healthy, seed_home, stop_standalone
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -128,32 +127,6 @@ class AirflowUI:
         return json.dumps(response.json())
 
 
-def _healthy(client: httpx.Client) -> bool:
-    try:
-        response = client.get("/api/v2/monitor/health")
-    except httpx.TransportError:
-        return False
-    if response.status_code != 200:
-        return False
-    health = response.json()
-    return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT to standalone itself (its clean shutdown), then SIGKILL whatever is left of its group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-
-
 @pytest.fixture(scope="session")
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     """``airflow standalone`` on a free loopback port, healthy, with the ``finance`` DAG parsed."""
@@ -190,7 +163,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     ui = AirflowUI(f"http://127.0.0.1:{port}", "", api, home, log, process)
     try:
-        ui.wait_for("a healthy scheduler", lambda: _healthy(api), STARTUP_TIMEOUT_S)
+        ui.wait_for("a healthy scheduler", lambda: healthy(api), STARTUP_TIMEOUT_S)
         passwords = airflow_home / "simple_auth_manager_passwords.json.generated"
         ui.password = json.loads(passwords.read_text())["admin"]
         token = api.post("/auth/token", json={"username": "admin", "password": ui.password})
@@ -200,7 +173,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         yield ui
     finally:
         api.close()
-        _stop(process)
+        stop_standalone(process)
 
 
 @pytest.fixture(scope="session")

@@ -259,7 +259,7 @@ def standalone(pipelines_home: Path, tmp_path: Path, dag_id: str) -> Iterator[Ai
     )  # the API waits up to 60 s for the SQLite write lock
     server = Airflow(process, client, airflow_home, log, dag_id)
     try:
-        server.wait_for("a healthy scheduler", lambda: _healthy(client), STARTUP_TIMEOUT_S)
+        server.wait_for("a healthy scheduler", lambda: healthy(client), STARTUP_TIMEOUT_S)
         passwords = airflow_home / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text())["admin"]
         token = client.post("/auth/token", json={"username": "admin", "password": password})
@@ -269,10 +269,11 @@ def standalone(pipelines_home: Path, tmp_path: Path, dag_id: str) -> Iterator[Ai
         yield server
     finally:
         client.close()
-        _stop(process)
+        stop_standalone(process)
 
 
-def _healthy(client: httpx.Client) -> bool:
+def healthy(client: httpx.Client) -> bool:
+    """Whether the API server answers and reports a healthy metadata DB and scheduler."""
     try:
         response = client.get("/api/v2/monitor/health")
     except httpx.TransportError:
@@ -283,7 +284,7 @@ def _healthy(client: httpx.Client) -> bool:
     return all(health.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_standalone(process: subprocess.Popen[bytes]) -> None:
     """SIGINT to standalone itself (its clean shutdown, ~10 s), then SIGKILL whatever is left of its group.
 
     Not SIGTERM (standalone would orphan its children) and not SIGINT to the whole
