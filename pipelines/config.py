@@ -22,7 +22,7 @@ from urllib.parse import quote
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from pipelines.errors import SpecError
+from pipelines.errors import InvalidArgumentError, PipelineError, SpecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
@@ -632,6 +632,21 @@ def echo(value: object) -> str:
     if len(text) <= _ECHO_CHARS:
         return repr(text)
     return f"{text[:_ECHO_CHARS]!r}… ({len(text)} characters)"
+
+
+def parse_ds(ds: object, *, vertical: str | None = None, error: type[PipelineError] = InvalidArgumentError) -> date:
+    """Parse a logical date ``YYYY-MM-DD``, the one parser for it; else raise ``error`` saying the format.
+
+    ``error`` lets a stage keep its own error class (a bad date reaching training is
+    a `TrainingError` there); every caller gets the same rule and the same message.
+    """
+    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
+    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
+    try:
+        return date.fromisoformat(ds)
+    except ValueError as exc:
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
 
 
 def check_vertical_name(vertical: object) -> str:

@@ -623,7 +623,3 @@ def mask_pii(frame: pd.DataFrame, pii: list[str]) -> pd.DataFrame:
             values = masked[column].astype("object")
             masked[column] = values.where(values.isna(), "***")
     return masked
-
-
-def data_docs_index(settings: Settings, vertical: str) -> Path:
-    return data_docs.site_root(settings, vertical) / "index.html"

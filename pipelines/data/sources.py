@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec
+from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec, parse_ds
 from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout, write_bytes_atomic
 
@@ -34,19 +34,6 @@ _DRIVERS = {
     "sqlite": "sqlite",
     "mssql": "mssql+pyodbc",
 }
-
-
-def parse_ds(ds: str, *, vertical: str | None = None) -> date:
-    """Parse a logical date ``YYYY-MM-DD`` or raise an `InvalidArgumentError` saying the format."""
-    from pipelines.config import echo
-
-    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
-    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
-        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
-    try:
-        return date.fromisoformat(ds)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
 
 
 #: Lower bound of a logical date when the spec declares no ``source.start``.

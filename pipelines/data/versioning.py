@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-from pipelines.config import Settings
+from pipelines.config import Settings, parse_ds
 from pipelines.errors import VersioningError
 from pipelines.layout import Layout
 
@@ -51,7 +51,6 @@ REMOTE_NAME = "storage"
 #: run) working on the same vertical's repo before giving up.
 LOCK_TIMEOUT_S = 600.0
 
-_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ROWS = re.compile(r"^Data-Rows: (\d+)$", re.MULTILINE)
 # Fixed writer options: library defaults drift between releases, and the data
 # version id is the md5 of these bytes.  Measured on 1M-row frames: snappy is
@@ -602,8 +601,7 @@ def _trailer(message: str, key: str) -> str | None:
 
 
 def _check_ds(vertical: str, ds: str) -> None:
-    if not _DS.match(ds):
-        raise VersioningError(f"logical date must be YYYY-MM-DD, got {ds!r}", vertical=vertical)
+    parse_ds(ds, vertical=vertical, error=VersioningError)
 
 
 def _remote_url(settings: Settings) -> str:

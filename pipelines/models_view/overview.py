@@ -29,8 +29,8 @@ _RUN_ACTOR_PREFIX = "airflow:"
 def data_docs_root(settings: Settings, vertical: str) -> Path:
     """The vertical's Great Expectations data docs site (built by the validate stage).
 
-    Mirrors `pipelines.data.quality.data_docs_index` without importing it: that
-    module pulls in pandas, which a web request has no use for.
+    Mirrors `pipelines.data.data_docs.site_root` without importing it: the data
+    part pulls in pandas, which a web request has no use for.
     """
     return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site"
 

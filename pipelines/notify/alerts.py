@@ -63,15 +63,8 @@ class SmtpConfig:
             extra = conn.get("extra") or {}
             if isinstance(extra, str):
                 extra = json.loads(extra or "{}")
-            return cls(
-                host=conn.get("host") or "localhost",
-                port=int(conn.get("port") or 25),
-                login=conn.get("login") or None,
-                password=conn.get("password") or None,
-                # Airflow's SMTP hook defaults: SSL and TLS on unless the extra disables them.
-                use_ssl=not _truthy(extra.get("disable_ssl", False)),
-                starttls=not _truthy(extra.get("disable_tls", False)),
-                sender=extra.get("from_email") or DEFAULT_SENDER,
+            return cls.from_connection(
+                conn.get("host"), conn.get("port"), conn.get("login"), conn.get("password"), extra
             )
         url = urlsplit(raw)
         return cls(
@@ -79,6 +72,23 @@ class SmtpConfig:
             port=url.port or 25,
             login=unquote(url.username) if url.username else None,
             password=unquote(url.password) if url.password else None,
+        )
+
+    @classmethod
+    def from_connection(
+        cls, host: str | None, port: int | str | None, login: str | None, password: str | None, extra: Any
+    ) -> SmtpConfig:
+        """From an SMTP connection's fields (the env var's JSON, or Airflow's resolved `Connection`)."""
+        extra = extra if isinstance(extra, dict) else {}
+        return cls(
+            host=host or "localhost",
+            port=int(port or 25),
+            login=login or None,
+            password=password or None,
+            # Airflow's SMTP hook defaults: SSL and TLS on unless the extra disables them.
+            use_ssl=not _truthy(extra.get("disable_ssl", False)),
+            starttls=not _truthy(extra.get("disable_tls", False)),
+            sender=extra.get("from_email") or DEFAULT_SENDER,
         )
 
 
@@ -95,9 +105,18 @@ class AlertDeliveryError(PipelineError, OSError):
     keep doing so, and the message they record says where the email waits.
     """
 
+    retryable = True  # a relay that is down comes back; the queued message is sent then
 
-def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None = None) -> str:
+
+def deliver(
+    message: EmailMessage, settings: Settings, *, dedupe_key: str | None = None, smtp: SmtpConfig | None = None
+) -> str:
     """Send ``message`` and return where it went ("smtp://host:port" or the outbox path).
+
+    The one way an email leaves the platform: data-quality alerts, run summaries,
+    rollback notices and Airflow's task-failure emails all come through here.
+    ``smtp`` is the relay when the caller resolved it (the Airflow notifier, through
+    Airflow's connections); otherwise ``AIRFLOW_CONN_SMTP_DEFAULT`` is read.
 
     ``dedupe_key`` names a marker under the data root; a message whose content
     was already delivered under that key is not sent again.  With SMTP
@@ -112,7 +131,7 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
         log.info("alert %s already delivered (%s); not sending it twice", dedupe_key, digest)
         return where
     # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
-    smtp = SmtpConfig.from_env() if settings.sends_email else None
+    smtp = (smtp or SmtpConfig.from_env()) if settings.sends_email else None
     if smtp is None:
         where = str(_write_outbox(message, settings))
         why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"

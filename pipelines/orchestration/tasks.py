@@ -139,10 +139,11 @@ def check_run_dates(vertical: str, context: Mapping[str, Any]) -> None:
     data interval (`pipelines.orchestration.timetable`); a trigger that passes
     ``data_interval_start``/``end`` bypasses it, so the first task checks again.
     """
+    from pipelines.config import parse_ds
     from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over, day_interval
 
     ds = run_ds(context)
-    day = datetime.fromisoformat(ds).date()
+    day = parse_ds(ds, vertical=vertical)
     try:
         check_day_is_over(day)
     except DayNotOverError as exc:

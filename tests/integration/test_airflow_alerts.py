@@ -3,7 +3,7 @@
 A corrupted partition must fail the run at ``validate`` without retries, mail
 one data-quality alert (and nothing else), never reach training and leave the
 champion alone.  Any other task failure mails a task-failure email through
-Airflow's `SmtpNotifier`, or into the outbox when no SMTP is configured.
+the `smtp_default` relay (`pipelines.notify.alerts.deliver`), or into the outbox when no SMTP is configured.
 """
 
 from __future__ import annotations
