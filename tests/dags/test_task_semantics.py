@@ -294,7 +294,8 @@ def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(setting
     from pipelines.orchestration.task_logging import route_library_notices
 
     library = logging.getLogger("great_expectations")
-    saved = (library.handlers[:], library.propagate)
+    saved = (library.handlers[:], library.propagate, library.level)
+    library.setLevel(logging.NOTSET)  # an in-process `python -m pipelines` run (tests/unit) raised it to WARNING
     for handler in saved[0]:  # an earlier test's run_stage routed them to its own home
         if getattr(handler, "_pipelines_route", False):
             library.removeHandler(handler)
@@ -324,6 +325,7 @@ def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(setting
                 handler.close()
         library.handlers[:0] = [h for h in saved[0] if h not in library.handlers]
         library.propagate = saved[1]
+        library.setLevel(saved[2])
 
 
 def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):
