@@ -288,9 +288,10 @@ _Unit = Annotated[float, Field(ge=0, le=1)]
 class Comparison(_Strict):
     """How the challenger is compared with the champion (and the logistic baseline) on the same holdout rows."""
 
-    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric;
-    #: ``mcnemar``: McNemar's mid-p test for accuracy and recall (bootstrap for
-    #: the others); ``point``: point estimates only (tolerance alone decides).
+    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric
+    #: (DeLong's CI for AUROC); ``mcnemar``: McNemar's mid-p test for accuracy
+    #: and recall (the intervals for the others); ``point``: point estimates
+    #: only (tolerance alone decides).
     method: Literal["bootstrap", "mcnemar", "point"] = "bootstrap"
     #: The primary metrics compared with the champion; unset: every metric in
     #: ``thresholds`` or ``champion_tolerance``.
