@@ -520,7 +520,7 @@ class _ProductionEnv(BaseSettings):
     dvc_remote: str | None = None
     # The Airflow API server's own base URL unless the links must name another (a proxy).
     public_url: str = Field(
-        DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
+        default=DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
     )
     profile: str = "production"
 
