@@ -39,7 +39,7 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0
         "accuracy": _ratio(tp + tn, n),
         "precision": precision,
         "recall": recall,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": _ratio(2 * precision * recall, precision + recall),
         "auroc": auroc(truth, prob),
         "specificity": specificity,
         # Mean of the per-class recalls: 0.5 for any constant predictor, whatever the class balance.
