@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 import comparison_reference as old
 
-from pipelines.comparison import compare_paired
 from pipelines.config import Comparison
+from pipelines.gate.comparison import compare_paired
 
 METRICS = ["accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc"]
 

@@ -1,7 +1,7 @@
 """The logistic baseline's fit as it was before scikit-learn (kept as the reference).
 
 A verbatim copy of the Newton's-method L2 logistic regression that
-`pipelines.baselines.fit_logistic` used until it moved to scikit-learn's
+`pipelines.model.baselines.fit_logistic` used until it moved to scikit-learn's
 `LogisticRegression`.  `test_baselines.py` checks the new fit's coefficients
 and metrics against it on the same data.  Test-only: nothing in `pipelines`
 imports it.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # The result type is unchanged: the old fit returns the one the new code does.
-from pipelines.baselines import LogisticFit, _sigmoid, _with_intercept  # unchanged helpers
+from pipelines.model.baselines import LogisticFit, _sigmoid, _with_intercept  # unchanged helpers
 
 _MAX_NEWTON_STEPS = 50
 _GRADIENT_TOLERANCE = 1e-8

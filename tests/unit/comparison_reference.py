@@ -1,7 +1,7 @@
 """The gate's paired comparison as it was before scipy and DeLong (kept as the reference).
 
 A verbatim copy of the row-resampling bootstrap and the hand-written McNemar
-mid-p that `pipelines.comparison` used until the gate was made linear in
+mid-p that `pipelines.gate.comparison` used until the gate was made linear in
 holdout rows.  `test_comparison.py` checks the new statistics against these on
 the same seeded inputs, and the gate benchmark times both.  Test-only code:
 nothing in `pipelines` imports it.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 # Unchanged by the rewrite: the old code and the new share it.
-from pipelines.comparison import percentile_interval
+from pipelines.gate.comparison import percentile_interval
 
 __all__ = ["bootstrap_metric_differences", "mcnemar_midp", "percentile_interval"]
 

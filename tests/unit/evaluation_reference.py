@@ -1,7 +1,7 @@
 """Holdout AUROC and ROC as they were before scikit-learn (kept as the reference).
 
 A verbatim copy of the plain-numpy `auroc` and `roc_points` that
-`pipelines.evaluation` used until they moved to `sklearn.metrics` (its
+`pipelines.gate.evaluation` used until they moved to `sklearn.metrics` (its
 `compute_metrics` only changed how the confusion matrix is counted).
 `test_evaluation.py` checks the new ones against these on the same inputs.
 Test-only: nothing in `pipelines` imports it.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 # Unchanged by the move to scikit-learn: the old code and the new share them.
-from pipelines.evaluation import _thin, _validate
+from pipelines.gate.evaluation import _thin, _validate
 
 
 def auroc(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:

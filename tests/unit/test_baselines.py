@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.baselines import class_weights, fit_logistic, logistic_baseline, majority_baseline
 from pipelines.config import Features, Label, VerticalSpec
+from pipelines.model.baselines import class_weights, fit_logistic, logistic_baseline, majority_baseline
 
 
 def spec(**model: object) -> VerticalSpec:
@@ -110,7 +110,7 @@ def test_logistic_baseline_follows_the_models_class_weighting() -> None:
 
 
 def test_logistic_baseline_fits_on_a_seeded_sample_of_a_huge_train_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import baselines
+    from pipelines.model import baselines
 
     monkeypatch.setattr(baselines, "MAX_LOGISTIC_TRAIN_ROWS", 300)
     train, holdout = toy_frame(800, seed=5), toy_frame(200, seed=6)
@@ -122,8 +122,8 @@ def test_logistic_baseline_fits_on_a_seeded_sample_of_a_huge_train_split(monkeyp
 
 def test_fit_matches_the_old_newton_fit() -> None:
     """scikit-learn's fit against the hand-written Newton's method it replaced, on the same data."""
-    from pipelines.evaluation import compute_metrics
-    from pipelines.features import Preprocessor, label_vector
+    from pipelines.gate.evaluation import compute_metrics
+    from pipelines.model.features import Preprocessor, label_vector
 
     from . import baselines_reference as old
 
@@ -141,7 +141,7 @@ def test_fit_matches_the_old_newton_fit() -> None:
     )
     for metric in ("accuracy", "precision", "recall", "f1", "auroc", "balanced_accuracy"):
         assert ours[metric] == pytest.approx(theirs[metric], abs=1e-9), metric
-    # Platt's one-feature, barely regularised fit (pipelines.thresholds) agrees too.
+    # Platt's one-feature, barely regularised fit (pipelines.model.thresholds) agrees too.
     logits = np.random.default_rng(13).normal(size=400)
     labels = (logits + np.random.default_rng(14).normal(size=400) > 0).astype(float)
     np.testing.assert_allclose(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.comparison import (
+from pipelines.config import Comparison, Gate
+from pipelines.gate.comparison import (
     bootstrap_count_differences,
     compare_paired,
     delong_difference,
@@ -15,8 +16,7 @@ from pipelines.comparison import (
     paired_cells,
     percentile_interval,
 )
-from pipelines.config import Comparison, Gate
-from pipelines.evaluation import compute_metrics, holdout_scores_frame
+from pipelines.gate.evaluation import compute_metrics, holdout_scores_frame
 
 from . import comparison_reference as old
 
