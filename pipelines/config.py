@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from datetime import date
@@ -20,7 +19,17 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.errors import InvalidArgumentError, PipelineError, SpecError
 
@@ -288,9 +297,10 @@ _Unit = Annotated[float, Field(ge=0, le=1)]
 class Comparison(_Strict):
     """How the challenger is compared with the champion (and the logistic baseline) on the same holdout rows."""
 
-    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric;
-    #: ``mcnemar``: McNemar's mid-p test for accuracy and recall (bootstrap for
-    #: the others); ``point``: point estimates only (tolerance alone decides).
+    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric
+    #: (DeLong's CI for AUROC); ``mcnemar``: McNemar's mid-p test for accuracy
+    #: and recall (the intervals for the others); ``point``: point estimates
+    #: only (tolerance alone decides).
     method: Literal["bootstrap", "mcnemar", "point"] = "bootstrap"
     #: The primary metrics compared with the champion; unset: every metric in
     #: ``thresholds`` or ``champion_tolerance``.
@@ -493,6 +503,39 @@ def _hash(payload: object) -> str:
 DEFAULT_PUBLIC_URL = "http://localhost:8080"
 
 
+class _ProductionEnv(BaseSettings):
+    """The ``PIPELINES_*`` variables; an empty one counts as unset (its default applies).
+
+    URLs left None default under ``home`` in `Settings.from_env` (they depend on it).  Every
+    value is a string or a path, so none can be malformed here; the profile is checked there.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_", env_ignore_empty=True, extra="ignore")
+
+    home: Path = PROJECT_ROOT / ".state"
+    specs_dir: Path = PROJECT_ROOT / "verticals"
+    expectations_dir: Path = PROJECT_ROOT / "expectations"
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
+    # The Airflow API server's own base URL unless the links must name another (a proxy).
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
+    )
+    profile: str = "production"
+
+
+class _ExperimentEnv(BaseSettings):
+    """The ``PIPELINES_EXPERIMENT_*`` variables (see `experiment_settings`); never production's."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_EXPERIMENT_", env_ignore_empty=True, extra="ignore")
+
+    home: Path | None = None
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and which external systems to use (env-driven)."""
@@ -515,20 +558,18 @@ class Settings:
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
         """Settings from ``PIPELINES_*`` variables; ``profile`` (else ``PIPELINES_PROFILE``) picks the profile."""
-        home = Path(os.environ.get("PIPELINES_HOME", PROJECT_ROOT / ".state")).resolve()
+        env = _ProductionEnv()
+        home = env.home.resolve()
         production = cls(
             home=home,
-            specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
-            expectations_dir=Path(os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
-            bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
-            registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-            dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
-            # The Airflow API server's own base URL unless the links must name another (a proxy).
-            public_url=os.environ.get("PIPELINES_PUBLIC_URL")
-            or os.environ.get("AIRFLOW__API__BASE_URL")
-            or DEFAULT_PUBLIC_URL,
+            specs_dir=env.specs_dir,
+            expectations_dir=env.expectations_dir,
+            bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+            registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+            dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
+            public_url=env.public_url,
         )
-        chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
+        chosen = profile or env.profile
         if chosen == "production":
             return production
         if chosen == "experiment":
@@ -560,14 +601,14 @@ def experiment_settings(production: Settings) -> Settings:
     environment cannot leak into an experiment.  It reads the same specs, suites and sources;
     the embedded warehouse is production's file, opened read-only.
     """
-    default_home = production.home / "experiments"
-    home = Path(os.environ.get("PIPELINES_EXPERIMENT_HOME", default_home)).resolve()
+    env = _ExperimentEnv()
+    home = (env.home or production.home / "experiments").resolve()
     experiment = replace(
         production,
         home=home,
-        bucket_url=os.environ.get("PIPELINES_EXPERIMENT_BUCKET_URL", (home / "bucket").as_uri()),
-        registry_url=os.environ.get("PIPELINES_EXPERIMENT_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-        dvc_remote=os.environ.get("PIPELINES_EXPERIMENT_DVC_REMOTE", str(home / "dvc-remote")),
+        bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+        registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+        dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
         profile="experiment",
         warehouse_file=production.warehouse_file or production.home / "warehouse.db",
     )

@@ -1,4 +1,4 @@
-"""Decision thresholds and calibration chosen on the validation split, in plain numpy.
+"""Decision thresholds and calibration chosen on the validation split (Platt by scikit-learn's logistic fit).
 
 The spec states the objective (`pipelines.config.ThresholdChoice`); the
 threshold that meets it on validation travels in the model artefact, so
