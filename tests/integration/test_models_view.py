@@ -258,7 +258,7 @@ def test_page_escapes_registry_text_and_links_the_dag_run(state: Settings):
     )
     page = _client(state).get("/models/").text
     assert "<script>alert" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     assert f'href="/dags/finance/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in page
     assert 'href="/models/docs/finance/index.html"' in page
 
