@@ -90,12 +90,16 @@ def render_template(name: str, **context: Any) -> str:
 
 def render_index(views: list[VerticalOverview], links: Links, *, hidden: int = 0) -> str:
     """The overview: one summary row per vertical, then each vertical's champion and history."""
-    return render_template("index.html", title="Models", views=views, links=links, hidden=hidden, full_history_link=True)
+    return render_template(
+        "index.html", title="Models", views=views, links=links, hidden=hidden, full_history_link=True
+    )
 
 
 def render_vertical(view: VerticalOverview, links: Links) -> str:
     """One vertical with its longer history."""
-    return render_template("vertical.html", title=f"Models · {view.name}", view=view, links=links, full_history_link=False)
+    return render_template(
+        "vertical.html", title=f"Models · {view.name}", view=view, links=links, full_history_link=False
+    )
 
 
 def render_message(title: str, message: str, links: Links) -> str:

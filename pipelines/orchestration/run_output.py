@@ -105,7 +105,7 @@ def failure_lines(row: dict[str, Any], stages: list[StageOutcome]) -> list[str]:
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest:02d}s"
 
 
