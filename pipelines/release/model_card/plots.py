@@ -88,8 +88,7 @@ def confusion_matrix_svg(
         ax.set_ylabel("actual")
         ax.xaxis.set_label_position("top")
         ax.xaxis.tick_top()
-        ax.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
-        fig.text(0.02, 0.01, f"{total} holdout rows", color="#555555", fontsize=8)
+        ax.set_title(f"{title}\n{subtitle + ', ' if subtitle else ''}{total} holdout rows", fontsize=10, pad=12)
         return _svg(fig)
 
 
@@ -110,8 +109,7 @@ def reliability_svg(bins: list[dict[str, Any]], *, title: str, subtitle: str = "
         sizes = [16 + 160 * (int(b["count"]) / total) for b in points]
         ax.scatter(predicted, observed, s=sizes, color=COLOURS["challenger"], zorder=3, gid="reliability-points")
         _unit_axes(ax, "mean predicted probability", "observed positive rate")
-        ax.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
-        fig.text(0.02, 0.01, f"{total} validation rows", color="#555555", fontsize=8)
+        ax.set_title(f"{title}\n{subtitle + ', ' if subtitle else ''}{total} validation rows", fontsize=10)
         return _svg(fig)
 
 
@@ -129,7 +127,7 @@ def holdout_curves_svg(
 
     truth = np.asarray(y_true).astype(bool)
     positives, negatives = int(truth.sum()), int((~truth).sum())
-    with _figure(11.5, 3.9) as fig:
+    with _figure(12.0, 4.6) as fig:
         roc_ax, pr_ax, cal_ax = fig.subplots(1, 3)
         _diagonal(roc_ax)
         _diagonal(cal_ax)
@@ -173,7 +171,7 @@ def holdout_curves_svg(
         pr_ax.set_title(f"Precision-recall (dashed: prevalence {prevalence:.2f})")
         _unit_axes(cal_ax, "mean predicted probability", "observed positive rate")
         cal_ax.set_title("Calibration (10 bins)")
-        roc_ax.legend(loc="lower right")
+        fig.legend(*roc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(models))
         fig.suptitle(f"{title} — {truth.size} holdout rows, {positives} positive", fontsize=11)
         return _svg(fig)
 
@@ -208,7 +206,7 @@ def slices_svg(column: str, slices: Sequence[SliceBar], *, metrics: Sequence[str
         ax.set_xlim(0, 1)
         ax.set_xlabel("challenger on the holdout")
         ax.set_title(f"{title} by {column}")
-        ax.legend(loc="lower right", ncols=len(metrics))
+        fig.legend(loc="outside upper center", ncols=len(metrics))
         return _svg(fig)
 
 
