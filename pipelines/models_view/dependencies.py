@@ -22,7 +22,7 @@ from fastapi import Depends, HTTPException, Request
 from pipelines.config import Settings
 from pipelines.models_view.html import Links
 from pipelines.models_view.overview import listed_verticals
-from pipelines.registry import Registry
+from pipelines.registry.store import Registry
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT, load_spec_file
 from pipelines.errors import SpecError
-from pipelines.evaluation import compute_metrics, holdout_scores_frame
+from pipelines.gate.evaluation import compute_metrics, holdout_scores_frame
 from pipelines.release.model_card import build_model_card, card_files
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -5,7 +5,7 @@ it falls short (the spec's ``card`` section), how it scored on the holdout
 against the gate's floors, the previous champion and the naive baselines, the
 ROC / precision-recall / calibration curves, the scores per value of one
 categorical feature, and why it was approved.  `card_files` (called by
-`pipelines.deploy.deploy_version` for every deploy, whoever calls it) adds the
+`pipelines.release.deploy.deploy_version` for every deploy, whoever calls it) adds the
 metrics and lineage files, the confusion-matrix and validation-reliability
 figures and ``model_card.json``.  Everything is a pure function of its
 inputs, with no timestamps, so a re-deploy of a version writes the same bytes.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bucket import (
+from pipelines.release.bucket import (
     CONFUSION_MATRIX_FILE,
     HOLDOUT_CURVES_FILE,
     LINEAGE_FILE,
@@ -83,7 +83,7 @@ def build_model_card(
     """What the model predicts, for what, from which data, how well (also per slice), and why it was approved.
 
     ``scores`` is the evaluate stage's holdout scores frame
-    (`pipelines.evaluation.holdout_scores_frame`); without it the card has
+    (`pipelines.gate.evaluation.holdout_scores_frame`); without it the card has
     its tables but no curves or slices.
     """
     challenger, champion = evaluation["challenger"], evaluation.get("champion") or {}
@@ -189,7 +189,7 @@ def card_limitations(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) ->
 
 def slice_bars(scores: pd.DataFrame, column: str, threshold: float) -> list[plots.SliceBar]:
     """The challenger's metrics per value of ``column`` in the holdout scores (small values: no metrics)."""
-    from pipelines.evaluation import CHALLENGER, LABEL, SLICE_PREFIX, slice_metrics
+    from pipelines.gate.evaluation import CHALLENGER, LABEL, SLICE_PREFIX, slice_metrics
 
     results = slice_metrics(
         scores[LABEL].to_numpy(),
@@ -233,7 +233,7 @@ def _slice_table(column: str, slices: list[plots.SliceBar]) -> list[str]:
 
 
 def _holdout_curves(spec: VerticalSpec, evaluation: dict[str, Any], scores: pd.DataFrame) -> bytes:
-    from pipelines.evaluation import BASELINE_PREFIX, CHALLENGER, CHAMPION, LABEL
+    from pipelines.gate.evaluation import BASELINE_PREFIX, CHALLENGER, CHAMPION, LABEL
 
     models = [plots.Scored("challenger", scores[CHALLENGER].to_numpy())]
     thresholds = {"challenger": float(evaluation["challenger"]["threshold"])}

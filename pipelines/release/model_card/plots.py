@@ -122,8 +122,8 @@ def holdout_curves_svg(
     on the ROC and PR curves.  A constant scorer (the majority baseline) is a
     single point, drawn as one.
     """
-    from pipelines.evaluation import roc_points
-    from pipelines.thresholds import reliability_bins
+    from pipelines.gate.evaluation import roc_points
+    from pipelines.model.thresholds import reliability_bins
 
     truth = np.asarray(y_true).astype(bool)
     positives, negatives = int(truth.sum()), int((~truth).sum())

@@ -28,10 +28,10 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 
 from pipelines.config import Settings, VerticalSpec
+from pipelines.data.quality import FailedExpectation, QualityReport
 from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_bytes_atomic, write_json_atomic
-from pipelines.quality import FailedExpectation, QualityReport
-from pipelines.run_context import CLI, RunContext
+from pipelines.notify.run_context import CLI, RunContext
 
 log = logging.getLogger(__name__)
 DEFAULT_SENDER = "nightly-retrain@localhost"
@@ -345,7 +345,7 @@ def _templates() -> Any:
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("pipelines", "templates"),
+        loader=jinja2.PackageLoader("pipelines.notify", "templates"),
         # HTML escapes every value (sample rows are data from the source); plain text must not.
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
         trim_blocks=True,
@@ -365,10 +365,10 @@ def quality_alert(
     """The data-quality alert: what broke, on which days and rows, where to look, how to rerun.
 
     ``samples`` holds each failed expectation's own failing rows (PII masked),
-    in the order of ``report.failed`` (see `pipelines.quality.failing_samples`).
+    in the order of ``report.failed`` (see `pipelines.data.quality.failing_samples`).
     ``run_context`` says where the run came from (None: the CLI); an Airflow
     run gets links to its run and task log and the "clear the task" hint.
-    HTML with a plain-text alternative, both from ``pipelines/templates``.
+    HTML with a plain-text alternative, both from ``pipelines/notify/templates``.
     """
     if len(samples) != len(report.failed):
         raise ValueError(f"{len(samples)} samples for {len(report.failed)} failed expectations")

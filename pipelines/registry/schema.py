@@ -1,7 +1,7 @@
 """How the model registry is stored: its tables, and the engine that reaches them.
 
 The ORM classes here are the single description of the schema.  Alembic
-migrations (`pipelines.registry_migrations`) create and evolve the tables;
+migrations (`pipelines.registry.migrations`) create and evolve the tables;
 a test compares the migrated database with ``Base.metadata`` on SQLite and
 PostgreSQL, so the two can never drift apart unnoticed.
 
@@ -21,7 +21,7 @@ PostgreSQL, so the two can never drift apart unnoticed.
     actor, run id, time and reason.  Rows are only ever inserted.
 ``run_leases``
     at most one row per vertical: the run that currently holds it (see
-    `pipelines.run_lock`), so two runs of one vertical never overlap.
+    `pipelines.registry.run_lock`), so two runs of one vertical never overlap.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class DeploymentRow(Base):
 
 
 class EventRow(Base):
-    """One entry of the append-only audit trail (see `pipelines.registry_records.EVENT_KINDS`)."""
+    """One entry of the append-only audit trail (see `pipelines.registry.records.EVENT_KINDS`)."""
 
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_vertical_id", "vertical", "id"),)
@@ -185,7 +185,7 @@ class EventRow(Base):
 
 
 class RunLeaseRow(Base):
-    """The lease of the one run a vertical may have at a time (`pipelines.run_lock`).
+    """The lease of the one run a vertical may have at a time (`pipelines.registry.run_lock`).
 
     Keyed by vertical alone: runs of two dates of one vertical share window
     partitions, the DVC repository and the production pointer, so they must not

@@ -55,7 +55,7 @@ class ThresholdResult:
 
 def fit_calibration(y: np.ndarray, logits: np.ndarray, method: str) -> Calibration:
     """Fit ``method`` (``none``, ``platt``, ``temperature``) on validation labels and logits."""
-    from pipelines.baselines import fit_logistic
+    from pipelines.model.baselines import fit_logistic
 
     truth = np.asarray(y, dtype=np.float64)
     z = np.asarray(logits, dtype=np.float64)

@@ -29,7 +29,7 @@ from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.errors import DeployError, InvalidArgumentError, RegistryError
 
 if TYPE_CHECKING:
-    from pipelines.registry import DeploymentRecord, EventRecord, ModelRecord, Registry
+    from pipelines.registry.store import DeploymentRecord, EventRecord, ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def rollback_vertical(
     ``previous_version``, ``changed``, ``recorded``, ``notice`` (where the
     email went, or None), ``uri``, ``actor``, ``reason``.
     """
-    from pipelines import alerts
-    from pipelines.deploy import rollback
-    from pipelines.registry import Registry
+    from pipelines.notify import alerts
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import rollback
 
     reason = (reason or "").strip()
     if not reason:
@@ -128,7 +128,7 @@ def reconcile_production(registry: Registry, bucket_url: str, vertical: str) -> 
     Reads the pointer only when the registry holds a pending intent, so the
     common case costs one registry query.  Returns the move recorded, or None.
     """
-    from pipelines.deploy import read_pointer
+    from pipelines.release.deploy import read_pointer
 
     if registry.pending_intent(vertical) is None:
         return None
@@ -161,7 +161,7 @@ def unblock_version(
 
     Needs a reason (`InvalidArgumentError`) and a registered version (`InvalidArgumentError`).
     """
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     reason = (reason or "").strip()
     if not reason:

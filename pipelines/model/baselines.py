@@ -23,8 +23,8 @@ import pandas as pd
 
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
-from pipelines.evaluation import compute_metrics
-from pipelines.features import Preprocessor, label_vector
+from pipelines.gate.evaluation import compute_metrics
+from pipelines.model.features import Preprocessor, label_vector
 
 _MAX_NEWTON_STEPS = 50
 _GRADIENT_TOLERANCE = 1e-8
@@ -111,7 +111,7 @@ def logistic_baseline(
     it by the spec's ``model.threshold`` rule, exactly as for the model, so
     the comparison is between two models at their own chosen operating points.
     """
-    from pipelines.thresholds import choose_threshold, fit_calibration
+    from pipelines.model.thresholds import choose_threshold, fit_calibration
 
     preprocessor = Preprocessor.fit(train, spec.features, max_categories=spec.model.max_categories)
     if len(train) > MAX_LOGISTIC_TRAIN_ROWS:

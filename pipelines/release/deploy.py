@@ -1,6 +1,6 @@
 """Deploy to the bucket: immutable version folders and one pointer flipped last.
 
-The bucket's layout, credentials and read side live in `pipelines.bucket`;
+The bucket's layout, credentials and read side live in `pipelines.release.bucket`;
 this module writes.  A deploy uploads every file of the version folder, then
 ``checksums.json`` (sha256 of every other file), reads the folder back and
 verifies it, and only then writes ``production.json``.  A folder without
@@ -10,8 +10,8 @@ pointer is one small object, replaced atomically (temp file + rename locally;
 a single PUT on object stores), so a reader sees the old model or the new
 one, never half of either.
 
-Serving (`load_production`, `load_version`) lives in `pipelines.serving` and
-is re-exported here for callers that import it from ``pipelines.deploy``.
+Serving (`load_production`, `load_version`) lives in `pipelines.release.serving` and
+is re-exported here for callers that import it from ``pipelines.release.deploy``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.bucket import (
+from pipelines.errors import DeployError
+from pipelines.layout import write_bytes_atomic
+from pipelines.release.bucket import (
     CHECKSUMS_FILE,
     CONFUSION_MATRIX_FILE,
     HOLDOUT_CURVES_FILE,
@@ -50,10 +52,8 @@ from pipelines.bucket import (
     store_errors,
     verify_version,
 )
-from pipelines.errors import DeployError
-from pipelines.layout import write_bytes_atomic
 from pipelines.release.model_card import card_files
-from pipelines.serving import ProductionModel, load_production, load_version
+from pipelines.release.serving import ProductionModel, load_production, load_version
 
 __all__ = [
     "POINTER_FILE",
@@ -340,7 +340,7 @@ def rollback(
     version, or the target folder does not verify; ``guard(target)`` runs
     before anything is read from the target and may raise to refuse too.
     Rolling back to the version already in production changes nothing.  This
-    is the bucket half; `pipelines.rollout.rollback_vertical` adds the
+    is the bucket half; `pipelines.release.rollout.rollback_vertical` adds the
     registry's approval check, the registry row and the notice.
     """
     check_name(vertical, "vertical")

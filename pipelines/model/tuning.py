@@ -32,8 +32,8 @@ from pipelines.errors import TrainingError
 from pipelines.layout import Layout
 
 if TYPE_CHECKING:
-    from pipelines.registry import Registry
-    from pipelines.training import WarmStartSource
+    from pipelines.model.training import WarmStartSource
+    from pipelines.registry.store import Registry
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def choose_warm_start(
     model recorded, so the rerun reproduces the same model version.  The
     champion is loaded from the bucket through the checksum-verified path.
     """
-    from pipelines.deploy import load_version, read_pointer
-    from pipelines.training import WarmStartSource, warm_start_compatible
+    from pipelines.model.training import WarmStartSource, warm_start_compatible
+    from pipelines.release.deploy import load_version, read_pointer
 
     if not spec.model.warm_start.enabled:
         return None, {"from": None, "why": "model.warm_start.enabled is false"}
@@ -223,10 +223,10 @@ def run_sweep(
     """Run (or finish) the study ``name`` within the spec's trial and time budget; return its summary."""
     import optuna
 
-    from pipelines.evaluation import auroc
-    from pipelines.features import label_vector
-    from pipelines.modeling import load_model_dir
-    from pipelines.training import derive_seed, train_model
+    from pipelines.gate.evaluation import auroc
+    from pipelines.model.features import label_vector
+    from pipelines.model.modeling import load_model_dir
+    from pipelines.model.training import derive_seed, train_model
 
     tuning = spec.model.tuning
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,7 +1,7 @@
 """What the registry hands its callers: frozen, detached records.
 
 Plain dataclasses, never ORM objects, so no session outlives a
-`pipelines.registry.Registry` method and a caller (the CLI, the Models view)
+`pipelines.registry.store.Registry` method and a caller (the CLI, the Models view)
 can keep, compare and serialise them freely.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from pipelines.registry_schema import Base
+from pipelines.registry.schema import Base
 
 _R = TypeVar("_R")
 

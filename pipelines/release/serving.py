@@ -2,7 +2,7 @@
 
 A consuming service needs only this::
 
-    from pipelines.serving import load_production
+    from pipelines.release.serving import load_production
 
     model = load_production("finance")            # reads production.json, verifies, caches
     proba = model.predict_proba(raw_rows)          # a pandas DataFrame of the spec's raw columns
@@ -14,7 +14,7 @@ file into a local cache and verifies its sha256 before anything is
 deserialised; weights are loaded with ``torch.load(weights_only=True)`` and
 the stored preprocessing turns raw rows into model inputs.  Any mismatch
 raises `DeployError` and loads nothing.  Imports stay light: fsspec here,
-torch/numpy/pandas only when a model is actually loaded (`pipelines.modeling`).
+torch/numpy/pandas only when a model is actually loaded (`pipelines.model.modeling`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bucket import (
+from pipelines.errors import DeployError
+from pipelines.release.bucket import (
     CHECKSUMS_FILE,
     METRICS_FILE,
     Bucket,
@@ -41,13 +42,12 @@ from pipelines.bucket import (
     sha256_stream,
     store_errors,
 )
-from pipelines.errors import DeployError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from pipelines.modeling import ScoringModel
+    from pipelines.model.modeling import ScoringModel
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_production(vertical: str, *, bucket_url: str | None = None) -> dict[st
     version.  ``status`` shows it, so a corrupted artefact is visible before
     a scoring service or the next champion re-scoring trips over it.
     """
-    from pipelines.bucket import verify_version
+    from pipelines.release.bucket import verify_version
 
     bucket_url = bucket_url or _default_bucket_url()
     try:
@@ -175,7 +175,7 @@ def _load(
     with store_errors(bucket_url, vertical=vertical):
         local = _fetch(vertical, model_version, bucket_url, cache_dir, pointer)
 
-    from pipelines.modeling import load_model_dir
+    from pipelines.model.modeling import load_model_dir
 
     return ProductionModel(
         vertical=vertical, version=model_version, path=local, pointer=pointer, model=load_model_dir(local)

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from pipelines.errors import TrainingError
-from pipelines.features import Preprocessor
 from pipelines.layout import write_bytes_atomic
+from pipelines.model.features import Preprocessor
 
 MODEL_FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.pt"
@@ -45,7 +45,7 @@ class TabularMLP(torch.nn.Module):
       the network contains the logistic baseline as a special case;
     * ``batch_norm``: batch normalisation after each hidden linear layer;
     * ``calibrated``: ``scale * logit + bias`` buffers set on validation
-      (`pipelines.thresholds`), identity while training.
+      (`pipelines.model.thresholds`), identity while training.
     """
 
     passthrough: torch.Tensor

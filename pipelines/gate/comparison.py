@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Comparison, Gate
-from pipelines.evaluation import BASELINE_PREFIX, CHALLENGER, CHAMPION, LABEL
+from pipelines.gate.evaluation import BASELINE_PREFIX, CHALLENGER, CHAMPION, LABEL
 
 #: Metrics a bootstrap can compare (the gate's and the baselines' metrics).
 BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc")

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Distribution, VerticalSpec
-from pipelines.features import _label_token
 from pipelines.layout import write_json_atomic
+from pipelines.model.features import _label_token
 
 #: Bump when the stored profile format changes: older files are recomputed.
 PROFILE_FORMAT = 1

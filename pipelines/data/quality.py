@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines import data_docs
 from pipelines.config import FileSource, Settings, VerticalSpec, load_suite
+from pipelines.data import data_docs
 from pipelines.errors import DataQualityError
 
 if TYPE_CHECKING:
-    from pipelines.run_context import RunContext
-    from pipelines.sources import UnreadableFile
+    from pipelines.data.sources import UnreadableFile
+    from pipelines.notify.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def check_batch(frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], set
 
 def check_columns(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpectation]:
     """Undeclared columns, non-numeric numeric features and label leaks in ``frame``."""
-    from pipelines.profiles import is_numeric
+    from pipelines.data.profiles import is_numeric
 
     failed: list[FailedExpectation] = []
     declared = {spec.key, spec.source.event_time, spec.label.column, *spec.features.all, *spec.pii}
@@ -315,8 +315,8 @@ def check_distribution(
     """
     from datetime import date, timedelta
 
+    from pipelines.data.profiles import compare_profiles, profile_frame, stored_profile
     from pipelines.layout import Layout
-    from pipelines.profiles import compare_profiles, profile_frame, stored_profile
 
     checks = spec.quality.distribution
     if not checks.enabled or not days:
@@ -426,8 +426,8 @@ def reject_unreadable_files(
     """
     import smtplib
 
-    from pipelines import alerts
     from pipelines.layout import Layout, write_bytes_atomic
+    from pipelines.notify import alerts
 
     layout = Layout(settings, spec.name)
     fmt = spec.source.format if isinstance(spec.source, FileSource) else "bin"

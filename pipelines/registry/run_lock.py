@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pipelines.errors import RunAlreadyActive
-from pipelines.registry_schema import RunLeaseRow
+from pipelines.registry.schema import RunLeaseRow
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -142,7 +142,7 @@ def _unavailable_registry(engine: Engine) -> Iterator[None]:
     except IntegrityError:
         raise
     except SQLAlchemyError as exc:
-        from pipelines.registry import Registry
+        from pipelines.registry.store import Registry
 
         raise Registry(engine)._error("take or renew a run lease in", None, None, exc) from exc
 
@@ -157,8 +157,8 @@ class RunLock:
     @classmethod
     def from_settings(cls, settings: Settings) -> RunLock:
         """The lock table of the registry named by ``settings`` (migrated to head on first use)."""
-        from pipelines.registry import Registry
-        from pipelines.registry_migrations import ensure_schema
+        from pipelines.registry.migrations import ensure_schema
+        from pipelines.registry.store import Registry
 
         engine = Registry.from_settings(settings).engine
         with _unavailable_registry(engine):

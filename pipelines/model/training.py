@@ -30,8 +30,8 @@ import pandas as pd
 
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
-from pipelines.features import Preprocessor, label_vector
 from pipelines.layout import write_json_atomic
+from pipelines.model.features import Preprocessor, label_vector
 
 LAST_CHECKPOINT = "last.ckpt"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -251,7 +251,7 @@ class EpochShuffledBatches:
 
 @dataclass(frozen=True)
 class WarmStartSource:
-    """A champion to fine-tune from: its version and loaded model (`pipelines.modeling.ScoringModel`)."""
+    """A champion to fine-tune from: its version and loaded model (`pipelines.model.modeling.ScoringModel`)."""
 
     version: str
     model: Any
@@ -281,8 +281,8 @@ def train_model(
     (the checkpoint dir must belong to this model version: a checkpoint made
     from other data or hyperparameters is refused, not silently continued).
     """
-    from pipelines.modeling import save_model_dir
-    from pipelines.thresholds import choose_threshold, fit_calibration, reliability_bins
+    from pipelines.model.modeling import save_model_dir
+    from pipelines.model.thresholds import choose_threshold, fit_calibration, reliability_bins
 
     preprocessor = warm_start.model.preprocessor if warm_start else fit_preprocessor(train, spec)
     x = preprocessor.transform(train)
@@ -379,7 +379,7 @@ def warm_start_compatible(champion: Any, spec: VerticalSpec) -> str | None:
     Compatible: the same features (names, kinds, order) and the architecture
     this spec would build on the champion's preprocessing.
     """
-    from pipelines.modeling import architecture_of
+    from pipelines.model.modeling import architecture_of
 
     pre = champion.preprocessor
     if [s.name for s in pre.numeric] != list(spec.features.numeric) or [v.name for v in pre.categorical] != list(
@@ -432,7 +432,7 @@ def _torch_process_settings() -> Iterator[None]:
 
 
 def _architecture_hparams(spec: VerticalSpec, preprocessor: Preprocessor, *, calibrated: bool) -> dict[str, Any]:
-    from pipelines.modeling import embedding_blocks
+    from pipelines.model.modeling import embedding_blocks
 
     return {
         "input_dim": len(preprocessor.output_names),
@@ -619,7 +619,7 @@ def _lightning_classes() -> tuple[type, type]:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pipelines.modeling import TabularMLP
+    from pipelines.model.modeling import TabularMLP
 
     class TabularDataModule(pl.LightningDataModule):
         """In-memory tensors; batches from `EpochShuffledBatches`; an optional validation split."""
@@ -712,7 +712,7 @@ def _lightning_classes() -> tuple[type, type]:
             return self.loss(self(x), y)
 
         def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-            from pipelines.evaluation import auroc
+            from pipelines.gate.evaluation import auroc
 
             x, y = batch
             logits = self(x)

@@ -32,9 +32,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines.comparison import MetricDifference, PairedComparison
 from pipelines.config import Gate, SliceGate
-from pipelines.evaluation import SliceMetrics
+from pipelines.gate.comparison import MetricDifference, PairedComparison
+from pipelines.gate.evaluation import SliceMetrics
 
 _EPSILON = 1e-9
 #: Skipped slice values named in a note before the rest are only counted.
@@ -323,9 +323,9 @@ def decide_promotion(
     ``champion`` is None when nothing is deployed yet, and then
     ``gate.first_model`` decides.  ``comparisons`` maps ``champion`` and
     ``logistic`` to the paired statistics of the challenger against that model
-    (`pipelines.comparison.compare_paired`); ``baselines`` holds each
+    (`pipelines.gate.comparison.compare_paired`); ``baselines`` holds each
     baseline's metric dict; ``slices`` the per-value metrics of each slice
-    column (`pipelines.evaluation.slice_metrics`).  ``blocked`` says why the
+    column (`pipelines.gate.evaluation.slice_metrics`).  ``blocked`` says why the
     challenger was rolled back away from (who, when, why), if it was: a
     failing ``rollback_block`` rule.  ``force_reason`` overrides a rejection
     (a block included) and is recorded verbatim (it must say why).

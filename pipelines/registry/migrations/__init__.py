@@ -2,7 +2,7 @@
 
 The revisions live in ``versions/`` inside this package, so an installed
 wheel migrates its database with no ``alembic.ini`` and no particular working
-directory.  `upgrade` is the one entry point; `pipelines.registry.Registry`
+directory.  `upgrade` is the one entry point; `pipelines.registry.store.Registry`
 calls `ensure_schema` on first use, so no stage ever meets a stale schema.
 
 Every migration runs in one transaction that first takes a cross-process
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import PipelineError, RegistryError
-from pipelines.registry_schema import LOCK_MIGRATIONS, advisory_xact_lock, create_registry_engine
+from pipelines.registry.schema import LOCK_MIGRATIONS, advisory_xact_lock, create_registry_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -1,11 +1,11 @@
-"""Alembic environment of the registry, run by `pipelines.registry_migrations`.
+"""Alembic environment of the registry, run by `pipelines.registry.migrations`.
 
 The runner hands over a connection that is already inside a locked
 transaction (``config.attributes["connection"]``); alembic then sees an
 external transaction and leaves commit to the runner.  Without one — the
 ``alembic`` command line, or ``--sql`` to print the DDL for a DBA — it builds
 its own engine from ``sqlalchemy.url`` and takes no cross-process lock, so
-prefer `pipelines.registry_migrations.upgrade`.
+prefer `pipelines.registry.migrations.upgrade`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from pipelines.registry_schema import Base, create_registry_engine
+from pipelines.registry.schema import Base, create_registry_engine
 
 config = context.config
 
@@ -44,7 +44,7 @@ def _run() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError("set sqlalchemy.url, or run migrations through pipelines.registry_migrations.upgrade(url)")
+        raise RuntimeError("set sqlalchemy.url, or run migrations through pipelines.registry.migrations.upgrade(url)")
     engine = create_registry_engine(url)
     try:
         with engine.connect() as connection:

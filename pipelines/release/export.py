@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bucket import sha256_stream
 from pipelines.errors import TrainingError
+from pipelines.release.bucket import sha256_stream
 from pipelines.scoring.runtime import ONNX_FILES, OnnxScorer
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipelines.config import Exports, ExportTolerance
-    from pipelines.promotion import RuleResult
+    from pipelines.gate.promotion import RuleResult
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def try_export_model_dir(model_dir: Path) -> dict[str, Any]:
 def _export_fp32(model_dir: Path, target: Path) -> None:
     import torch
 
-    from pipelines.modeling import load_model_dir
+    from pipelines.model.modeling import load_model_dir
 
     try:
         model = load_model_dir(model_dir)
@@ -144,7 +144,7 @@ def check_exports(
     """
     import numpy as np
 
-    from pipelines.evaluation import compute_metrics
+    from pipelines.gate.evaluation import compute_metrics
 
     reference = compute_metrics(y_true, reference_prob, threshold)
     checks: dict[str, dict[str, Any]] = {}
@@ -181,7 +181,7 @@ def export_rules(checks: dict[str, dict[str, Any]] | None, exports: Exports) -> 
     PyTorch model itself.  No checks recorded (an evaluation older than
     exports) fails each format's rule, so nothing unchecked is served.
     """
-    from pipelines.promotion import RuleResult
+    from pipelines.gate.promotion import RuleResult
 
     rules: list[RuleResult] = []
     for fmt in ONNX_FILES:

