@@ -84,10 +84,10 @@ def stage_outcomes(task_instances: Iterable[Any], order: list[str]) -> list[Stag
 
 
 def vertical_line(vertical: str, ds: str, state: str, seconds: float, stages: list[StageOutcome]) -> str:
-    """``finance     2026-11-29  ok      41.3s  extract 0.5s · validate 3.2s · …``."""
+    """``finance       2026-11-29  ok       41.3s  extract 0.5s · validate 3.2s · …``."""
     outcome = "ok" if state == "success" else state.upper()
     cells = " · ".join(s.cell for s in stages) or "no task ran"
-    return f"{vertical:<12}{ds:<12}{outcome:<8}{_duration(seconds):>7}  {cells}"
+    return f"{vertical:<13} {ds:<11} {outcome:<7}{_duration(seconds):>7}  {cells}"
 
 
 def failure_lines(row: dict[str, Any], stages: list[StageOutcome]) -> list[str]:

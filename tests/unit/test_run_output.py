@@ -38,9 +38,11 @@ def test_a_successful_run_is_one_line_with_every_stage_in_dag_order():
     stages = stage_outcomes(tis, TASKS)
     assert [s.task_id for s in stages] == TASKS
     line = vertical_line("finance", "2026-11-29", "success", 91.0, stages)
-    assert line.startswith("finance     2026-11-29  ok        1m31s  extract 0.2s · validate 0.5s")
+    assert line.startswith("finance       2026-11-29  ok       1m31s  extract 0.2s · validate 0.5s")
     assert "train 1m23s (2 tries)" in line and line.endswith("report 2.0s")
     assert "\n" not in line
+    # The longest demo name still leaves a space before the date.
+    assert vertical_line("manufacturing", "2026-11-29", "success", 1.0, stages).startswith("manufacturing 2026-11-29 ")
 
 
 def test_a_failed_run_names_the_failed_stage_and_its_error():
