@@ -156,3 +156,28 @@ def test_without_holdout_scores_the_card_keeps_its_tables_and_draws_no_curves():
     card = build_model_card(SPEC, "2026-10-30", trained, evaluation, DECISION, scores=None)
     assert card.images == {} and "holdout_curves.svg" not in card.markdown and "## By" not in card.markdown
     assert "## Holdout metrics" in card.markdown and "## Limitations" in card.markdown
+
+
+def test_validation_reliability_is_shown_with_the_other_figures_not_after_the_decision(tmp_path: Path):
+    import json
+
+    trained, evaluation, scores = _run()
+    bins = [{"lower": 0.0, "upper": 1.0, "count": 10, "mean_predicted": 0.4, "observed_rate": 0.5}]
+    (tmp_path / "model.json").write_text(json.dumps({"reliability": {"calibration": "platt", "bins": bins}}))
+    card = build_model_card(
+        SPEC, "2026-10-30", {**trained, "model_dir": str(tmp_path)}, evaluation, DECISION, scores=scores
+    )
+    md = card.markdown
+    assert md.index("(holdout_curves.svg)") < md.index("(reliability.svg)") < md.index("## Promotion decision")
+    files = card_files(
+        vertical="finance",
+        model_version=trained["model_version"],
+        ds="2026-10-30",
+        model_dir=tmp_path,
+        metrics=evaluation,
+        lineage={},
+        model_card=md,
+        model_card_json=card.data,
+        card_images=card.images,
+    )
+    assert files["model_card.md"].decode().count("(reliability.svg)") == 1 and "reliability.svg" in files

@@ -112,6 +112,10 @@ def build_model_card(
     if scores is not None:
         images[HOLDOUT_CURVES_FILE] = _holdout_curves(spec, evaluation, scores)
         figures += [f"![ROC, precision-recall and calibration on the holdout]({HOLDOUT_CURVES_FILE})", ""]
+    if trained.get("model_dir") and _reliability(Path(trained["model_dir"])) is not None:
+        # Drawn by `card_files` from model.json; shown here, after the holdout's calibration.
+        figures += [f"![Reliability on the validation split]({RELIABILITY_FILE})", ""]
+    if scores is not None:
         column = spec.card_slice_column
         if column is not None and f"slice:{column}" in scores.columns:
             slices = slice_bars(scores, column, float(challenger["threshold"]))

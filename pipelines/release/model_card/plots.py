@@ -88,7 +88,7 @@ def confusion_matrix_svg(
         ax.set_ylabel("actual")
         ax.xaxis.set_label_position("top")
         ax.xaxis.tick_top()
-        ax.set_title(f"{title}\n{subtitle + ', ' if subtitle else ''}{total} holdout rows", fontsize=10, pad=12)
+        ax.set_title(_lines(title, subtitle, f"{total} holdout rows"), fontsize=10, pad=12)
         return _svg(fig)
 
 
@@ -109,7 +109,7 @@ def reliability_svg(bins: list[dict[str, Any]], *, title: str, subtitle: str = "
         sizes = [16 + 160 * (int(b["count"]) / total) for b in points]
         ax.scatter(predicted, observed, s=sizes, color=COLOURS["challenger"], zorder=3, gid="reliability-points")
         _unit_axes(ax, "mean predicted probability", "observed positive rate")
-        ax.set_title(f"{title}\n{subtitle + ', ' if subtitle else ''}{total} validation rows", fontsize=10)
+        ax.set_title(_lines(title, subtitle, f"{total} validation rows"), fontsize=10)
         return _svg(fig)
 
 
@@ -208,6 +208,10 @@ def slices_svg(column: str, slices: Sequence[SliceBar], *, metrics: Sequence[str
         ax.set_title(f"{title} by {column}")
         fig.legend(loc="outside upper center", ncols=len(metrics))
         return _svg(fig)
+
+
+def _lines(*parts: str) -> str:
+    return "\n".join(part for part in parts if part)
 
 
 def _diagonal(ax: Axes) -> None:
