@@ -704,10 +704,16 @@ def _push(
 
 
 def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> Any:
-    """The rows evaluate scored (for the model card's curves and slices), checked against its record."""
+    """The rows evaluate scored (for the model card's curves and slices), checked against its record.
+
+    None for a record that names no scores file (one written before evaluate kept them): its card
+    has the tables without the curves.  A named file that is gone or changed is an error.
+    """
     from pipelines.errors import StageOrderError
     from pipelines.gate.evaluation import read_holdout_scores
 
+    if not evaluation.get("holdout_scores"):
+        return None
     try:
         return read_holdout_scores(
             Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
