@@ -37,7 +37,7 @@ STYLE: dict[Any, Any] = {  # keys: matplotlib.typing.RcKeyType
     "legend.frameon": False,
 }
 #: One colour per scored model, the same in every figure.
-COLOURS = {"challenger": "#1f5fa8", "champion": "#d9822b", "logistic": "#6b7785", "majority": "#b0b7c0"}
+COLOURS = {"challenger": "#1f5fa8", "champion": "#d9822b", "logistic": "#3a9d5d", "majority": "#9aa3ad"}
 
 
 @dataclass(frozen=True)
