@@ -3,8 +3,10 @@
 Runs each vertical's DAG with ``dag.test()`` against the embedded defaults
 (`pipelines.orchestration.airflow_env`): the real Airflow task runner,
 trigger rules, retries, callbacks, XComs and metadata DB, in one process, so
-no scheduler or API server has to be started.  It then prints the same
-decision table as ``python -m pipelines run all``.
+no scheduler or API server has to be started.  What the runs log goes to
+``<PIPELINES_HOME>/logs/run-<ds>-<time>.log``; the console gets one line per
+vertical (`pipelines.orchestration.run_output`), then the same decision table
+as ``python -m pipelines run all``.
 
 Exit status: 0 when every vertical's run succeeded, 1 otherwise.
 """
