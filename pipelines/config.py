@@ -423,6 +423,17 @@ class Alerts(_Strict):
     report_on: list[ReportOutcome] = Field(default_factory=lambda: list[ReportOutcome](["rejected"]))
 
 
+class Card(_Strict):
+    """What the model card says beyond the numbers (see verticals/README.md, "card")."""
+
+    #: Who should use the model's scores, for what decision; default: said from description and label.
+    intended_use: str | None = None
+    #: Known weaknesses (populations, data gaps, failure modes); the card adds the run's own caveats.
+    limitations: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    #: The categorical feature the card's per-slice figure splits by; default: the first categorical feature.
+    slice_by: str | None = None
+
+
 class VerticalSpec(_Strict):
     """Everything that makes one vertical, validated on load."""
 
@@ -441,6 +452,7 @@ class VerticalSpec(_Strict):
     model: Model = Model()
     gate: Gate
     alerts: Alerts
+    card: Card = Card()
 
     @model_validator(mode="after")
     def _consistent(self) -> VerticalSpec:
@@ -459,6 +471,11 @@ class VerticalSpec(_Strict):
         unknown = sorted(set(self.quality.distribution.exempt) - used)
         if unknown:
             raise ValueError(f"quality.distribution.exempt names non-feature column(s): {unknown}")
+        if self.card.slice_by is not None and self.card.slice_by not in self.features.categorical:
+            raise ValueError(
+                f"card.slice_by {self.card.slice_by!r} is not a categorical feature; "
+                f"choose one of {self.features.categorical or '(none: list one under features.categorical)'}"
+            )
         # Slice values are stored with the holdout scores and named in reports: never PII.
         self.gate.check_slice_columns(
             forbidden={
@@ -481,6 +498,11 @@ class VerticalSpec(_Strict):
         if needs and not self.window.validation_days:
             raise ValueError(f"{', '.join(needs)} need(s) a validation split: set window.validation_days")
         return self
+
+    @property
+    def card_slice_column(self) -> str | None:
+        """The feature the model card's per-slice figure splits by (None: no categorical feature)."""
+        return self.card.slice_by or next(iter(self.features.categorical), None)
 
     @property
     def suite_name(self) -> str:

@@ -402,7 +402,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         prob,
         champion=champion_prob,
         baselines={b.name: b.prob for b in baselines},
-        slices={s.column: slice_values(holdout[s.column]) for s in spec.gate.slices},
+        # The gate's slice columns, and the feature the model card shows per value.
+        slices={column: slice_values(holdout[column]) for column in _score_slices(spec)},
     )
     scores_path = layout.report_dir(ds) / "holdout_scores.parquet"
     scores_sha256 = write_holdout_scores(scores_path, scores)
@@ -434,6 +435,13 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         lineage=_lineage(spec, ds, trained, snap, trained.get("run_id")),
     )
     return _evaluation_headline(record)
+
+
+def _score_slices(spec: VerticalSpec) -> list[str]:
+    """Columns whose values go with the holdout scores: the gate's slices, then the card's."""
+    columns = [s.column for s in spec.gate.slices]
+    card = spec.card_slice_column
+    return columns + ([card] if card is not None and card not in columns else [])
 
 
 def _evaluation_headline(record: dict[str, Any]) -> dict[str, Any]:
@@ -626,7 +634,7 @@ def _push(
     from pipelines.errors import PipelineError, RegistryError
     from pipelines.release.deploy import deploy_version, read_pointer
     from pipelines.release.export import refused_export_files
-    from pipelines.release.model_card import render_model_card
+    from pipelines.release.model_card import build_model_card
 
     trained = layout.read_record(ds, "train", needed_by="deploy")
     evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
@@ -639,6 +647,7 @@ def _push(
         )
     # The bucket's lineage.json names the run that first produced the model, as the registry does.
     lineage = {**(model.lineage or _lineage(spec, ds, trained, snap, run_id)), "decision": decision}
+    card = build_model_card(spec, ds, trained, evaluation, decision, scores=_holdout_scores(spec, ds, evaluation))
     pointer = read_pointer(settings.bucket_url, spec.name)
     who = actor(run_id)
     intent = registry.record_intent(
@@ -657,7 +666,9 @@ def _push(
             model_dir=Path(trained["model_dir"]),
             metrics=evaluation,
             lineage=lineage,
-            model_card=render_model_card(spec, ds, trained, evaluation, decision),
+            model_card=card.markdown,
+            model_card_json=card.data,
+            card_images=card.images,
             ds=ds,
             exclude=refused_export_files(decision),
         )
@@ -690,6 +701,27 @@ def _push(
         "previous_version": result.previous_version,
         "why": "deployed" if result.changed else "already in production",
     }
+
+
+def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> Any:
+    """The rows evaluate scored (for the model card's curves and slices), checked against its record.
+
+    None for a record that names no scores file (one written before evaluate kept them): its card
+    has the tables without the curves.  A named file that is gone or changed is an error.
+    """
+    from pipelines.errors import StageOrderError
+    from pipelines.gate.evaluation import read_holdout_scores
+
+    if not evaluation.get("holdout_scores"):
+        return None
+    try:
+        return read_holdout_scores(
+            Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageOrderError(
+            f"{exc}; rerun `python -m pipelines evaluate {spec.name} --date {ds}`", vertical=spec.name, ds=ds
+        ) from exc
 
 
 def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], settings: Settings) -> str | None:
