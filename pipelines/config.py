@@ -426,6 +426,9 @@ class VerticalSpec(_Strict):
     label: Label
     features: Features
     pii: list[str] = Field(default_factory=list)
+    #: Airflow-style connection whose password is the secret that pseudonymises the ``pii``
+    #: columns at extract (`pipelines.data.pii`); ``PIPELINES_PII_KEY`` when it is not set.
+    pii_key_conn: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "pii_default"
     window: Window = Window()
     quality: Quality = Quality()
     model: Model = Model()
