@@ -305,7 +305,7 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         # Nothing trained yet: one line instead of three empty boxes.
         docs = f' · <a href="{_e(links.data_docs(view.name))}">Data docs</a>' if view.has_data_docs else ""
         empty = f'<p class="muted">No model, gate decision or deployment in the registry yet.{docs}</p>'
-        return f"{head}{empty}{_blocked_days(view, links)}{_tuning_table(view)}</section>"
+        return f"{head}{empty}{_blocked_days(view, links)}{_data_checks(view)}{_tuning_table(view)}</section>"
     return (
         f"{head}"
         f'<div class="cards">{_champion_block(view, view.champion, links)}</div>'
@@ -313,6 +313,7 @@ def _vertical_section(view: VerticalOverview, links: Links, *, full_history_link
         f"{_tuning_table(view)}"
         f"<h3>Deployments and rollbacks</h3>{_deployments_table(view, links)}"
         f"{_blocked_days(view, links)}"
+        f"{_data_checks(view)}"
         f"<h3>Audit trail</h3>{_events_table(view, links)}"
         "</section>"
     )
@@ -384,6 +385,11 @@ def _validation_link(view: VerticalOverview, links: Links, page: str | None, sep
         return ""
     href = links.data_docs_page(view.name, page)
     return f'{sep}<a class="validation" href="{_e(href)}" title="the GX validation result of that date">validation</a>'
+
+
+def _data_checks(view: VerticalOverview) -> str:
+    """Recent data-quality warnings and drift against the champion's data; nothing when there are none."""
+    return render_template("data_checks.html", nights=view.data_checks) if view.data_checks else ""
 
 
 def _blocked_days(view: VerticalOverview, links: Links) -> str:
