@@ -264,6 +264,9 @@ def _check_drift(
     from pipelines.data.drift import check_drift
     from pipelines.layout import write_json_atomic
 
+    kept = _kept_drift(layout, ds, settings)
+    if kept is not None:
+        return kept
     report = check_drift(spec, ds, frame, settings)
     path = layout.report_dir(ds) / "drift.json"
     write_json_atomic(path, report.to_dict())
@@ -303,6 +306,26 @@ def _check_drift(
             report_path=str(path),
         )
     return record
+
+
+def _kept_drift(layout: Layout, ds: str, settings: Settings) -> dict[str, Any] | None:
+    """The earlier drift record of ``ds`` when production now serves the model trained for ``ds``.
+
+    Like `_kept_record`: a rerun must not compare the window with the data of
+    the model it produced itself (PSI 0, a different summary, a second email).
+    """
+    from pipelines.deploy import read_pointer
+    from pipelines.registry import Registry
+
+    if not layout.has_record(ds, "drift"):
+        return None
+    pointer = read_pointer(settings.bucket_url, layout.vertical)
+    if pointer is None:
+        return None
+    model = Registry.from_settings(settings).model(layout.vertical, str(pointer["version"]))
+    if model is None or model.ds != ds:
+        return None
+    return layout.read_record(ds, "drift", needed_by="snapshot")
 
 
 # -- train ---------------------------------------------------------------------
