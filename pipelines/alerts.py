@@ -437,18 +437,26 @@ def quality_alert(
         "warnings": [asdict(f) for f in report.warnings],
         "samples": [table["rows"] for table in tables],
     }
-    env = _templates()
-    message = EmailMessage()
-    message[DIGEST_HEADER] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    message["Subject"] = (
+    subject = (
         f"[data quality] {spec.name} {report.ds}: {len(report.failed)} expectation(s) failed"
         if blocking
         else f"[data quality warning] {spec.name} {report.ds}: {len(report.warnings)} expectation(s) warned; "
         "the run continues"
     )
+    return _templated_email(spec, "quality_alert", subject, values, identity)
+
+
+def _templated_email(
+    spec: VerticalSpec, template: str, subject: str, values: dict[str, Any], identity: dict[str, Any]
+) -> EmailMessage:
+    """HTML ``templates/<template>.html`` with its ``.txt`` alternative; ``identity`` is what dedupes it."""
+    env = _templates()
+    message = EmailMessage()
+    message[DIGEST_HEADER] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    message["Subject"] = subject
     message["To"] = ", ".join(spec.alerts.emails)
-    message.set_content(env.get_template("quality_alert.txt").render(values))
-    message.add_alternative(env.get_template("quality_alert.html").render(values), subtype="html")
+    message.set_content(env.get_template(f"{template}.txt").render(values))
+    message.add_alternative(env.get_template(f"{template}.html").render(values), subtype="html")
     return message
 
 
@@ -480,16 +488,10 @@ def drift_alert(
         "rerun": _rerun(spec, report.ds, run),
     }
     identity = {"vertical": spec.name, "ds": report.ds, "report": report.to_dict()}
-    env = _templates()
-    message = EmailMessage()
-    message[DIGEST_HEADER] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    message["Subject"] = (
+    subject = (
         f"[data drift] {spec.name} {report.ds}: {len(report.blocking)} feature(s) beyond the block threshold"
         if blocking
         else f"[data drift warning] {spec.name} {report.ds}: {len(report.warnings)} feature(s) drifted; "
         "the run continues"
     )
-    message["To"] = ", ".join(spec.alerts.emails)
-    message.set_content(env.get_template("drift_alert.txt").render(values))
-    message.add_alternative(env.get_template("drift_alert.html").render(values), subtype="html")
-    return message
+    return _templated_email(spec, "drift_alert", subject, values, identity)
