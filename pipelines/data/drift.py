@@ -214,27 +214,30 @@ def no_champion(spec: VerticalSpec, ds: str, why: str) -> DriftReport:
     return DriftReport(vertical=spec.name, ds=ds, champion_version=None, reference_data_version=None, skipped=why)
 
 
-def check_drift(spec: VerticalSpec, ds: str, window: pd.DataFrame, settings: Settings) -> DriftReport:
-    """Tonight's window against the data version of the model production serves now.
+def check_drift(
+    spec: VerticalSpec,
+    ds: str,
+    window: pd.DataFrame,
+    settings: Settings,
+    *,
+    champion_version: str | None,
+    lineage: dict[str, Any] | None,
+) -> DriftReport:
+    """Tonight's window against the data version the champion (``champion_version``) was trained on.
 
-    The champion is the bucket's production pointer; its data version, DVC tag
-    and commit come from its registry lineage, and the snapshot is read back
-    from DVC exactly as its training read it.
+    The caller finds the champion (the bucket's production pointer) and its
+    registry ``lineage``, which names the data version, DVC tag and commit; the
+    snapshot is read back from DVC exactly as its training read it.
     """
-    from pipelines.deploy import read_pointer
-    from pipelines.registry import Registry
-    from pipelines.versioning import read_snapshot
+    from pipelines.data.versioning import read_snapshot
 
     if not spec.quality.drift.enabled:
         return no_champion(spec, ds, "switched off (quality.drift.enabled: false)")
-    pointer = read_pointer(settings.bucket_url, spec.name)
-    if pointer is None:
+    if champion_version is None:
         return no_champion(spec, ds, "no champion yet (first run): nothing to compare with")
-    version = str(pointer["version"])
-    model = Registry.from_settings(settings).model(spec.name, version)
-    lineage = (model.lineage if model else None) or {}
-    if not lineage.get("data_tag"):
-        return no_champion(spec, ds, f"the champion {version} has no data version in its registry lineage")
+    if not (lineage or {}).get("data_tag"):
+        return no_champion(spec, ds, f"the champion {champion_version} has no data version in its registry lineage")
+    assert lineage is not None
     reference = read_snapshot(
         vertical=spec.name, tag=str(lineage["data_tag"]), commit=lineage.get("data_commit"), settings=settings
     )
@@ -243,6 +246,6 @@ def check_drift(spec: VerticalSpec, ds: str, window: pd.DataFrame, settings: Set
         window,
         spec,
         ds=ds,
-        champion_version=version,
+        champion_version=champion_version,
         reference_data_version=str(lineage.get("data_version")),
     )

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.alerts import SmtpConfig, deliver, quality_alert
 from pipelines.config import Settings, VerticalSpec
-from pipelines.data_docs import docs_url
-from pipelines.quality import FailedExpectation, QualityReport, mask_pii
-from pipelines.run_context import RunContext
+from pipelines.data.data_docs import docs_url
+from pipelines.data.quality import FailedExpectation, QualityReport, mask_pii
+from pipelines.notify.alerts import SmtpConfig, deliver, quality_alert
+from pipelines.notify.run_context import RunContext
 
 SPEC = VerticalSpec.model_validate(
     {
@@ -273,8 +273,8 @@ def test_a_blocking_alert_lists_the_warnings_beside_the_failures(settings):
 def test_drift_alert_blocking_and_warning(settings):
     import numpy as np
 
-    from pipelines.alerts import drift_alert
     from pipelines.data.drift import compare_to_champion
+    from pipelines.notify.alerts import drift_alert
 
     spec = VerticalSpec.model_validate(
         {**SPEC.model_dump(), "pii": [], "quality": {"drift": {"recent_days": 5, "min_rows": 50}}}

@@ -127,9 +127,9 @@ def test_a_misspelt_severity_fails_when_the_suite_loads(tmp_path):
 
 
 def test_run_summary_and_models_view_show_warnings_and_drift(tmp_path):
-    from pipelines.models_view.html import _data_checks
+    from pipelines.models_view.html import render_template
     from pipelines.models_view.overview import data_checks
-    from pipelines.reporting import _data_check_lines
+    from pipelines.notify.reporting import _data_check_lines
 
     runs = tmp_path / "runs" / "plant" / "2026-03-30"
     runs.mkdir(parents=True)
@@ -153,5 +153,5 @@ def test_run_summary_and_models_view_show_warnings_and_drift(tmp_path):
     assert night.warnings == ["expect_column_mean_to_be_between on speed (warning): 130.2"]
     from types import SimpleNamespace
 
-    html = _data_checks(SimpleNamespace(data_checks=[night]))  # type: ignore[arg-type]
+    html = render_template("data_checks.html", view=SimpleNamespace(data_checks=[night]))
     assert "Data warnings and drift" in html and "0.140" in html and "speed (warning)" in html

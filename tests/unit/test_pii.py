@@ -19,9 +19,9 @@ from pipelines.data.pii import (
     pseudonymise,
     resolve_pii_key,
 )
+from pipelines.data.sources import extract_days
 from pipelines.errors import SpecError
 from pipelines.layout import Layout
-from pipelines.sources import extract_days
 
 KEY = PiiKey(secret=b"0123456789abcdef0123", source="test")
 OTHER_KEY = PiiKey(secret=b"fedcba9876543210fedc", source="test")
