@@ -78,7 +78,8 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
         if not layout.validated(day).exists() and not layout.quarantine(day).exists()
     ]
     days.append(ds)
-    counts = extract_days(spec, days, settings)
+    prepared: dict[str, Any] = {}
+    counts = extract_days(spec, days, settings, prepared=prepared)
     record = {
         "vertical": spec.name,
         "ds": ds,
@@ -86,6 +87,8 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
         "rows": sum(counts.values()),
         "rows_on_ds": counts.get(ds, 0),
         "backfilled_days": len(days) - 1,
+        # What the spec's cleaning rules, joins and label rule did to these rows (issue 13).
+        "preparation": prepared or None,
     }
     layout.write_record(ds, "extract", record)
     log.info("%s %s: extracted %d rows over %d day(s)", spec.name, ds, record["rows"], len(days))
@@ -190,6 +193,7 @@ def _move(src: Path, dst: Path) -> None:
 
 def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
     """Version the validated training window with DVC (a no-op when unchanged)."""
+    from pipelines.data.labels import label_window
     from pipelines.sources import assemble_window
     from pipelines.versioning import snapshot_window
 
@@ -198,16 +202,28 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
     frame, missing = assemble_window(spec, ds, settings)
-    # Data minimisation: PII never enters the long-lived, replicated DVC remote.
-    frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
+    # Data minimisation: PII never enters the long-lived, replicated DVC remote; nor do the
+    # join markers (validation has read them).
+    markers = [j.marker for j in spec.joins]
+    frame = frame.drop(columns=[c for c in (*spec.pii, *markers) if c in frame.columns])
     if frame.empty:
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
+    # The current label rule over the whole window, without the days still awaiting their outcome.
+    frame, labels = label_window(frame, spec, ds)
+    if frame.empty:
+        raise SourceError(
+            f"the training window holds no row with a known outcome (label.delay_days {spec.label.delay_days})",
+            vertical=spec.name,
+            ds=ds,
+        )
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
         **version.to_dict(),
         "missing_days": len(missing),
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
+        "labels": labels.to_dict(),
+        "preparation": layout.read_record(ds, "extract", needed_by="snapshot").get("preparation"),
     }
     if missing:
         log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
@@ -325,6 +341,9 @@ def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: s
         "data_md5": snap.get("md5"),
         "suite": snap.get("suite"),
         "suite_result": snap.get("suite_summary"),
+        # Data preparation (issue 13): what cleaning, joins and the label rule did on this night.
+        "preparation": snap.get("preparation"),
+        "labels": snap.get("labels"),
         "code_version": train_rec["code_version"],
         "config_hash": train_rec["config_hash"],
         "seed": train_rec["seed"],
