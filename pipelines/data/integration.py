@@ -90,6 +90,7 @@ def join_point_in_time(events: pd.DataFrame, table: pd.DataFrame, join: Join, *,
         if join.valid_to:
             ended = _instants(found[join.valid_to])
             expired = ended.notna() & (found["_at"] >= ended)
+            found["_hit"] = found["_hit"].astype(object)
             found.loc[expired, [*join.columns, "_hit"]] = None
             found = found.drop(columns=[join.valid_to])
         merged = pd.concat([found, left[~usable]], ignore_index=True).drop(columns=["_at", "_from"])
@@ -137,8 +138,13 @@ def fetch_table(spec: VerticalSpec, join: Join, *, before: date, settings: Setti
     return table
 
 
+def fetch_tables(spec: VerticalSpec, *, before: date, settings: Settings) -> dict[str, pd.DataFrame]:
+    """Every join's table, by join name (`fetch_table`)."""
+    return {join.name: fetch_table(spec, join, before=before, settings=settings) for join in spec.joins}
+
+
 def integrate(
-    events: pd.DataFrame, spec: VerticalSpec, *, before: date, settings: Settings
+    events: pd.DataFrame, spec: VerticalSpec, tables: dict[str, pd.DataFrame]
 ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
     """Every join of the spec applied to ``events``; returns the rows and each join's coverage counts."""
     coverage: dict[str, dict[str, int]] = {}
@@ -149,11 +155,8 @@ def integrate(
             continue
         missing = [c for c in join.keys if c not in events.columns]
         if missing:
-            raise SourceError(
-                f"join {join.name!r}: the event rows have no key column(s) {missing}", vertical=spec.name
-            )
-        table = fetch_table(spec, join, before=before, settings=settings)
-        events = join_point_in_time(events, table, join, event_time=spec.source.event_time)
+            raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}", vertical=spec.name)
+        events = join_point_in_time(events, tables[join.name], join, event_time=spec.source.event_time)
         coverage[join.name] = {"rows": len(events), "matched": int(events[join.marker].sum())}
     return events, coverage
 

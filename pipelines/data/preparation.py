@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.data.cleaning import clean_frame
-from pipelines.data.integration import integrate
+from pipelines.data.integration import fetch_tables, integrate
 from pipelines.data.labels import apply_label
 
 if TYPE_CHECKING:
@@ -27,9 +27,18 @@ def prepare_rows(
     """Clean, join and label extracted rows (events before ``before``); returns rows and what changed."""
     if not spec.joins and not spec.cleaning.columns and spec.cleaning.deduplicate is None and not spec.label.expression:
         return frame, {}
+    # Tables are read even for an empty day: a missing table is an error every night, not only busy ones.
+    tables = fetch_tables(spec, before=before, settings=settings)
+    return prepare_frame(frame, spec, tables)
+
+
+def prepare_frame(
+    frame: pd.DataFrame, spec: VerticalSpec, tables: dict[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The pure part of `prepare_rows`: ``tables`` holds each join's table by join name."""
     joined = {c for j in spec.joins for c in j.columns}
     frame, counts = clean_frame(frame, spec, columns=set(spec.cleaning.columns) - joined)
-    frame, coverage = integrate(frame, spec, before=before, settings=settings)
+    frame, coverage = integrate(frame, spec, tables)
     frame, later = clean_frame(frame, spec, columns=joined, dedupe=False)
     frame, label = apply_label(frame, spec)
     return frame, {"rows": len(frame), "cleaning": {**counts, **later}, "joins": coverage, "label": label}
