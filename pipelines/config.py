@@ -654,16 +654,20 @@ class VerticalSpec(_Strict):
     @property
     def source_columns(self) -> set[str]:
         """Every column the spec declares the event rows carry (before joins add theirs)."""
-        return {
-            self.key,
-            self.source.event_time,
-            *([] if self.label.expression else [self.label.column]),
-            *self.label.inputs,
-            *self.features.all,
-            *self.pii,
-            *self.quality.ignored_columns,
-            *(c for j in self.joins for c in j.keys),
-        } - set(self.cleaning.indicator_columns) - {c for j in self.joins for c in j.columns}
+        return (
+            {
+                self.key,
+                self.source.event_time,
+                *([] if self.label.expression else [self.label.column]),
+                *self.label.inputs,
+                *self.features.all,
+                *self.pii,
+                *self.quality.ignored_columns,
+                *(c for j in self.joins for c in j.keys),
+            }
+            - set(self.cleaning.indicator_columns)
+            - {c for j in self.joins for c in j.columns}
+        )
 
     @property
     def prepared_columns(self) -> set[str]:

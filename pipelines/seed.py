@@ -134,9 +134,10 @@ def build_healthcare_covid_tests(rng: np.random.Generator) -> pd.DataFrame:
     ``invalid`` results (301) are dropped: they are neither class and are
     retested.  One row says age 138 (an anonymisation artefact): it stays, and
     the spec's cleaning rule nulls it.  The clinic is a ``clinic_id`` into
-    ``healthcare_clinics`` (`build_healthcare_clinics`).  Rows keep their real order by ``pan_day`` (day of the pandemic) and each
-    stamped day's volume follows that pan_day's real testing volume, so the
-    real time structure is stretched over the demo span, not shuffled.
+    ``healthcare_clinics`` (`build_healthcare_clinics`).  Rows keep their real
+    order by ``pan_day`` (day of the pandemic) and each stamped day's volume
+    follows that pan_day's real testing volume, so the real time structure is
+    stretched over the demo span, not shuffled.
     """
     raw = _load("medicaldata", "covid_testing")
     frame = raw.rename(columns={"rownames": "test_id", "test_id": "test_type"})

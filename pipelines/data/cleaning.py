@@ -45,9 +45,7 @@ def _coerce(series: pd.Series, kind: str) -> pd.Series:
         whole = numbers.where(numbers.isna() | (numbers % 1 == 0))
         return whole.astype("Int64")
     if kind == "str":
-        return series.map(lambda v: v if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)).astype(
-            "str"
-        )
+        return series.map(lambda v: v if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)).astype("str")
     tokens = series.map(lambda v: str(v).strip().lower() if not pd.isna(v) else None)
     return tokens.map(lambda t: True if t in _TRUE else (False if t in _FALSE else None)).astype("boolean")
 
@@ -139,7 +137,8 @@ def clean_frame(
     absent = sorted(c for c in rules if c not in frame.columns)
     if absent:
         raise SourceError(
-            f"cleaning rules name column(s) {absent} that the rows lack; they have {sorted(map(str, frame.columns))[:30]}",
+            f"cleaning rules name column(s) {absent} that the rows lack; "
+            f"they have {sorted(map(str, frame.columns))[:30]}",
             vertical=spec.name,
         )
     for column, rule in rules.items():

@@ -46,7 +46,9 @@ def _tokens(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
 def _instants(values: pd.Series) -> pd.Series:
     """Dates or ISO strings as ``datetime64[us]``; what does not parse is NaT (no partner)."""
     if not pd.api.types.is_datetime64_any_dtype(values):
-        values = pd.to_datetime(values.astype(object).map(lambda v: None if pd.isna(v) else str(v)), errors="coerce", format="ISO8601")
+        values = pd.to_datetime(
+            values.astype(object).map(lambda v: None if pd.isna(v) else str(v)), errors="coerce", format="ISO8601"
+        )
     return values.astype("datetime64[us]")
 
 
@@ -64,7 +66,15 @@ def join_point_in_time(events: pd.DataFrame, table: pd.DataFrame, join: Join, *,
         raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}")
     left = events.reset_index(drop=True).assign(_row=np.arange(len(events)), _key=_tokens(events, join.keys))
     right = table.assign(_key=_tokens(table, join.keys)).dropna(subset=["_key"])
-    right = right.loc[:, ["_key", *([join.valid_from] if join.valid_from else []), *([join.valid_to] if join.valid_to else []), *join.columns]]
+    right = right.loc[
+        :,
+        [
+            "_key",
+            *([join.valid_from] if join.valid_from else []),
+            *([join.valid_to] if join.valid_to else []),
+            *join.columns,
+        ],
+    ]
     if join.valid_from is None:
         repeated = right["_key"][right["_key"].duplicated()].unique()[:5]
         if len(repeated):
@@ -105,7 +115,8 @@ def fetch_table(spec: VerticalSpec, join: Join, *, before: date, settings: Setti
 
     from pipelines.sources import resolve_connection_url
 
-    conn_id = join.conn_id or getattr(spec.source, "conn_id", "warehouse_default")
+    # Unset: the SQL source's own connection (a file source's joins must name one; the spec checks).
+    conn_id: str = join.conn_id or str(getattr(spec.source, "conn_id", "warehouse_default"))
     url = resolve_connection_url(conn_id, settings)
     schema, _, name = join.table.rpartition(".")
     query = sa.select(sa.text("*")).select_from(sa.table(name, schema=schema or None))
@@ -128,7 +139,12 @@ def fetch_table(spec: VerticalSpec, join: Join, *, before: date, settings: Setti
         ) from exc
     finally:
         engine.dispose()
-    needed = [*join.keys, *([join.valid_from] if join.valid_from else []), *([join.valid_to] if join.valid_to else []), *join.columns]
+    needed = [
+        *join.keys,
+        *([join.valid_from] if join.valid_from else []),
+        *([join.valid_to] if join.valid_to else []),
+        *join.columns,
+    ]
     absent = [c for c in needed if c not in table.columns]
     if absent:
         raise SourceError(

@@ -117,8 +117,8 @@ def _read_back(engine: sa.Engine, table: str, key: str, schema: str | None = Non
 
 
 def _assert_tables_match_frames(engine: sa.Engine, frames: dict[str, pd.DataFrame], schema: str | None) -> None:
-    for vertical, (table, key, label, _, _) in DEMO.items():
-        label = "math_score" if vertical == "education" else label  # its label is derived at extract
+    for vertical, (table, key, label_column, _, _) in DEMO.items():
+        label = "math_score" if vertical == "education" else label_column  # its label is derived at extract
         stored = _read_back(engine, table, key, schema)
         expected = frames[vertical].sort_values(key).reset_index(drop=True)
         assert len(stored) == len(expected), table
