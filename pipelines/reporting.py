@@ -40,6 +40,9 @@ def build_summary(spec: VerticalSpec, ds: str, records: dict[str, dict[str, Any]
         "train_rows": records["train"]["train_rows"],
         "suite": records["validate"].get("summary"),
         "data_docs": records["validate"].get("data_docs"),
+        # What this run's extract did to the rows (cleaning counts, join coverage) and the window's labels.
+        "preparation": records["snapshot"].get("preparation"),
+        "labels": records["snapshot"].get("labels"),
     }
 
 
@@ -63,9 +66,30 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"{metric:<10}{_fmt(row['challenger']):>12}{_fmt(row['threshold']):>12}{_fmt(row['champion']):>12}"
         )
     lines += ["", "Decision:", *[f"  - {r}" for r in summary["reasons"]], f"Deploy: {summary['deploy_note']}"]
+    lines += _preparation_lines(summary.get("preparation"), summary.get("labels"))
     if summary.get("data_docs"):
         lines.append(f"Data docs: {summary['data_docs']}")
     return "\n".join(lines) + "\n"
+
+
+def _preparation_lines(preparation: dict[str, Any] | None, labels: dict[str, Any] | None) -> list[str]:
+    """The spec's data preparation in a few lines: what cleaning changed, join coverage, labels awaiting outcome."""
+    lines: list[str] = []
+    if preparation:
+        changed = {rule: n for rule, n in (preparation.get("cleaning") or {}).items() if n}
+        rows = preparation.get("rows", 0)
+        lines.append(
+            f"Cleaning ({rows} rows extracted): "
+            + (", ".join(f"{rule} {n}" for rule, n in sorted(changed.items())) or "no value changed")
+        )
+        for name, join in sorted((preparation.get("joins") or {}).items()):
+            lines.append(f"Join {name}: {join['matched']} of {join['rows']} rows found a partner")
+    if labels and labels.get("awaiting_outcome"):
+        lines.append(
+            f"Labels known up to {labels['labelled_until']}: "
+            f"{labels['awaiting_outcome']} newer rows await their outcome"
+        )
+    return ["", *lines] if lines else []
 
 
 def write_latest(layout: Layout, ds: str, summary: dict[str, Any], text: str) -> None:

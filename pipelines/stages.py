@@ -69,15 +69,21 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
 
     At night that is one day; on a first run it backfills the training window
     with one range query.  Days already validated or quarantined are not pulled
-    again, except ``ds`` itself, which a rerun always refreshes.
+    again, except ``ds`` itself, which a rerun always refreshes, and, with a
+    label delay, the validated day whose outcome became known tonight
+    (``ds - label.delay_days``): it was stored before its outcome was in.
     """
     spec, settings, layout = _context(vertical, ds, settings)
+    window = window_days(spec, ds)
+    matured = window[-1 - spec.label.delay_days] if 0 < spec.label.delay_days < len(window) else None
     days = [
         day
-        for day in window_days(spec, ds)[:-1]
-        if not layout.validated(day).exists() and not layout.quarantine(day).exists()
+        for day in window[:-1]
+        if (not layout.validated(day).exists() and not layout.quarantine(day).exists())
+        or (day == matured and layout.validated(day).exists())
     ]
     days.append(ds)
+    refreshed = [day for day in days if layout.validated(day).exists()]
     prepared: dict[str, Any] = {}
     counts = extract_days(spec, days, settings, prepared=prepared)
     record = {
@@ -86,7 +92,9 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
         "days": days,
         "rows": sum(counts.values()),
         "rows_on_ds": counts.get(ds, 0),
-        "backfilled_days": len(days) - 1,
+        "backfilled_days": len(days) - 1 - len([d for d in refreshed if d != ds]),
+        # Validated days pulled again because their outcome is now known (label.delay_days).
+        "refreshed_days": [d for d in refreshed if d != ds],
         # What the spec's cleaning rules, joins and label rule did to these rows (issue 13).
         "preparation": prepared or None,
     }
