@@ -297,6 +297,8 @@ def extract_days(
     else:
         first, last = parse_ds(days[0]), parse_ds(days[-1])
         frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
+        # Only the requested days are stored (a label-delay refresh skips the days in between).
+        frame = frame[frame[spec.source.event_time].isin(days)].reset_index(drop=True)
         frame, summary = prepare_rows(frame, spec, before=last + timedelta(days=1), settings=settings)
         groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
         by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}

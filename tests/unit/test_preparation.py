@@ -238,3 +238,28 @@ def test_label_delay_keeps_days_awaiting_their_outcome_out_of_training_and_holdo
     train, holdout = split_window(window, spec, "2026-01-10")
     assert sorted(set(holdout["event_date"])) == ["2026-01-06", "2026-01-07", "2026-01-08"]
     assert train["event_date"].max() == "2026-01-05"
+
+
+def test_a_label_delay_pulls_again_the_day_whose_outcome_became_known(settings, seeded_warehouse) -> None:
+    import shutil
+
+    from pipelines import stages
+    from pipelines.sources import window_days
+
+    shutil.copyfile(seeded_warehouse, settings.home / "warehouse.db")
+    spec = stages.load_spec("healthcare", settings)
+    assert spec.label.delay_days == 2
+    ds = "2026-11-20"
+    layout = Layout(settings, "healthcare")
+    stale = pd.DataFrame({"test_id": [0], "event_date": ["x"]})
+    for day in window_days(spec, ds)[:-1]:  # every earlier night already validated
+        path = layout.validated(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stale.to_parquet(path)
+    record = stages.extract("healthcare", ds, settings=settings)
+    # The day two nights back (stored before its result was in) is read again, joined and cleaned.
+    assert record["refreshed_days"] == ["2026-11-18"] and record["backfilled_days"] == 0
+    refreshed = pd.read_parquet(layout.raw("2026-11-18"))
+    assert set(refreshed["event_date"]) == {"2026-11-18"} and refreshed["joined_clinics"].all()
+    assert record["preparation"]["joins"]["clinics"]["matched"] == record["rows"]
+    assert not layout.raw("2026-11-17").exists()
