@@ -76,14 +76,16 @@ def _preparation_lines(preparation: dict[str, Any] | None, labels: dict[str, Any
     """The spec's data preparation in a few lines: what cleaning changed, join coverage, labels awaiting outcome."""
     lines: list[str] = []
     if preparation:
-        changed = {rule: n for rule, n in (preparation.get("cleaning") or {}).items() if n}
-        rows = preparation.get("rows", 0)
-        lines.append(
-            f"Cleaning ({rows} rows extracted): "
-            + (", ".join(f"{rule} {n}" for rule, n in sorted(changed.items())) or "no value changed")
-        )
+        # No row counts here: a rerun extracts one day where the first run backfilled a year, and the
+        # text must not differ for that alone (its digest dedupes the summary email).  The counts are
+        # in the summary record and the lineage.
+        changed = sorted(rule for rule, n in (preparation.get("cleaning") or {}).items() if n)
+        lines.append("Cleaning: " + (f"values changed by {', '.join(changed)}" if changed else "no value changed"))
         for name, join in sorted((preparation.get("joins") or {}).items()):
-            lines.append(f"Join {name}: {join['matched']} of {join['rows']} rows found a partner")
+            missing = join["rows"] - join["matched"]
+            lines.append(
+                f"Join {name}: " + (f"{missing} row(s) without a partner" if missing else "every row found its partner")
+            )
     if labels and labels.get("awaiting_outcome"):
         lines.append(
             f"Labels known up to {labels['labelled_until']}: "
