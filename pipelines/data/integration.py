@@ -22,7 +22,7 @@ from pipelines.errors import SourceError
 
 if TYPE_CHECKING:
     from pipelines.config import Join, Settings, VerticalSpec
-    from pipelines.quality import FailedExpectation
+    from pipelines.data.quality import FailedExpectation
 
 
 def _key_token(value: Any) -> str | None:
@@ -113,7 +113,7 @@ def fetch_table(spec: VerticalSpec, join: Join, *, before: date, settings: Setti
     """The join's table: with ``valid_from``, only rows valid from before ``before`` (none from the future)."""
     import sqlalchemy as sa
 
-    from pipelines.sources import resolve_connection_url
+    from pipelines.data.sources import resolve_connection_url
 
     # Unset: the SQL source's own connection (a file source's joins must name one; the spec checks).
     conn_id: str = join.conn_id or str(getattr(spec.source, "conn_id", "warehouse_default"))
@@ -179,7 +179,7 @@ def integrate(
 
 def check_join_coverage(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpectation]:
     """One failure per join whose share of rows with a partner is below ``min_coverage``."""
-    from pipelines.quality import FailedExpectation
+    from pipelines.data.quality import FailedExpectation
 
     failed = []
     for join in spec.joins:

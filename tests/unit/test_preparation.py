@@ -13,10 +13,10 @@ from pipelines.config import VerticalSpec
 from pipelines.data.cleaning import clean_frame
 from pipelines.data.integration import check_join_coverage, join_point_in_time
 from pipelines.data.labels import LabelError, apply_label, label_window
+from pipelines.data.sources import extract_days
 from pipelines.errors import SourceError, SpecError
 from pipelines.layout import Layout
-from pipelines.sources import extract_days
-from pipelines.training import split_window
+from pipelines.model.training import split_window
 
 JOIN = {"name": "shops", "table": "shops", "keys": ["shop"], "valid_from": "valid_from", "columns": ["region"]}
 
@@ -244,7 +244,7 @@ def test_a_label_delay_pulls_again_the_day_whose_outcome_became_known(settings, 
     import shutil
 
     from pipelines import stages
-    from pipelines.sources import window_days
+    from pipelines.data.sources import window_days
 
     shutil.copyfile(seeded_warehouse, settings.home / "warehouse.db")
     spec = stages.load_spec("healthcare", settings)

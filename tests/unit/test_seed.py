@@ -13,8 +13,7 @@ import sqlalchemy as sa
 
 from pipelines.config import load_spec
 from pipelines.data.labels import apply_label
-from pipelines.errors import SourceError
-from pipelines.seed import (
+from pipelines.demo.seed import (
     DEMO_DAYS,
     DEMO_END,
     DEMO_START,
@@ -24,7 +23,8 @@ from pipelines.seed import (
     warehouse_engine,
     write_table,
 )
-from pipelines.simulate import simulate_sensor_readings, spread_over_days
+from pipelines.demo.simulate import simulate_sensor_readings, spread_over_days
+from pipelines.errors import SourceError
 
 #: The 25th percentile of the STAR math scaled score per grade: what education's label rule encodes.
 STAR_MATH_AT_RISK_BELOW = {"K": 454.0, "1": 500.0, "2": 550.0, "3": 591.0}

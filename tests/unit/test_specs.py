@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from pipelines.config import PROJECT_ROOT, VerticalSpec, load_spec_file
 from pipelines.data.preparation import prepare_frame
+from pipelines.demo.seed import DEMO_START, build_demo_frames, build_dimension_frames
 from pipelines.errors import SpecError
-from pipelines.seed import DEMO_START, build_demo_frames, build_dimension_frames
 
 SPECS_DIR = PROJECT_ROOT / "verticals"
 SUITES_DIR = PROJECT_ROOT / "expectations"
