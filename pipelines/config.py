@@ -8,6 +8,7 @@ differ by configuration, never by code.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -95,6 +96,68 @@ class FileSource(_Strict):
         return self
 
 
+#: The node types a label expression may hold (see `expression_inputs`).
+_LABEL_GRAMMAR = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+)
+
+
+@cache
+def expression_inputs(expression: str) -> list[str]:
+    """The column names a label ``expression`` reads, sorted; `ValueError` naming what is not allowed.
+
+    Only the grammar is checked, with Python's parser: nothing is ever run by it.
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"label.expression {expression!r} does not parse: {exc.msg} (column {exc.offset})") from exc
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, _LABEL_GRAMMAR):
+            raise ValueError(
+                f"label.expression {expression!r}: {type(node).__name__} is not allowed; use column names, "
+                "literals, comparisons, and/or/not and arithmetic"
+            )
+        if isinstance(node, ast.Constant) and not isinstance(node.value, str | int | float | bool):
+            raise ValueError(f"label.expression {expression!r}: literal {node.value!r} is not allowed")
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                raise ValueError(f"label.expression {expression!r}: name {node.id!r} is not allowed")
+            if node.id not in ("True", "False"):
+                names.add(node.id)
+    if not names:
+        raise ValueError(f"label.expression {expression!r} reads no column")
+    return sorted(names)
+
+
 LabelValue = str | int | bool
 
 
@@ -120,8 +183,6 @@ class Label(_Strict):
             if self.negative is not None:
                 raise ValueError("label.negative is only used with label.expression")
             return self
-        from pipelines.data.labels import expression_inputs
-
         inputs = expression_inputs(self.expression)  # raises ValueError naming what does not parse
         if self.column in inputs:
             raise ValueError(f"label.expression reads the label column {self.column!r} it writes")
@@ -134,8 +195,6 @@ class Label(_Strict):
     @property
     def inputs(self) -> list[str]:
         """The source columns ``expression`` reads (empty for a plain label column)."""
-        from pipelines.data.labels import expression_inputs
-
         return expression_inputs(self.expression) if self.expression else []
 
     @property

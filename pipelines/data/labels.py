@@ -1,6 +1,7 @@
 """Label rules: the label as a condition over (joined) columns, and the label delay.
 
-The expression is a restricted grammar checked with Python's own parser before
+The expression is a restricted grammar checked with Python's own parser
+(`pipelines.config.expression_inputs`, at spec load) before
 pandas evaluates it (``DataFrame.eval``, python engine): column names,
 literals, comparisons (``==``, ``<``, ``in [...]``), ``and`` / ``or`` / ``not``
 and arithmetic.  No calls, attributes, subscripts or ``@`` variables, so a spec
@@ -9,10 +10,8 @@ can never run code.  Python's ``eval`` is never used.
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -22,66 +21,9 @@ from pipelines.errors import SpecError
 if TYPE_CHECKING:
     from pipelines.config import Label, VerticalSpec
 
-_ALLOWED = (
-    ast.Expression,
-    ast.BoolOp,
-    ast.And,
-    ast.Or,
-    ast.UnaryOp,
-    ast.Not,
-    ast.USub,
-    ast.UAdd,
-    ast.BinOp,
-    ast.Add,
-    ast.Sub,
-    ast.Mult,
-    ast.Div,
-    ast.Mod,
-    ast.Compare,
-    ast.Eq,
-    ast.NotEq,
-    ast.Lt,
-    ast.LtE,
-    ast.Gt,
-    ast.GtE,
-    ast.In,
-    ast.NotIn,
-    ast.Name,
-    ast.Load,
-    ast.Constant,
-    ast.List,
-    ast.Tuple,
-)
-
 
 class LabelError(SpecError):
     """The spec's label rule cannot label the data (a missing input, a single class)."""
-
-
-@cache
-def expression_inputs(expression: str) -> list[str]:
-    """The column names ``expression`` reads, sorted; `ValueError` naming what is not allowed."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"label.expression {expression!r} does not parse: {exc.msg} (column {exc.offset})") from exc
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED):
-            raise ValueError(
-                f"label.expression {expression!r}: {type(node).__name__} is not allowed; use column names, "
-                "literals, comparisons, and/or/not and arithmetic"
-            )
-        if isinstance(node, ast.Constant) and not isinstance(node.value, str | int | float | bool):
-            raise ValueError(f"label.expression {expression!r}: literal {node.value!r} is not allowed")
-        if isinstance(node, ast.Name):
-            if node.id.startswith("_"):
-                raise ValueError(f"label.expression {expression!r}: name {node.id!r} is not allowed")
-            if node.id not in ("True", "False"):
-                names.add(node.id)
-    if not names:
-        raise ValueError(f"label.expression {expression!r} reads no column")
-    return sorted(names)
 
 
 def evaluate_label(frame: pd.DataFrame, label: Label, *, vertical: str | None = None) -> pd.Series:
