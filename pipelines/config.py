@@ -8,6 +8,7 @@ differ by configuration, never by code.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -95,9 +96,223 @@ class FileSource(_Strict):
         return self
 
 
+#: The node types a label expression may hold (see `expression_inputs`).
+_LABEL_GRAMMAR = (
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+)
+
+
+@cache
+def expression_inputs(expression: str) -> list[str]:
+    """The column names a label ``expression`` reads, sorted; `ValueError` naming what is not allowed.
+
+    Only the grammar is checked, with Python's parser: nothing is ever run by it.
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"label.expression {expression!r} does not parse: {exc.msg} (column {exc.offset})") from exc
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, _LABEL_GRAMMAR):
+            raise ValueError(
+                f"label.expression {expression!r}: {type(node).__name__} is not allowed; use column names, "
+                "literals, comparisons, and/or/not and arithmetic"
+            )
+        if isinstance(node, ast.Constant) and not isinstance(node.value, str | int | float | bool):
+            raise ValueError(f"label.expression {expression!r}: literal {node.value!r} is not allowed")
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                raise ValueError(f"label.expression {expression!r}: name {node.id!r} is not allowed")
+            if node.id not in ("True", "False"):
+                names.add(node.id)
+    if not names:
+        raise ValueError(f"label.expression {expression!r} reads no column")
+    return sorted(names)
+
+
+LabelValue = str | int | bool
+
+
 class Label(_Strict):
+    """What is predicted: a source column, or a rule over (joined) columns, and when it is known."""
+
+    #: The label column: read from the source, or written by ``expression``.
     column: str
-    positive: str | int | bool
+    positive: LabelValue
+    #: A condition over (joined) source columns, e.g. ``math_score < 454 and grade == 'K'``:
+    #: rows where it holds get ``positive``, the others ``negative`` (null where an input is
+    #: null).  A restricted grammar (`pipelines.data.labels`), evaluated by ``DataFrame.eval``.
+    expression: str | None = None
+    #: The label value where ``expression`` is false (defaults to ``not positive`` for a boolean).
+    negative: LabelValue | None = None
+    #: Days after the event until the outcome is known: the latest ``delay_days`` days of the
+    #: window are left out of training and holdout until their outcome is in.
+    delay_days: Annotated[int, Field(ge=0, le=365)] = 0
+
+    @model_validator(mode="after")
+    def _rule(self) -> Label:
+        if self.expression is None:
+            if self.negative is not None:
+                raise ValueError("label.negative is only used with label.expression")
+            return self
+        inputs = expression_inputs(self.expression)  # raises ValueError naming what does not parse
+        if self.column in inputs:
+            raise ValueError(f"label.expression reads the label column {self.column!r} it writes")
+        if self.negative is None and not isinstance(self.positive, bool):
+            raise ValueError("label.negative: name the value rows get where label.expression is false")
+        if self.negative is not None and str(self.negative) == str(self.positive):
+            raise ValueError("label.negative must differ from label.positive")
+        return self
+
+    @property
+    def inputs(self) -> list[str]:
+        """The source columns ``expression`` reads (empty for a plain label column)."""
+        return expression_inputs(self.expression) if self.expression else []
+
+    @property
+    def negative_value(self) -> LabelValue:
+        if self.negative is not None:
+            return self.negative
+        return not self.positive if isinstance(self.positive, bool) else f"not_{self.positive}"
+
+
+_COLUMN = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Join(_Strict):
+    """An extra table joined to the event rows by key, point-in-time correct (`pipelines.data.integration`)."""
+
+    #: Names the join in reports and its marker column ``joined_<name>``.
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    #: Connection id of the table (``AIRFLOW_CONN_<ID>``); unset: the SQL source's own.
+    conn_id: str | None = None
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+    #: Key column(s), named the same in the event rows and the table.
+    keys: Annotated[list[_COLUMN], Field(min_length=1)]
+    #: Column of the table from which a row is valid (a date); an event takes the latest row
+    #: valid at its event time, never a later one.  Unset: one timeless row per key.
+    valid_from: _COLUMN | None = None
+    #: Column of the table until which (exclusive) a row is valid; null: still valid.
+    valid_to: _COLUMN | None = None
+    #: Columns the join adds to every event row.
+    columns: Annotated[list[_COLUMN], Field(min_length=1)]
+    #: Smallest share of a batch's rows that must find a partner, else the day is blocked.
+    min_coverage: Annotated[float, Field(ge=0, le=1)] = 0.95
+
+    @property
+    def marker(self) -> str:
+        """The boolean column saying whether a row found its partner (the coverage check reads it)."""
+        return f"joined_{self.name}"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Join:
+        clash = sorted(set(self.keys) & set(self.columns))
+        if clash:
+            raise ValueError(f"join {self.name!r}: key column(s) {clash} are also listed in columns")
+        if self.valid_to and not self.valid_from:
+            raise ValueError(f"join {self.name!r}: valid_to needs valid_from")
+        return self
+
+
+class Impute(_Strict):
+    #: ``median`` of the batch's present values, a ``constant``, or ``indicator``: a 0/1 column
+    #: ``<column>_missing`` beside the column (the model's preprocessing imputes the value).
+    strategy: Literal["median", "constant", "indicator"]
+    value: str | float | int | bool | None = None
+
+    @model_validator(mode="after")
+    def _value(self) -> Impute:
+        if (self.strategy == "constant") != (self.value is not None):
+            raise ValueError("impute.value is required with strategy constant and only there")
+        return self
+
+
+class ValueRange(_Strict):
+    min: float | None = None
+    max: float | None = None
+    #: ``clip`` to the bound, or ``null`` the value out (an impossible reading).
+    action: Literal["clip", "null"] = "null"
+
+
+class UnitConversion(_Strict):
+    """``value * factor + offset``, on every row or only where ``when_column`` equals ``when_value``."""
+
+    factor: float
+    offset: float = 0.0
+    when_column: _COLUMN | None = None
+    when_value: str | int | float | None = None
+
+    @model_validator(mode="after")
+    def _when(self) -> UnitConversion:
+        if (self.when_column is None) != (self.when_value is None):
+            raise ValueError("convert: set both when_column and when_value, or neither")
+        return self
+
+
+class ColumnCleaning(_Strict):
+    """Rules for one column, applied in this order; each counts the values it changed."""
+
+    trim: bool = False
+    case: Literal["lower", "upper", "title"] | None = None
+    #: Known variants -> canonical value (matched after trim and case).
+    map: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: Coerce to this type; a value that does not convert becomes null (counted).
+    type: Literal["float", "int", "str", "bool"] | None = None
+    convert: UnitConversion | None = None
+    range: ValueRange | None = None
+    impute: Impute | None = None
+
+
+class Deduplicate(_Strict):
+    """Keep one row per key: the latest by ``latest_by``."""
+
+    #: Key column(s); unset: the spec's ``key``.
+    key: list[_COLUMN] | None = None
+    #: Column ordering the duplicates (the last wins); unset: the source's event time.
+    latest_by: _COLUMN | None = None
+
+
+class Cleaning(_Strict):
+    """Cleaning at extract time (`pipelines.data.cleaning`), before the suite sees the rows."""
+
+    deduplicate: Deduplicate | None = None
+    columns: dict[str, ColumnCleaning] = Field(default_factory=dict)
+
+    @property
+    def indicator_columns(self) -> list[str]:
+        return [
+            f"{column}_missing"
+            for column, rule in self.columns.items()
+            if rule.impute is not None and rule.impute.strategy == "indicator"
+        ]
 
 
 class Features(_Strict):
@@ -493,6 +708,9 @@ class VerticalSpec(_Strict):
     #: Airflow-style connection whose password is the secret that pseudonymises the ``pii``
     #: columns at extract (`pipelines.data.pii`); ``PIPELINES_PII_KEY`` when it is not set.
     pii_key_conn: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "pii_default"
+    #: Extra tables joined to the event rows at extract time.
+    joins: list[Join] = Field(default_factory=list)
+    cleaning: Cleaning = Cleaning()
     window: Window = Window()
     quality: Quality = Quality()
     model: Model = Model()
@@ -539,6 +757,66 @@ class VerticalSpec(_Strict):
         if unknown:
             raise ValueError(f"quality.drift names non-feature column(s): {unknown}")
         return self
+
+    @model_validator(mode="after")
+    def _preparation(self) -> VerticalSpec:
+        names = [j.name for j in self.joins]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"joins: name(s) {repeated} used more than once")
+        if self.joins and not isinstance(self.source, SqlSource):
+            unset = [j.name for j in self.joins if j.conn_id is None]
+            if unset:
+                raise ValueError(f"joins {unset}: set conn_id (a file source has no connection to share)")
+        event = {self.key, self.source.event_time}
+        joined = [c for j in self.joins for c in j.columns]
+        twice = sorted({c for c in joined if joined.count(c) > 1} | (set(joined) & event))
+        if twice:
+            raise ValueError(f"joins: column(s) {twice} would come from more than one place")
+        known = self.source_columns | set(joined)
+        rules = self.cleaning.columns
+        for column, rule in rules.items():
+            if column not in known:
+                raise ValueError(
+                    f"cleaning rule for unknown column {column!r}: declare it (key, features, pii, label, "
+                    "joins or quality.ignored_columns) or fix the name"
+                )
+            when = rule.convert.when_column if rule.convert else None
+            if when and when not in known:
+                raise ValueError(f"cleaning.columns.{column}.convert.when_column {when!r} is an unknown column")
+        dedup = self.cleaning.deduplicate
+        if dedup is not None:
+            unknown = sorted({*(dedup.key or []), *([dedup.latest_by] if dedup.latest_by else [])} - known)
+            if unknown:
+                raise ValueError(f"cleaning.deduplicate names unknown column(s) {unknown}")
+        return self
+
+    @property
+    def source_columns(self) -> set[str]:
+        """Every column the spec declares the event rows carry (before joins add theirs)."""
+        return (
+            {
+                self.key,
+                self.source.event_time,
+                *([] if self.label.expression else [self.label.column]),
+                *self.label.inputs,
+                *self.features.all,
+                *self.pii,
+                *self.quality.ignored_columns,
+                *(c for j in self.joins for c in j.keys),
+            }
+            - set(self.cleaning.indicator_columns)
+            - {c for j in self.joins for c in j.columns}
+        )
+
+    @property
+    def prepared_columns(self) -> set[str]:
+        """Columns data preparation declares: label inputs, join keys, joined columns and markers, indicators."""
+        return {
+            *self.label.inputs,
+            *(c for j in self.joins for c in (*j.keys, *j.columns, j.marker)),
+            *self.cleaning.indicator_columns,
+        }
 
     @model_validator(mode="after")
     def _validation_for_tuning(self) -> VerticalSpec:

@@ -69,23 +69,34 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
 
     At night that is one day; on a first run it backfills the training window
     with one range query.  Days already validated or quarantined are not pulled
-    again, except ``ds`` itself, which a rerun always refreshes.
+    again, except ``ds`` itself, which a rerun always refreshes, and, with a
+    label delay, the validated day whose outcome became known tonight
+    (``ds - label.delay_days``): it was stored before its outcome was in.
     """
     spec, settings, layout = _context(vertical, ds, settings)
+    window = window_days(spec, ds)
+    matured = window[-1 - spec.label.delay_days] if 0 < spec.label.delay_days < len(window) else None
     days = [
         day
-        for day in window_days(spec, ds)[:-1]
-        if not layout.validated(day).exists() and not layout.quarantine(day).exists()
+        for day in window[:-1]
+        if (not layout.validated(day).exists() and not layout.quarantine(day).exists())
+        or (day == matured and layout.validated(day).exists())
     ]
     days.append(ds)
-    counts = extract_days(spec, days, settings)
+    refreshed = [day for day in days if layout.validated(day).exists()]
+    prepared: dict[str, Any] = {}
+    counts = extract_days(spec, days, settings, prepared=prepared)
     record = {
         "vertical": spec.name,
         "ds": ds,
         "days": days,
         "rows": sum(counts.values()),
         "rows_on_ds": counts.get(ds, 0),
-        "backfilled_days": len(days) - 1,
+        "backfilled_days": len(days) - 1 - len([d for d in refreshed if d != ds]),
+        # Validated days pulled again because their outcome is now known (label.delay_days).
+        "refreshed_days": [d for d in refreshed if d != ds],
+        # What the spec's cleaning rules, joins and label rule did to these rows (issue 13).
+        "preparation": prepared or None,
     }
     layout.write_record(ds, "extract", record)
     log.info("%s %s: extracted %d rows over %d day(s)", spec.name, ds, record["rows"], len(days))
@@ -226,10 +237,13 @@ def snapshot(
 ) -> dict[str, Any]:
     """Version the validated training window with DVC (a no-op when unchanged).
 
-    First the window's drift against the champion's training data is checked
-    (`pipelines.data.drift`): beyond ``quality.drift.block`` the run stops here
-    with an alert and `DataQualityError`, before anything is versioned or trained.
+    The spec's label rule is applied over the whole window first (days still
+    awaiting their outcome left out). Then the window's drift against the
+    champion's training data is checked (`pipelines.data.drift`): beyond
+    ``quality.drift.block`` the run stops here with an alert and
+    `DataQualityError`, before anything is versioned or trained.
     """
+    from pipelines.data.labels import label_window
     from pipelines.data.sources import assemble_window
     from pipelines.data.versioning import snapshot_window
 
@@ -238,10 +252,20 @@ def snapshot(
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
     frame, missing = assemble_window(spec, ds, settings)
-    # Data minimisation: PII never enters the long-lived, replicated DVC remote.
-    frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
+    # Data minimisation: PII never enters the long-lived, replicated DVC remote; nor do the
+    # join markers (validation has read them).
+    markers = [j.marker for j in spec.joins]
+    frame = frame.drop(columns=[c for c in (*spec.pii, *markers) if c in frame.columns])
     if frame.empty:
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
+    # The current label rule over the whole window, without the days still awaiting their outcome.
+    frame, labels = label_window(frame, spec, ds)
+    if frame.empty:
+        raise SourceError(
+            f"the training window holds no row with a known outcome (label.delay_days {spec.label.delay_days})",
+            vertical=spec.name,
+            ds=ds,
+        )
     drift = _check_drift(spec, ds, frame, settings=settings, layout=layout, run_context=run_context)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
@@ -250,6 +274,8 @@ def snapshot(
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
         "drift": drift,
+        "labels": labels.to_dict(),
+        "preparation": layout.read_record(ds, "extract", needed_by="snapshot").get("preparation"),
     }
     if missing:
         log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
@@ -444,6 +470,9 @@ def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: s
         "data_md5": snap.get("md5"),
         "suite": snap.get("suite"),
         "suite_result": snap.get("suite_summary"),
+        # Data preparation (issue 13): what cleaning, joins and the label rule did on this night.
+        "preparation": snap.get("preparation"),
+        "labels": snap.get("labels"),
         "code_version": train_rec["code_version"],
         "config_hash": train_rec["config_hash"],
         "seed": train_rec["seed"],

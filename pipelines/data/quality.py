@@ -239,11 +239,13 @@ def check_batch(frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], set
     feature's distribution are tested against the validated days before the
     batch (`check_distribution`).
     """
-    failed = check_columns(frame, spec)
+    from pipelines.data.integration import check_join_coverage
+
+    failed = check_columns(frame, spec) + check_join_coverage(frame, spec)
     distribution = check_distribution(frame, spec, days=days, settings=settings)
     findings = (distribution or {}).get("findings", [])
     failed += [_shift_failure(f, distribution or {}) for f in findings if f["blocking"]]
-    return BatchChecks(failed=failed, evaluated=3 + len(findings), distribution=distribution)
+    return BatchChecks(failed=failed, evaluated=3 + len(spec.joins) + len(findings), distribution=distribution)
 
 
 def check_columns(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpectation]:
@@ -252,6 +254,7 @@ def check_columns(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpecta
 
     failed: list[FailedExpectation] = []
     declared = {spec.key, spec.source.event_time, spec.label.column, *spec.features.all, *spec.pii}
+    declared |= spec.prepared_columns  # label inputs, join keys and columns, missing indicators
     unexpected = [c for c in frame.columns if c not in declared and c not in spec.quality.ignored_columns]
     if unexpected and spec.quality.unexpected_columns == "block":
         missing = sorted(c for c in spec.features.all if c not in frame.columns)

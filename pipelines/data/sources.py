@@ -251,7 +251,9 @@ def _normalise(frame: pd.DataFrame, event_time: str, spec: VerticalSpec) -> pd.D
     return frame
 
 
-def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dict[str, int]:
+def extract_days(
+    spec: VerticalSpec, days: list[str], settings: Settings, *, prepared: dict[str, Any] | None = None
+) -> dict[str, int]:
     """Pull ``days`` and store one raw Parquet partition per day.
 
     SQL sources are read with one range query; file sources one file per
@@ -259,9 +261,13 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
     partition, so validation sees it and the row-count check can flag a
     silent source.  A file that cannot be decoded stops the extract as bad
     data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
-    The spec's PII columns are pseudonymised before any partition is written
-    (`pipelines.data.pii`).
+    The spec's cleaning rules, joins and label rule are applied before the
+    partitions are written (`pipelines.data.preparation`); what they changed
+    is put into ``prepared`` when given.  Then the spec's PII columns are
+    pseudonymised (`pipelines.data.pii`), so no partition holds them in clear.
     """
+    from pipelines.data.preparation import add_up, prepare_rows
+
     if not days:
         return {}
     from pipelines.data.pii import pseudonymise, resolve_pii_key
@@ -275,9 +281,17 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
             from pipelines.data.quality import reject_unreadable_files
 
             raise reject_unreadable_files(spec, days[-1], unreadable, settings)
+        summaries = []
+        for ds, part in by_day.items():
+            by_day[ds], summary = prepare_rows(part, spec, before=parse_ds(ds) + timedelta(days=1), settings=settings)
+            summaries.append(summary)
+        summary = add_up(summaries)
     else:
         first, last = parse_ds(days[0]), parse_ds(days[-1])
         frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
+        # Only the requested days are stored (a label-delay refresh skips the days in between).
+        frame = frame[frame[spec.source.event_time].isin(days)].reset_index(drop=True)
+        frame, summary = prepare_rows(frame, spec, before=last + timedelta(days=1), settings=settings)
         groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
         by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}
     if key is not None:
@@ -297,6 +311,8 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
                 ds=ds,
             ) from exc
         counts[ds] = len(part)
+    if prepared is not None:
+        prepared.update(summary)
     return counts
 
 

@@ -7,8 +7,14 @@ an ``event_date`` in 2024-01-01 .. 2027-12-31 such that every day has rows and
 nightly runs extract real one-day intervals.  ``docs/datasets.md`` documents
 each dataset, its citation, the stamping and the derived labels.
 
+Two verticals integrate a second table (declared as ``joins`` in their specs):
+education's students join ``education_schools`` (one row per school and school
+year, valid from August 1st) and healthcare's tests join ``healthcare_clinics``.
+Labels are not derived here: a spec declares its label rule (``label.expression``).
+
 `build_demo_frames` does all the dataset work (pure, deterministic);
-`seed_warehouse` only writes the frames, one table per vertical, atomically.
+`seed_warehouse` only writes the frames, one table per vertical and dimension,
+atomically.
 """
 
 from __future__ import annotations
@@ -36,10 +42,6 @@ DEMO_DAYS = (DEMO_END - DEMO_START).days + 1
 #: Simulated machine readings per day on average (weekdays more, weekends fewer).
 MANUFACTURING_ROWS_PER_DAY = 60
 
-#: Education label cut-offs: the 25th percentile of the STAR math scaled score
-#: per grade (computed once on all 24,613 scored rows, frozen here so the label
-#: never moves when data changes).  Below the cut-off = at risk.
-STAR_MATH_AT_RISK_BELOW = {"K": 454.0, "1": 500.0, "2": 550.0, "3": 591.0}
 STAR_GRADES = ("K", "1", "2", "3")
 #: Table layout; ``birthq`` (parsed into ``birth_quarter``) and
 #: ``yrs`` (the grade as a number, no retention in the data) are left out.
@@ -55,7 +57,6 @@ STAR_COLUMNS = [
     "teacher_experience_years",
     "teacher_race",
     "ses",
-    "school_type",
     "sex",
     "ethnicity",
     "birth_year",
@@ -64,11 +65,13 @@ STAR_COLUMNS = [
     "prior_reading_score",
     "reading_score",
     "math_score",
-    "math_at_risk",
 ]
-
 #: Impossible ages in covid_testing (one row says 138): an anonymisation artefact.
 MAX_HUMAN_AGE = 120
+#: School years start on August 1st: a school's row in ``education_schools`` is valid from then.
+SCHOOL_YEAR_START = (8, 1)
+#: The first day a dimension row can be valid from (before the first event).
+DIMENSION_START = date(2023, 1, 1)
 
 
 def _load(package: str, item: str) -> pd.DataFrame:
@@ -131,10 +134,13 @@ def build_healthcare_covid_tests(rng: np.random.Generator) -> pd.DataFrame:
     """medicaldata ``covid_testing``: SARS-CoV-2 PCR tests at CHOP, label ``result``.
 
     ``invalid`` results (301) are dropped: they are neither class and are
-    retested.  One row with age 138 is dropped as an anonymisation artefact.
-    Rows keep their real order by ``pan_day`` (day of the pandemic) and each
-    stamped day's volume follows that pan_day's real testing volume, so the
-    real time structure is stretched over the demo span, not shuffled.
+    retested.  One row with age 138 is dropped as an anonymisation artefact
+    (an impossible age in the source blocks the day: the suite's range check).
+    The clinic is a ``clinic_id`` into
+    ``healthcare_clinics`` (`build_healthcare_clinics`).  Rows keep their real
+    order by ``pan_day`` (day of the pandemic) and each stamped day's volume
+    follows that pan_day's real testing volume, so the real time structure is
+    stretched over the demo span, not shuffled.
     """
     raw = _load("medicaldata", "covid_testing")
     frame = raw.rename(columns={"rownames": "test_id", "test_id": "test_type"})
@@ -145,15 +151,46 @@ def build_healthcare_covid_tests(rng: np.random.Generator) -> pd.DataFrame:
     pan_of_day = first + (np.arange(DEMO_DAYS) * (last - first + 1)) // DEMO_DAYS
     weights = volume.reindex(pan_of_day, fill_value=0).to_numpy(dtype=float)
     frame = _stamp(frame, rng, weights=weights)
+    clinic_ids = {name: i for i, name in enumerate(sorted(set(frame["clinic_name"])), start=1)}
+    frame["clinic_name"] = frame["clinic_name"].map(clinic_ids).astype("int64")
+    frame = frame.rename(columns={"clinic_name": "clinic_id"})
     columns = ["test_id", "event_date", "subject_id", "fake_first_name", "fake_last_name"]
     return frame[columns + [c for c in frame.columns if c not in columns]]
 
 
+#: Care setting of a clinic from words in its name (first match wins; else outpatient).
+CLINIC_SETTINGS = (
+    ("emergency", ("emergency", "urgent")),
+    ("inpatient", ("inpatient", "nicu", "picu", "icu", "ward")),
+    ("laboratory", ("lab",)),
+    ("oncology", ("onc",)),
+)
+
+
+def _clinic_setting(name: str) -> str:
+    return next((setting for setting, words in CLINIC_SETTINGS if any(w in name for w in words)), "outpatient")
+
+
+def build_healthcare_clinics(_rng: np.random.Generator) -> pd.DataFrame:
+    """The clinics table of the tests: id (as in `build_healthcare_covid_tests`), name and care setting."""
+    raw = _load("medicaldata", "covid_testing")
+    names = sorted(set(raw.loc[raw["result"] != "invalid", "clinic_name"]))
+    return pd.DataFrame(
+        {
+            "clinic_id": np.arange(1, len(names) + 1, dtype="int64"),
+            "valid_from": pd.Series([DIMENSION_START] * len(names), dtype="datetime64[s]"),
+            "clinic_name": pd.Series(names, dtype="str"),
+            "clinic_setting": pd.Series([_clinic_setting(n) for n in names], dtype="str"),
+        }
+    )
+
+
 def build_education_star_students(rng: np.random.Generator) -> pd.DataFrame:
-    """mlmRev ``star``: Tennessee STAR student-year records, derived label ``math_at_risk``.
+    """mlmRev ``star``: Tennessee STAR student-year records (the spec derives the label from ``math_score``).
 
     One row per student and grade (K-3).  Rows without a math score (2,183)
-    are dropped: no label can be derived.  Last year's scores of the same
+    are dropped: no outcome was recorded.  The school's type lives in
+    ``education_schools`` (`build_education_schools`), joined by ``school_id``.  Last year's scores of the same
     student are added as ``prior_*`` (known before this year's test); this
     year's reading score stays in the table but is not a feature (same sitting
     as the math test).
@@ -186,12 +223,36 @@ def build_education_star_students(rng: np.random.Generator) -> pd.DataFrame:
     frame = frame[frame["math_score"].notna()].copy()
     # "1980:3" -> 3; "NA:2" -> 2; "1979:NA" -> missing.
     frame["birth_quarter"] = pd.to_numeric(frame["birthq"].str.split(":").str[1], errors="coerce")
-    frame["math_at_risk"] = np.where(
-        frame["math_score"] < frame["grade"].map(STAR_MATH_AT_RISK_BELOW), "at_risk", "on_track"
-    )
-    frame["math_at_risk"] = frame["math_at_risk"].astype("str")
     frame = frame.loc[:, STAR_COLUMNS].iloc[rng.permutation(len(frame))]
     return _finish(_stamp(frame, rng), "record_id")
+
+
+def build_education_schools(rng: np.random.Generator) -> pd.DataFrame:
+    """One row per STAR school and school year, valid from August 1st: type and enrolment.
+
+    The type is STAR's ``schtype``.  The enrolment starts at the school's number
+    of distinct students in STAR and drifts by a seeded yearly growth rate
+    (synthetic: STAR has no enrolment by year), so the joined value depends on
+    the event's date and a join that ignored time would show it.
+    """
+    raw = _load("mlmRev", "star")
+    schools = raw.groupby("sch").agg(school_type=("schtype", "first"), students=("id", "nunique")).sort_index()
+    growth = rng.uniform(0.93, 1.07, size=len(schools))
+    years = range(DEMO_START.year - 1, DEMO_END.year + 1)
+    rows = [
+        {
+            "school_id": int(school),
+            "valid_from": date(year, *SCHOOL_YEAR_START),
+            "school_type": str(row.school_type),
+            "school_enrolment": round(row.students * growth[i] ** (year - DEMO_START.year)),
+        }
+        for i, (school, row) in enumerate(schools.iterrows())
+        for year in years
+    ]
+    frame = pd.DataFrame(rows)
+    frame["valid_from"] = frame["valid_from"].astype("datetime64[s]")
+    frame["school_type"] = frame["school_type"].astype("str")
+    return frame
 
 
 def build_manufacturing_sensor_readings(rng: np.random.Generator) -> pd.DataFrame:
@@ -206,6 +267,20 @@ DEMO_BUILDERS: dict[str, Callable[[np.random.Generator], pd.DataFrame]] = {
     "education": build_education_star_students,
     "manufacturing": build_manufacturing_sensor_readings,
 }
+
+
+#: Extra tables per vertical (``joins`` of its spec), by join name: the builder and the table's unique key.
+DEMO_DIMENSIONS: dict[str, dict[str, tuple[Callable[[np.random.Generator], pd.DataFrame], list[str]]]] = {
+    "education": {"schools": (build_education_schools, ["school_id", "valid_from"])},
+    "healthcare": {"clinics": (build_healthcare_clinics, ["clinic_id", "valid_from"])},
+}
+
+
+def build_dimension_frames(vertical: str) -> dict[str, pd.DataFrame]:
+    """The extra tables of ``vertical``'s demo, keyed by join name (deterministic, own random stream)."""
+    return {
+        join: builder(_rng(f"{vertical}/{join}")) for join, (builder, _) in DEMO_DIMENSIONS.get(vertical, {}).items()
+    }
 
 
 def _check_known(verticals: Iterable[str]) -> list[str]:
@@ -249,14 +324,23 @@ def warehouse_engine(url: str) -> sa.Engine:
     return engine
 
 
-def write_table(engine: sa.Engine, table: str, frame: pd.DataFrame, *, key: str, schema: str | None = None) -> int:
-    """Replace ``table`` with ``frame`` in one transaction; index ``event_date``, enforce ``key``.
+def write_table(
+    engine: sa.Engine,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    key: str | list[str],
+    schema: str | None = None,
+    date_column: str = "event_date",
+) -> int:
+    """Replace ``table`` with ``frame`` in one transaction; index ``date_column``, enforce ``key``.
 
     Readers see either the old table or the new one, never a half-written
     one, and re-running gives the same contents (no appended duplicates).
     """
+    keys = [key] if isinstance(key, str) else key
     # Python dates bind as DATE on every driver (SQLite's Date type takes nothing else).
-    frame = frame.assign(event_date=pd.to_datetime(frame["event_date"]).dt.date)
+    frame = frame.assign(**{date_column: pd.to_datetime(frame[date_column]).dt.date})
     with engine.begin() as conn:
         frame.to_sql(
             table,
@@ -264,13 +348,13 @@ def write_table(engine: sa.Engine, table: str, frame: pd.DataFrame, *, key: str,
             schema=schema,
             if_exists="replace",
             index=False,
-            dtype={"event_date": sa.Date()},
+            dtype={date_column: sa.Date()},
             chunksize=10_000,
         )
         written = sa.Table(table, sa.MetaData(), schema=schema, autoload_with=conn)
-        sa.Index(f"ix_{table}_event_date", written.c.event_date).create(conn)
+        sa.Index(f"ix_{table}_{date_column}", written.c[date_column]).create(conn)
         # A unique key index makes a duplicated row impossible, not just unlikely.
-        sa.Index(f"ux_{table}_{key}", written.c[key], unique=True).create(conn)
+        sa.Index(f"ux_{table}_{'_'.join(keys)}", *(written.c[k] for k in keys), unique=True).create(conn)
     return len(frame)
 
 
@@ -304,6 +388,17 @@ def seed_warehouse(
             logger.info("seed %s: writing %d rows to %s", name, len(frame), table)
             qualified = f"{target_schema}.{bare}" if target_schema else bare
             written[qualified] = write_table(engine, bare, frame, key=spec.key, schema=target_schema)
+            dimensions = build_dimension_frames(name)
+            for join in spec.joins:
+                if join.name not in dimensions:
+                    continue  # a table the demo does not provide: the spec points at an existing one
+                dim_schema, _, dim_bare = join.table.rpartition(".")
+                dim_target = schema or dim_schema or None
+                dim_key = DEMO_DIMENSIONS[name][join.name][1]
+                logger.info("seed %s: writing %d rows to %s", name, len(dimensions[join.name]), join.table)
+                written[f"{dim_target}.{dim_bare}" if dim_target else dim_bare] = write_table(
+                    engine, dim_bare, dimensions[join.name], key=dim_key, schema=dim_target, date_column="valid_from"
+                )
     except sa.exc.SQLAlchemyError as exc:
         raise SourceError(
             f"seeding {engine.url.render_as_string(hide_password=True)} failed: {exc}; "

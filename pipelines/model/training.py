@@ -80,7 +80,8 @@ class TrainResult:
 def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a window into (train, holdout) by event date.
 
-    Holdout: the last ``window.holdout_days`` days ending at ``ds`` inclusive.
+    Holdout: the last ``window.holdout_days`` days ending at ``ds`` (less
+    ``label.delay_days``: days still awaiting their outcome) inclusive.
     Train: the earlier days of the ``window.train_days`` window.  Rows dated
     after ``ds`` or before the window are dropped.  Both parts come back sorted
     by event date then key, so training never depends on the order partitions
@@ -95,10 +96,11 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
             vertical=spec.name,
             ds=ds,
         )
-    end = parse_ds(ds, vertical=spec.name, error=TrainingError)
+    # With a label delay the holdout ends at the last day whose outcome is known (label.delay_days).
+    end = _labelled_end(ds, spec)
     days = _event_dates(frame[column], spec, ds)
     holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
-    window_start = end - timedelta(days=spec.window.train_days - 1)
+    window_start = parse_ds(ds, vertical=spec.name, error=TrainingError) - timedelta(days=spec.window.train_days - 1)
     ordered = frame.assign(_day=days).sort_values(_sort_columns(frame, spec), kind="stable")
     holdout_mask = (ordered["_day"] >= holdout_start) & (ordered["_day"] <= end)
     train_mask = (ordered["_day"] >= window_start) & (ordered["_day"] < holdout_start)
@@ -106,6 +108,11 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
     holdout = ordered[holdout_mask].drop(columns="_day").reset_index(drop=True)
     _check_split(train, holdout, spec, ds, window_start=window_start, holdout_start=holdout_start, end=end)
     return train, holdout
+
+
+def _labelled_end(ds: str, spec: VerticalSpec) -> date:
+    """The last event day with a known outcome on the night of ``ds``."""
+    return parse_ds(ds, vertical=spec.name, error=TrainingError) - timedelta(days=spec.label.delay_days)
 
 
 def _event_dates(values: pd.Series, spec: VerticalSpec, ds: str) -> pd.Series:
@@ -175,7 +182,7 @@ def split_validation(train: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[
     days = spec.window.validation_days
     if not days:
         return train, None
-    end = parse_ds(ds, vertical=spec.name, error=TrainingError)
+    end = _labelled_end(ds, spec)
     holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
     validation_start = holdout_start - timedelta(days=days)
     event_days = _event_dates(train[spec.source.event_time], spec, ds)

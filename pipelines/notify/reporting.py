@@ -43,6 +43,9 @@ def build_summary(spec: VerticalSpec, ds: str, records: dict[str, dict[str, Any]
         # Non-blocking findings (issue 13): GX severity warning/info, and drift against the champion's data.
         "quality_warnings": records["validate"].get("warnings") or [],
         "drift": records["snapshot"].get("drift"),
+        # What this run's extract did to the rows (cleaning counts, join coverage) and the window's labels.
+        "preparation": records["snapshot"].get("preparation"),
+        "labels": records["snapshot"].get("labels"),
     }
 
 
@@ -67,6 +70,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
     lines += ["", "Decision:", *[f"  - {r}" for r in summary["reasons"]], f"Deploy: {summary['deploy_note']}"]
     lines += _data_check_lines(summary)
+    lines += _preparation_lines(summary.get("preparation"), summary.get("labels"))
     if summary.get("data_docs"):
         lines.append(f"Data docs: {summary['data_docs']}")
     return "\n".join(lines) + "\n"
@@ -92,6 +96,28 @@ def _data_check_lines(summary: dict[str, Any]) -> list[str]:
             for feature, value in sorted(psi.items(), key=lambda item: -item[1])
         ]
     return lines
+
+
+def _preparation_lines(preparation: dict[str, Any] | None, labels: dict[str, Any] | None) -> list[str]:
+    """The spec's data preparation in a few lines: what cleaning changed, join coverage, labels awaiting outcome."""
+    lines: list[str] = []
+    if preparation:
+        # No row counts here: a rerun extracts one day where the first run backfilled a year, and the
+        # text must not differ for that alone (its digest dedupes the summary email).  The counts are
+        # in the summary record and the lineage.
+        changed = sorted(rule for rule, n in (preparation.get("cleaning") or {}).items() if n)
+        lines.append("Cleaning: " + (f"values changed by {', '.join(changed)}" if changed else "no value changed"))
+        for name, join in sorted((preparation.get("joins") or {}).items()):
+            missing = join["rows"] - join["matched"]
+            lines.append(
+                f"Join {name}: " + (f"{missing} row(s) without a partner" if missing else "every row found its partner")
+            )
+    if labels and labels.get("awaiting_outcome"):
+        lines.append(
+            f"Labels known up to {labels['labelled_until']}: "
+            f"{labels['awaiting_outcome']} newer rows await their outcome"
+        )
+    return ["", *lines] if lines else []
 
 
 def write_latest(layout: Layout, ds: str, summary: dict[str, Any], text: str) -> None:

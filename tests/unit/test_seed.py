@@ -11,18 +11,25 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from pipelines.config import load_spec
+from pipelines.data.labels import apply_label
 from pipelines.demo.seed import (
     DEMO_DAYS,
     DEMO_END,
     DEMO_START,
-    STAR_MATH_AT_RISK_BELOW,
     build_demo_frames,
+    build_dimension_frames,
     seed_warehouse,
     warehouse_engine,
     write_table,
 )
 from pipelines.demo.simulate import simulate_sensor_readings, spread_over_days
 from pipelines.errors import SourceError
+
+#: The 25th percentile of the STAR math scaled score per grade: what education's label rule encodes.
+STAR_MATH_AT_RISK_BELOW = {"K": 454.0, "1": 500.0, "2": 550.0, "3": 591.0}
+#: Extra tables the seed writes (joined by the specs), with their row counts.
+DIMENSIONS = {"education_schools": 80 * 5, "healthcare_clinics": 88}
 
 #: vertical -> (table, key, label column, positive, plausible positive-rate range)
 DEMO = {
@@ -68,7 +75,8 @@ def test_every_day_of_the_span_has_rows(frames: dict[str, pd.DataFrame], vertica
 @pytest.mark.parametrize("vertical", list(DEMO))
 def test_keys_labels_and_column_names(frames: dict[str, pd.DataFrame], vertical: str) -> None:
     _, key, label, positive, (low, high) = DEMO[vertical]
-    frame = frames[vertical]
+    # Education's label is the spec's rule over the outcome, not a column of the table.
+    frame, _ = apply_label(frames[vertical], load_spec(vertical))
     assert frame[key].notna().all() and frame[key].is_unique
     assert list(frame.columns[:2]) == [key, "event_date"]
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", c) for c in frame.columns), list(frame.columns)
@@ -86,10 +94,14 @@ def test_healthcare_keeps_real_order_and_drops_unusable_rows(frames: dict[str, p
     assert set(tests["result"]) == {"positive", "negative"}
     assert tests["age"].between(0, 120).all()
     assert len(tests) == 15_524 - 301 - 1
+    # The clinic is an id into the clinics table, which has every id.
+    clinics = build_dimension_frames("healthcare")["clinics"]
+    assert set(tests["clinic_id"]) <= set(clinics["clinic_id"]) and clinics["clinic_id"].is_unique
+    assert "clinic_name" not in tests.columns
 
 
-def test_education_label_follows_the_per_grade_cutoff(frames: dict[str, pd.DataFrame]) -> None:
-    star = frames["education"]
+def test_education_label_rule_follows_the_per_grade_cutoff(frames: dict[str, pd.DataFrame]) -> None:
+    star, _ = apply_label(frames["education"], load_spec("education"))
     cutoff = star["grade"].map(STAR_MATH_AT_RISK_BELOW)
     assert cutoff.notna().all() and star["math_score"].notna().all()
     assert ((star["math_score"] < cutoff) == (star["math_at_risk"] == "at_risk")).all()
@@ -104,7 +116,8 @@ def _read_back(engine: sa.Engine, table: str, key: str, schema: str | None = Non
 
 
 def _assert_tables_match_frames(engine: sa.Engine, frames: dict[str, pd.DataFrame], schema: str | None) -> None:
-    for vertical, (table, key, label, _, _) in DEMO.items():
+    for vertical, (table, key, label_column, _, _) in DEMO.items():
+        label = "math_score" if vertical == "education" else label_column  # its label is derived at extract
         stored = _read_back(engine, table, key, schema)
         expected = frames[vertical].sort_values(key).reset_index(drop=True)
         assert len(stored) == len(expected), table
@@ -121,7 +134,7 @@ def test_seed_sqlite_twice_is_idempotent(tmp_path, frames: dict[str, pd.DataFram
     url = f"sqlite:///{tmp_path / 'nested' / 'warehouse.db'}"  # the parent folder is created
     first = seed_warehouse(url)
     second = seed_warehouse(url)
-    assert first == second == {table: len(frames[v]) for v, (table, *_) in DEMO.items()}
+    assert first == second == {table: len(frames[v]) for v, (table, *_) in DEMO.items()} | DIMENSIONS
     engine = sa.create_engine(url)
     try:
         _assert_tables_match_frames(engine, frames, schema=None)
@@ -166,10 +179,12 @@ def test_seed_postgres_in_a_private_schema(postgres_url: str, frames: dict[str, 
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
         first = seed_warehouse(postgres_url, schema=schema)
-        assert first == {f"{schema}.{table}": len(frames[v]) for v, (table, *_) in DEMO.items()}
+        expected = {table: len(frames[v]) for v, (table, *_) in DEMO.items()} | DIMENSIONS
+        assert first == {f"{schema}.{table}": rows for table, rows in expected.items()}
         # Re-seeding replaces (the unique key index would reject appended duplicates).
         assert seed_warehouse(postgres_url, schema=schema, verticals=["healthcare"]) == {
-            f"{schema}.healthcare_covid_tests": len(frames["healthcare"])
+            f"{schema}.healthcare_covid_tests": len(frames["healthcare"]),
+            f"{schema}.healthcare_clinics": DIMENSIONS["healthcare_clinics"],
         }
         _assert_tables_match_frames(engine, frames, schema=schema)
         columns = {c["name"]: c["type"] for c in sa.inspect(engine).get_columns("finance_loans", schema)}
@@ -224,3 +239,14 @@ def test_spread_over_days_covers_every_day_and_follows_weights() -> None:
     assert (counts.iloc[:5] == 1).all() and counts.iloc[5:].sum() == 995
     with pytest.raises(ValueError, match="before start"):
         spread_over_days(10, start=date(2024, 1, 2), end=date(2024, 1, 1), rng=np.random.default_rng(0))
+
+
+def test_school_rows_change_by_school_year() -> None:
+    schools = build_dimension_frames("education")["schools"]
+    assert not schools.duplicated(["school_id", "valid_from"]).any()
+    # One row per school and school year from August 2023: every demo day has a valid row.
+    assert schools["valid_from"].min() == pd.Timestamp("2023-08-01")
+    assert schools.groupby("school_id")["school_type"].nunique().max() == 1
+    assert (schools.groupby("school_id")["school_enrolment"].nunique() > 1).mean() > 0.5
+    again = build_dimension_frames("education")["schools"]
+    pd.testing.assert_frame_equal(schools, again)

@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel
 
 from pipelines.config import PROJECT_ROOT, VerticalSpec, load_spec_file
-from pipelines.demo.seed import DEMO_START, build_demo_frames
+from pipelines.data.preparation import prepare_frame
+from pipelines.demo.seed import DEMO_START, build_demo_frames, build_dimension_frames
 from pipelines.errors import SpecError
 
 SPECS_DIR = PROJECT_ROOT / "verticals"
@@ -40,7 +41,14 @@ def _suite(vertical: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def frames() -> dict[str, pd.DataFrame]:
-    return build_demo_frames()
+    """Each demo table as extract leaves it: cleaned, the spec's tables joined and its label rule applied."""
+    prepared = {}
+    for vertical, frame in build_demo_frames().items():
+        spec = _spec(vertical)
+        prepared[vertical], summary = prepare_frame(frame, spec, build_dimension_frames(vertical))
+        for join in spec.joins:
+            assert summary["joins"][join.name]["matched"] == len(frame), f"{vertical}: a row lacks its {join.name}"
+    return prepared
 
 
 # -- specs -------------------------------------------------------------------
