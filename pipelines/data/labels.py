@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 class LabelError(SpecError):
     """The spec's label rule cannot label the data (a missing input, a single class)."""
 
+    #: The same rule on the same data fails again: fix the spec, do not retry.
+    retryable = False
+
 
 def evaluate_label(frame: pd.DataFrame, label: Label, *, vertical: str | None = None) -> pd.Series:
     """The label column ``label.expression`` gives on ``frame``: positive, negative or null.

@@ -15,6 +15,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipelines import errors, stages
+from pipelines.data.labels import LabelError
 from pipelines.model.features import MissingFeatureError
 from pipelines.model.training import split_window
 from pipelines.notify.alerts import AlertDeliveryError
@@ -42,6 +43,8 @@ EXPECTED: dict[type[errors.PipelineError], tuple[bool, type[BaseException] | Non
     errors.VersioningError: (True, None),
     errors.TrainingError: (False, PermanentStageFailure),
     MissingFeatureError: (False, PermanentStageFailure),
+    # A label rule that cannot label the data (single class, missing input) is the spec's fault.
+    LabelError: (False, InvalidRunParams),
     errors.DeployError: (True, None),
     errors.StageOrderError: (False, PermanentStageFailure),
     errors.RegistryError: (True, None),
