@@ -14,25 +14,17 @@ import subprocess
 from datetime import date, timedelta
 
 from bench_gx import frame_of
-from harness import ROOT, Config, Figure, median_pair, timed
+from harness import Config, Figure, median_pair, settings_at, timed
 
 VERTICAL = "manufacturing"
 
 
 def run(config: Config) -> list[Figure]:
-    from pipelines.config import Settings
     from pipelines.layout import Layout
     from pipelines.versioning import WINDOW_FILE, snapshot_window
 
     home = config.workdir / "dvc"
-    settings = Settings(
-        home=home,
-        specs_dir=ROOT / "verticals",
-        expectations_dir=ROOT / "expectations",
-        bucket_url=(home / "bucket").as_uri(),
-        registry_url=f"sqlite:///{home / 'registry.db'}",
-        dvc_remote=str(home / "dvc-remote"),
-    )
+    settings = settings_at(home)
     rows = 20_000 if config.quick else 1_000_000
     frame, _ = frame_of(rows)
     window = Layout(settings, VERTICAL).dvc_repo / WINDOW_FILE

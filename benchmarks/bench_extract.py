@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 from harness import ROOT, Config, Figure
 
 VERTICAL = "manufacturing"
@@ -28,7 +29,8 @@ start = time.perf_counter()
 if mode == "project":
     from pipelines.config import Settings, load_spec
     from pipelines.sources import extract_days
-        settings = Settings.from_env()
+    from datetime import date, timedelta
+    settings = Settings.from_env()
     spec = load_spec("manufacturing", settings)
     d0, d1 = date.fromisoformat(first), date.fromisoformat(last)
     days = [str(d0 + timedelta(days=i)) for i in range((d1 - d0).days + 1)]
@@ -77,6 +79,7 @@ def _warehouse(rows: int, url: str) -> tuple[str, str]:
     from pipelines.config import load_spec
 
     frame, days = frame_of(rows, days=DAYS)
+    frame["event_date"] = pd.to_datetime(frame["event_date"]).dt.date  # a DATE column, as the demo seed writes
     engine = sa.create_engine(url)
     try:
         frame.to_sql(load_spec(VERTICAL).source.table, engine, if_exists="replace", index=False, chunksize=50_000)

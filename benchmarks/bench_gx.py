@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
-from harness import ROOT, Config, Figure, median_pair, timed
+from harness import Config, Figure, median_pair, settings_at, timed
 
 VERTICAL = "manufacturing"
 BUDGET_AT_1M = 3.0
@@ -66,17 +66,10 @@ def pandas_checks(frame: pd.DataFrame, suite: dict[str, Any], params: dict[str, 
 
 
 def run(config: Config) -> list[Figure]:
-    from pipelines.config import Settings, load_spec, load_suite
+    from pipelines.config import load_spec, load_suite
 
     home = config.workdir / "gx"
-    settings = Settings(
-        home=home,
-        specs_dir=ROOT / "verticals",
-        expectations_dir=ROOT / "expectations",
-        bucket_url=(home / "bucket").as_uri(),
-        registry_url=f"sqlite:///{home / 'registry.db'}",
-        dvc_remote=str(home / "dvc-remote"),
-    )
+    settings = settings_at(home)
     spec = load_spec(VERTICAL, settings)
     # A benchmark frame is denser than the demo's ~60 rows a day: widen the row-count bounds only.
     spec = spec.model_copy(update={"quality": spec.quality.model_copy(update={"max_rows_per_day": 10**9})})

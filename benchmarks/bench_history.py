@@ -10,25 +10,11 @@ from __future__ import annotations
 
 import shutil
 from datetime import date, timedelta
-from pathlib import Path
 
-from harness import ROOT, Config, Figure, median_pair, timed
+from harness import Config, Figure, median_pair, settings_at, timed
 
 VERTICAL = "finance"
 LAST_NIGHT = date(2026, 11, 27)
-
-
-def _settings(home: Path):  # type: ignore[no-untyped-def]
-    from pipelines.config import Settings
-
-    return Settings(
-        home=home,
-        specs_dir=ROOT / "verticals",
-        expectations_dir=ROOT / "expectations",
-        bucket_url=(home / "bucket").as_uri(),
-        registry_url=f"sqlite:///{home / 'registry.db'}",
-        dvc_remote=str(home / "dvc-remote"),
-    )
 
 
 def run(config: Config) -> list[Figure]:
@@ -45,7 +31,7 @@ def run(config: Config) -> list[Figure]:
         home = config.workdir / f"history-{nights}"
         home.mkdir()
         shutil.copyfile(warehouse, home / "warehouse.db")
-        settings = _settings(home)
+        settings = settings_at(home)
         for i in range(nights, 0, -1):  # the stored nights, oldest first, ending the night before
             ds = str(first_timed - timedelta(days=i))
             stages.extract(VERTICAL, ds, settings=settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 
 from harness import Config, Figure
 
@@ -20,13 +21,10 @@ P99_BUDGET_MS = 10.0
 def run(config: Config) -> list[Figure]:
     import serving
 
-    from pipelines.deploy import deploy_version
     from pipelines.scoring.runtime import ONNX_FILES
 
     root = tempfile.mkdtemp(prefix="serving-", dir=config.workdir)
     try:
-        from pathlib import Path
-
         model_dir, frame = serving.synthetic_model(Path(root))
         reference = serving.load_model("bench", "v", model_dir, "torch")
         frame = frame[reference.feature_names]
@@ -61,17 +59,7 @@ def run(config: Config) -> list[Figure]:
                 budget=0.5,
             )
         )
-        bucket_url = (Path(root) / "bucket").as_uri()
-        deploy_version(
-            bucket_url=bucket_url,
-            vertical="bench",
-            model_version="v",
-            model_dir=model_dir,
-            metrics={"challenger": {}},
-            lineage={},
-            model_card="# benchmark\n",
-            ds="2024-01-01",
-        )
+        bucket_url = serving.deploy_for_serving(model_dir, Path(root))
         http = serving.over_http(
             bucket_url,
             Path(root),

@@ -92,6 +92,20 @@ def median_pair(reps: int, measured: Callable[[], float], baseline: Callable[[],
     return statistics.median(a), statistics.median(b), {"measured": a, "baseline": b}
 
 
+def settings_at(home: Path) -> Any:
+    """The project's Settings for a throw-away data root ``home`` (repo specs and suites)."""
+    from pipelines.config import Settings
+
+    return Settings(
+        home=home,
+        specs_dir=ROOT / "verticals",
+        expectations_dir=ROOT / "expectations",
+        bucket_url=(home / "bucket").as_uri(),
+        registry_url=f"sqlite:///{home / 'registry.db'}",
+        dvc_remote=str(home / "dvc-remote"),
+    )
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
