@@ -90,6 +90,29 @@ class GoldenHomes:
         self.live.parent.mkdir(parents=True)
 
 
+def short_window_specs(folder: Path, vertical: str, **changes: Any) -> Path:
+    """A specs folder: the repo's specs, with ``vertical``'s top-level sections updated by ``changes``.
+
+    For tests about orchestration or data handling, not model quality: a short window
+    (e.g. ``window={"train_days": 60, "holdout_days": 20, "validation_days": 15}``)
+    makes a first run's backfill, validation and training a fraction of the year's.
+    Every other spec is copied unchanged, so each DAG file still finds its spec.
+    Point ``PIPELINES_SPECS_DIR`` at the returned folder.
+    """
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (PROJECT_ROOT / "verticals").glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        if raw.get("name") == vertical:
+            for key, value in changes.items():
+                raw[key] = (
+                    {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+                )
+        (folder / path.name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> GoldenHomes:
     """Session-scoped golden data roots (see `GoldenHomes`)."""
