@@ -100,6 +100,15 @@ def finance_forced_later(golden: GoldenHomes, finance_ran: Cli) -> Cli:
 AIRFLOW_NIGHTLY = "airflow-nightly-all"
 
 
+def airflow_nightly_metadata(golden: GoldenHomes) -> Path:
+    """The AIRFLOW_HOME whose metadata DB holds the golden night's DAG runs (and nothing else).
+
+    Its own DB, not the session's: ``dag.test()`` replaces a DAG run of the same logical
+    date, so a later test's run of DS in the shared DB would erase the golden night's rows.
+    """
+    return golden.root / "airflow-nightly"
+
+
 def airflow_nightly(golden: GoldenHomes) -> Path:
     """A data root where `make run`'s Airflow path (``pipelines.orchestration run all``) ran DS.
 
@@ -107,14 +116,15 @@ def airflow_nightly(golden: GoldenHomes) -> Path:
     restored per call; ``golden.built[AIRFLOW_NIGHTLY]`` is its `NightlyResult`.
     test_airflow_dag_test.py checks that night; other Airflow tests start from it.
     """
-    from .airflow_support import run_nightly, seed_home
+    from .airflow_support import migrate_airflow_home, run_nightly, seed_home
 
     def nightly(home: Path) -> object:
         seed_home(home)
+        metadata = migrate_airflow_home(airflow_nightly_metadata(golden))
         # The same golden night whichever test builds it: never through that test's SMTP server.
         with pytest.MonkeyPatch.context() as patch:
             patch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
-            result = run_nightly(home, "all", "--date", DS)
+            result = run_nightly(home, "all", "--date", DS, airflow_home=metadata)
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
         return result
 
