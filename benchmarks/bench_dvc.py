@@ -1,6 +1,6 @@
 """DVC snapshot of a window vs ``md5sum`` of the same bytes (budget: <= 2x; unchanged: a no-op).
 
-New window: `pipelines.versioning.snapshot_window` for a date not yet versioned
+New window: `pipelines.data.versioning.snapshot_window` for a date not yet versioned
 (each repetition a new date and a window differing in one row, in one data repo,
 like consecutive nights).  Unchanged: the same call again for a versioned date
 with the same frame; a no-op should cost less than hashing the bytes once
@@ -20,8 +20,8 @@ VERTICAL = "manufacturing"
 
 
 def run(config: Config) -> list[Figure]:
+    from pipelines.data.versioning import WINDOW_FILE, snapshot_window
     from pipelines.layout import Layout
-    from pipelines.versioning import WINDOW_FILE, snapshot_window
 
     home = config.workdir / "dvc"
     settings = settings_at(home)

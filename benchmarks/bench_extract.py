@@ -1,6 +1,6 @@
 """Extraction of a window from SQLite and PostgreSQL into raw Parquet partitions: rows/s and peak memory.
 
-Measured: the project's extract (`pipelines.sources.extract_days`, one partition per
+Measured: the project's extract (`pipelines.data.sources.extract_days`, one partition per
 day) in a child process.  Baseline: a streaming copy of the same query
 (`pandas.read_sql(chunksize=...)` into one `pyarrow.parquet.ParquetWriter`) in a
 child process too.  Budget: flat memory, i.e. peak RSS within 1.5x of the
@@ -28,7 +28,7 @@ mode, home, first, last = sys.argv[1:5]
 start = time.perf_counter()
 if mode == "project":
     from pipelines.config import Settings, load_spec
-    from pipelines.sources import extract_days
+    from pipelines.data.sources import extract_days
     from datetime import date, timedelta
     settings = Settings.from_env()
     spec = load_spec("manufacturing", settings)
@@ -38,7 +38,7 @@ if mode == "project":
 else:
     import pandas as pd, pyarrow as pa, pyarrow.parquet as pq, sqlalchemy as sa
     from pipelines.config import Settings, load_spec
-    from pipelines.sources import resolve_connection_url
+    from pipelines.data.sources import resolve_connection_url
     settings = Settings.from_env()
     spec = load_spec("manufacturing", settings)
     engine = sa.create_engine(resolve_connection_url(spec.source.conn_id, settings))

@@ -1,6 +1,6 @@
 """GX validation of the manufacturing suite vs plain vectorised pandas checks of the same rules.
 
-The measured side is what the validate stage calls (`pipelines.quality.validate_frame`:
+The measured side is what the validate stage calls (`pipelines.data.quality.validate_frame`:
 the GX checkpoint, its data docs, the batch-level checks); the baseline evaluates
 every expectation of ``expectations/manufacturing.json`` with pandas.  Both see
 the same simulated frame, warm (the first GX call of a process is reported
@@ -22,7 +22,7 @@ BUDGET_AT_1M = 3.0
 
 def frame_of(rows: int, days: int = 30) -> tuple[pd.DataFrame, list[str]]:
     """A manufacturing-shaped frame of ``rows`` readings over ``days`` days (the simulator)."""
-    from pipelines.simulate import simulate_sensor_readings
+    from pipelines.demo.simulate import simulate_sensor_readings
 
     end = date(2026, 11, 27)
     start = end - timedelta(days=days - 1)
@@ -76,7 +76,7 @@ def run(config: Config) -> list[Figure]:
     suite = load_suite(spec, settings)
     sizes = [2_000] if config.quick else [100_000, 1_000_000, 5_000_000]
 
-    from pipelines.quality import validate_frame
+    from pipelines.data.quality import validate_frame
 
     figures = []
     first_call = None

@@ -19,7 +19,7 @@ LAST_NIGHT = date(2026, 11, 27)
 
 def run(config: Config) -> list[Figure]:
     from pipelines import stages
-    from pipelines.seed import seed_warehouse
+    from pipelines.demo.seed import seed_warehouse
 
     short, long = (3, 10) if config.quick else (30, 365)
     warehouse = config.workdir / "history-warehouse.db"

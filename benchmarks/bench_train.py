@@ -1,6 +1,6 @@
 """Lightning epochs vs a plain PyTorch loop: same module, data, batches, loss, optimiser, seed.
 
-Measured: the project's training path (`pipelines.training._fit`: the Trainer with
+Measured: the project's training path (`pipelines.model.training._fit`: the Trainer with
 its checkpoint callback, deterministic, no validation split) for ``EPOCHS`` epochs.
 Baseline: the same `TabularMLP`, `EpochShuffledBatches` order, BCE-with-logits and
 AdamW in a hand-written loop.  Both end with bit-identical weights (checked), so
@@ -29,8 +29,8 @@ def _data(rows: int, features: int) -> tuple[np.ndarray, np.ndarray]:
 def plain_loop(x: np.ndarray, y: np.ndarray, hparams: dict[str, Any], epochs: int) -> Any:
     import torch
 
-    from pipelines.modeling import TabularMLP
-    from pipelines.training import EpochShuffledBatches, derive_seed
+    from pipelines.model.modeling import TabularMLP
+    from pipelines.model.training import EpochShuffledBatches, derive_seed
 
     torch.manual_seed(hparams["seed"])
     model = TabularMLP(hparams["input_dim"], hparams["hidden"], hparams["dropout"])
@@ -55,7 +55,7 @@ def run(config: Config) -> list[Figure]:
     import torch
 
     from pipelines.config import load_spec
-    from pipelines.training import _fit, _hparams
+    from pipelines.model.training import _fit, _hparams
 
     spec = load_spec("manufacturing")
     rows = 4_000 if config.quick else 400_000

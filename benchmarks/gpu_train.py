@@ -1,6 +1,6 @@
 """Train a manufacturing-shaped model with ``accelerator="auto"``: samples/s on the GPU vs the CPU.
 
-The project's training path (`pipelines.training._fit`, the same Trainer the train
+The project's training path (`pipelines.model.training._fit`, the same Trainer the train
 stage builds, which asks for ``accelerator="auto"``) on a simulated
 manufacturing window: ~14k readings a day x 365 days (5M rows) with 23 auxiliary
 sensors (30 features after the 7 core ones), preprocessed by the vertical's own
@@ -36,8 +36,8 @@ def train_once(rows: int, epochs: int, batch_size: int) -> dict:
     import torch
 
     from pipelines.config import load_spec
-    from pipelines.simulate import simulate_sensor_readings
-    from pipelines.training import _fit, _hparams, fit_preprocessor
+    from pipelines.demo.simulate import simulate_sensor_readings
+    from pipelines.model.training import _fit, _hparams, fit_preprocessor
 
     spec = load_spec("manufacturing")
     numeric = list(spec.features.numeric)

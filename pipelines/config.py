@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from datetime import date
@@ -20,9 +19,19 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.errors import SpecError
+from pipelines.errors import InvalidArgumentError, PipelineError, SpecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
@@ -288,9 +297,10 @@ _Unit = Annotated[float, Field(ge=0, le=1)]
 class Comparison(_Strict):
     """How the challenger is compared with the champion (and the logistic baseline) on the same holdout rows."""
 
-    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric;
-    #: ``mcnemar``: McNemar's mid-p test for accuracy and recall (bootstrap for
-    #: the others); ``point``: point estimates only (tolerance alone decides).
+    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric
+    #: (DeLong's CI for AUROC); ``mcnemar``: McNemar's mid-p test for accuracy
+    #: and recall (the intervals for the others); ``point``: point estimates
+    #: only (tolerance alone decides).
     method: Literal["bootstrap", "mcnemar", "point"] = "bootstrap"
     #: The primary metrics compared with the champion; unset: every metric in
     #: ``thresholds`` or ``champion_tolerance``.
@@ -349,7 +359,7 @@ class ExportTolerance(_Strict):
 
 
 class Exports(_Strict):
-    """Tolerances for the ONNX exports the gate re-checks (`pipelines.export`)."""
+    """Tolerances for the ONNX exports the gate re-checks (`pipelines.release.export`)."""
 
     #: fp32 ONNX computes the same function: only float rounding may differ.
     onnx: ExportTolerance = ExportTolerance(max_abs_diff=1e-4, max_metric_delta=0.005)
@@ -413,6 +423,17 @@ class Alerts(_Strict):
     report_on: list[ReportOutcome] = Field(default_factory=lambda: list[ReportOutcome](["rejected"]))
 
 
+class Card(_Strict):
+    """What the model card says beyond the numbers (see verticals/README.md, "card")."""
+
+    #: Who should use the model's scores, for what decision; default: said from description and label.
+    intended_use: str | None = None
+    #: Known weaknesses (populations, data gaps, failure modes); the card adds the run's own caveats.
+    limitations: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    #: The categorical feature the card's per-slice figure splits by; default: the first categorical feature.
+    slice_by: str | None = None
+
+
 class VerticalSpec(_Strict):
     """Everything that makes one vertical, validated on load."""
 
@@ -431,6 +452,7 @@ class VerticalSpec(_Strict):
     model: Model = Model()
     gate: Gate
     alerts: Alerts
+    card: Card = Card()
 
     @model_validator(mode="after")
     def _consistent(self) -> VerticalSpec:
@@ -449,6 +471,11 @@ class VerticalSpec(_Strict):
         unknown = sorted(set(self.quality.distribution.exempt) - used)
         if unknown:
             raise ValueError(f"quality.distribution.exempt names non-feature column(s): {unknown}")
+        if self.card.slice_by is not None and self.card.slice_by not in self.features.categorical:
+            raise ValueError(
+                f"card.slice_by {self.card.slice_by!r} is not a categorical feature; "
+                f"choose one of {self.features.categorical or '(none: list one under features.categorical)'}"
+            )
         # Slice values are stored with the holdout scores and named in reports: never PII.
         self.gate.check_slice_columns(
             forbidden={
@@ -473,6 +500,11 @@ class VerticalSpec(_Strict):
         return self
 
     @property
+    def card_slice_column(self) -> str | None:
+        """The feature the model card's per-slice figure splits by (None: no categorical feature)."""
+        return self.card.slice_by or next(iter(self.features.categorical), None)
+
+    @property
     def suite_name(self) -> str:
         return self.quality.suite or self.name
 
@@ -491,6 +523,39 @@ def _hash(payload: object) -> str:
 
 #: `make airflow` serves the UI here; Airflow's own fallback for ``[api] base_url`` too.
 DEFAULT_PUBLIC_URL = "http://localhost:8080"
+
+
+class _ProductionEnv(BaseSettings):
+    """The ``PIPELINES_*`` variables; an empty one counts as unset (its default applies).
+
+    URLs left None default under ``home`` in `Settings.from_env` (they depend on it).  Every
+    value is a string or a path, so none can be malformed here; the profile is checked there.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_", env_ignore_empty=True, extra="ignore")
+
+    home: Path = PROJECT_ROOT / ".state"
+    specs_dir: Path = PROJECT_ROOT / "verticals"
+    expectations_dir: Path = PROJECT_ROOT / "expectations"
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
+    # The Airflow API server's own base URL unless the links must name another (a proxy).
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
+    )
+    profile: str = "production"
+
+
+class _ExperimentEnv(BaseSettings):
+    """The ``PIPELINES_EXPERIMENT_*`` variables (see `experiment_settings`); never production's."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_EXPERIMENT_", env_ignore_empty=True, extra="ignore")
+
+    home: Path | None = None
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -515,20 +580,18 @@ class Settings:
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
         """Settings from ``PIPELINES_*`` variables; ``profile`` (else ``PIPELINES_PROFILE``) picks the profile."""
-        home = Path(os.environ.get("PIPELINES_HOME", PROJECT_ROOT / ".state")).resolve()
+        env = _ProductionEnv()
+        home = env.home.resolve()
         production = cls(
             home=home,
-            specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
-            expectations_dir=Path(os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
-            bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
-            registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-            dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
-            # The Airflow API server's own base URL unless the links must name another (a proxy).
-            public_url=os.environ.get("PIPELINES_PUBLIC_URL")
-            or os.environ.get("AIRFLOW__API__BASE_URL")
-            or DEFAULT_PUBLIC_URL,
+            specs_dir=env.specs_dir,
+            expectations_dir=env.expectations_dir,
+            bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+            registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+            dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
+            public_url=env.public_url,
         )
-        chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
+        chosen = profile or env.profile
         if chosen == "production":
             return production
         if chosen == "experiment":
@@ -560,14 +623,14 @@ def experiment_settings(production: Settings) -> Settings:
     environment cannot leak into an experiment.  It reads the same specs, suites and sources;
     the embedded warehouse is production's file, opened read-only.
     """
-    default_home = production.home / "experiments"
-    home = Path(os.environ.get("PIPELINES_EXPERIMENT_HOME", default_home)).resolve()
+    env = _ExperimentEnv()
+    home = (env.home or production.home / "experiments").resolve()
     experiment = replace(
         production,
         home=home,
-        bucket_url=os.environ.get("PIPELINES_EXPERIMENT_BUCKET_URL", (home / "bucket").as_uri()),
-        registry_url=os.environ.get("PIPELINES_EXPERIMENT_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-        dvc_remote=os.environ.get("PIPELINES_EXPERIMENT_DVC_REMOTE", str(home / "dvc-remote")),
+        bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+        registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+        dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
         profile="experiment",
         warehouse_file=production.warehouse_file or production.home / "warehouse.db",
     )
@@ -632,6 +695,21 @@ def echo(value: object) -> str:
     if len(text) <= _ECHO_CHARS:
         return repr(text)
     return f"{text[:_ECHO_CHARS]!r}… ({len(text)} characters)"
+
+
+def parse_ds(ds: object, *, vertical: str | None = None, error: type[PipelineError] = InvalidArgumentError) -> date:
+    """Parse a logical date ``YYYY-MM-DD``, the one parser for it; else raise ``error`` saying the format.
+
+    ``error`` lets a stage keep its own error class (a bad date reaching training is
+    a `TrainingError` there); every caller gets the same rule and the same message.
+    """
+    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
+    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
+    try:
+        return date.fromisoformat(ds)
+    except ValueError as exc:
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
 
 
 def check_vertical_name(vertical: object) -> str:

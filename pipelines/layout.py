@@ -98,10 +98,6 @@ class Layout:
     def has_record(self, ds: str, stage: str) -> bool:
         return self.record_path(ds, stage).exists()
 
-    def clear_records(self, ds: str, stages: list[str]) -> None:
-        for stage in stages:
-            self.record_path(ds, stage).unlink(missing_ok=True)
-
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file and rename, so readers never see half a file."""

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.alerts import SmtpConfig, deliver, quality_alert
 from pipelines.config import Settings, VerticalSpec
-from pipelines.data_docs import docs_url
-from pipelines.quality import FailedExpectation, QualityReport, mask_pii
-from pipelines.run_context import RunContext
+from pipelines.data.data_docs import docs_url
+from pipelines.data.quality import FailedExpectation, QualityReport, mask_pii
+from pipelines.notify.alerts import SmtpConfig, deliver, quality_alert
+from pipelines.notify.run_context import RunContext
 
 SPEC = VerticalSpec.model_validate(
     {

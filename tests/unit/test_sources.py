@@ -10,17 +10,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.config import VerticalSpec
-from pipelines.errors import InvalidArgumentError, SourceError
-from pipelines.layout import Layout
-from pipelines.sources import (
+from pipelines.config import VerticalSpec, parse_ds
+from pipelines.data.sources import (
     assemble_window,
     check_ds,
     extract_days,
-    parse_ds,
     resolve_connection_url,
     window_days,
 )
+from pipelines.errors import InvalidArgumentError, SourceError
+from pipelines.layout import Layout
 
 
 def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
@@ -196,7 +195,7 @@ def test_assemble_window_reports_missing_days(settings):
     layout = Layout(settings, "demo")
     frame = rows(date(2026, 1, 1), 10)
     frame["event_date"] = frame["event_date"].astype(str)
-    from pipelines.sources import write_partition
+    from pipelines.data.sources import write_partition
 
     for day, part in frame.groupby("event_date"):
         if day != "2026-01-04":  # e.g. quarantined

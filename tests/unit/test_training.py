@@ -11,9 +11,9 @@ import pytest
 
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
-from pipelines.features import Preprocessor
-from pipelines.modeling import TabularMLP, load_model_dir, save_model_dir
-from pipelines.training import EpochShuffledBatches, _hparams, split_window, train_model
+from pipelines.model.features import Preprocessor
+from pipelines.model.modeling import TabularMLP, load_model_dir, save_model_dir
+from pipelines.model.training import EpochShuffledBatches, _hparams, split_window, train_model
 
 
 def make_spec(**overrides: Any) -> VerticalSpec:
@@ -114,7 +114,7 @@ def test_split_window_input_errors() -> None:
     frame = dated(["2024-01-02", "2024-01-09"], ["bad", "good"])
     with pytest.raises(TrainingError, match="no event-time column 'event_date'"):
         split_window(frame.drop(columns="event_date"), make_spec(), "2024-01-10")
-    with pytest.raises(TrainingError, match="not YYYY-MM-DD"):
+    with pytest.raises(TrainingError, match="use YYYY-MM-DD"):
         split_window(frame, make_spec(), "10/01/2024")
     with pytest.raises(TrainingError, match="not ISO dates"):
         split_window(frame.assign(event_date=["2024-01-02", "yesterday"]), make_spec(), "2024-01-10")
