@@ -169,6 +169,47 @@ class Distribution(_Strict):
     exempt: list[str] = Field(default_factory=list)
 
 
+class DriftThresholds(_Strict):
+    """PSI levels of one feature: at ``warn`` the run is told, at ``block`` it stops before training."""
+
+    warn: Annotated[float, Field(gt=0)] = 0.1
+    block: Annotated[float, Field(gt=0)] = 0.25
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftThresholds:
+        if self.warn > self.block:
+            raise ValueError("warn must not be above block")
+        return self
+
+
+class Drift(DriftThresholds):
+    """Per-feature PSI of the newest days of the window against the champion's training data.
+
+    Checked by the snapshot stage (`pipelines.data.drift`); the reference is the
+    DVC data version the current champion was trained on (its registry lineage).
+    No champion yet (a first run) and there is nothing to compare: said so.
+    """
+
+    enabled: bool = True
+    #: The newest days of tonight's window compared with the champion's data; None: the whole
+    #: window (which overlaps the champion's almost entirely, so it moves slowly).
+    recent_days: Annotated[int, Field(ge=1, le=3650)] | None = 30
+    #: Fewer rows than this in those days (or in the champion's data) and nothing is compared.
+    min_rows: Annotated[int, Field(ge=10)] = 200
+    #: Quantile bins of a numeric feature, cut on the champion's data; the most frequent
+    #: categories kept per categorical (the rest pooled); missing values are one more bin.
+    bins: Annotated[int, Field(ge=2, le=50)] = 10
+    #: Per-feature levels instead of ``warn``/``block`` (e.g. a feature that moves by design).
+    features: dict[str, DriftThresholds] = Field(default_factory=dict)
+    #: Features not checked at all.
+    exempt: list[str] = Field(default_factory=list)
+
+    def thresholds(self, feature: str) -> tuple[float, float]:
+        """(warn, block) for ``feature``."""
+        own = self.features.get(feature)
+        return (own.warn, own.block) if own else (self.warn, self.block)
+
+
 class Quality(_Strict):
     #: Suite file name under ``expectations/`` (defaults to the vertical name); a plain name, never a path.
     suite: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")] | None = None
@@ -186,6 +227,8 @@ class Quality(_Strict):
     #: batch of at least this many rows, with both classes present, is a leak.
     leak_min_rows: Annotated[int, Field(ge=2)] = 20
     distribution: Distribution = Distribution()
+    #: Drift against the champion's training data (PSI per feature), warn and block levels.
+    drift: Drift = Drift()
 
 
 class ThresholdChoice(_Strict):
@@ -447,6 +490,9 @@ class VerticalSpec(_Strict):
     label: Label
     features: Features
     pii: list[str] = Field(default_factory=list)
+    #: Airflow-style connection whose password is the secret that pseudonymises the ``pii``
+    #: columns at extract (`pipelines.data.pii`); ``PIPELINES_PII_KEY`` when it is not set.
+    pii_key_conn: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "pii_default"
     window: Window = Window()
     quality: Quality = Quality()
     model: Model = Model()
@@ -484,6 +530,14 @@ class VerticalSpec(_Strict):
                 self.label.column: "the label",
             }
         )
+        return self
+
+    @model_validator(mode="after")
+    def _drift_columns(self) -> VerticalSpec:
+        drift = self.quality.drift
+        unknown = sorted((set(drift.exempt) | set(drift.features)) - set(self.features.all))
+        if unknown:
+            raise ValueError(f"quality.drift names non-feature column(s): {unknown}")
         return self
 
     @model_validator(mode="after")
@@ -754,4 +808,21 @@ def load_suite(spec: VerticalSpec, settings: Settings | None = None) -> dict:
         raise SpecError(f"suite {path} is not valid JSON: {exc}", vertical=spec.name) from exc
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
         raise SpecError(f"suite {path} must be an object with an 'expectations' list", vertical=spec.name)
+    _check_severities(suite["expectations"], path, spec.name)
     return suite
+
+
+#: GX's ``severity`` per expectation: ``critical`` (the default) blocks the run; the others only warn.
+SUITE_SEVERITIES = ("critical", "warning", "info")
+
+
+def _check_severities(expectations: list, path: Path, vertical: str) -> None:
+    """A misspelt severity ("warn") must be a clear spec error, not GX's exception mid-run."""
+    for number, expectation in enumerate(expectations, start=1):
+        severity = expectation.get("severity") if isinstance(expectation, dict) else None
+        if severity is not None and severity not in SUITE_SEVERITIES:
+            raise SpecError(
+                f"suite {path}: expectation {number} ({expectation.get('type')}) has severity {echo(severity)}; "
+                "use critical (blocks the run, the default), warning or info (recorded, the run continues)",
+                vertical=vertical,
+            )

@@ -176,9 +176,41 @@ def validate(
         "report": str(report_path),
         "data_docs": report.data_docs,
         "data_docs_page": report.data_docs_page,
+        **_warning_record(spec, ds, report, settings, run_context),
     }
     layout.write_record(ds, "validate", record)
     return record
+
+
+def _warning_record(
+    spec: VerticalSpec, ds: str, report: Any, settings: Settings, run_context: RunContext | None
+) -> dict[str, Any]:
+    """Non-blocking failures (GX severity ``warning``/``info``): mailed once, recorded, the run goes on."""
+    from pipelines.notify import alerts
+
+    if not report.warnings:
+        return {"warnings": []}
+    message = alerts.quality_alert(spec, report, [], settings, run_context)
+    try:
+        where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality-warning")
+    except (OSError, smtplib.SMTPException) as exc:
+        # A warning must not stop the run; the run summary still lists it.
+        where = f"NOT SENT ({type(exc).__name__}: {exc})"
+        log.error("%s %s: data-quality warning email could not be sent: %s", spec.name, ds, exc)
+    log.warning("%s %s: %s", spec.name, ds, report.warning_summary())
+    return {
+        "warnings": [
+            {
+                "expectation": f.expectation,
+                "column": f.column,
+                "severity": f.severity,
+                "observed": alerts.observed_text(f),
+                "notes": f.notes,
+            }
+            for f in report.warnings
+        ],
+        "warning_alert": where,
+    }
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -189,8 +221,15 @@ def _move(src: Path, dst: Path) -> None:
 # -- snapshot ------------------------------------------------------------------
 
 
-def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Version the validated training window with DVC (a no-op when unchanged)."""
+def snapshot(
+    vertical: str, ds: str, *, settings: Settings | None = None, run_context: RunContext | None = None
+) -> dict[str, Any]:
+    """Version the validated training window with DVC (a no-op when unchanged).
+
+    First the window's drift against the champion's training data is checked
+    (`pipelines.data.drift`): beyond ``quality.drift.block`` the run stops here
+    with an alert and `DataQualityError`, before anything is versioned or trained.
+    """
     from pipelines.data.sources import assemble_window
     from pipelines.data.versioning import snapshot_window
 
@@ -203,17 +242,96 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
     if frame.empty:
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
+    drift = _check_drift(spec, ds, frame, settings=settings, layout=layout, run_context=run_context)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
         **version.to_dict(),
         "missing_days": len(missing),
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
+        "drift": drift,
     }
     if missing:
         log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
     layout.write_record(ds, "snapshot", record)
     return {k: record[k] for k in ("id", "tag", "rows", "created", "missing_days")}
+
+
+def _check_drift(
+    spec: VerticalSpec, ds: str, frame: Any, *, settings: Settings, layout: Layout, run_context: RunContext | None
+) -> dict[str, Any]:
+    """Drift against the champion's data: recorded always, mailed when it warns, raised when it blocks."""
+    from pipelines.data.drift import check_drift
+    from pipelines.layout import write_json_atomic
+    from pipelines.notify import alerts
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import read_pointer
+
+    kept = _kept_drift(layout, ds, settings)
+    if kept is not None:
+        return kept
+    pointer = read_pointer(settings.bucket_url, spec.name)
+    champion = None if pointer is None else str(pointer["version"])
+    model = None if champion is None else Registry.from_settings(settings).model(spec.name, champion)
+    report = check_drift(spec, ds, frame, settings, champion_version=champion, lineage=model.lineage if model else None)
+    path = layout.report_dir(ds) / "drift.json"
+    write_json_atomic(path, report.to_dict())
+    where = None
+    if report.blocking or report.warnings:
+        try:
+            where = alerts.deliver(
+                alerts.drift_alert(spec, report, settings, run_context), settings, dedupe_key=f"{spec.name}-{ds}-drift"
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            where = f"NOT SENT ({type(exc).__name__}: {exc})"
+            log.error("%s %s: drift alert could not be sent: %s", spec.name, ds, exc)
+    record = {
+        "summary": report.summary(),
+        "skipped": report.skipped,
+        "champion_version": report.champion_version,
+        "reference_data_version": report.reference_data_version,
+        "max_psi": report.max_psi,
+        "psi": {f.feature: f.psi for f in report.features},
+        "warnings": [f.feature for f in report.warnings],
+        "blocking": [f.feature for f in report.blocking],
+        "alert": where,
+        "report": str(path),
+    }
+    layout.write_record(ds, "drift", record)
+    log.info("%s %s: %s", spec.name, ds, report.summary())
+    if report.blocking:
+        beyond = ", ".join(f"{f.feature} PSI {f.psi:.3f} >= {f.block}" for f in report.blocking)
+        raise DataQualityError(
+            f"drift against the data the champion {report.champion_version} was trained on "
+            f"({report.reference_data_version}): {beyond}. Nothing was snapshotted or trained and production "
+            "is unchanged; the validated partitions are kept. Check the source; to accept the change, raise "
+            f"quality.drift (block, or features.<name>.block) or exempt the feature in verticals/{spec.name}.yaml "
+            f"and clear 'snapshot'. Report at {path}; alert: {where}",
+            vertical=spec.name,
+            ds=ds,
+            report_path=str(path),
+        )
+    return record
+
+
+def _kept_drift(layout: Layout, ds: str, settings: Settings) -> dict[str, Any] | None:
+    """The earlier drift record of ``ds`` when production now serves the model trained for ``ds``.
+
+    Like `_kept_record`: a rerun must not compare the window with the data of
+    the model it produced itself (PSI 0, a different summary, a second email).
+    """
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import read_pointer
+
+    if not layout.has_record(ds, "drift"):
+        return None
+    pointer = read_pointer(settings.bucket_url, layout.vertical)
+    if pointer is None:
+        return None
+    model = Registry.from_settings(settings).model(layout.vertical, str(pointer["version"]))
+    if model is None or model.ds != ds:
+        return None
+    return layout.read_record(ds, "drift", needed_by="snapshot")
 
 
 # -- train ---------------------------------------------------------------------

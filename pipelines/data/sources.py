@@ -259,9 +259,15 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
     partition, so validation sees it and the row-count check can flag a
     silent source.  A file that cannot be decoded stops the extract as bad
     data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
+    The spec's PII columns are pseudonymised before any partition is written
+    (`pipelines.data.pii`).
     """
     if not days:
         return {}
+    from pipelines.data.pii import pseudonymise, resolve_pii_key
+
+    # A missing secret stops the extract before the source is even read.
+    key = resolve_pii_key(spec, settings) if spec.pii else None
     layout = Layout(settings, spec.name)
     if isinstance(spec.source, FileSource):
         by_day, unreadable = fetch_file_days(spec, spec.source, days)
@@ -274,6 +280,9 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
         frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
         groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
         by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}
+    if key is not None:
+        # Before anything is written: no partition, report or email ever holds PII in clear.
+        by_day = {ds: pseudonymise(by_day[ds], spec.pii, key) for ds in days}
     counts: dict[str, int] = {}
     for ds in days:
         part = by_day[ds]

@@ -231,8 +231,8 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
         # The summary ends the task log: an expected outcome, told in two lines, no traceback.
         log.error("%s", exc)
         log.error(
-            "%s %s: the data-quality alert went to the owners and the day is quarantined; no retry. "
-            "Fix the source, then clear '%s' of this run (or trigger the date again).",
+            "%s %s: the data-quality alert went to the owners (the error above says what was quarantined or "
+            "kept); no retry. Fix the source, then clear '%s' of this run (or trigger the date again).",
             vertical,
             ds,
             stage,
