@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
-from harness import ROOT, Config, Figure
+from harness import Config, Figure, child_json
 
 VERTICAL = "manufacturing"
 DAYS = 30
@@ -59,17 +58,7 @@ print(json.dumps({"rows": rows, "seconds": seconds, "peak_mib": peak_mib}))
 
 
 def _child(mode: str, home: Path, env: dict[str, str], first: str, last: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, str(home), first, last],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"extract child ({mode}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_json(_CHILD, mode, str(home), first, last, env=env, what=f"extract child ({mode})")
 
 
 def _warehouse(rows: int, url: str) -> tuple[str, str]:

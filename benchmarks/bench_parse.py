@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from harness import ROOT, Config, Figure
+from harness import ROOT, Config, Figure, child_json
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "great_expectations", "dvc", "sklearn", "onnxruntime")
 PARSE_BUDGET_S = 0.3
@@ -61,17 +59,7 @@ def _env(airflow_home: Path) -> dict[str, str]:
 
 
 def _parse(path: Path, env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path), json.dumps(HEAVY)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"parsing {path.name} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_json(_PROBE, str(path), json.dumps(HEAVY), env=env, what=f"parsing {path.name}", timeout=300)
 
 
 def run(config: Config) -> list[Figure]:

@@ -106,6 +106,18 @@ def settings_at(home: Path) -> Any:
     )
 
 
+def child_json(script: str, *args: str, env: dict[str, str], what: str, timeout: int = 3600) -> Any:
+    """Run ``python -c script args`` (a fresh interpreter: its own imports and peak memory); its last line as JSON."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
