@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed repro serve browser test test-fast lint typecheck lock clean
+.PHONY: help install run pipeline airflow dags seed repro serve browser test test-fast bench lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
@@ -24,6 +24,7 @@ help:
 	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
 	@echo "make pipeline   the same nightly run without Airflow (CLI)"
 	@echo "make serve      the scoring API on http://127.0.0.1:8090 (docs/serving.md)"
+	@echo "make bench      every budget measured against a baseline in the same run (BENCH_ARGS=--quick: a smoke run)"
 	@echo "make lint       ruff and mypy"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -80,6 +81,11 @@ test: install browser
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not airflow" $(PYTEST_ARGS)
+
+# Every figure of ARCHITECTURE's budgets as a ratio against a baseline measured in the same run
+# (docs/benchmarks.md): a table on stdout, JSON in .state/bench/results.json.  Minutes; not part of `make test`.
+bench: install
+	$(BIN)/python benchmarks/harness.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check pipelines dags plugins tests

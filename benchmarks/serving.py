@@ -110,6 +110,24 @@ def in_process(model_dir: Path, frame: pd.DataFrame, fmt: str, repeats: int) -> 
     return out
 
 
+def deploy_for_serving(model_dir: Path, root: Path) -> str:
+    """Deploy ``model_dir`` as vertical ``bench`` version ``v`` to a bucket under ``root``; its URL."""
+    from pipelines.release.deploy import deploy_version
+
+    bucket_url = (root / "bucket").as_uri()
+    deploy_version(
+        bucket_url=bucket_url,
+        vertical="bench",
+        model_version="v",
+        model_dir=model_dir,
+        metrics={"challenger": {}},
+        lineage={},
+        model_card="# benchmark\n",
+        ds="2024-01-01",
+    )
+    return bucket_url
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -219,19 +237,7 @@ def main() -> None:
             raise SystemExit("--model-dir needs rows: use --synthetic or --vertical")
         frame = frame[reference.feature_names]
 
-        from pipelines.release.deploy import deploy_version
-
-        bucket_url = (root / "bucket").as_uri()
-        deploy_version(
-            bucket_url=bucket_url,
-            vertical="bench",
-            model_version="v",
-            model_dir=model_dir,
-            metrics={"challenger": {}},
-            lineage={},
-            model_card="# benchmark\n",
-            ds="2024-01-01",
-        )
+        bucket_url = deploy_for_serving(model_dir, root)
         sizes = {"torch": (model_dir / "weights.pt").stat().st_size}
         sizes.update({fmt: (model_dir / name).stat().st_size for fmt, name in ONNX_FILES.items()})
         results = {}

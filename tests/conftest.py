@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +52,71 @@ def seeded_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("seed") / "warehouse.db"
     seed_warehouse(f"sqlite:///{path}")
     return path
+
+
+class GoldenHomes:
+    """Data roots built once per session, handed to each test as a fresh copy (issue 14).
+
+    A whole first run of a vertical (365-day backfill, a tuning sweep) costs tens of
+    seconds; most tests only need its result as their starting point.  ``home(name,
+    build)`` builds the state once with ``build(home)`` and keeps a pristine snapshot;
+    every call then restores that snapshot into the same path ``live``.  The path is
+    fixed because run records hold absolute paths (model dirs, holdout scores, the DVC
+    remote): a copy elsewhere would point back into the snapshot.  Tests in one
+    process run one at a time, so one live path per session (per xdist worker) is
+    enough; a test must not keep a second golden home open while asking for another.
+    What ``build`` returns (e.g. the run's stdout) is kept in ``built[name]``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.live = root / "live" / "state"
+        self.built: dict[str, Any] = {}
+
+    def home(self, name: str, build: Callable[[Path], Any]) -> Path:
+        snapshot = self.root / "snapshots" / name
+        if not snapshot.exists():
+            self._clear_live()
+            self.live.mkdir()
+            self.built[name] = build(self.live)
+            shutil.copytree(self.live, snapshot, symlinks=True)
+        self._clear_live()
+        shutil.copytree(snapshot, self.live, symlinks=True)
+        return self.live
+
+    def _clear_live(self) -> None:
+        # Everything beside the data root too (specs overlays, serve caches) belongs to the last test.
+        shutil.rmtree(self.live.parent, ignore_errors=True)
+        self.live.parent.mkdir(parents=True)
+
+
+def short_window_specs(folder: Path, vertical: str, **changes: Any) -> Path:
+    """A specs folder: the repo's specs, with ``vertical``'s top-level sections updated by ``changes``.
+
+    For tests about orchestration or data handling, not model quality: a short window
+    (e.g. ``window={"train_days": 60, "holdout_days": 20, "validation_days": 15}``)
+    makes a first run's backfill, validation and training a fraction of the year's.
+    Every other spec is copied unchanged, so each DAG file still finds its spec.
+    Point ``PIPELINES_SPECS_DIR`` at the returned folder.
+    """
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (PROJECT_ROOT / "verticals").glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        if raw.get("name") == vertical:
+            for key, value in changes.items():
+                raw[key] = (
+                    {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+                )
+        (folder / path.name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def golden(tmp_path_factory: pytest.TempPathFactory) -> GoldenHomes:
+    """Session-scoped golden data roots (see `GoldenHomes`)."""
+    return GoldenHomes(tmp_path_factory.mktemp("golden"))
 
 
 def _reachable(host: str, port: int) -> bool:

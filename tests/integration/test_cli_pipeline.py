@@ -10,18 +10,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.config import vertical_names
-
+from ..conftest import GoldenHomes
 from .airflow_support import bucket_listing, registry_counts
-from .conftest import DS, Cli
+from .conftest import DS, FINANCE_FIRST_RUN, LATER_DS, Cli
 
 pytestmark = pytest.mark.slow
 NEXT_DS = "2026-11-28"
 
 
-@pytest.mark.parametrize("vertical", vertical_names())
-def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
-    proc = cli("run", vertical, "--date", DS)
+def test_a_first_night_runs_end_to_end_and_serves(finance_ran: Cli, golden: GoldenHomes):
+    """The CLI's first night of finance (the session's golden run, built by `pipelines run`).
+
+    The other verticals' first nights run through Airflow in test_airflow_dag_test.py,
+    which checks the same serving contract: one vertical matrix, not two.
+    """
+    cli, vertical = finance_ran, "finance"
+    proc = golden.built[FINANCE_FIRST_RUN]
     assert vertical in proc.stdout and "promoted" in proc.stdout
 
     summary = cli.record(vertical, DS, "report")
@@ -53,8 +57,8 @@ def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
     assert mine["last_decision"]["approved"] is True
 
 
-def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
-    cli("run", "finance", "--date", DS)
+def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(finance_ran: Cli):
+    cli = finance_ran  # `pipelines run finance --date DS` already ran
     first = cli.record("finance", DS, "report")
     weights = (Path(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes()
     bucket, counts = bucket_listing(cli.home), registry_counts(cli.home)
@@ -82,11 +86,11 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
     assert registry_counts(cli.home) == counts
 
 
-def test_a_warm_started_night_reruns_to_the_same_model(cli: Cli):
+def test_a_warm_started_night_reruns_to_the_same_model(finance_ran: Cli):
     """Night 2 fine-tunes night 1's champion; rerunning night 2 (model wiped) reproduces it bit for bit."""
     import shutil
 
-    cli("run", "finance", "--date", DS)
+    cli = finance_ran  # `pipelines run finance --date DS` already ran
     champion = cli.record("finance", DS, "train")["model_version"]
     cli("run", "finance", "--date", NEXT_DS)
     first = cli.record("finance", NEXT_DS, "train")
@@ -102,10 +106,8 @@ def test_a_warm_started_night_reruns_to_the_same_model(cli: Cli):
     assert (Path(again["model_dir"]) / "weights.pt").read_bytes() == weights
 
 
-def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
-    cli("run", "finance", "--date", DS)
-    later = "2026-11-29"  # after DS, and not after today: future dates are refused
-    cli("run", "finance", "--date", later, "--force-reason", "test: a newer champion")
+def test_rerun_of_an_older_date_never_replaces_a_newer_champion(finance_forced_later: Cli):
+    cli, later = finance_forced_later, LATER_DS  # DS ran, then LATER_DS was forced: a newer champion
     newer = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())
     assert newer["ds"] == later
 
@@ -120,12 +122,10 @@ def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):
     assert "later date" in deploy["why"] or not cli.record("finance", DS, "gate")["approved"]
 
 
-def test_a_rolled_back_model_does_not_come_back_without_a_force(cli: Cli):
+def test_a_rolled_back_model_does_not_come_back_without_a_force(finance_forced_later: Cli):
     """Issue 8: rollback C -> A, rerun C's night: not promoted, and the run says why."""
-    cli("run", "finance", "--date", DS)
-    first = json.loads((cli.home / "bucket" / "finance" / "production.json").read_text())["version"]
-    later = "2026-11-29"
-    cli("run", "finance", "--date", later, "--force-reason", "test: a second deployment")
+    cli, later = finance_forced_later, LATER_DS  # DS ran (A), then LATER_DS was forced (C)
+    first = cli.record("finance", DS, "deploy")["model_version"]
     second = cli.record("finance", later, "deploy")["model_version"]
     assert second != first
 
@@ -155,8 +155,8 @@ def corrupt_day(warehouse: Path, ds: str) -> int:
         return cur.rowcount
 
 
-def test_corrupted_partition_is_quarantined_alerted_and_never_trained(cli: Cli):
-    cli("run", "finance", "--date", DS)
+def test_corrupted_partition_is_quarantined_alerted_and_never_trained(finance_ran: Cli):
+    cli = finance_ran  # `pipelines run finance --date DS` already ran
     pointer_before = (cli.home / "bucket" / "finance" / "production.json").read_bytes()
     assert corrupt_day(cli.home / "warehouse.db", NEXT_DS) > 0
 

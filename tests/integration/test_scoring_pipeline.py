@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 VERTICAL = "finance"
 
 
-def test_a_nightly_run_exports_checks_and_deploys_onnx(cli: Cli):
-    cli("run", VERTICAL, "--date", DS)
+def test_a_nightly_run_exports_checks_and_deploys_onnx(finance_ran: Cli):
+    cli = finance_ran  # `pipelines run finance --date DS` already ran (the session's golden first night)
     train = cli.record(VERTICAL, DS, "train")
     assert set(train["exports"]) == {"onnx", "onnx_int8"}
     evaluation = json.loads((cli.home / "runs" / VERTICAL / DS / "evaluate.json").read_text())

@@ -29,6 +29,8 @@ from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.errors import DataQualityError, PipelineError, SourceError
 from pipelines.layout import Layout
 
+from ..conftest import short_window_specs
+
 pytestmark = pytest.mark.slow
 
 GOOD_DS = "2026-11-27"
@@ -360,26 +362,34 @@ def test_the_catalogue_covers_at_least_twenty_kinds():
 
 
 def test_one_bad_day_in_a_first_backfill_quarantines_only_that_day(tmp_path, seeded_warehouse, monkeypatch):
-    """The first run validates a year at once; a single bad day must not cost the other 364."""
+    """The first run validates its whole window at once; a single bad day must not cost the other 59.
+
+    A 60-day window (the year's logic, a sixth of its per-day re-checks): each day of a
+    failed backfill is re-validated on its own, which is what this test is about.
+    """
     home = tmp_path / "state"
     home.mkdir()
     shutil.copyfile(seeded_warehouse, home / "warehouse.db")
     monkeypatch.setenv("PIPELINES_HOME", str(home))
+    specs = short_window_specs(
+        tmp_path / "specs", "finance", window={"train_days": 60, "holdout_days": 20, "validation_days": 15}
+    )
+    monkeypatch.setenv("PIPELINES_SPECS_DIR", str(specs))
     monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
-    bad_day = "2026-06-01"
+    bad_day = "2026-10-15"
     with sqlite3.connect(home / "warehouse.db") as db:
         db.execute("update finance_loans set age = -3 where event_date = ?", (bad_day,))
 
     stages.extract("finance", GOOD_DS)
-    with pytest.raises(DataQualityError, match="Quarantined 1 of 365 day"):
+    with pytest.raises(DataQualityError, match="Quarantined 1 of 60 day"):
         stages.validate("finance", GOOD_DS)
 
     layout = Layout(Settings.from_env(), "finance")
     assert layout.quarantine(bad_day).exists() and not layout.validated(bad_day).exists()
-    assert len(list(layout.validated(GOOD_DS).parent.glob("*.parquet"))) == 364
+    assert len(list(layout.validated(GOOD_DS).parent.glob("*.parquet"))) == 59
     mail = message_from_bytes(next((home / "outbox").glob("*data-quality*")).read_bytes(), policy=policy.default)
     body = mail.get_body(("plain",)).get_content()
-    assert "Rows checked:" in body and "365 day(s); 1 day(s) quarantined" in body
+    assert "Rows checked:" in body and "60 day(s); 1 day(s) quarantined" in body
     assert f"quarantine/{bad_day}.parquet" in body and f"quarantine/{GOOD_DS}.parquet" not in body
 
     # The next run does not pull the quarantined day again and trains on the rest of the window.

@@ -31,6 +31,8 @@ import pytest
 from pipelines import stages
 from pipelines.config import PROJECT_ROOT, Settings
 
+from ..conftest import short_window_specs
+
 DS = "2026-11-27"
 BAD_DS = "2026-11-28"
 TEXT_FILES = {".json", ".html", ".md", ".eml", ".txt", ".yml", ".yaml", ".log", ".csv"}
@@ -53,6 +55,12 @@ def _pipelines(home: Path, env: dict[str, str], *args: str) -> subprocess.Comple
         text=True,
         timeout=600,
     )
+
+
+def _finance_tuning() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((PROJECT_ROOT / "verticals" / "finance.yaml").read_text())["model"]["tuning"])
 
 
 def _closed_port() -> int:
@@ -189,7 +197,13 @@ def test_planted_connection_secrets_never_appear_in_anything_a_run_wrote(
     smtp_secret = smtp_conn["password"]
     home = tmp_path / "state"
     home.mkdir()
-    env = {"AIRFLOW_CONN_WAREHOUSE_DEFAULT": source_uri, "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp_conn)}
+    # Every stage runs and writes as usual; a 2-trial sweep writes what a 12-trial one does.
+    specs = short_window_specs(tmp_path / "specs", "finance", model={"tuning": {**_finance_tuning(), "trials": 2}})
+    env = {
+        "AIRFLOW_CONN_WAREHOUSE_DEFAULT": source_uri,
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp_conn),
+        "PIPELINES_SPECS_DIR": str(specs),
+    }
     outputs: dict[str, bytes] = {}
 
     def run(name: str, run_env: dict[str, str], *args: str, code: int) -> None:

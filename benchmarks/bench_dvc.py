@@ -1,0 +1,72 @@
+"""DVC snapshot of a window vs ``md5sum`` of the same bytes (budget: <= 2x; unchanged: a no-op).
+
+New window: `pipelines.data.versioning.snapshot_window` for a date not yet versioned
+(each repetition a new date and a window differing in one row, in one data repo,
+like consecutive nights).  Unchanged: the same call again for a versioned date
+with the same frame; a no-op should cost less than hashing the bytes once
+(budget 1x md5sum).  The baseline is `md5sum` of the window file the snapshot
+wrote, read from the page cache like the snapshot's own bytes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import date, timedelta
+
+from bench_gx import frame_of
+from harness import Config, Figure, median_pair, settings_at, timed
+
+VERTICAL = "manufacturing"
+
+
+def run(config: Config) -> list[Figure]:
+    from pipelines.data.versioning import WINDOW_FILE, snapshot_window
+    from pipelines.layout import Layout
+
+    home = config.workdir / "dvc"
+    settings = settings_at(home)
+    rows = 20_000 if config.quick else 1_000_000
+    frame, _ = frame_of(rows)
+    window = Layout(settings, VERTICAL).dvc_repo / WINDOW_FILE
+    night = iter(date(2026, 1, 1) + timedelta(days=i) for i in range(10_000))
+    state = {"ds": ""}
+
+    def new_window() -> float:
+        ds = str(next(night))
+        frame.loc[0, "torque_nm"] = float(len(ds) + hash(ds) % 1000)  # another night: other bytes
+        state["ds"] = ds
+        return timed(lambda: snapshot_window(frame, vertical=VERTICAL, ds=ds, settings=settings))
+
+    def md5sum() -> float:
+        return timed(lambda: subprocess.run(["md5sum", str(window)], check=True, capture_output=True))
+
+    snapshot_window(frame, vertical=VERTICAL, ds="2025-12-31", settings=settings)  # the repo exists, as on night 2
+    m, b, samples = median_pair(config.reps, new_window, md5sum)
+    size = window.stat().st_size
+    figures = [
+        Figure(
+            name=f"DVC snapshot of a new window vs md5sum, {rows:,} rows",
+            measured=m,
+            baseline=b,
+            budget=2.0,
+            detail=f"window file {size / 1e6:.1f} MB",
+            samples=samples,
+        )
+    ]
+
+    def unchanged() -> float:
+        ds = state["ds"]
+        return timed(lambda: snapshot_window(frame, vertical=VERTICAL, ds=ds, settings=settings))
+
+    m, b, samples = median_pair(config.reps, unchanged, md5sum)
+    figures.append(
+        Figure(
+            name=f"DVC snapshot of an unchanged window vs md5sum, {rows:,} rows",
+            measured=m,
+            baseline=b,
+            budget=1.0,
+            detail="a no-op must not re-serialise or re-hash the window",
+            samples=samples,
+        )
+    )
+    return figures
