@@ -128,18 +128,18 @@ def _decode_extra(conn_id: str, extra: Any) -> dict[str, Any]:
     return dict(extra)
 
 
-_lookup: Lookup = from_env
+#: The process's lookup: one slot, replaced by `use_lookup` (the orchestration layer's, in a task).
+_installed: list[Lookup] = [from_env]
 
 
 def use_lookup(lookup: Lookup | None) -> None:
     """Install the process's connection lookup (the orchestration layer's); None restores env vars."""
-    global _lookup
-    _lookup = lookup or from_env
+    _installed[0] = lookup or from_env
 
 
 def get(conn_id: str) -> Connection | None:
     """The connection ``conn_id`` from the installed lookup, or None when it is not defined."""
-    return _lookup(conn_id)
+    return _installed[0](conn_id)
 
 
 # -- the providers' meaning ------------------------------------------------------------

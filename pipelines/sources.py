@@ -9,14 +9,11 @@ into SQL text.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 

@@ -65,7 +65,9 @@ def test_sql_source_url_is_the_same_from_either_form(monkeypatch, tmp_path):
     from_uri = resolve_connection_url("wh", settings)
     monkeypatch.setenv(
         "AIRFLOW_CONN_WH",
-        json.dumps({"conn_type": "postgres", "host": "db", "port": 5432, "login": "u", "password": "p@ss", "schema": "sales"}),
+        json.dumps(
+            {"conn_type": "postgres", "host": "db", "port": 5432, "login": "u", "password": "p@ss", "schema": "sales"}
+        ),
     )
     assert resolve_connection_url("wh", settings) == from_uri == "postgresql+psycopg://u:p%40ss@db:5432/sales"
     monkeypatch.setenv("AIRFLOW_CONN_WH", f"sqlite:///{tmp_path}/w.db")
