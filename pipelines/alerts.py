@@ -34,6 +34,7 @@ from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_bytes_atomic, write_json_atomic
 from pipelines.quality import FailedExpectation, QualityReport
 from pipelines.run_context import CLI, RunContext
+from pipelines.state import open_state
 
 log = logging.getLogger(__name__)
 DEFAULT_SENDER = connections.DEFAULT_SMTP_SENDER
@@ -78,7 +79,7 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
     # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
     smtp = configured_smtp() if settings.sends_email else None
     if smtp is None:
-        where = str(_write_outbox(message, settings))
+        where = open_state(settings).where(_write_outbox(message, settings))
         why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"
         log.warning("%s; email written to %s, not sent", why, where)
         _mark_delivered(settings, dedupe_key, digest, where)
@@ -148,6 +149,11 @@ def _delivered_where(settings: Settings, dedupe_key: str | None, digest: str) ->
     if dedupe_key is None:
         return None
     marker = _marker(settings, dedupe_key)
+    state = open_state(settings)
+    if not state.is_home:
+        # The shared copy decides: the alert may have gone out from another worker.
+        marker.unlink(missing_ok=True)
+        state.pull(marker)
     if not marker.exists():
         return None
     record = json.loads(marker.read_text())
@@ -156,9 +162,9 @@ def _delivered_where(settings: Settings, dedupe_key: str | None, digest: str) ->
 
 def _mark_delivered(settings: Settings, dedupe_key: str | None, digest: str, where: str) -> None:
     if dedupe_key is not None:
-        write_json_atomic(
-            _marker(settings, dedupe_key), {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()}
-        )
+        marker = _marker(settings, dedupe_key)
+        write_json_atomic(marker, {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()})
+        open_state(settings).push(marker)
 
 
 def _queue(message: EmailMessage, settings: Settings, dedupe_key: str | None, digest: str) -> Path:
@@ -244,6 +250,7 @@ def _write_outbox(message: EmailMessage, settings: Settings) -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in str(message["Subject"]))[:60].strip("-")
     path = settings.home / "outbox" / f"{stamp}-{slug}.eml"
     write_bytes_atomic(path, bytes(message))
+    open_state(settings).push(path)
     return path
 
 
@@ -344,7 +351,7 @@ def quality_alert(
             day=day,
             rows=report.rows_per_day.get(day),
             failed=day in failed_days,
-            where=str(layout.quarantine(day) if day in failed_days else layout.validated(day)),
+            where=layout.state.where(layout.quarantine(day) if day in failed_days else layout.validated(day)),
         )
         for day in report.days
     ]
@@ -377,7 +384,7 @@ def quality_alert(
             for f, table in zip(report.failed, tables, strict=True)
         ],
         "pii": ", ".join(spec.pii) or "none",
-        "quality_json": str(layout.report_dir(report.ds) / "quality.json"),
+        "quality_json": layout.state.where(layout.report_dir(report.ds) / "quality.json"),
         "rerun": _rerun(spec, report.ds, run),
     }
     identity = {

@@ -88,7 +88,7 @@ def json_bytes(payload: Any) -> bytes:
 # -- credentials -------------------------------------------------------------------
 
 
-def storage_options(url: str) -> tuple[str, dict[str, Any]]:
+def storage_options(url: str, *, conn_id_env: str = CONN_ID_ENV) -> tuple[str, dict[str, Any]]:
     """``url`` without any ``<conn_id>@`` and the fsspec options to open it with.
 
     Only S3 URLs take options; ``{}`` leaves credentials to botocore's
@@ -97,7 +97,7 @@ def storage_options(url: str) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(url)
     if parts.scheme not in _S3_SCHEMES:
         return url, {}
-    conn_id = os.environ.get(CONN_ID_ENV, "").strip() or None
+    conn_id = os.environ.get(conn_id_env, "").strip() or None
     if "@" in parts.netloc:
         # ObjectStoragePath's spelling: s3://aws_default@bucket/key.
         conn_id, _, host = parts.netloc.rpartition("@")
@@ -125,7 +125,7 @@ def _connection_options(conn_id: str) -> dict[str, Any]:
     return connections.s3_options(conn)
 
 
-def _is_store_error(exc: BaseException) -> bool:
+def is_store_error(exc: BaseException) -> bool:
     """Denied access, missing credentials or an unreachable endpoint (s3fs/botocore)."""
     if isinstance(exc, PermissionError):
         return True
@@ -143,7 +143,7 @@ def store_errors(bucket_url: str, *, vertical: str | None = None) -> Iterator[No
     try:
         yield
     except Exception as exc:
-        if not _is_store_error(exc):
+        if not is_store_error(exc):
             raise
         raise DeployError(
             f"bucket {bucket_url} denied access or could not be reached ({type(exc).__name__}: {exc}); "

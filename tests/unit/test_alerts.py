@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from email.message import EmailMessage
-from pathlib import Path
 
 import pandas as pd
 
@@ -14,6 +13,7 @@ from pipelines.config import Settings, VerticalSpec
 from pipelines.data_docs import docs_url
 from pipelines.quality import FailedExpectation, QualityReport, mask_pii
 from pipelines.run_context import RunContext
+from pipelines.state import open_state
 
 SPEC = VerticalSpec.model_validate(
     {
@@ -200,7 +200,7 @@ def test_quality_json_is_strict_json():
 def test_without_smtp_mail_goes_to_the_outbox(settings):
     where = deliver(message(), settings)
     assert where.startswith(str(settings.home / "outbox"))
-    assert "Subject: subject" in Path(where).read_text()
+    assert "Subject: subject" in open_state(settings).local(where).read_text()
 
 
 def test_smtp_delivery_to_a_real_server(settings, smtp_server):
