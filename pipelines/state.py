@@ -21,6 +21,7 @@ botocore's standard chain, as for the bucket.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import posixpath
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable naming the Airflow connection that holds the state store's S3 credentials.
 CONN_ID_ENV = "PIPELINES_STATE_CONN_ID"
+#: Under home: which stored version each cached file was fetched from (never pushed).
+CACHE_STAMPS = ".state-cache"
 
 
 class StateError(PipelineError):
@@ -103,6 +106,7 @@ class StateStore:
         if self.fs is None:
             return Path(path).exists()
         with _store_errors(self.url):
+            self.fs.invalidate_cache(self._key(path))  # another worker may have written it since
             return bool(self.fs.exists(self._key(path)))
 
     def names(self, folder: Path) -> set[str]:
@@ -157,14 +161,16 @@ class StateStore:
     def pull(self, *paths: Path) -> None:
         """Download files or folders from the state into home, when the state holds them.
 
-        A cached copy of the same size is kept (state files are written whole,
-        never appended to); anything else is fetched again.
+        A cached copy is kept only when it was fetched from the same stored
+        version (ETag, or size and modification time); anything else -- a copy
+        this worker wrote itself, a stale or damaged one -- is fetched again.
         """
         if self.fs is None:
             return
         with _store_errors(self.url):
             for path in map(Path, paths):
                 key = self._key(path)
+                self.fs.invalidate_cache(key)
                 try:
                     info = self.fs.info(key)
                 except FileNotFoundError:
@@ -176,14 +182,25 @@ class StateStore:
                     self._fetch(key, path, info)
 
     def _fetch(self, key: str, path: Path, info: dict[str, Any]) -> None:
+        """Download ``key`` to ``path`` unless the cached copy came from this very object version."""
         assert self.fs is not None
-        size = info.get("size")
-        if path.is_file() and size is not None and path.stat().st_size == size:
+        stamp = self.home / CACHE_STAMPS / f"{self.rel(path)}.json"
+        version = _object_version(info)
+        if path.is_file() and stamp.is_file() and stamp.read_text() == version:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")
         self.fs.get_file(key, str(tmp))
         tmp.replace(path)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(version)
+
+
+def _object_version(info: dict[str, Any]) -> str:
+    """What identifies one stored version of an object: its ETag (S3) or size and mtime."""
+    tag = info.get("ETag") or info.get("etag") or info.get("md5")
+    when = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    return json.dumps({"tag": str(tag), "size": info.get("size"), "when": str(when)}, sort_keys=True)
 
 
 def open_state(settings: Settings) -> StateStore:
