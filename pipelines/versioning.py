@@ -234,21 +234,28 @@ def read_snapshot(
         # The remote lives in config.local, which applies to every revision:
         # refresh it so an old tag is read from wherever the data lives now.
         _configure_local(root, remote, vertical=vertical, ds=ds)
-        import dvc.api
-
-        with (
-            _translating(
-                f"reading {WINDOW_FILE} at {commit or tag}",
-                root=root,
-                vertical=vertical,
-                ds=ds,
-                hint=_remote_hint(remote),
-            ),
-            dvc.api.open(WINDOW_FILE, repo=str(root), rev=commit or tag, mode="rb") as fh,
-        ):
+        with _window_file(root, commit or tag, remote=remote, vertical=vertical, ds=ds) as fh:
             # A local cache object opens as a plain file: parse it in place
             # (measured 2.5x faster than reading it into memory first).
             return pd.read_parquet(fh if fh.seekable() else io.BytesIO(fh.read()))
+
+
+@contextmanager
+def _window_file(root: Path, rev: str | None, *, remote: str, vertical: str, ds: str | None) -> Iterator[BinaryIO]:
+    """``window.parquet`` of the DVC repo at ``root`` (at git revision ``rev``), fetched from the remote if needed."""
+    import dvc.api
+
+    with (
+        _translating(
+            f"reading {WINDOW_FILE} at {rev or 'the pinned md5'}",
+            root=root,
+            vertical=vertical,
+            ds=ds,
+            hint=_remote_hint(remote),
+        ),
+        dvc.api.open(WINDOW_FILE, repo=str(root), rev=rev, mode="rb") as fh,
+    ):
+        yield fh
 
 
 def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None = None) -> pd.DataFrame:
@@ -280,18 +287,7 @@ def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None =
             _configure_local(pin, remote, vertical=vertical, ds=ds)
             pointer = {"outs": [{"md5": md5, "path": WINDOW_FILE, "hash": "md5"}]}
             (pin / DVC_FILE).write_text(yaml.safe_dump(pointer, sort_keys=False))
-        import dvc.api
-
-        with (
-            _translating(
-                f"reading {WINDOW_FILE} with md5 {md5} from the DVC remote",
-                root=pin,
-                vertical=vertical,
-                ds=ds,
-                hint=_remote_hint(remote),
-            ),
-            dvc.api.open(WINDOW_FILE, repo=str(pin), mode="rb") as fh,
-        ):
+        with _window_file(pin, None, remote=remote, vertical=vertical, ds=ds) as fh:
             data = fh.read()
     got = hashlib.md5(data).hexdigest()
     if got != md5:
