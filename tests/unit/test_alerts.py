@@ -247,7 +247,8 @@ def test_smtp_uri_form_means_what_the_json_form_means(monkeypatch):
     )
     from_json = configured_smtp()
     monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT", "smtp://u%40x:p%2Fw@relay:2525?disable_ssl=true&disable_tls=true&from_email=ml%40corp"
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        "smtp://u%40x:p%2Fw@relay:2525?disable_ssl=true&disable_tls=true&from_email=ml%40corp",
     )
     assert configured_smtp() == from_json
     assert from_json is not None and not from_json.use_ssl and not from_json.starttls
