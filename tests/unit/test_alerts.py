@@ -8,11 +8,11 @@ from email.message import EmailMessage
 
 import pandas as pd
 
-from pipelines.alerts import SmtpConfig, configured_smtp, deliver, quality_alert
 from pipelines.config import Settings, VerticalSpec
-from pipelines.data_docs import docs_url
-from pipelines.quality import FailedExpectation, QualityReport, mask_pii
-from pipelines.run_context import RunContext
+from pipelines.data.data_docs import docs_url
+from pipelines.data.quality import FailedExpectation, QualityReport, mask_pii
+from pipelines.notify.alerts import SmtpConfig, configured_smtp, deliver, quality_alert
+from pipelines.notify.run_context import RunContext
 from pipelines.state import open_state
 
 SPEC = VerticalSpec.model_validate(
