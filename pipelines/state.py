@@ -161,9 +161,16 @@ class StateStore:
 
     def _put(self, path: Path) -> None:
         assert self.fs is not None
+        stamp = self._stamp(path)
+        if stamp.is_file() and path.stat().st_mtime_ns <= stamp.stat().st_mtime_ns:
+            return  # fetched from the state and not changed since: the store has these bytes
         key = self._key(path)
         self._parent(key)
         self.fs.put_file(str(path), key)
+        stamp.unlink(missing_ok=True)  # names the version this upload replaced
+
+    def _stamp(self, path: Path) -> Path:
+        return self.home / CACHE_STAMPS / f"{self.rel(path)}.json"
 
     def _parent(self, key: str) -> None:
         # Object stores need no folders (and asking costs a request); a local or mounted store does.
@@ -198,7 +205,7 @@ class StateStore:
     def _fetch(self, key: str, path: Path, info: dict[str, Any]) -> None:
         """Download ``key`` to ``path`` unless the cached copy came from this very object version."""
         assert self.fs is not None
-        stamp = self.home / CACHE_STAMPS / f"{self.rel(path)}.json"
+        stamp = self._stamp(path)
         version = _object_version(info)
         if path.is_file() and stamp.is_file() and stamp.read_text() == version:
             return

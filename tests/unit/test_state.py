@@ -76,6 +76,24 @@ def test_folders_travel_by_uri_and_a_stale_cached_copy_is_fetched_again(tmp_path
     assert (open_state(b).local(uri) / "weights.pt").read_bytes() == b"again"
 
 
+def test_push_uploads_only_what_changed_since_it_was_fetched(tmp_path: Path, shared: Path) -> None:
+    a, b = worker(tmp_path, "a", shared), worker(tmp_path, "b", shared)
+    site = Layout(a, "demo").report_dir("2026-11-27")
+    site.mkdir(parents=True)
+    for name in ("old.html", "index.html"):
+        (site / name).write_text(name)
+    open_state(a).push(site)
+    state_b = open_state(b)
+    local = state_b.local(open_state(a).uri(site))
+    stored = shared / "reports" / "demo" / "2026-11-27"
+    before = {p.name: p.stat().st_mtime_ns for p in stored.iterdir()}
+    (local / "index.html").write_text("rebuilt")
+    state_b.push(local)
+    after = {p.name: p.stat().st_mtime_ns for p in stored.iterdir()}
+    assert after["old.html"] == before["old.html"]  # unchanged since fetched: not uploaded again
+    assert (stored / "index.html").read_text() == "rebuilt"
+
+
 def test_partitions_move_in_the_state_and_names_lists_a_folder(tmp_path: Path, shared: Path) -> None:
     a = worker(tmp_path, "a", shared)
     layout = Layout(a, "demo")
