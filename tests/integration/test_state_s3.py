@@ -129,3 +129,28 @@ def test_each_stage_on_a_fresh_worker_with_state_on_s3(
         ]
     assert cells and _local_paths(iter(cells), tmp_path) == []
     print(f"\n[state on s3] first night per stage (s): {first}\n[state on s3] rerun per stage (s): {again}")
+
+
+def test_an_unreachable_state_store_is_a_clear_error_naming_url_and_settings(
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path
+) -> None:
+    """S3 down: the stage stops (after botocore's retries) saying which URL and what to check."""
+    home = tmp_path / "worker"
+    home.mkdir()
+    source = tmp_path / "warehouse.db"
+    shutil.copyfile(seeded_warehouse, source)
+    down = "http://127.0.0.1:9"  # nothing listens on the discard port
+    proc = Cli(
+        home,
+        {
+            **s3_server.env(),
+            "AWS_ENDPOINT_URL": down,
+            "PIPELINES_STATE_URL": f"s3://{s3_server.bucket}/down/state",
+            "PIPELINES_REGISTRY_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+            "AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{source}",
+        },
+    )("extract", VERTICAL, "--date", DS, check=False)
+    assert proc.returncode != 0
+    assert f"state store s3://{s3_server.bucket}/down/state" in proc.stderr
+    assert "PIPELINES_STATE_URL" in proc.stderr and down in proc.stderr
+    assert "Traceback" not in proc.stderr
