@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import s3fs
@@ -53,8 +54,10 @@ def _local_paths(values: Iterator[str], scratch: Path) -> list[str]:
 
 
 def test_each_stage_on_a_fresh_worker_with_state_on_s3(
-    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)  # the workers' subprocesses inherit this environment
     prefix = f"{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
     source = tmp_path / "source" / "warehouse.db"  # the warehouse is a server in production: outside every home
     source.parent.mkdir()
@@ -62,8 +65,15 @@ def test_each_stage_on_a_fresh_worker_with_state_on_s3(
     registry = tmp_path / "registry" / "registry.db"  # likewise the registry database
     registry.parent.mkdir()
     workers = tmp_path / "workers"
+    # No AWS environment: state, bucket and DVC remote all take their credentials from one
+    # Airflow connection (URI form) through the one resolver.
+    endpoint = quote(s3_server.endpoint, safe="")
     shared = {
-        **s3_server.env(),
+        "AIRFLOW_CONN_S3_STATE": f"aws://{s3_server.access_key}:{s3_server.secret_key}@/"
+        f"?endpoint_url={endpoint}&region_name=us-east-1",
+        "PIPELINES_STATE_CONN_ID": "s3_state",
+        "PIPELINES_BUCKET_CONN_ID": "s3_state",
+        "PIPELINES_DVC_CONN_ID": "s3_state",
         "PIPELINES_STATE_URL": f"s3://{prefix}/state",
         "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
         "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc",
