@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from pipelines import stages
-from pipelines.config import Settings, check_vertical_name, echo, load_spec, vertical_names
-from pipelines.data.sources import check_ds, parse_ds
+from pipelines.config import Settings, check_vertical_name, echo, load_spec, parse_ds, vertical_names
+from pipelines.data.sources import check_ds
 from pipelines.errors import DataQualityError, PipelineError, RunAlreadyActive, SpecError
 from pipelines.registry.run_lock import hold_run
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from datetime import date
@@ -20,9 +19,19 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.errors import SpecError
+from pipelines.errors import InvalidArgumentError, PipelineError, SpecError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
@@ -160,6 +169,47 @@ class Distribution(_Strict):
     exempt: list[str] = Field(default_factory=list)
 
 
+class DriftThresholds(_Strict):
+    """PSI levels of one feature: at ``warn`` the run is told, at ``block`` it stops before training."""
+
+    warn: Annotated[float, Field(gt=0)] = 0.1
+    block: Annotated[float, Field(gt=0)] = 0.25
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftThresholds:
+        if self.warn > self.block:
+            raise ValueError("warn must not be above block")
+        return self
+
+
+class Drift(DriftThresholds):
+    """Per-feature PSI of the newest days of the window against the champion's training data.
+
+    Checked by the snapshot stage (`pipelines.data.drift`); the reference is the
+    DVC data version the current champion was trained on (its registry lineage).
+    No champion yet (a first run) and there is nothing to compare: said so.
+    """
+
+    enabled: bool = True
+    #: The newest days of tonight's window compared with the champion's data; None: the whole
+    #: window (which overlaps the champion's almost entirely, so it moves slowly).
+    recent_days: Annotated[int, Field(ge=1, le=3650)] | None = 30
+    #: Fewer rows than this in those days (or in the champion's data) and nothing is compared.
+    min_rows: Annotated[int, Field(ge=10)] = 200
+    #: Quantile bins of a numeric feature, cut on the champion's data; the most frequent
+    #: categories kept per categorical (the rest pooled); missing values are one more bin.
+    bins: Annotated[int, Field(ge=2, le=50)] = 10
+    #: Per-feature levels instead of ``warn``/``block`` (e.g. a feature that moves by design).
+    features: dict[str, DriftThresholds] = Field(default_factory=dict)
+    #: Features not checked at all.
+    exempt: list[str] = Field(default_factory=list)
+
+    def thresholds(self, feature: str) -> tuple[float, float]:
+        """(warn, block) for ``feature``."""
+        own = self.features.get(feature)
+        return (own.warn, own.block) if own else (self.warn, self.block)
+
+
 class Quality(_Strict):
     #: Suite file name under ``expectations/`` (defaults to the vertical name); a plain name, never a path.
     suite: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")] | None = None
@@ -177,6 +227,8 @@ class Quality(_Strict):
     #: batch of at least this many rows, with both classes present, is a leak.
     leak_min_rows: Annotated[int, Field(ge=2)] = 20
     distribution: Distribution = Distribution()
+    #: Drift against the champion's training data (PSI per feature), warn and block levels.
+    drift: Drift = Drift()
 
 
 class ThresholdChoice(_Strict):
@@ -288,9 +340,10 @@ _Unit = Annotated[float, Field(ge=0, le=1)]
 class Comparison(_Strict):
     """How the challenger is compared with the champion (and the logistic baseline) on the same holdout rows."""
 
-    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric;
-    #: ``mcnemar``: McNemar's mid-p test for accuracy and recall (bootstrap for
-    #: the others); ``point``: point estimates only (tolerance alone decides).
+    #: ``bootstrap``: paired bootstrap CI of (challenger - champion) per metric
+    #: (DeLong's CI for AUROC); ``mcnemar``: McNemar's mid-p test for accuracy
+    #: and recall (the intervals for the others); ``point``: point estimates
+    #: only (tolerance alone decides).
     method: Literal["bootstrap", "mcnemar", "point"] = "bootstrap"
     #: The primary metrics compared with the champion; unset: every metric in
     #: ``thresholds`` or ``champion_tolerance``.
@@ -413,6 +466,17 @@ class Alerts(_Strict):
     report_on: list[ReportOutcome] = Field(default_factory=lambda: list[ReportOutcome](["rejected"]))
 
 
+class Card(_Strict):
+    """What the model card says beyond the numbers (see verticals/README.md, "card")."""
+
+    #: Who should use the model's scores, for what decision; default: said from description and label.
+    intended_use: str | None = None
+    #: Known weaknesses (populations, data gaps, failure modes); the card adds the run's own caveats.
+    limitations: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    #: The categorical feature the card's per-slice figure splits by; default: the first categorical feature.
+    slice_by: str | None = None
+
+
 class VerticalSpec(_Strict):
     """Everything that makes one vertical, validated on load."""
 
@@ -426,11 +490,15 @@ class VerticalSpec(_Strict):
     label: Label
     features: Features
     pii: list[str] = Field(default_factory=list)
+    #: Airflow-style connection whose password is the secret that pseudonymises the ``pii``
+    #: columns at extract (`pipelines.data.pii`); ``PIPELINES_PII_KEY`` when it is not set.
+    pii_key_conn: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "pii_default"
     window: Window = Window()
     quality: Quality = Quality()
     model: Model = Model()
     gate: Gate
     alerts: Alerts
+    card: Card = Card()
 
     @model_validator(mode="after")
     def _consistent(self) -> VerticalSpec:
@@ -449,6 +517,11 @@ class VerticalSpec(_Strict):
         unknown = sorted(set(self.quality.distribution.exempt) - used)
         if unknown:
             raise ValueError(f"quality.distribution.exempt names non-feature column(s): {unknown}")
+        if self.card.slice_by is not None and self.card.slice_by not in self.features.categorical:
+            raise ValueError(
+                f"card.slice_by {self.card.slice_by!r} is not a categorical feature; "
+                f"choose one of {self.features.categorical or '(none: list one under features.categorical)'}"
+            )
         # Slice values are stored with the holdout scores and named in reports: never PII.
         self.gate.check_slice_columns(
             forbidden={
@@ -457,6 +530,14 @@ class VerticalSpec(_Strict):
                 self.label.column: "the label",
             }
         )
+        return self
+
+    @model_validator(mode="after")
+    def _drift_columns(self) -> VerticalSpec:
+        drift = self.quality.drift
+        unknown = sorted((set(drift.exempt) | set(drift.features)) - set(self.features.all))
+        if unknown:
+            raise ValueError(f"quality.drift names non-feature column(s): {unknown}")
         return self
 
     @model_validator(mode="after")
@@ -471,6 +552,11 @@ class VerticalSpec(_Strict):
         if needs and not self.window.validation_days:
             raise ValueError(f"{', '.join(needs)} need(s) a validation split: set window.validation_days")
         return self
+
+    @property
+    def card_slice_column(self) -> str | None:
+        """The feature the model card's per-slice figure splits by (None: no categorical feature)."""
+        return self.card.slice_by or next(iter(self.features.categorical), None)
 
     @property
     def suite_name(self) -> str:
@@ -491,6 +577,41 @@ def _hash(payload: object) -> str:
 
 #: `make airflow` serves the UI here; Airflow's own fallback for ``[api] base_url`` too.
 DEFAULT_PUBLIC_URL = "http://localhost:8080"
+
+
+class _ProductionEnv(BaseSettings):
+    """The ``PIPELINES_*`` variables; an empty one counts as unset (its default applies).
+
+    URLs left None default under ``home`` in `Settings.from_env` (they depend on it).  Every
+    value is a string or a path, so none can be malformed here; the profile is checked there.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_", env_ignore_empty=True, extra="ignore")
+
+    home: Path = PROJECT_ROOT / ".state"
+    specs_dir: Path = PROJECT_ROOT / "verticals"
+    expectations_dir: Path = PROJECT_ROOT / "expectations"
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
+    state_url: str = ""
+    # The Airflow API server's own base URL unless the links must name another (a proxy).
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
+    )
+    profile: str = "production"
+
+
+class _ExperimentEnv(BaseSettings):
+    """The ``PIPELINES_EXPERIMENT_*`` variables (see `experiment_settings`); never production's."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINES_EXPERIMENT_", env_ignore_empty=True, extra="ignore")
+
+    home: Path | None = None
+    bucket_url: str | None = None
+    registry_url: str | None = None
+    dvc_remote: str | None = None
+    state_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -519,21 +640,19 @@ class Settings:
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
         """Settings from ``PIPELINES_*`` variables; ``profile`` (else ``PIPELINES_PROFILE``) picks the profile."""
-        home = Path(os.environ.get("PIPELINES_HOME", PROJECT_ROOT / ".state")).resolve()
+        env = _ProductionEnv()
+        home = env.home.resolve()
         production = cls(
             home=home,
-            specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", PROJECT_ROOT / "verticals")),
-            expectations_dir=Path(os.environ.get("PIPELINES_EXPECTATIONS_DIR", PROJECT_ROOT / "expectations")),
-            bucket_url=os.environ.get("PIPELINES_BUCKET_URL", (home / "bucket").as_uri()),
-            registry_url=os.environ.get("PIPELINES_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-            dvc_remote=os.environ.get("PIPELINES_DVC_REMOTE", str(home / "dvc-remote")),
-            # The Airflow API server's own base URL unless the links must name another (a proxy).
-            public_url=os.environ.get("PIPELINES_PUBLIC_URL")
-            or os.environ.get("AIRFLOW__API__BASE_URL")
-            or DEFAULT_PUBLIC_URL,
-            state_url=os.environ.get("PIPELINES_STATE_URL", "").strip(),
+            specs_dir=env.specs_dir,
+            expectations_dir=env.expectations_dir,
+            bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+            registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+            dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
+            public_url=env.public_url,
+            state_url=env.state_url.strip(),
         )
-        chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
+        chosen = profile or env.profile
         if chosen == "production":
             return production
         if chosen == "experiment":
@@ -565,17 +684,17 @@ def experiment_settings(production: Settings) -> Settings:
     environment cannot leak into an experiment.  It reads the same specs, suites and sources;
     the embedded warehouse is production's file, opened read-only.
     """
-    default_home = production.home / "experiments"
-    home = Path(os.environ.get("PIPELINES_EXPERIMENT_HOME", default_home)).resolve()
+    env = _ExperimentEnv()
+    home = (env.home or production.home / "experiments").resolve()
     experiment = replace(
         production,
         home=home,
-        bucket_url=os.environ.get("PIPELINES_EXPERIMENT_BUCKET_URL", (home / "bucket").as_uri()),
-        registry_url=os.environ.get("PIPELINES_EXPERIMENT_REGISTRY_URL", f"sqlite:///{home / 'registry.db'}"),
-        dvc_remote=os.environ.get("PIPELINES_EXPERIMENT_DVC_REMOTE", str(home / "dvc-remote")),
+        bucket_url=env.bucket_url or (home / "bucket").as_uri(),
+        registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
+        dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
         profile="experiment",
         warehouse_file=production.warehouse_file or production.home / "warehouse.db",
-        state_url=os.environ.get("PIPELINES_EXPERIMENT_STATE_URL", "").strip(),
+        state_url=env.state_url.strip(),
     )
     shared = [
         (name, variable)
@@ -641,6 +760,21 @@ def echo(value: object) -> str:
     return f"{text[:_ECHO_CHARS]!r}… ({len(text)} characters)"
 
 
+def parse_ds(ds: object, *, vertical: str | None = None, error: type[PipelineError] = InvalidArgumentError) -> date:
+    """Parse a logical date ``YYYY-MM-DD``, the one parser for it; else raise ``error`` saying the format.
+
+    ``error`` lets a stage keep its own error class (a bad date reaching training is
+    a `TrainingError` there); every caller gets the same rule and the same message.
+    """
+    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
+    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
+    try:
+        return date.fromisoformat(ds)
+    except ValueError as exc:
+        raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
+
+
 def check_vertical_name(vertical: object) -> str:
     """``vertical`` if it is a well-formed vertical name, else raise `SpecError`.
 
@@ -683,4 +817,21 @@ def load_suite(spec: VerticalSpec, settings: Settings | None = None) -> dict:
         raise SpecError(f"suite {path} is not valid JSON: {exc}", vertical=spec.name) from exc
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
         raise SpecError(f"suite {path} must be an object with an 'expectations' list", vertical=spec.name)
+    _check_severities(suite["expectations"], path, spec.name)
     return suite
+
+
+#: GX's ``severity`` per expectation: ``critical`` (the default) blocks the run; the others only warn.
+SUITE_SEVERITIES = ("critical", "warning", "info")
+
+
+def _check_severities(expectations: list, path: Path, vertical: str) -> None:
+    """A misspelt severity ("warn") must be a clear spec error, not GX's exception mid-run."""
+    for number, expectation in enumerate(expectations, start=1):
+        severity = expectation.get("severity") if isinstance(expectation, dict) else None
+        if severity is not None and severity not in SUITE_SEVERITIES:
+            raise SpecError(
+                f"suite {path}: expectation {number} ({expectation.get('type')}) has severity {echo(severity)}; "
+                "use critical (blocks the run, the default), warning or info (recorded, the run continues)",
+                vertical=vertical,
+            )

@@ -113,10 +113,6 @@ class Layout:
     def has_record(self, ds: str, stage: str) -> bool:
         return self.state.exists(self.record_path(ds, stage))
 
-    def clear_records(self, ds: str, stages: list[str]) -> None:
-        for stage in stages:
-            self.state.remove(self.record_path(ds, stage))
-
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file and rename, so readers never see half a file."""

@@ -166,7 +166,7 @@ def validate(
             f"{state.where(layout.quarantine(ds).parent)}; report at {state.where(report_path)}; alert: {where}",
             vertical=spec.name,
             ds=ds,
-            report_path=state.uri(report_path),
+            report_path=state.where(report_path),
         )
     for day in pending:
         state.move(layout.raw(day), layout.validated(day))
@@ -181,6 +181,7 @@ def validate(
         "report": state.uri(report_path),
         "data_docs": report.data_docs,
         "data_docs_page": report.data_docs_page,
+        **_warning_record(spec, ds, report, settings, run_context),
     }
     layout.write_record(ds, "validate", record)
     return record
@@ -191,11 +192,49 @@ def _gx_root(layout: Layout) -> Path:
     return layout.home / "gx" / layout.vertical
 
 
+def _warning_record(
+    spec: VerticalSpec, ds: str, report: Any, settings: Settings, run_context: RunContext | None
+) -> dict[str, Any]:
+    """Non-blocking failures (GX severity ``warning``/``info``): mailed once, recorded, the run goes on."""
+    from pipelines.notify import alerts
+
+    if not report.warnings:
+        return {"warnings": []}
+    message = alerts.quality_alert(spec, report, [], settings, run_context)
+    try:
+        where = alerts.deliver(message, settings, dedupe_key=f"{spec.name}-{ds}-quality-warning")
+    except (OSError, smtplib.SMTPException) as exc:
+        # A warning must not stop the run; the run summary still lists it.
+        where = f"NOT SENT ({type(exc).__name__}: {exc})"
+        log.error("%s %s: data-quality warning email could not be sent: %s", spec.name, ds, exc)
+    log.warning("%s %s: %s", spec.name, ds, report.warning_summary())
+    return {
+        "warnings": [
+            {
+                "expectation": f.expectation,
+                "column": f.column,
+                "severity": f.severity,
+                "observed": alerts.observed_text(f),
+                "notes": f.notes,
+            }
+            for f in report.warnings
+        ],
+        "warning_alert": where,
+    }
+
+
 # -- snapshot ------------------------------------------------------------------
 
 
-def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Version the validated training window with DVC (a no-op when unchanged)."""
+def snapshot(
+    vertical: str, ds: str, *, settings: Settings | None = None, run_context: RunContext | None = None
+) -> dict[str, Any]:
+    """Version the validated training window with DVC (a no-op when unchanged).
+
+    First the window's drift against the champion's training data is checked
+    (`pipelines.data.drift`): beyond ``quality.drift.block`` the run stops here
+    with an alert and `DataQualityError`, before anything is versioned or trained.
+    """
     from pipelines.data.sources import assemble_window
     from pipelines.data.versioning import snapshot_window
 
@@ -209,6 +248,7 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
     if frame.empty:
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
+    drift = _check_drift(spec, ds, frame, settings=settings, layout=layout, run_context=run_context)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
         # Not the repo's workspace path: that is this worker's scratch; the md5 names the data anywhere.
@@ -216,11 +256,90 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "missing_days": len(missing),
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
+        "drift": drift,
     }
     if missing:
         log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
     layout.write_record(ds, "snapshot", record)
     return {k: record[k] for k in ("id", "tag", "rows", "created", "missing_days")}
+
+
+def _check_drift(
+    spec: VerticalSpec, ds: str, frame: Any, *, settings: Settings, layout: Layout, run_context: RunContext | None
+) -> dict[str, Any]:
+    """Drift against the champion's data: recorded always, mailed when it warns, raised when it blocks."""
+    from pipelines.data.drift import check_drift
+    from pipelines.layout import write_json_atomic
+    from pipelines.notify import alerts
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import read_pointer
+
+    kept = _kept_drift(layout, ds, settings)
+    if kept is not None:
+        return kept
+    pointer = read_pointer(settings.bucket_url, spec.name)
+    champion = None if pointer is None else str(pointer["version"])
+    model = None if champion is None else Registry.from_settings(settings).model(spec.name, champion)
+    report = check_drift(spec, ds, frame, settings, champion_version=champion, lineage=model.lineage if model else None)
+    path = layout.report_dir(ds) / "drift.json"
+    write_json_atomic(path, report.to_dict())
+    layout.state.push(path)
+    where = None
+    if report.blocking or report.warnings:
+        try:
+            where = alerts.deliver(
+                alerts.drift_alert(spec, report, settings, run_context), settings, dedupe_key=f"{spec.name}-{ds}-drift"
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            where = f"NOT SENT ({type(exc).__name__}: {exc})"
+            log.error("%s %s: drift alert could not be sent: %s", spec.name, ds, exc)
+    record = {
+        "summary": report.summary(),
+        "skipped": report.skipped,
+        "champion_version": report.champion_version,
+        "reference_data_version": report.reference_data_version,
+        "max_psi": report.max_psi,
+        "psi": {f.feature: f.psi for f in report.features},
+        "warnings": [f.feature for f in report.warnings],
+        "blocking": [f.feature for f in report.blocking],
+        "alert": where,
+        "report": layout.state.uri(path),
+    }
+    layout.write_record(ds, "drift", record)
+    log.info("%s %s: %s", spec.name, ds, report.summary())
+    if report.blocking:
+        beyond = ", ".join(f"{f.feature} PSI {f.psi:.3f} >= {f.block}" for f in report.blocking)
+        raise DataQualityError(
+            f"drift against the data the champion {report.champion_version} was trained on "
+            f"({report.reference_data_version}): {beyond}. Nothing was snapshotted or trained and production "
+            "is unchanged; the validated partitions are kept. Check the source; to accept the change, raise "
+            f"quality.drift (block, or features.<name>.block) or exempt the feature in verticals/{spec.name}.yaml "
+            f"and clear 'snapshot'. Report at {layout.state.where(path)}; alert: {where}",
+            vertical=spec.name,
+            ds=ds,
+            report_path=layout.state.where(path),
+        )
+    return record
+
+
+def _kept_drift(layout: Layout, ds: str, settings: Settings) -> dict[str, Any] | None:
+    """The earlier drift record of ``ds`` when production now serves the model trained for ``ds``.
+
+    Like `_kept_record`: a rerun must not compare the window with the data of
+    the model it produced itself (PSI 0, a different summary, a second email).
+    """
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import read_pointer
+
+    if not layout.has_record(ds, "drift"):
+        return None
+    pointer = read_pointer(settings.bucket_url, layout.vertical)
+    if pointer is None:
+        return None
+    model = Registry.from_settings(settings).model(layout.vertical, str(pointer["version"]))
+    if model is None or model.ds != ds:
+        return None
+    return layout.read_record(ds, "drift", needed_by="snapshot")
 
 
 # -- train ---------------------------------------------------------------------
@@ -441,7 +560,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         prob,
         champion=champion_prob,
         baselines={b.name: b.prob for b in baselines},
-        slices={s.column: slice_values(holdout[s.column]) for s in spec.gate.slices},
+        # The gate's slice columns, and the feature the model card shows per value.
+        slices={column: slice_values(holdout[column]) for column in _score_slices(spec)},
     )
     scores_path = layout.report_dir(ds) / "holdout_scores.parquet"
     scores_sha256 = write_holdout_scores(scores_path, scores)
@@ -474,6 +594,13 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         lineage=_lineage(spec, ds, trained, snap, trained.get("run_id")),
     )
     return _evaluation_headline(record)
+
+
+def _score_slices(spec: VerticalSpec) -> list[str]:
+    """Columns whose values go with the holdout scores: the gate's slices, then the card's."""
+    columns = [s.column for s in spec.gate.slices]
+    card = spec.card_slice_column
+    return columns + ([card] if card is not None and card not in columns else [])
 
 
 def _evaluation_headline(record: dict[str, Any]) -> dict[str, Any]:
@@ -666,7 +793,7 @@ def _push(
     from pipelines.errors import PipelineError, RegistryError
     from pipelines.release.deploy import deploy_version, read_pointer
     from pipelines.release.export import refused_export_files
-    from pipelines.release.model_card import render_model_card
+    from pipelines.release.model_card import build_model_card
 
     trained = layout.read_record(ds, "train", needed_by="deploy")
     evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
@@ -679,6 +806,7 @@ def _push(
         )
     # The bucket's lineage.json names the run that first produced the model, as the registry does.
     lineage = {**(model.lineage or _lineage(spec, ds, trained, snap, run_id)), "decision": decision}
+    card = build_model_card(spec, ds, trained, evaluation, decision, scores=_holdout_scores(spec, ds, evaluation))
     pointer = read_pointer(settings.bucket_url, spec.name)
     who = actor(run_id)
     intent = registry.record_intent(
@@ -697,7 +825,9 @@ def _push(
             model_dir=layout.state.local(trained["model_dir"]),
             metrics=evaluation,
             lineage=lineage,
-            model_card=render_model_card(spec, ds, trained, evaluation, decision),
+            model_card=card.markdown,
+            model_card_json=card.data,
+            card_images=card.images,
             ds=ds,
             exclude=refused_export_files(decision),
         )
@@ -730,6 +860,27 @@ def _push(
         "previous_version": result.previous_version,
         "why": "deployed" if result.changed else "already in production",
     }
+
+
+def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> Any:
+    """The rows evaluate scored (for the model card's curves and slices), checked against its record.
+
+    None for a record that names no scores file (one written before evaluate kept them): its card
+    has the tables without the curves.  A named file that is gone or changed is an error.
+    """
+    from pipelines.errors import StageOrderError
+    from pipelines.gate.evaluation import read_holdout_scores
+
+    if not evaluation.get("holdout_scores"):
+        return None
+    try:
+        return read_holdout_scores(
+            Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageOrderError(
+            f"{exc}; rerun `python -m pipelines evaluate {spec.name} --date {ds}`", vertical=spec.name, ds=ds
+        ) from exc
 
 
 def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], settings: Settings) -> str | None:

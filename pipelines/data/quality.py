@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Failing rows kept per expectation (GX's partial lists), enough to triage.
 SAMPLE_ROWS = 5
+#: GX's own ``severity`` of an expectation: ``critical`` (the default) blocks the run,
+#: ``warning`` and ``info`` are recorded (report, run summary, email, Models view) and the run goes on.
+BLOCKING_SEVERITY = "critical"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,12 @@ class FailedExpectation:
     notes: str | None
     #: Rows the expectation looked at (the base of ``unexpected_percent``).
     element_count: int | None = None
+    #: GX's severity of the expectation (``critical``, ``warning`` or ``info``); only ``critical`` blocks.
+    severity: str = BLOCKING_SEVERITY
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == BLOCKING_SEVERITY
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,8 @@ class QualityReport:
     failed_days: list[str] = field(default_factory=list)
     #: The label-mix and distribution tests against the rolling reference (see `check_batch`).
     distribution: dict[str, Any] | None = None
+    #: Failed expectations whose severity is ``warning`` or ``info``: recorded, not blocking.
+    warnings: list[FailedExpectation] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,9 +89,19 @@ class QualityReport:
 
     def summary(self) -> str:
         if self.success:
-            return f"{self.suite}: {self.evaluated} expectations passed on {self.rows} rows"
-        names = ", ".join(f"{f.expectation}({f.column or 'table'})" for f in self.failed)
-        return f"{self.suite}: {len(self.failed)} of {self.evaluated} expectations failed on {self.rows} rows: {names}"
+            text = f"{self.suite}: {self.evaluated - len(self.warnings)} expectations passed on {self.rows} rows"
+        else:
+            names = ", ".join(f"{f.expectation}({f.column or 'table'})" for f in self.failed)
+            failed = f"{len(self.failed)} of {self.evaluated} expectations failed"
+            text = f"{self.suite}: {failed} on {self.rows} rows: {names}"
+        return text + (f"; {self.warning_summary()}" if self.warnings else "")
+
+    def warning_summary(self) -> str:
+        """One line naming the non-blocking failures ("" when there are none)."""
+        if not self.warnings:
+            return ""
+        names = ", ".join(f"{f.expectation}({f.column or 'table'})" for f in self.warnings)
+        return f"{len(self.warnings)} warning(s), not blocking: {names}"
 
 
 def strict_json(value: Any) -> Any:
@@ -176,7 +197,9 @@ def validate_frame(
         run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
     )
     [(validation_id, validation)] = result.run_results.items()
-    failed = [_mask_failure(_failed_expectation(r), spec.pii) for r in validation.results if not r.success]
+    unmet = [_mask_failure(_failed_expectation(r), spec.pii) for r in validation.results if not r.success]
+    # GX marks the whole validation unsuccessful on any failure; only a critical one blocks here.
+    failed = [f for f in unmet if f.blocking]
     site = data_docs.site_root(settings, spec.name)
     data_docs.make_offline(site, since=started - 1)
     page = _site_page(context.get_docs_sites_urls(resource_identifier=validation_id), site)
@@ -187,9 +210,10 @@ def validate_frame(
         suite=spec.suite_name,
         days=days,
         rows=len(frame),
-        success=bool(validation.success) and not batch.failed,
+        success=not failed and not batch.failed,
         evaluated=len(validation.results) + batch.evaluated,
         failed=failed + [_mask_failure(f, spec.pii) for f in batch.failed],
+        warnings=[f for f in unmet if not f.blocking],
         data_docs=data_docs.docs_url(settings, spec.name) if (site / "index.html").is_file() else None,
         data_docs_page=data_docs.docs_url(settings, spec.name, page) if page else None,
         rows_per_day=rows_per_day(frame, spec, days),
@@ -541,7 +565,8 @@ def failing_days(frame: pd.DataFrame, spec: VerticalSpec, days: list[str], setti
             },
             result_format="BOOLEAN_ONLY",
         )
-        if not result.success or check_columns(by_day.get(day, frame.iloc[0:0]), spec):
+        blocking = any(not r.success and _severity(r.expectation_config) == BLOCKING_SEVERITY for r in result.results)
+        if blocking or check_columns(by_day.get(day, frame.iloc[0:0]), spec):
             bad.append(day)
     return bad
 
@@ -567,7 +592,14 @@ def _failed_expectation(result: Any) -> FailedExpectation:
         sample_keys=_jsonable(list(res.get("partial_unexpected_index_list") or [])[:SAMPLE_ROWS]),
         notes=(config.meta or {}).get("notes"),
         element_count=res.get("element_count"),
+        severity=_severity(config),
     )
+
+
+def _severity(config: Any) -> str:
+    """GX's ``FailureSeverity`` of an expectation as plain text (critical when GX has none)."""
+    value = getattr(config, "severity", None)
+    return str(getattr(value, "value", value) or BLOCKING_SEVERITY)
 
 
 def _exception_message(info: Any) -> str | None:
@@ -623,7 +655,3 @@ def mask_pii(frame: pd.DataFrame, pii: list[str]) -> pd.DataFrame:
             values = masked[column].astype("object")
             masked[column] = values.where(values.isna(), "***")
     return masked
-
-
-def data_docs_index(settings: Settings, vertical: str) -> Path:
-    return data_docs.site_root(settings, vertical) / "index.html"

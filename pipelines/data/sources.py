@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec
+from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec, parse_ds
 from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout, write_bytes_atomic
 
@@ -31,19 +31,6 @@ _DRIVERS = {
     "sqlite": "sqlite",
     "mssql": "mssql+pyodbc",
 }
-
-
-def parse_ds(ds: str, *, vertical: str | None = None) -> date:
-    """Parse a logical date ``YYYY-MM-DD`` or raise an `InvalidArgumentError` saying the format."""
-    from pipelines.config import echo
-
-    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20261127 and 2026-W48-5.
-    if not isinstance(ds, str) or len(ds) != 10 or ds[4] != "-" or ds[7] != "-":
-        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical)
-    try:
-        return date.fromisoformat(ds)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
 
 
 #: Lower bound of a logical date when the spec declares no ``source.start``.
@@ -268,9 +255,15 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
     partition, so validation sees it and the row-count check can flag a
     silent source.  A file that cannot be decoded stops the extract as bad
     data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
+    The spec's PII columns are pseudonymised before any partition is written
+    (`pipelines.data.pii`).
     """
     if not days:
         return {}
+    from pipelines.data.pii import pseudonymise, resolve_pii_key
+
+    # A missing secret stops the extract before the source is even read.
+    key = resolve_pii_key(spec, settings) if spec.pii else None
     layout = Layout(settings, spec.name)
     if isinstance(spec.source, FileSource):
         by_day, unreadable = fetch_file_days(spec, spec.source, days)
@@ -283,6 +276,9 @@ def extract_days(spec: VerticalSpec, days: list[str], settings: Settings) -> dic
         frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
         groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
         by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}
+    if key is not None:
+        # Before anything is written: no partition, report or email ever holds PII in clear.
+        by_day = {ds: pseudonymise(by_day[ds], spec.pii, key) for ds in days}
     counts: dict[str, int] = {}
     for ds in days:
         part = by_day[ds]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-from pipelines.config import Settings
+from pipelines.config import Settings, parse_ds
 from pipelines.errors import VersioningError
 from pipelines.layout import Layout
 
@@ -53,7 +53,8 @@ DVC_CONN_ID_ENV = "PIPELINES_DVC_CONN_ID"
 #: run) working on the same vertical's repo before giving up.
 LOCK_TIMEOUT_S = 600.0
 
-_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: Author and committer of every commit in the data repositories.
+_IDENTITY = b"pipelines <pipelines@localhost>"
 _ROWS = re.compile(r"^Data-Rows: (\d+)$", re.MULTILINE)
 # Fixed writer options: library defaults drift between releases, and the data
 # version id is the md5 of these bytes.  Measured on 1M-row frames: snappy is
@@ -221,7 +222,7 @@ def read_snapshot(
     root = Layout(settings, vertical).dvc_repo
     ds = tag.partition("@")[2] or None
     if md5 is not None:
-        local = _version_at_tag(root, vertical, ds) if ds and _DS.match(ds) else None
+        local = _version_at_tag(root, vertical, ds) if ds else None
         if local is None or local.md5 != md5:
             return read_by_md5(vertical=vertical, md5=md5, settings=settings, ds=ds)
         commit = local.commit  # this worker's own commit of the same data
@@ -317,7 +318,6 @@ def _ensure_repo(root: Path, remote: str, *, vertical: str, ds: str) -> None:
     Every step is idempotent, so a process killed half-way through leaves a repo
     the next run completes.
     """
-    from dulwich.repo import Repo as DulwichRepo
     from dvc.repo import Repo
     from scmrepo.git import Git
 
@@ -325,17 +325,6 @@ def _ensure_repo(root: Path, remote: str, *, vertical: str, ds: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / ".git").is_dir():
             Git.init(root)
-        # Local identity: commits must not depend on (or fail for lack of) the
-        # worker's global git config.
-        git_repo = DulwichRepo(str(root))
-        try:
-            config = git_repo.get_config()
-            if not config.has_section((b"user",)):
-                config.set((b"user",), b"name", b"pipelines")
-                config.set((b"user",), b"email", b"pipelines@localhost")
-                config.write_to_path()
-        finally:
-            git_repo.close()
 
         dvc_dir = root / ".dvc"
         if not (dvc_dir / "config").exists():
@@ -366,7 +355,7 @@ def _ensure_repo(root: Path, remote: str, *, vertical: str, ds: str) -> None:
             if scm.no_commits:
                 files = [dvc_dir / "config", dvc_dir / ".gitignore", root / ".dvcignore"]
                 scm.add([str(p) for p in files if p.exists()])
-                scm.commit(f"Initialise data repository for vertical {vertical}\n")
+                _commit(root, f"Initialise data repository for vertical {vertical}\n")
         finally:
             scm.close()
 
@@ -429,7 +418,7 @@ def _track(root: Path, tmp: Path, md5: str, *, vertical: str, ds: str) -> None:
 
     path = root / WINDOW_FILE
     # Same bytes already in place (a rerun after a crash, or an unchanged day):
-    # keep that file, so DVC's state DB recognises it and nothing is re-hashed.
+    # keep that file, so DVC recognises it (same inode, mtime, size) and does not re-hash it.
     keep = path.exists() and _workspace_md5(root) == md5
     with (
         _translating(f"adding {WINDOW_FILE} to DVC", root=root, vertical=vertical, ds=ds),
@@ -437,12 +426,12 @@ def _track(root: Path, tmp: Path, md5: str, *, vertical: str, ds: str) -> None:
     ):
         repo.scm_context.quiet = True
         if not keep:
-            _replace(tmp, path, repo, md5)
+            _replace(tmp, path)
         tracked = _added_md5(repo, path)
         if tracked != md5 and keep:
             # The kept file was changed behind DVC's back (possible only with the
             # copy cache type): use ours after all.
-            _replace(tmp, path, repo, md5)
+            _replace(tmp, path)
             tracked = _added_md5(repo, path)
         if tracked != md5:
             raise VersioningError(
@@ -554,28 +543,33 @@ def _write_window(frame: pd.DataFrame, directory: Path) -> tuple[Path, str]:
     return tmp, sink.hexdigest()
 
 
-def _replace(tmp: Path, path: Path, repo: Any, md5: str) -> None:
+def _replace(tmp: Path, path: Path) -> None:
     # Rename, never write in place: with the hardlink cache type the old
-    # workspace file *is* the previous cache object.
+    # workspace file *is* the previous cache object.  DVC hashes the new file
+    # itself in `add` (one read; its state DB is DVC's own, never written here).
     os.replace(tmp, path)
-    _remember_md5(repo, path, md5)
-
-
-def _remember_md5(repo: Any, path: Path, md5: str) -> None:
-    """Tell DVC's state DB the md5 of the file we just wrote, so `add` skips re-reading it.
-
-    We hashed exactly these bytes in memory; the state entry is keyed on the
-    file's inode, mtime and size, so any later change makes DVC hash it afresh.
-    This halves the snapshot's I/O on new data (measured: ~1x md5sum saved).
-    """
-    from dvc_data.hashfile.hash_info import HashInfo
-
-    repo.state.save(str(path), repo.fs, HashInfo("md5", md5))
 
 
 def _added_md5(repo: Any, path: Path) -> str:
     (stage,) = repo.add(str(path))
     return str(stage.outs[0].hash_info.value)
+
+
+def _commit(root: Path, message: str) -> None:
+    """Commit the staged files as ``pipelines``, whatever the worker's git identity.
+
+    The identity goes with the commit (dulwich's porcelain), not into any git
+    config: commits neither depend on nor fail for lack of a global one.
+    """
+    from dulwich import porcelain
+    from dulwich.errors import CommitError
+    from scmrepo.exceptions import SCMError
+
+    try:
+        porcelain.commit(str(root), message=message, author=_IDENTITY, committer=_IDENTITY, sign=False)
+    except (CommitError, porcelain.Error) as exc:
+        # The same error scmrepo's own commit raises, so the callers' translation applies.
+        raise SCMError(f"git commit failed: {exc}") from exc
 
 
 def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, vertical: str, ds: str) -> str:
@@ -593,9 +587,10 @@ def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, vertical: str,
                 # scmrepo resolves relative paths against the process's cwd, not the
                 # repo: always pass absolute ones.
                 scm.add([str(root / DVC_FILE), str(root / ".gitignore")])
-                scm.commit(
+                _commit(
+                    root,
                     f"Snapshot {vertical} {ds} ({version_id(md5)})\n\n"
-                    f"Vertical: {vertical}\nData-Date: {ds}\nData-Md5: {md5}\nData-Rows: {rows}\n"
+                    f"Vertical: {vertical}\nData-Date: {ds}\nData-Md5: {md5}\nData-Rows: {rows}\n",
                 )
                 head = scm.get_rev()
             # Verify what was committed: a staging slip must not yield a tag
@@ -688,8 +683,7 @@ def _trailer(message: str, key: str) -> str | None:
 
 
 def _check_ds(vertical: str, ds: str) -> None:
-    if not _DS.match(ds):
-        raise VersioningError(f"logical date must be YYYY-MM-DD, got {ds!r}", vertical=vertical)
+    parse_ds(ds, vertical=vertical, error=VersioningError)
 
 
 def _remote_url(settings: Settings) -> str:

@@ -12,7 +12,7 @@ every rule below yields a `RuleResult` (observed, required, margin, detail):
   the same features beyond ``margin``;
 * ``slice:<column>=<value>:<m>``  floors hold within every large-enough slice;
 * ``champion:<m>``      it is not worse than the champion beyond the tolerance;
-* ``comparison:<ref>:<m>``  the paired test (bootstrap CI, or McNemar's mid-p)
+* ``comparison:<ref>:<m>``  the paired test (bootstrap or DeLong CI, or McNemar's mid-p)
   finds no significant drop against ``champion`` or ``logistic``;
 * ``comparison:size``   the holdout is big enough for the paired test, else
   ``comparison.too_small`` decides (keep the champion, or point estimates);

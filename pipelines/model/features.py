@@ -30,6 +30,8 @@ _MIN_STD = 1e-12
 class MissingFeatureError(TrainingError):
     """The frame lacks feature columns the preprocessor was fitted on."""
 
+    retryable = False  # the source schema and the spec disagree until one of them changes
+
     def __init__(self, missing: list[str], available: list[str]) -> None:
         self.missing = missing
         super().__init__(

@@ -1,4 +1,4 @@
-"""Decision thresholds and calibration chosen on the validation split, in plain numpy.
+"""Decision thresholds and calibration chosen on the validation split (Platt by scikit-learn's logistic fit).
 
 The spec states the objective (`pipelines.config.ThresholdChoice`); the
 threshold that meets it on validation travels in the model artefact, so
@@ -79,22 +79,15 @@ def fit_calibration(y: np.ndarray, logits: np.ndarray, method: str) -> Calibrati
 
 
 def _temperature_scale(truth: np.ndarray, z: np.ndarray) -> float:
-    """1/T minimising the log loss, by golden-section search on log(1/T) in [-5, 5]."""
+    """1/T minimising the log loss: a bounded scalar search on log(1/T) in [-5, 5] (scipy's Brent)."""
+    from scipy.optimize import minimize_scalar
 
     def loss(log_scale: float) -> float:
         s = np.exp(log_scale) * z
         return float(np.mean(np.logaddexp(0.0, s) - truth * s))
 
-    low, high = -5.0, 5.0
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(80):
-        a = high - ratio * (high - low)
-        b = low + ratio * (high - low)
-        if loss(a) <= loss(b):
-            high = b
-        else:
-            low = a
-    return float(np.exp((low + high) / 2.0))
+    result = minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-9})
+    return float(np.exp(result.x))
 
 
 def choose_threshold(y: np.ndarray, prob: np.ndarray, choice: ThresholdChoice, *, fixed: float) -> ThresholdResult:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import VerticalSpec
+from pipelines.config import VerticalSpec, parse_ds
 from pipelines.errors import TrainingError
 from pipelines.layout import write_json_atomic
 from pipelines.model.features import Preprocessor, label_vector
@@ -95,7 +95,7 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
             vertical=spec.name,
             ds=ds,
         )
-    end = _parse_ds(ds, spec)
+    end = parse_ds(ds, vertical=spec.name, error=TrainingError)
     days = _event_dates(frame[column], spec, ds)
     holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
     window_start = end - timedelta(days=spec.window.train_days - 1)
@@ -106,13 +106,6 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
     holdout = ordered[holdout_mask].drop(columns="_day").reset_index(drop=True)
     _check_split(train, holdout, spec, ds, window_start=window_start, holdout_start=holdout_start, end=end)
     return train, holdout
-
-
-def _parse_ds(ds: str, spec: VerticalSpec) -> date:
-    try:
-        return date.fromisoformat(ds)
-    except ValueError as exc:
-        raise TrainingError(f"logical date {ds!r} is not YYYY-MM-DD", vertical=spec.name, ds=ds) from exc
 
 
 def _event_dates(values: pd.Series, spec: VerticalSpec, ds: str) -> pd.Series:
@@ -182,7 +175,7 @@ def split_validation(train: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[
     days = spec.window.validation_days
     if not days:
         return train, None
-    end = _parse_ds(ds, spec)
+    end = parse_ds(ds, vertical=spec.name, error=TrainingError)
     holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
     validation_start = holdout_start - timedelta(days=days)
     event_days = _event_dates(train[spec.source.event_time], spec, ds)

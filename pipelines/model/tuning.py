@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Model fields a sweep may set (the rest of ``model`` stays as the spec wrote it).
-TUNED_FIELDS = ("hidden", "dropout", "learning_rate", "weight_decay", "batch_size", "epochs", "wide", "batch_norm")
-TUNED_FIELDS_EMBEDDING = ("embedding_dim",)
-
 
 # -- warm start ----------------------------------------------------------------
 

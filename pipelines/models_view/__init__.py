@@ -1,8 +1,10 @@
 """The models view: champions, gate decisions and deployments per vertical, in the Airflow UI.
 
 ``overview``      what is shown, gathered from the specs and the registry (no web, no Airflow)
-``html``          the server-rendered page (escaped, one stylesheet, no build step)
-``app``           the FastAPI app: pages, JSON endpoints, read-only data docs; auth injected
+``html``          the pages: Jinja2 templates under ``templates/`` (autoescaped, one stylesheet)
+``dependencies``  what routes depend on: the caller, settings, registry, a readable vertical
+``app``           the routes (an APIRouter) and `create_app`, which injects the login
+``bucket_pages``  the read-only pages of a ``file://`` bucket's version folders (an APIRouter)
 ``airflow_auth``  Airflow's login and DAG permissions wired in (the only Airflow import)
 
 ``plugins/models_view.py`` mounts the app under `DEFAULT_PREFIX` of the Airflow

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.models_view import DEFAULT_PREFIX
 
 if TYPE_CHECKING:
-    from pipelines.models_view.app import ViewAuth
+    from pipelines.models_view.dependencies import ViewAuth
 
 #: The Airflow UI's nav entry: an iframe of the view inside the UI (``/plugin/models``).
 EXTERNAL_VIEW: dict[str, Any] = {
@@ -48,7 +48,7 @@ def airflow_view_auth() -> ViewAuth:
     from airflow.api_fastapi.core_api.security import get_user
     from airflow.models.dag import DagModel
 
-    from pipelines.models_view.app import ViewAuth
+    from pipelines.models_view.dependencies import ViewAuth
 
     def can_read(user: Any, vertical: str) -> bool:
         return get_auth_manager().is_authorized_dag(

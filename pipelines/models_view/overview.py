@@ -29,8 +29,8 @@ _RUN_ACTOR_PREFIX = "airflow:"
 def data_docs_root(settings: Settings, vertical: str) -> Path:
     """The vertical's Great Expectations data docs site (built by the validate stage).
 
-    Mirrors `pipelines.data.quality.data_docs_index` without importing it: that
-    module pulls in pandas, which a web request has no use for.
+    Mirrors `pipelines.data.data_docs.site_root` without importing it: the data
+    part pulls in pandas, which a web request has no use for.
     """
     return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site"
 
@@ -172,6 +172,8 @@ class VerticalOverview:
     blocked_versions: dict[str, str] = field(default_factory=dict)
     #: Recent tuning sweeps, newest first.
     tuning: list[TuningSweep] = field(default_factory=list)
+    #: Recent nights' data-quality warnings and drift against the champion's data, newest first.
+    data_checks: list[DataCheckNight] = field(default_factory=list)
 
     @property
     def last_decision(self) -> DecisionEntry | None:
@@ -249,6 +251,7 @@ def collect_vertical(
         events=[_event(e) for e in registry.events(vertical, limit=history * 3)],
         blocked_versions={b.model_version or "": _block_message(b) for b in registry.blocks(vertical)},
         tuning=tuning,
+        data_checks=data_checks(settings, vertical, limit=history),
     )
 
 
@@ -564,3 +567,56 @@ def annotate_decisions(
         never = history_known and d.deployed_at is None and not d.is_champion
         annotated.append(replace(d, never_deployed=never, validation_page=pages[d.ds]))
     return annotated
+
+
+@dataclass(frozen=True)
+class DataCheckNight:
+    """One night's non-blocking data-quality warnings and its drift against the champion's training data."""
+
+    ds: str
+    #: "expectation on column (severity): observed", one per warning (GX severity warning/info).
+    warnings: list[str]
+    #: The drift record's one-line summary (or why nothing was compared); None: no drift record.
+    drift: str | None
+    drift_max_psi: float | None
+    #: Features at or beyond the warn threshold, and whether one reached block (the run stopped).
+    drift_flagged: list[str]
+    drift_blocked: bool
+
+
+def data_checks(settings: Settings, vertical: str, *, limit: int = 10) -> list[DataCheckNight]:
+    """The newest ``limit`` nights with a warning or a drift comparison (read from the stage records)."""
+    runs = settings.home / "runs" / vertical
+    nights: list[DataCheckNight] = []
+    for run_dir in sorted((p for p in runs.glob("*") if p.is_dir()), reverse=True):
+        if len(nights) >= limit:
+            break
+        validate, drift = _record(run_dir / "validate.json"), _record(run_dir / "drift.json")
+        warnings = [
+            f"{w.get('expectation')} on {w.get('column') or 'the table'} ({w.get('severity')}): {w.get('observed')}"
+            for w in validate.get("warnings") or []
+            if isinstance(w, dict)
+        ]
+        compared = bool(drift) and not drift.get("skipped")
+        if not warnings and not compared:
+            continue
+        max_psi = drift.get("max_psi")
+        nights.append(
+            DataCheckNight(
+                ds=run_dir.name,
+                warnings=warnings,
+                drift=str(drift["summary"]) if drift.get("summary") else None,
+                drift_max_psi=float(max_psi) if isinstance(max_psi, int | float) else None,
+                drift_flagged=[str(f) for f in [*(drift.get("blocking") or []), *(drift.get("warnings") or [])]],
+                drift_blocked=bool(drift.get("blocking")),
+            )
+        )
+    return nights
+
+
+def _record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent, or being rewritten by a running stage: it shows on the next page load
+    return record if isinstance(record, dict) else {}

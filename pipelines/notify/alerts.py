@@ -30,6 +30,7 @@ import pandas as pd
 from pipelines import connections
 from pipelines.config import Settings, VerticalSpec
 from pipelines.connections import SmtpConfig
+from pipelines.data.drift import DriftReport
 from pipelines.data.quality import FailedExpectation, QualityReport
 from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_bytes_atomic, write_json_atomic
@@ -60,9 +61,18 @@ class AlertDeliveryError(PipelineError, OSError):
     keep doing so, and the message they record says where the email waits.
     """
 
+    retryable = True  # a relay that is down comes back; the queued message is sent then
 
-def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None = None) -> str:
+
+def deliver(
+    message: EmailMessage, settings: Settings, *, dedupe_key: str | None = None, smtp: SmtpConfig | None = None
+) -> str:
     """Send ``message`` and return where it went ("smtp://host:port" or the outbox path).
+
+    The one way an email leaves the platform: data-quality alerts, run summaries,
+    rollback notices and Airflow's task-failure emails all come through here.
+    ``smtp`` is the relay when the caller resolved it (the Airflow notifier, through
+    Airflow's connections); otherwise ``AIRFLOW_CONN_SMTP_DEFAULT`` is read.
 
     ``dedupe_key`` names a marker under the data root; a message whose content
     was already delivered under that key is not sent again.  With SMTP
@@ -77,7 +87,7 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
         log.info("alert %s already delivered (%s); not sending it twice", dedupe_key, digest)
         return where
     # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
-    smtp = configured_smtp() if settings.sends_email else None
+    smtp = (smtp or configured_smtp()) if settings.sends_email else None
     if smtp is None:
         where = open_state(settings).where(_write_outbox(message, settings))
         why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"
@@ -269,7 +279,7 @@ def _sample(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _observed(failure: FailedExpectation) -> str:
+def observed_text(failure: FailedExpectation) -> str:
     """What GX saw, with the percentage on the rows the expectation checked."""
     if failure.unexpected_count is not None:
         base = f" of {failure.element_count} rows checked" if failure.element_count is not None else ""
@@ -345,7 +355,9 @@ def quality_alert(
         raise ValueError(f"{len(samples)} samples for {len(report.failed)} failed expectations")
     run = run_context or CLI
     layout = Layout(settings, spec.name)
-    failed_days = set(report.failed_days or report.days)
+    # Only GX severity ``warning``/``info`` failed: the run goes on, and the email says so.
+    blocking = not report.success
+    failed_days = set(report.failed_days or report.days) if blocking else set()
     days = [
         _Day(
             day=day,
@@ -366,6 +378,16 @@ def quality_alert(
     )
     tables = [_sample(sample) for sample in samples]
     values = {
+        "blocking": blocking,
+        "warnings": [
+            {
+                "failure": f,
+                "expected": _expected(f),
+                "observed": observed_text(f),
+                "sample_values": json.dumps(f.sample_values, default=str) if f.sample_values else None,
+            }
+            for f in report.warnings
+        ],
         "spec": spec,
         "report": report,
         "run": run,
@@ -377,7 +399,7 @@ def quality_alert(
             {
                 "failure": f,
                 "expected": _expected(f),
-                "observed": _observed(f),
+                "observed": observed_text(f),
                 "sample_values": json.dumps(f.sample_values, default=str) if f.sample_values else None,
                 "sample": table,
             }
@@ -392,15 +414,29 @@ def quality_alert(
         "ds": report.ds,
         "days": [asdict(d) for d in days],
         "failed": [asdict(f) for f in report.failed],
+        "warnings": [asdict(f) for f in report.warnings],
         "samples": [table["rows"] for table in tables],
     }
+    subject = (
+        f"[data quality] {spec.name} {report.ds}: {len(report.failed)} expectation(s) failed"
+        if blocking
+        else f"[data quality warning] {spec.name} {report.ds}: {len(report.warnings)} expectation(s) warned; "
+        "the run continues"
+    )
+    return _templated_email(spec, "quality_alert", subject, values, identity)
+
+
+def _templated_email(
+    spec: VerticalSpec, template: str, subject: str, values: dict[str, Any], identity: dict[str, Any]
+) -> EmailMessage:
+    """HTML ``templates/<template>.html`` with its ``.txt`` alternative; ``identity`` is what dedupes it."""
     env = _templates()
     message = EmailMessage()
     message[DIGEST_HEADER] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    message["Subject"] = f"[data quality] {spec.name} {report.ds}: {len(report.failed)} expectation(s) failed"
+    message["Subject"] = subject
     message["To"] = ", ".join(spec.alerts.emails)
-    message.set_content(env.get_template("quality_alert.txt").render(values))
-    message.add_alternative(env.get_template("quality_alert.html").render(values), subtype="html")
+    message.set_content(env.get_template(f"{template}.txt").render(values))
+    message.add_alternative(env.get_template(f"{template}.html").render(values), subtype="html")
     return message
 
 
@@ -411,3 +447,31 @@ def summary_email(spec: VerticalSpec, ds: str, summary_text: str, *, outcome: st
     message["To"] = ", ".join(spec.alerts.emails)
     message.set_content(summary_text)
     return message
+
+
+def drift_alert(
+    spec: VerticalSpec, report: DriftReport, settings: Settings, run_context: RunContext | None = None
+) -> EmailMessage:
+    """Drift against the champion's training data: a blocking alert (the run stopped) or a warning.
+
+    HTML with a plain-text alternative, from ``pipelines/notify/templates/drift_alert.*``.
+    """
+    run = run_context or CLI
+    blocking = bool(report.blocking)
+    values = {
+        "spec": spec,
+        "report": report,
+        "run": run,
+        "blocking": blocking,
+        "features": sorted(report.features, key=lambda f: f.psi, reverse=True),
+        "drift_json": str(Layout(settings, spec.name).report_dir(report.ds) / "drift.json"),
+        "rerun": _rerun(spec, report.ds, run),
+    }
+    identity = {"vertical": spec.name, "ds": report.ds, "report": report.to_dict()}
+    subject = (
+        f"[data drift] {spec.name} {report.ds}: {len(report.blocking)} feature(s) beyond the block threshold"
+        if blocking
+        else f"[data drift warning] {spec.name} {report.ds}: {len(report.warnings)} feature(s) drifted; "
+        "the run continues"
+    )
+    return _templated_email(spec, "drift_alert", subject, values, identity)

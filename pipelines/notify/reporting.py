@@ -40,6 +40,9 @@ def build_summary(spec: VerticalSpec, ds: str, records: dict[str, dict[str, Any]
         "train_rows": records["train"]["train_rows"],
         "suite": records["validate"].get("summary"),
         "data_docs": records["validate"].get("data_docs"),
+        # Non-blocking findings (issue 13): GX severity warning/info, and drift against the champion's data.
+        "quality_warnings": records["validate"].get("warnings") or [],
+        "drift": records["snapshot"].get("drift"),
     }
 
 
@@ -63,9 +66,32 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"{metric:<10}{_fmt(row['challenger']):>12}{_fmt(row['threshold']):>12}{_fmt(row['champion']):>12}"
         )
     lines += ["", "Decision:", *[f"  - {r}" for r in summary["reasons"]], f"Deploy: {summary['deploy_note']}"]
+    lines += _data_check_lines(summary)
     if summary.get("data_docs"):
         lines.append(f"Data docs: {summary['data_docs']}")
     return "\n".join(lines) + "\n"
+
+
+def _data_check_lines(summary: dict[str, Any]) -> list[str]:
+    """The data-quality warnings and the drift against the champion's data, for the text summary."""
+    lines = []
+    warnings = summary.get("quality_warnings") or []
+    if warnings:
+        lines += ["", f"Data-quality warnings ({len(warnings)}, not blocking):"]
+        lines += [
+            f"  - {w['expectation']} on {w.get('column') or 'the table'} ({w.get('severity')}): {w.get('observed')}"
+            for w in warnings
+        ]
+    drift = summary.get("drift")
+    if drift:
+        lines += ["", f"Drift: {drift['summary']}"]
+        psi = drift.get("psi") or {}
+        flagged = set(drift.get("warnings") or []) | set(drift.get("blocking") or [])
+        lines += [
+            f"  {feature:<28}{value:>8.3f}{'  WARN' if feature in flagged else ''}"
+            for feature, value in sorted(psi.items(), key=lambda item: -item[1])
+        ]
+    return lines
 
 
 def write_latest(layout: Layout, ds: str, summary: dict[str, Any], text: str) -> None:

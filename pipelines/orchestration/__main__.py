@@ -1,4 +1,4 @@
-"""``python -m pipelines.orchestration {dags,run,standalone}``.
+"""``python -m pipelines.orchestration {dags,run,rollback,standalone}``.
 
 * ``dags [--check]``: (re)generate ``dags/<vertical>.py`` from the specs.
 * ``run [VERTICAL ...] [--date D]``: the nightly run through Airflow (`make run`).
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-COMMANDS = ("dags", "run", "rollback", "standalone")
 
 
 def _dags(argv: list[str]) -> int:
@@ -94,21 +93,32 @@ def _rollback(argv: list[str]) -> int:
     return 0 if str(dag_run.state) == "success" else 1
 
 
+def _run(argv: list[str]) -> int:
+    from pipelines.orchestration.nightly import main as run_main
+
+    return run_main(argv)
+
+
+def _standalone_command(argv: list[str]) -> int:
+    if argv:
+        print(f"error: standalone takes no arguments, got {' '.join(argv)[:80]!r}", file=sys.stderr)
+        return 2
+    return _standalone()
+
+
+#: The one dispatcher: each command parses its own arguments (a `pipelines.cli.OneLineParser`).
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "dags": _dags,
+    "run": _run,
+    "rollback": _rollback,
+    "standalone": _standalone_command,
+}
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
-    if command == "dags":
-        return _dags(rest)
-    if command == "run":
-        from pipelines.orchestration.nightly import main as run_main
-
-        return run_main(rest)
-    if command == "rollback":
-        return _rollback(rest)
-    if command == "standalone":
-        if rest:
-            print(f"error: standalone takes no arguments, got {' '.join(rest)[:80]!r}", file=sys.stderr)
-            return 2
-        return _standalone()
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
     if command in ("-h", "--help"):
         print(__doc__)
         return 0

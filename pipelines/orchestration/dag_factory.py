@@ -166,7 +166,7 @@ def build_vertical_dag(vertical: str) -> DAG:
         @task(task_id="snapshot", outlets=[asset], doc_md="Version the validated window with DVC.")
         def snapshot() -> dict[str, Any]:
             context = get_current_context()
-            version = run_stage("snapshot", name, context)
+            version = run_stage("snapshot", name, context, run_context=task_run_context(context))
             context["outlet_events"][asset].extra = {
                 "ds": run_ds(context),
                 "data_version": version["id"],

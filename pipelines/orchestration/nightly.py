@@ -3,8 +3,10 @@
 Runs each vertical's DAG with ``dag.test()`` against the embedded defaults
 (`pipelines.orchestration.airflow_env`): the real Airflow task runner,
 trigger rules, retries, callbacks, XComs and metadata DB, in one process, so
-no scheduler or API server has to be started.  It then prints the same
-decision table as ``python -m pipelines run all``.
+no scheduler or API server has to be started.  What the runs log goes to
+``<PIPELINES_HOME>/logs/run-<ds>-<time>.log``; the console gets one line per
+vertical (`pipelines.orchestration.run_output`), then the same decision table
+as ``python -m pipelines run all``.
 
 Exit status: 0 when every vertical's run succeeded, 1 otherwise.
 """
@@ -15,6 +17,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +56,7 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     """One DAG run for ``ds`` (logical date ``ds``T00:00Z); returns its summary row."""
     from pipelines.config import Settings
     from pipelines.layout import Layout
+    from pipelines.orchestration.run_output import stage_outcomes
     from pipelines.orchestration.tasks import FAILURE_RECORD
 
     logical = datetime.combine(date.fromisoformat(ds), datetime.min.time(), tzinfo=UTC)
@@ -66,7 +70,7 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     if state == "success":
         row = layout.read_record(ds, "report", needed_by="make run")
     else:
-        row = {"vertical": dag.dag_id, "ds": ds, "blocked": f"run {state}", "error": "see the task logs"}
+        row = {"vertical": dag.dag_id, "ds": ds, "blocked": f"run {state}", "error": "see the run's log file"}
         if layout.has_record(ds, FAILURE_RECORD):
             failure = layout.read_record(ds, FAILURE_RECORD, needed_by="make run")
             if failure.get("run_id") == dag_run.run_id:
@@ -74,10 +78,11 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
                     "data quality" if failure.get("data_quality") else f"{failure['task_id']}: {failure['error_type']}"
                 )
                 row.update(blocked=kind, error=failure["error"])
+    task_instances = dag_run.get_task_instances()
     row["run_id"] = dag_run.run_id
-    row["tasks"] = {
-        ti.task_id: {"state": str(ti.state), "try_number": ti.try_number} for ti in dag_run.get_task_instances()
-    }
+    row["tasks"] = {ti.task_id: {"state": str(ti.state), "try_number": ti.try_number} for ti in task_instances}
+    # Each stage's outcome and duration, in DAG order: the line `make run` prints for the vertical.
+    row["stages"] = [asdict(s) for s in stage_outcomes(task_instances, list(dag.task_ids))]
     row["seconds"] = round(time.monotonic() - started, 1)
     return row
 
@@ -186,25 +191,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--date {exc}")
 
     from pipelines.cli import decision_table
+    from pipelines.orchestration.run_output import captured_output, run_log_path, watch_tasks
 
-    migrate_metadata_db()
-    dags, import_errors = load_dags()
+    log_path = run_log_path(settings.home, ds)
     conf = {**run_conf(dry_run=args.dry_run, force_reason=args.force_reason), **extra}
     rows: list[dict[str, Any]] = []
-    for name in names:
-        print(f"[{time.strftime('%H:%M:%S')}] {name} {ds}: running the DAG through Airflow …", file=sys.stderr)
-        if name not in dags:
-            error = next((e for f, e in import_errors.items() if Path(f).name == f"{name}.py"), None)
-            rows.append(
-                {
+    # Airflow's, GX's and Lightning's logs go to the file; the console gets one line per vertical.
+    with captured_output(log_path) as console:
+        console.line(f"nightly run for {ds} through Airflow, {len(names)} vertical(s); full log: {_shown(log_path)}")
+        watch_tasks(console)
+        migrate_metadata_db()
+        dags, import_errors = load_dags()
+        for name in names:
+            if name not in dags:
+                error = next((e for f, e in import_errors.items() if Path(f).name == f"{name}.py"), None)
+                row = {
                     "vertical": name,
                     "ds": ds,
                     "blocked": "DAG import error" if error else "no DAG",
                     "error": _exception_message(error) if error else f"no DAG file for {name!r}: run `make dags`",
                 }
-            )
-            continue
-        rows.append(run_vertical(dags[name], ds, conf))
+            else:
+                console.running(name, "starting")
+                row = run_vertical(dags[name], ds, conf)
+            rows.append(row)
+            for line in summary_lines(row):
+                console.line(line)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(rows, indent=2, default=str))
     if args.json:
@@ -213,5 +225,23 @@ def main(argv: list[str] | None = None) -> int:
         print(decision_table(rows))
     failed = [row["vertical"] for row in rows if "blocked" in row]
     if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"failed: {', '.join(failed)}; the full log is {_shown(log_path)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (``.state/logs/…``)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def summary_lines(row: dict[str, Any]) -> list[str]:
+    """The console lines of one vertical's run: its stage line, then a failure's summary."""
+    from pipelines.orchestration.run_output import StageOutcome, failure_lines, vertical_line
+
+    stages = [StageOutcome(**s) for s in row.get("stages") or []]
+    state = "failed" if "blocked" in row else "success"
+    line = vertical_line(row["vertical"], row["ds"], state, float(row.get("seconds") or 0.0), stages)
+    return [line, *failure_lines(row, stages)]

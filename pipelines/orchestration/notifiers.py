@@ -4,12 +4,15 @@
 retries are spent).  It decides *at callback time* where the message goes, so
 parsing a DAG never looks a connection up:
 
-* the ``smtp_default`` connection exists -> Airflow's `SmtpNotifier`
-  (apache-airflow-providers-smtp) sends it;
-* no connection -> `OutboxNotifier` writes it to ``<PIPELINES_HOME>/outbox``
-  (the same folder `pipelines.notify.alerts` uses) and logs where.
+* the ``smtp_default`` connection resolves (env var, secrets backend or the
+  metadata DB, through Airflow) -> sent through that relay;
+* no connection -> written to ``<PIPELINES_HOME>/outbox`` and logged.
 
-Callbacks are task-level on purpose: a DAG-level `SmtpNotifier` fails under
+Either way through `pipelines.notify.alerts.deliver`, the one email path of
+the platform (the same SMTP client, outbox and undelivered-queue as the
+data-quality alerts); only the connection lookup is Airflow's.
+
+Callbacks are task-level on purpose: a DAG-level notifier fails under
 ``dag.test()`` (docs/airflow.md).
 """
 
@@ -18,30 +21,27 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
 from pipelines.orchestration.tasks import DataQualityFailure, run_ds
 
+if TYPE_CHECKING:  # alerts pulls in pandas: imported when a callback fires, never at DAG parse time
+    from pipelines.connections import SmtpConfig
+
 log = logging.getLogger(__name__)
 SMTP_CONN_ID = "smtp_default"
-OUTBOX_SENDER = "nightly-retrain@localhost"
 
 
-def connection_exists(conn_id: str) -> bool:
-    """Whether Airflow resolves ``conn_id`` (env var, secrets backend or DB); call at run time only."""
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+def smtp_connection(conn_id: str) -> SmtpConfig | None:
+    """The relay ``conn_id`` names, resolved by Airflow (env var, secrets backend or DB); call at run time only."""
+    from pipelines import connections
+    from pipelines.orchestration.connections import airflow_lookup
 
-    try:
-        Connection.get(conn_id)
-    except AirflowNotFoundException:
-        return False
-    return True
+    conn = airflow_lookup(conn_id)
+    return None if conn is None else connections.smtp_config(conn)
 
 
 def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:
@@ -95,33 +95,6 @@ def _log_url(ti: Any) -> str:
         return "see the task's log in the Airflow UI"
 
 
-class OutboxNotifier(BaseNotifier):
-    """Write an email to ``<PIPELINES_HOME>/outbox`` instead of sending it."""
-
-    def __init__(self, *, to: Sequence[str], subject: str, body: str, outbox: Path | None = None) -> None:
-        super().__init__()
-        self.to = list(to)
-        self.subject = subject
-        self.body = body
-        self.outbox = outbox
-
-    def notify(self, context: Any) -> None:
-        from pipelines.config import Settings
-        from pipelines.layout import write_bytes_atomic
-
-        outbox = self.outbox or Settings.from_env().home / "outbox"
-        message = EmailMessage()
-        message["Subject"] = self.subject
-        message["From"] = OUTBOX_SENDER
-        message["To"] = ", ".join(self.to)
-        message.set_content(self.body)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        slug = "".join(c if c.isalnum() else "-" for c in self.subject)[:60].strip("-")
-        path = outbox / f"{stamp}-{slug}.eml"
-        write_bytes_atomic(path, bytes(message))
-        log.warning("no %s connection configured; failure email written to %s", SMTP_CONN_ID, path)
-
-
 class FailureNotifier(BaseNotifier):
     """``on_failure_callback`` for every task of a vertical's DAG.
 
@@ -142,19 +115,15 @@ class FailureNotifier(BaseNotifier):
             # date and content): a second, vaguer email would only be noise.
             log.info("data-quality failure: the stage's own alert was sent; no task-failure email")
             return
-        subject, body = failure_message(self.vertical, context)
-        if connection_exists(self.smtp_conn_id):
-            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+        from pipelines.config import Settings
+        from pipelines.notify.alerts import deliver
 
-            notifier = SmtpNotifier(
-                to=self.to,
-                subject=subject,
-                html_content=f"<pre>{html.escape(body)}</pre>",
-                smtp_conn_id=self.smtp_conn_id,
-            )
-            # notify(), not __call__: our text is final and must not go through Jinja
-            # (an error message may contain "{{").
-            notifier.notify(context)
-            log.info("failure email sent through %s to %s", self.smtp_conn_id, ", ".join(self.to))
-        else:
-            OutboxNotifier(to=self.to, subject=subject, body=body).notify(context)
+        subject, body = failure_message(self.vertical, context)
+        message = EmailMessage()
+        message["Subject"] = subject
+        message["To"] = ", ".join(self.to)
+        message.set_content(body)
+        # Our text is final: never rendered as a template (an error message may contain "{{").
+        message.add_alternative(f"<pre>{html.escape(body)}</pre>", subtype="html")
+        where = deliver(message, Settings.from_env(), smtp=smtp_connection(self.smtp_conn_id))
+        log.info("failure email for %s went to %s (%s)", self.vertical, where, ", ".join(self.to))

@@ -12,10 +12,13 @@ Failure semantics (see docs/airflow.md):
   sent the data-quality alert; retrying would only re-check the same bad rows.
 * `InvalidArgumentError` / `SpecError` (a logical date outside the data, a
   broken spec) -> `InvalidRunParams`: retrying cannot fix the arguments.
-* anything else (other `PipelineError`\\ s, unexpected exceptions) propagates
-  unchanged: a retryable fault, retried with exponential back-off.  That
-  includes `RunAlreadyActive`: another run (a CLI run, say) holds the
-  vertical, and the retry comes back after it.
+* any other `PipelineError` whose class says ``retryable = False`` (a training
+  split with a single class, a stage run out of order, a broken registry
+  invariant) -> `PermanentStageFailure`: fails at once, no retries spent.
+* a retryable `PipelineError` and unexpected exceptions propagate unchanged:
+  a transient fault, retried with exponential back-off.  That includes
+  `RunAlreadyActive`: another run (a CLI run, say) holds the vertical, and
+  the retry comes back after it.
 
 Every stage holds the vertical's run lease (`pipelines.registry.run_lock`) with the DAG
 run id as holder, so the run's tasks share it while a CLI run or another DAG
@@ -76,6 +79,27 @@ class InvalidRunParams(AirflowFailException):
     """The trigger's params contradict each other; retrying cannot fix them."""
 
 
+class PermanentStageFailure(AirflowFailException):
+    """A stage failed in a way a retry cannot change (its error's class says ``retryable = False``)."""
+
+
+def airflow_error_for(exc: BaseException) -> BaseException | None:
+    """The exception Airflow should see for a stage's error, or None to let it through (retried).
+
+    Decided by the error's class alone (`pipelines.errors`), so a new error
+    class cannot be retried by accident: it declares ``retryable`` or inherits it.
+    """
+    from pipelines.errors import DataQualityError, InvalidArgumentError, PipelineError, SpecError
+
+    if isinstance(exc, DataQualityError):
+        return DataQualityFailure(f"{exc.vertical} {exc.ds}: data quality failed (summary above)")
+    if isinstance(exc, InvalidArgumentError | SpecError):
+        return InvalidRunParams(str(exc))
+    if isinstance(exc, PipelineError) and not exc.retryable:
+        return PermanentStageFailure(f"{type(exc).__name__}: {exc}")
+    return None
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The validated trigger-form params of one DAG run."""
@@ -115,10 +139,11 @@ def check_run_dates(vertical: str, context: Mapping[str, Any]) -> None:
     data interval (`pipelines.orchestration.timetable`); a trigger that passes
     ``data_interval_start``/``end`` bypasses it, so the first task checks again.
     """
+    from pipelines.config import parse_ds
     from pipelines.orchestration.timetable import DayNotOverError, check_day_is_over, day_interval
 
     ds = run_ds(context)
-    day = datetime.fromisoformat(ds).date()
+    day = parse_ds(ds, vertical=vertical)
     try:
         check_day_is_over(day)
     except DayNotOverError as exc:
@@ -191,7 +216,7 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     connections.install()  # sources, alerts, bucket and state see Airflow's connections
     route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
-    from pipelines.errors import DataQualityError, InvalidArgumentError, SpecError
+    from pipelines.errors import DataQualityError
     from pipelines.registry.run_lock import hold_run
 
     ds = run_ds(context)
@@ -208,21 +233,20 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
         # The summary ends the task log: an expected outcome, told in two lines, no traceback.
         log.error("%s", exc)
         log.error(
-            "%s %s: the data-quality alert went to the owners and the day is quarantined; no retry. "
-            "Fix the source, then clear '%s' of this run (or trigger the date again).",
+            "%s %s: the data-quality alert went to the owners (the error above says what was quarantined or "
+            "kept); no retry. Fix the source, then clear '%s' of this run (or trigger the date again).",
             vertical,
             ds,
             stage,
         )
         raise DataQualityFailure(f"{vertical} {ds}: data quality failed (summary above)") from exc
-    except (InvalidArgumentError, SpecError) as exc:
-        record_failure(vertical, ds, context, exc)
-        _give_back(vertical, holder)
-        raise InvalidRunParams(str(exc)) from exc
     except BaseException as exc:
         record_failure(vertical, ds, context, exc)
-        if _last_try(context):
-            _give_back(vertical, holder)
+        permanent = airflow_error_for(exc)
+        if permanent is not None or _last_try(context):
+            _give_back(vertical, holder)  # the run stops here
+        if permanent is not None:
+            raise permanent from exc
         raise
     if stage == LAST_STAGE:
         _give_back(vertical, holder)

@@ -51,6 +51,9 @@ MODEL_CARD_FILE = "model_card.md"
 MODEL_CARD_JSON_FILE = "model_card.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.svg"
 RELIABILITY_FILE = "reliability.svg"
+#: The model card's holdout figures: ROC, precision-recall and calibration; the scores per slice.
+HOLDOUT_CURVES_FILE = "holdout_curves.svg"
+SLICES_FILE = "slices.svg"
 #: Environment variable naming the Airflow connection that holds S3 credentials.
 CONN_ID_ENV = "PIPELINES_BUCKET_CONN_ID"
 #: Vertical and version names become path segments: no separators, no "..".

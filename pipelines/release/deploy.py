@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +32,14 @@ from pipelines.layout import write_bytes_atomic
 from pipelines.release.bucket import (
     CHECKSUMS_FILE,
     CONFUSION_MATRIX_FILE,
+    HOLDOUT_CURVES_FILE,
     LINEAGE_FILE,
     METRICS_FILE,
     MODEL_CARD_FILE,
     MODEL_CARD_JSON_FILE,
     POINTER_FILE,
     RELIABILITY_FILE,
+    SLICES_FILE,
     Bucket,
     FolderState,
     check_name,
@@ -50,7 +52,7 @@ from pipelines.release.bucket import (
     store_errors,
     verify_version,
 )
-from pipelines.release.card_assets import card_files
+from pipelines.release.model_card import card_files
 from pipelines.release.serving import ProductionModel, load_production, load_version
 
 __all__ = [
@@ -78,6 +80,8 @@ RESERVED_FILES = frozenset(
         MODEL_CARD_JSON_FILE,
         CONFUSION_MATRIX_FILE,
         RELIABILITY_FILE,
+        HOLDOUT_CURVES_FILE,
+        SLICES_FILE,
         LINEAGE_FILE,
     }
 )
@@ -201,6 +205,7 @@ def deploy_version(
     model_card: str,
     ds: str,
     model_card_json: dict[str, Any] | None = None,
+    card_images: Mapping[str, bytes] | None = None,
     exclude: Collection[str] = (),
 ) -> DeployResult:
     """Upload ``model_dir`` as an immutable version folder, verify it, then flip the pointer.
@@ -208,7 +213,8 @@ def deploy_version(
     ``metrics`` is the evaluation record; its ``challenger.confusion_matrix``
     becomes ``confusion_matrix.svg``; the validation reliability bins in the
     model dir's ``model.json`` become ``reliability.svg``.  ``model_card_json`` adds to (and
-    overrides keys of) the generated ``model_card.json``.  ``exclude`` names
+    overrides keys of) the generated ``model_card.json``; ``card_images`` are the card's other
+    figures (`pipelines.release.model_card.build_model_card`).  ``exclude`` names
     model-dir files to leave out (exports the gate refused).
 
     Idempotent: a complete, intact folder is never rewritten, an interrupted
@@ -229,6 +235,7 @@ def deploy_version(
             lineage=lineage,
             model_card=model_card,
             model_card_json=model_card_json,
+            card_images=card_images,
         )
     )
     checksums = {name: _digest(item) for name, item in files.items()}

@@ -235,7 +235,14 @@ def test_models_view_in_the_ui_links_to_the_run_the_model_card_and_the_data_docs
     expect(page.get_by_role("heading", name=re.compile(rf"^Model card: {VERTICAL} mv-"))).to_be_visible()
     expect(page.get_by_role("heading", name="Holdout metrics")).to_be_visible()
     assert f"Trained for logical date {DS}" in page.locator("article").inner_text()
-    shots(page, "models-view-model-card", docs=True, full_page=True)
+    expect(page.get_by_role("heading", name="Intended use")).to_be_visible()
+    # The figures (SVG files of the version folder) load and render as images under the files' CSP.
+    figures = page.locator("article img")
+    expect(figures.first).to_be_visible()
+    sources = figures.evaluate_all("imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+    assert {src for src, _ in sources} >= {"confusion_matrix.svg", "holdout_curves.svg", "slices.svg"}, sources
+    assert all(loaded for _, loaded in sources), sources
+    shots(page, "model-card", docs=True, full_page=True)
     page.get_by_role("link", name="bucket version").click()
     expect(page.get_by_text("every file matches")).to_be_visible()
     expect(page.get_by_text("the production pointer names this version")).to_be_visible()

@@ -185,7 +185,7 @@ def test_a_logical_date_outside_the_data_fails_without_retry(settings):
 
 
 def test_no_second_email_for_a_data_quality_failure(settings, monkeypatch):
-    monkeypatch.setattr(notifiers, "connection_exists", lambda _: pytest.fail("must not look up SMTP"))
+    monkeypatch.setattr(notifiers, "smtp_connection", lambda _: pytest.fail("must not look up SMTP"))
     FailureNotifier(vertical="finance", to=["a@example.com"]).notify(
         context(exception=DataQualityFailure("suite failed"))
     )
@@ -193,7 +193,7 @@ def test_no_second_email_for_a_data_quality_failure(settings, monkeypatch):
 
 
 def test_failure_email_goes_to_the_outbox_without_smtp(settings, monkeypatch):
-    monkeypatch.setattr(notifiers, "connection_exists", lambda _: False)
+    monkeypatch.setattr(notifiers, "smtp_connection", lambda _: None)
     FailureNotifier(vertical="finance", to=["a@example.com", "b@example.com"]).notify(
         context(exception=SourceError("warehouse down", vertical="finance", ds="2026-11-27"))
     )
@@ -201,7 +201,7 @@ def test_failure_email_goes_to_the_outbox_without_smtp(settings, monkeypatch):
     message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
     assert message["Subject"] == "[retrain failed] finance 2026-11-27: task validate"
     assert message["To"] == "a@example.com, b@example.com"
-    body = message.get_content()
+    body = message.get_body(("plain",)).get_content()
     assert "SourceError: [finance, 2026-11-27] warehouse down" in body
     assert "No model is in production for this vertical yet." in body  # read from the bucket, not assumed
     assert "python -m pipelines run finance --date 2026-11-27" in body
@@ -294,7 +294,8 @@ def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(setting
     from pipelines.orchestration.task_logging import route_library_notices
 
     library = logging.getLogger("great_expectations")
-    saved = (library.handlers[:], library.propagate)
+    saved = (library.handlers[:], library.propagate, library.level)
+    library.setLevel(logging.NOTSET)  # an in-process `python -m pipelines` run (tests/unit) raised it to WARNING
     for handler in saved[0]:  # an earlier test's run_stage routed them to its own home
         if getattr(handler, "_pipelines_route", False):
             library.removeHandler(handler)
@@ -324,6 +325,7 @@ def test_library_notices_go_to_a_file_and_their_warnings_to_the_task_log(setting
                 handler.close()
         library.handlers[:0] = [h for h in saved[0] if h not in library.handlers]
         library.propagate = saved[1]
+        library.setLevel(saved[2])
 
 
 def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):

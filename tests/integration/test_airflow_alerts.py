@@ -3,7 +3,7 @@
 A corrupted partition must fail the run at ``validate`` without retries, mail
 one data-quality alert (and nothing else), never reach training and leave the
 champion alone.  Any other task failure mails a task-failure email through
-Airflow's `SmtpNotifier`, or into the outbox when no SMTP is configured.
+the `smtp_default` relay (`pipelines.notify.alerts.deliver`), or into the outbox when no SMTP is configured.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import re
 import sqlite3
 
 import pytest
+
+from pipelines.config import PROJECT_ROOT
 
 from .airflow_support import bucket_listing, pointer, record, registry_counts, run_nightly, seed_home
 
@@ -119,6 +121,13 @@ def test_task_failure_goes_to_the_outbox_without_smtp(settings):
     [path] = (settings.home / "outbox").glob("*.eml")
     text = path.read_text()
     assert f"[retrain failed] finance {DS}: task extract" in text and "force_reason is empty" in text
-    assert str(path) in result.stdout + result.stderr  # the notifier logs where the email went
+    # The console says which stage failed, why, and where the full log is; the notifier logs where the email went.
+    lines = result.stderr.splitlines()
+    [stage_line] = [line for line in lines if line.startswith("finance ") and "FAILED" in line]
+    assert "extract FAILED" in stage_line and "validate not run" in stage_line, stage_line
+    assert any(line.startswith("  ✗ extract: ") and "force_reason is empty" in line for line in lines), lines
+    [log] = re.findall(r"the full log is (\S+\.log)", result.stderr)
+    assert str(path) in (PROJECT_ROOT / log).read_text() and str(path) not in result.stdout
+    assert len((result.stdout + result.stderr).splitlines()) < 15
     assert record(settings.home, "finance", DS, "airflow_failure")["task_id"] == "extract"
     assert result.rows["finance"]["blocked"] == "extract: InvalidRunParams"

@@ -8,13 +8,14 @@ skips only ``deploy``.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import vertical_names
+from pipelines.config import PROJECT_ROOT, vertical_names
 
 from .airflow_support import (
     NightlyResult,
@@ -75,6 +76,22 @@ def test_prints_the_decision_table(nightly):
         assert any(line.startswith(f"{vertical} ") and DS in line for line in result.stdout.splitlines())
 
 
+def test_prints_one_line_per_vertical_and_sends_the_task_logs_to_a_file(nightly):
+    """What a person reads: a stage line per vertical, the log's path, the table; Airflow's logs in the file."""
+    home, result = nightly
+    console = (result.stderr + result.stdout).splitlines()
+    assert len(console) < 40, "\n".join(console)
+    for vertical in VERTICALS:
+        [line] = [x for x in result.stderr.splitlines() if x.startswith(f"{vertical} ") and " ok " in x]
+        stages = line.split("  ")[-1].split(" · ")
+        assert [cell.split()[0] for cell in stages] == list(TASK_IDS), line
+        assert all(re.fullmatch(r"\w+ \d+\.\ds|\w+ \d+m\d\ds", cell) for cell in stages), line
+    [log] = re.findall(r"full log: (\S+\.log)", result.stderr)
+    path = PROJECT_ROOT / log  # printed relative to the working directory when below it
+    assert path.parent == home / "logs"
+    assert "[DAG TEST]" in path.read_text() and "[DAG TEST]" not in result.stderr + result.stdout
+
+
 @pytest.mark.parametrize("vertical", VERTICALS)
 def test_all_tasks_succeed_and_the_model_is_deployed(nightly, vertical):
     home, result = nightly
@@ -84,7 +101,7 @@ def test_all_tasks_succeed_and_the_model_is_deployed(nightly, vertical):
     assert all(t["try_number"] == 1 for t in row["tasks"].values())
 
     summary = record(home, vertical, DS, "report")
-    assert summary == {k: v for k, v in row.items() if k not in ("run_id", "seconds", "tasks")}
+    assert summary == {k: v for k, v in row.items() if k not in ("run_id", "seconds", "tasks", "stages")}
     assert summary["deployed"] and summary["approved"]
     assert pointer(home, vertical)["version"] == summary["model_version"]
     assert record(home, vertical, DS, "train")["run_id"] == row["run_id"]  # lineage names the DAG run

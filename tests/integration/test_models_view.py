@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -258,9 +259,56 @@ def test_page_escapes_registry_text_and_links_the_dag_run(state: Settings):
     )
     page = _client(state).get("/models/").text
     assert "<script>alert" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     assert f'href="/dags/finance/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in page
     assert 'href="/models/docs/finance/index.html"' in page
+
+
+HOSTILE = "<script>alert('pwned')</script>"
+HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
+
+
+def test_hostile_registry_text_is_escaped_on_every_page(state: Settings):
+    """Free text other processes write (reasons, actors, rule details) never becomes markup."""
+    registry = Registry.from_settings(state)
+    registry.record_decision(
+        vertical="finance",
+        ds="2026-11-29",
+        model_version=REJECTED,
+        approved=True,
+        forced=True,
+        forced_reason=f"forced {HOSTILE}",
+        actor=f"cli:{HOSTILE_ATTR}",
+        champion_version=CHAMPION,
+        reasons=[{"rule": "threshold:recall", "passed": False, "detail": f"recall {HOSTILE}"}],
+    )
+    registry.record_deployment(vertical="finance", model_version=REJECTED, actor=f"cli:{HOSTILE_ATTR}", ds="2026-11-29")
+    registry.record_deployment(
+        vertical="finance",
+        model_version=CHAMPION,
+        actor=f"cli:{HOSTILE_ATTR}",
+        action="rollback",
+        ds="2026-11-29",
+        reason=f"rolled back {HOSTILE}",
+    )
+    client = _client(state)
+    pages = {
+        "index": client.get("/models/").text,
+        "vertical": client.get("/models/verticals/finance").text,
+        # A hostile path segment comes back in the 404 page's message.
+        "404": client.get(f"/models/verticals/{quote(HOSTILE_ATTR, safe='')}", headers={"Accept": "text/html"}).text,
+    }
+    for name, page in pages.items():
+        assert "<script>alert('pwned')" not in page, name
+        assert "<img src=x" not in page, name
+    vertical = pages["vertical"]
+    assert "forced: forced &lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in vertical  # the decision
+    assert "✗ recall &lt;script&gt;" in vertical  # the failed rule
+    assert "rolled back &lt;script&gt;" in vertical  # the audit trail's reason
+    assert "cli:&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in vertical  # the actor
+    assert "unknown vertical &#39;&#34;&gt;&lt;img src=x onerror=alert(1)&gt;&#39;" in pages["404"]
+    # The page's own script (the frame helper) is still there: escaping did not eat the template.
+    assert vertical.count("<script>") == 1
 
 
 def test_user_sees_only_verticals_whose_runs_they_may_read(state: Settings):

@@ -404,12 +404,15 @@ def test_cli_run_deploys_to_s3_and_serves(cli: Cli, s3_env: S3Server, tmp_path: 
     listing = _listing(url)
     version = deployed["model_version"]
     files = {k.rsplit("/", 1)[-1]: size for k, (_, _, size) in listing.items() if f"/versions/{version}/" in k}
-    # finance has a validation split, so its card also carries the reliability diagram; both of its
+    # finance has a validation split, so its card also carries the reliability diagram; a nightly run's
+    # card draws the holdout curves and the per-slice figure from evaluate's scores; both of its
     # ONNX exports pass the gate's export rules (seeded), so they ship in the version folder too.
-    assert set(files) == VERSION_FILES | {"reliability.svg", "model.onnx", "model.int8.onnx"}
+    card_figures = {"reliability.svg", "holdout_curves.svg", "slices.svg"}
+    assert set(files) == VERSION_FILES | card_figures | {"model.onnx", "model.int8.onnx"}
     card = json.loads(_fs(url).cat_file(f"{url.removeprefix('s3://')}/{VERTICAL}/versions/{version}/model_card.json"))
     assert card["model_version"] == version and card["confusion_matrix"]["image"] == "confusion_matrix.svg"
     assert card["reliability"]["image"] == "reliability.svg"
+    assert card["slices"]["column"] == "home_ownership" and card["slices"]["image"] == "slices.svg"
 
     raw = pd.read_parquet(cli.home / "data" / VERTICAL / "validated" / f"{DS}.parquet")
     served = load_production(VERTICAL, bucket_url=url, cache_dir=tmp_path / "serve")

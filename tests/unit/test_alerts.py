@@ -263,3 +263,59 @@ def test_a_year_long_backfill_lists_the_bad_day_and_sums_up_the_rest(settings):
     assert "2026-01-01 .. 2026-02-25: 52 more day(s), 520 rows, all passed, validated" in text
     assert text.count("passed, validated  ") == 31  # the last month, day by day
     assert "(52 days)" in html
+
+
+# -- warnings (GX severity warning/info) and drift against the champion's data -------------------------
+
+
+def test_a_warning_only_report_mails_a_warning_that_says_the_run_continues(settings):
+    warned = replace(AGE, severity="warning")
+    report = replace(REPORT, success=True, failed=[], failed_days=[], warnings=[warned])
+    msg = quality_alert(SPEC, report, [], settings)
+    text, html = parts(msg)
+    assert msg["Subject"] == "[data quality warning] demo 2026-11-27: 1 expectation(s) warned; the run continues"
+    for body in (text, html):
+        assert "the run continues" in body and "expect_column_values_to_be_between" in body
+        assert "Training was stopped" not in body and "quarantined" not in body.replace("0 day(s) quarantined", "")
+    assert "W1. expect_column_values_to_be_between on x (warning)" in text
+    assert "Failed expectations:" not in text and "Nothing to rerun" in text
+
+
+def test_a_blocking_alert_lists_the_warnings_beside_the_failures(settings):
+    report = replace(REPORT, warnings=[replace(UNIQUE, severity="info", column="name")])
+    text, _ = parts(quality_alert(SPEC, report, samples(), settings))
+    assert "Failed expectations:" in text and "Warnings (severity warning/info" in text
+    assert "W1. expect_column_values_to_be_unique on name (info)" in text
+
+
+def test_drift_alert_blocking_and_warning(settings):
+    import numpy as np
+
+    from pipelines.data.drift import compare_to_champion
+    from pipelines.notify.alerts import drift_alert
+
+    spec = VerticalSpec.model_validate(
+        {**SPEC.model_dump(), "pii": [], "quality": {"drift": {"recent_days": 5, "min_rows": 50}}}
+    )
+    rng = np.random.default_rng(0)
+    days = [f"2026-11-{d:02d}" for d in range(13, 28)]
+    reference = pd.DataFrame({"x": rng.normal(0, 1, 1500), "event_date": np.repeat(days, 100)})
+    shifted = reference.assign(x=np.where(reference["event_date"] >= "2026-11-23", reference["x"] + 2, reference["x"]))
+    report = compare_to_champion(
+        reference, shifted, spec, ds=DAY2, champion_version="mv-1", reference_data_version="dv-1"
+    )
+    msg = drift_alert(spec, report, settings)
+    text, html = parts(msg)
+    assert msg["Subject"] == "[data drift] demo 2026-11-27: 1 feature(s) beyond the block threshold"
+    assert "Nothing was snapshotted or trained" in text and "champion mv-1, trained on data version dv-1" in text
+    assert "BLOCK" in text and "python -m pipelines run demo --date 2026-11-27" in text
+    assert "Data drift stopped the run" in html
+    calm = compare_to_champion(
+        reference,
+        reference,
+        spec.model_copy(update={}),
+        ds=DAY2,
+        champion_version="mv-1",
+        reference_data_version="dv-1",
+    )
+    assert not calm.blocking and not calm.warnings

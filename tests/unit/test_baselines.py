@@ -118,3 +118,41 @@ def test_logistic_baseline_fits_on_a_seeded_sample_of_a_huge_train_split(monkeyp
     assert first.detail["train_rows"] == 300
     np.testing.assert_array_equal(first.prob, again.prob)
     assert first.metrics["auroc"] > 0.7
+
+
+def test_fit_matches_the_old_newton_fit() -> None:
+    """scikit-learn's fit against the hand-written Newton's method it replaced, on the same data."""
+    from pipelines.gate.evaluation import compute_metrics
+    from pipelines.model.features import Preprocessor, label_vector
+
+    from . import baselines_reference as old
+
+    train, holdout = toy_frame(1500, seed=11), toy_frame(600, seed=12)
+    preprocessor = Preprocessor.fit(train, spec().features, max_categories=spec().model.max_categories)
+    x, y = preprocessor.transform(train), label_vector(train, spec().label)
+    weight = class_weights(y)
+    new, reference = fit_logistic(x, y, sample_weight=weight), old.fit_logistic(x, y, sample_weight=weight)
+    assert new.converged and reference.converged
+    np.testing.assert_allclose(new.coef, reference.coef, atol=1e-6)
+    # The baseline as the gate sees it: the same metrics on the holdout.
+    ours = logistic_baseline(train, holdout, spec()).metrics
+    theirs = compute_metrics(
+        label_vector(holdout, spec().label), reference.predict_proba(preprocessor.transform(holdout))
+    )
+    for metric in ("accuracy", "precision", "recall", "f1", "auroc", "balanced_accuracy"):
+        assert ours[metric] == pytest.approx(theirs[metric], abs=1e-9), metric
+    # Platt's one-feature, barely regularised fit (pipelines.model.thresholds) agrees too.
+    logits = np.random.default_rng(13).normal(size=400)
+    labels = (logits + np.random.default_rng(14).normal(size=400) > 0).astype(float)
+    np.testing.assert_allclose(
+        fit_logistic(logits.reshape(-1, 1), labels, c=1e4).coef,
+        old.fit_logistic(logits.reshape(-1, 1), labels, c=1e4).coef,
+        atol=1e-6,
+    )
+
+
+def test_logistic_needs_both_classes() -> None:
+    from pipelines.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="both classes"):
+        fit_logistic(np.ones((4, 2)), np.zeros(4))

@@ -598,11 +598,13 @@ def test_version_folder_holds_reliability_diagram_with_a_point_per_non_empty_bin
     card = json.loads((folder / "model_card.json").read_text())
     assert card["reliability"]["image"] == "reliability.svg" and card["reliability"]["bins"] == bins
     svg = ET.fromstring((folder / "reliability.svg").read_bytes())
-    points = list(svg.iter("{http://www.w3.org/2000/svg}circle"))
+    [group] = [g for g in svg.iter("{http://www.w3.org/2000/svg}g") if g.get("id") == "reliability-points"]
+    points = list(group.iter("{http://www.w3.org/2000/svg}path"))  # matplotlib draws each marker as a path
     assert len(points) == 3
-    # Points sit where observed vs predicted says: the 0.45 bin's point is at half height of the plot.
-    ys = sorted(float(p.get("cy") or 0) for p in points)
-    assert ys[0] < ys[1] < ys[2]
+    # Points sit where observed vs predicted says: left to right (predicted), and bottom to top (observed).
+    starts = [tuple(float(v) for v in (p.get("d") or "").split()[1:3]) for p in points]
+    xs, ys = [x for x, _ in starts], [y for _, y in starts]
+    assert xs == sorted(xs) and ys == sorted(ys, reverse=True) and len(set(ys)) == 3
     assert "reliability.svg" in json.loads((folder / "checksums.json").read_text())["files"]
 
 

@@ -195,3 +195,28 @@ def test_gate_slice_metrics_use_the_challengers_threshold() -> None:
     high = gate_slice_metrics(gate_slices, frame, {"threshold": 0.5})["g"]
     assert [s.metrics["recall"] for s in low] == [1.0, 1.0]
     assert [s.metrics["recall"] for s in high] == [0.5, 0.0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_and_roc_match_the_old_numpy_ones(seed: int) -> None:
+    """scikit-learn's metrics and ROC against the plain-numpy ones they replaced, on the same inputs."""
+    from . import evaluation_reference as old
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    y = (rng.random(n) < rng.choice([0.0, 0.05, 0.3, 1.0])).astype(int)
+    # Rounded scores give ties; some at exactly 0 and 1.
+    prob = np.round(np.clip(0.3 * y + rng.random(n) * 1.1 - 0.05, 0, 1), int(rng.integers(1, 4)))
+    for threshold in (0.0, 0.3, 0.5, 0.97, 1.0):
+        metrics, pred, truth = compute_metrics(y, prob, threshold), prob >= threshold, y == 1
+        # The old counting: four boolean sums.
+        counts = [[np.sum(~pred & ~truth), np.sum(pred & ~truth)], [np.sum(~pred & truth), np.sum(pred & truth)]]
+        assert metrics["confusion_matrix"] == counts
+        assert metrics["auroc"] == (
+            None if old.auroc(y, prob) is None else pytest.approx(old.auroc(y, prob), abs=1e-12)
+        )
+    for max_points in (3, 101, 10_000):
+        ours_roc, theirs_roc = roc_points(y, prob, max_points), old.roc_points(y, prob, max_points)
+        assert len(ours_roc) == len(theirs_roc)
+        for mine, reference in zip(ours_roc, theirs_roc, strict=True):
+            assert mine == pytest.approx(reference, abs=1e-12)

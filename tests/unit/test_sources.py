@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.config import VerticalSpec
+from pipelines.config import VerticalSpec, parse_ds
 from pipelines.data.sources import (
     assemble_window,
     check_ds,
     extract_days,
-    parse_ds,
     resolve_connection_url,
     window_days,
 )

@@ -47,7 +47,7 @@ def test_a_record_written_on_one_worker_is_read_on_another(tmp_path: Path, share
     layout_b = Layout(b, "demo")
     assert layout_b.has_record("2026-11-27", "train")
     assert layout_b.read_record("2026-11-27", "train", needed_by="evaluate") == {"model_version": "mv-1"}
-    layout_b.clear_records("2026-11-27", ["train"])
+    layout_b.state.remove(layout_b.record_path("2026-11-27", "train"))
     with pytest.raises(StageOrderError, match="needs the 'train' record at file://"):
         Layout(a, "demo").read_record("2026-11-27", "train", needed_by="evaluate")
 

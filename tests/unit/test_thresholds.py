@@ -81,3 +81,30 @@ def test_calibration_needs_both_classes() -> None:
     with pytest.raises(TrainingError, match="both classes"):
         fit_calibration(np.zeros(5), np.arange(5.0), "platt")
     assert fit_calibration(np.zeros(5), np.arange(5.0), "none").method == "none"
+
+
+def _old_golden_section_scale(truth: np.ndarray, z: np.ndarray) -> float:
+    """The hand-written search `_temperature_scale` used before scipy (the reference)."""
+
+    def loss(log_scale: float) -> float:
+        s = np.exp(log_scale) * z
+        return float(np.mean(np.logaddexp(0.0, s) - truth * s))
+
+    low, high, ratio = -5.0, 5.0, (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(80):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if loss(a) <= loss(b):
+            high = b
+        else:
+            low = a
+    return float(np.exp((low + high) / 2.0))
+
+
+@pytest.mark.parametrize(("seed", "true_scale"), [(1, 0.3), (2, 1.0), (3, 2.5)])
+def test_temperature_matches_the_old_golden_section_search(seed: int, true_scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=5000)
+    labels = (rng.random(logits.size) < 1 / (1 + np.exp(-true_scale * logits))).astype(float)
+    scale = fit_calibration(labels, logits, "temperature").scale
+    assert scale == pytest.approx(_old_golden_section_scale(labels, logits), rel=1e-6)
+    assert scale == pytest.approx(true_scale, rel=0.15)

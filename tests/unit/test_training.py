@@ -114,7 +114,7 @@ def test_split_window_input_errors() -> None:
     frame = dated(["2024-01-02", "2024-01-09"], ["bad", "good"])
     with pytest.raises(TrainingError, match="no event-time column 'event_date'"):
         split_window(frame.drop(columns="event_date"), make_spec(), "2024-01-10")
-    with pytest.raises(TrainingError, match="not YYYY-MM-DD"):
+    with pytest.raises(TrainingError, match="use YYYY-MM-DD"):
         split_window(frame, make_spec(), "10/01/2024")
     with pytest.raises(TrainingError, match="not ISO dates"):
         split_window(frame.assign(event_date=["2024-01-02", "yesterday"]), make_spec(), "2024-01-10")

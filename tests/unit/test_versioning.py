@@ -329,3 +329,29 @@ def test_data_version_round_trips_through_a_dict() -> None:
 def test_tag_is_a_valid_git_ref_name() -> None:
     tag = versioning.tag_name("mfg_eu", DS)
     subprocess.run(["git", "check-ref-format", f"refs/tags/{tag}"], check=True)
+
+
+# -- DVC and git through their public interfaces ------------------------------------------
+
+
+def test_commits_need_no_git_identity_and_edit_no_git_config(
+    settings: Settings, frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker without any git identity still commits, as ``pipelines``; no config file is edited."""
+    empty_home = tmp_path / "nobody"
+    empty_home.mkdir()
+    monkeypatch.setenv("HOME", str(empty_home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
+        monkeypatch.delenv(name, raising=False)
+    version = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
+    repo = repo_of(settings)
+    identity = "pipelines <pipelines@localhost>"
+    assert git(repo, "log", "--format=%an <%ae>|%cn <%ce>").splitlines() == [f"{identity}|{identity}"] * 2
+    assert "[user]" not in (repo / ".git" / "config").read_text()
+    assert version.id == snapshot_window(frame, vertical="finance", ds=DS, settings=settings).id
+
+
+def test_version_id_of_a_fixed_frame_is_pinned() -> None:
+    """Unchanged data keeps its id across changes to this code (a Parquet writer upgrade may move it, visibly)."""
+    assert versioning.version_id(versioning.window_md5(make_frame())) == "dv-606ddc3bcbd7"
