@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from pipelines.errors import PipelineError
 
@@ -32,7 +33,9 @@ _EXTRA_KEY = "__extra__"
 
 
 class ConnectionConfigError(PipelineError):
-    """A connection exists but cannot be parsed (bad JSON, bad URI)."""
+    """A connection is missing or cannot be parsed (bad JSON, bad URI): configuration, not a fault."""
+
+    retryable = False  # the same settings fail the same way until someone fixes them
 
 
 @dataclass(frozen=True)
@@ -191,3 +194,48 @@ def s3_options(conn: Connection) -> dict[str, Any]:
     if extra.get("region_name"):
         options["client_kwargs"] = {"region_name": extra["region_name"]}
     return {k: v for k, v in options.items() if v}
+
+
+# -- object-store URLs -------------------------------------------------------------------
+
+_S3_SCHEMES = ("s3", "s3a")
+
+
+def s3_url_options(url: str, *, conn_id_env: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without any ``<conn_id>@`` and the fsspec options to open it with.
+
+    The connection is the one ``s3://<conn_id>@bucket/…`` names (as Airflow's
+    ``ObjectStoragePath`` writes it), else the one the variable ``conn_id_env``
+    names.  Only S3 URLs take options; ``{}`` leaves credentials to botocore's
+    standard chain (environment, profile, instance role).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in _S3_SCHEMES:
+        return url, {}
+    conn_id = os.environ.get(conn_id_env, "").strip() or None
+    if "@" in parts.netloc:
+        conn_id, _, host = parts.netloc.rpartition("@")
+        url = urlunsplit(parts._replace(netloc=host))
+    if not conn_id:
+        return url, {}
+    conn = get(conn_id)
+    if conn is None:
+        raise ConnectionConfigError(
+            f"S3 connection {conn_id!r} is not configured: set {env_var(conn_id)} "
+            '(e.g. {"conn_type": "aws", "login": KEY_ID, "password": SECRET, "extra": {"endpoint_url": URL}}) '
+            f"or add it as an Airflow connection, or unset {conn_id_env} to use the standard AWS "
+            "environment (AWS_ACCESS_KEY_ID, ...)"
+        )
+    return url, s3_options(conn)
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Denied access, missing credentials or an unreachable endpoint (s3fs/botocore)."""
+    if isinstance(exc, PermissionError):
+        return True
+    # botocore is only loaded when an s3:// URL was opened; never import it for file://.
+    if "botocore.exceptions" in sys.modules:
+        from botocore.exceptions import BotoCoreError
+
+        return isinstance(exc, BotoCoreError)
+    return False

@@ -47,6 +47,8 @@ CACHE_STAMPS = ".state-cache"
 class StateError(PipelineError):
     """The state store cannot be reached or holds something unexpected."""
 
+    retryable = True  # an object store that is down or throttling comes back
+
 
 @dataclass(frozen=True)
 class StateStore:
@@ -235,9 +237,12 @@ def _open(home: Path, url: str) -> StateStore:
         return StateStore(home=home, url=home.as_uri(), fs=None, root=str(home))
     from fsspec.core import url_to_fs
 
-    from pipelines.release.bucket import storage_options
+    from pipelines.connections import ConnectionConfigError, s3_url_options
 
-    plain, options = storage_options(url, conn_id_env=CONN_ID_ENV)
+    try:
+        plain, options = s3_url_options(url, conn_id_env=CONN_ID_ENV)
+    except ConnectionConfigError as exc:
+        raise StateError(f"{exc} (the state store, PIPELINES_STATE_URL)") from exc
     fs, root = url_to_fs(plain, **options)
     return StateStore(home=home, url=plain.rstrip("/"), fs=fs, root=root.rstrip("/"))
 
@@ -245,7 +250,7 @@ def _open(home: Path, url: str) -> StateStore:
 @contextmanager
 def _store_errors(url: str) -> Iterator[None]:
     """Re-raise access and connection failures of the store as `StateError` naming URL and settings."""
-    from pipelines.release.bucket import is_store_error
+    from pipelines.connections import is_store_error
 
     try:
         yield

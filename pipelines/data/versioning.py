@@ -396,9 +396,12 @@ def _remote_section(remote: str) -> dict[str, str]:
     uses botocore's standard chain.  ``config.local`` is the worker's untracked
     scratch config, never committed.
     """
-    from pipelines.release.bucket import storage_options
+    from pipelines.connections import ConnectionConfigError, s3_url_options
 
-    url, options = storage_options(remote, conn_id_env=DVC_CONN_ID_ENV)
+    try:
+        url, options = s3_url_options(remote, conn_id_env=DVC_CONN_ID_ENV)
+    except ConnectionConfigError as exc:
+        raise VersioningError(f"{exc} (the DVC remote, PIPELINES_DVC_REMOTE)") from exc
     names = {
         "key": "access_key_id",
         "secret": "secret_access_key",

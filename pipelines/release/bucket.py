@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
+from pipelines.connections import is_store_error as _is_store_error
 from pipelines.errors import DeployError
 
 POINTER_FILE = "production.json"
@@ -59,7 +57,6 @@ CONN_ID_ENV = "PIPELINES_BUCKET_CONN_ID"
 #: Vertical and version names become path segments: no separators, no "..".
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
-_S3_SCHEMES = ("s3", "s3a")
 
 
 def check_name(value: str, what: str) -> None:
@@ -92,52 +89,17 @@ def json_bytes(payload: Any) -> bytes:
 
 
 def storage_options(url: str, *, conn_id_env: str = CONN_ID_ENV) -> tuple[str, dict[str, Any]]:
-    """``url`` without any ``<conn_id>@`` and the fsspec options to open it with.
-
-    Only S3 URLs take options; ``{}`` leaves credentials to botocore's
-    standard chain (environment, profile, instance role).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in _S3_SCHEMES:
-        return url, {}
-    conn_id = os.environ.get(conn_id_env, "").strip() or None
-    if "@" in parts.netloc:
-        # ObjectStoragePath's spelling: s3://aws_default@bucket/key.
-        conn_id, _, host = parts.netloc.rpartition("@")
-        url = urlunsplit(parts._replace(netloc=host))
-    if not conn_id:
-        return url, {}
-    return url, _connection_options(conn_id, conn_id_env)
-
-
-def _connection_options(conn_id: str, conn_id_env: str) -> dict[str, Any]:
-    """s3fs options from the Airflow connection ``conn_id`` (`pipelines.connections`)."""
+    """``url`` without any ``<conn_id>@`` and the fsspec options to open it with (`connections.s3_url_options`)."""
     from pipelines import connections
 
     try:
-        conn = connections.get(conn_id)
+        return connections.s3_url_options(url, conn_id_env=conn_id_env)
     except connections.ConnectionConfigError as exc:
         raise DeployError(f"{exc}; see docs/deploy.md") from exc
-    if conn is None:
-        raise DeployError(
-            f"S3 connection {conn_id!r} is not configured: set {connections.env_var(conn_id)} "
-            '(e.g. {"conn_type": "aws", "login": KEY_ID, "password": SECRET, "extra": {"endpoint_url": URL}}) '
-            f"or add it as an Airflow connection, or unset {conn_id_env} to use the standard AWS "
-            "environment (AWS_ACCESS_KEY_ID, ...)"
-        )
-    return connections.s3_options(conn)
 
 
-def is_store_error(exc: BaseException) -> bool:
-    """Denied access, missing credentials or an unreachable endpoint (s3fs/botocore)."""
-    if isinstance(exc, PermissionError):
-        return True
-    # botocore is only loaded when an s3:// URL was opened; never import it for file://.
-    if "botocore.exceptions" in sys.modules:
-        from botocore.exceptions import BotoCoreError
-
-        return isinstance(exc, BotoCoreError)
-    return False
+#: Denied access, missing credentials or an unreachable endpoint (s3fs/botocore).
+is_store_error = _is_store_error
 
 
 @contextmanager
