@@ -806,7 +806,16 @@ def _push(
         )
     # The bucket's lineage.json names the run that first produced the model, as the registry does.
     lineage = {**(model.lineage or _lineage(spec, ds, trained, snap, run_id)), "decision": decision}
-    card = build_model_card(spec, ds, trained, evaluation, decision, scores=_holdout_scores(spec, ds, evaluation))
+    model_dir = layout.state.local(trained["model_dir"])
+    # The card reads model.json (reliability) from this worker's copy of the model folder.
+    card = build_model_card(
+        spec,
+        ds,
+        {**trained, "model_dir": str(model_dir)},
+        evaluation,
+        decision,
+        scores=_holdout_scores(spec, ds, evaluation, layout),
+    )
     pointer = read_pointer(settings.bucket_url, spec.name)
     who = actor(run_id)
     intent = registry.record_intent(
@@ -822,7 +831,7 @@ def _push(
             bucket_url=settings.bucket_url,
             vertical=spec.name,
             model_version=version,
-            model_dir=layout.state.local(trained["model_dir"]),
+            model_dir=model_dir,
             metrics=evaluation,
             lineage=lineage,
             model_card=card.markdown,
@@ -862,7 +871,7 @@ def _push(
     }
 
 
-def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> Any:
+def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any], layout: Layout) -> Any:
     """The rows evaluate scored (for the model card's curves and slices), checked against its record.
 
     None for a record that names no scores file (one written before evaluate kept them): its card
@@ -875,7 +884,7 @@ def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> 
         return None
     try:
         return read_holdout_scores(
-            Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+            layout.state.local(evaluation["holdout_scores"]), evaluation.get("holdout_scores_sha256")
         )
     except (FileNotFoundError, ValueError) as exc:
         raise StageOrderError(
