@@ -872,6 +872,7 @@ class _ProductionEnv(BaseSettings):
     bucket_url: str | None = None
     registry_url: str | None = None
     dvc_remote: str | None = None
+    state_url: str = ""
     # The Airflow API server's own base URL unless the links must name another (a proxy).
     public_url: str = Field(
         default=DEFAULT_PUBLIC_URL, validation_alias=AliasChoices("PIPELINES_PUBLIC_URL", "AIRFLOW__API__BASE_URL")
@@ -888,6 +889,7 @@ class _ExperimentEnv(BaseSettings):
     bucket_url: str | None = None
     registry_url: str | None = None
     dvc_remote: str | None = None
+    state_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -908,6 +910,10 @@ class Settings:
     warehouse_file: Path | None = None
     #: Where people reach this deployment's Airflow UI and the Models view (links in emails).
     public_url: str = DEFAULT_PUBLIC_URL
+    #: Where everything one task hands to the next lives (``PIPELINES_STATE_URL``: any fsspec
+    #: URL, e.g. ``s3://bucket/state``); empty: ``home`` itself, so the embedded run keeps one
+    #: folder.  With a remote URL ``home`` is only this worker's scratch and cache (`pipelines.state`).
+    state_url: str = ""
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -922,6 +928,7 @@ class Settings:
             registry_url=env.registry_url or f"sqlite:///{home / 'registry.db'}",
             dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
             public_url=env.public_url,
+            state_url=env.state_url.strip(),
         )
         chosen = profile or env.profile
         if chosen == "production":
@@ -965,6 +972,7 @@ def experiment_settings(production: Settings) -> Settings:
         dvc_remote=env.dvc_remote or str(home / "dvc-remote"),
         profile="experiment",
         warehouse_file=production.warehouse_file or production.home / "warehouse.db",
+        state_url=env.state_url.strip(),
     )
     shared = [
         (name, variable)
@@ -973,8 +981,9 @@ def experiment_settings(production: Settings) -> Settings:
             ("registry", "PIPELINES_EXPERIMENT_REGISTRY_URL", experiment.registry_url, production.registry_url),
             ("bucket", "PIPELINES_EXPERIMENT_BUCKET_URL", experiment.bucket_url, production.bucket_url),
             ("DVC remote", "PIPELINES_EXPERIMENT_DVC_REMOTE", experiment.dvc_remote, production.dvc_remote),
+            ("state URL", "PIPELINES_EXPERIMENT_STATE_URL", experiment.state_url, production.state_url),
         )
-        if mine == theirs
+        if mine == theirs and mine  # an empty state URL means "under the (separate) data root"
     ]
     if shared:
         raise SpecError(

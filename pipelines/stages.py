@@ -11,7 +11,6 @@ what Airflow puts in XCom.
 from __future__ import annotations
 
 import logging
-import shutil
 import smtplib
 from collections.abc import Callable
 from dataclasses import replace
@@ -76,16 +75,19 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
     spec, settings, layout = _context(vertical, ds, settings)
     window = window_days(spec, ds)
     matured = window[-1 - spec.label.delay_days] if 0 < spec.label.delay_days < len(window) else None
+    # One listing per folder of the shared state, not one request per day.
+    validated = layout.state.names(layout.validated(ds).parent)
+    stored = validated | layout.state.names(layout.quarantine(ds).parent)
     days = [
         day
         for day in window[:-1]
-        if (not layout.validated(day).exists() and not layout.quarantine(day).exists())
-        or (day == matured and layout.validated(day).exists())
+        if f"{day}.parquet" not in stored or (day == matured and f"{day}.parquet" in validated)
     ]
     days.append(ds)
-    refreshed = [day for day in days if layout.validated(day).exists()]
+    refreshed = [day for day in days if f"{day}.parquet" in validated]
     prepared: dict[str, Any] = {}
     counts = extract_days(spec, days, settings, prepared=prepared)
+    layout.state.push(*(layout.raw(day) for day in days))
     record = {
         "vertical": spec.name,
         "ds": ds,
@@ -122,7 +124,13 @@ def validate(
 
     spec, settings, layout = _context(vertical, ds, settings)
     days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
-    pending = [day for day in days if layout.raw(day).exists()]
+    state = layout.state
+    raw_stored = state.names(layout.raw(ds).parent)
+    pending = [day for day in days if f"{day}.parquet" in raw_stored]
+    # This worker's copies: the days to check, the validated history the distribution checks
+    # compare against (with its stored profiles), and the vertical's GX project (data docs site).
+    state.pull(*(layout.raw(day) for day in pending))
+    state.pull(layout.validated(ds).parent, layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
     if not pending:
         if layout.has_record(ds, "validate"):
             # An earlier attempt already moved everything on: report its outcome again (no new alert).
@@ -140,12 +148,13 @@ def validate(
         bad = bad or pending  # e.g. a window-level check failed: no single day to blame
         report = replace(report, failed_days=bad)
     write_bytes_atomic(report_path, report.to_json().encode())
+    state.push(layout.report_dir(ds), layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
     if not report.success:
         for day in pending:
             if day in bad:
-                _move(layout.raw(day), layout.quarantine(day))
+                state.move(layout.raw(day), layout.quarantine(day))
             else:
-                _move(layout.raw(day), layout.validated(day))
+                state.move(layout.raw(day), layout.validated(day))
         samples = quality.failing_samples(frame, report, spec)
         message = alerts.quality_alert(spec, report, samples, settings, run_context)
         try:
@@ -163,20 +172,20 @@ def validate(
                 "summary": summary,
                 "quarantined": bad,
                 "alert": where,
-                "report": str(report_path),
+                "report": state.uri(report_path),
                 "data_docs_page": report.data_docs_page,
             },
         )
         raise DataQualityError(
             f"{summary}. Quarantined {len(bad)} of {len(pending)} day(s) under "
-            f"{layout.quarantine(ds).parent}; report at {report_path}; alert: {where}",
+            f"{state.where(layout.quarantine(ds).parent)}; report at {state.where(report_path)}; alert: {where}",
             vertical=spec.name,
             ds=ds,
-            report_path=str(report_path),
+            report_path=state.where(report_path),
         )
     for day in pending:
-        _move(layout.raw(day), layout.validated(day))
-        layout.quarantine(day).unlink(missing_ok=True)
+        state.move(layout.raw(day), layout.validated(day))
+        state.remove(layout.quarantine(day))
     record = {
         "success": True,
         "suite": report.suite,
@@ -184,13 +193,18 @@ def validate(
         "rows": report.rows,
         "days": len(pending),
         "evaluated": report.evaluated,
-        "report": str(report_path),
+        "report": state.uri(report_path),
         "data_docs": report.data_docs,
         "data_docs_page": report.data_docs_page,
         **_warning_record(spec, ds, report, settings, run_context),
     }
     layout.write_record(ds, "validate", record)
     return record
+
+
+def _gx_root(layout: Layout) -> Path:
+    """The vertical's Great Expectations project (suite, results, data docs site) under home."""
+    return layout.home / "gx" / layout.vertical
 
 
 def _warning_record(
@@ -224,11 +238,6 @@ def _warning_record(
     }
 
 
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(dst))
-
-
 # -- snapshot ------------------------------------------------------------------
 
 
@@ -251,6 +260,7 @@ def snapshot(
     validation = layout.read_record(ds, "validate", needed_by="snapshot")
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
+    layout.state.pull(layout.validated(ds).parent)
     frame, missing = assemble_window(spec, ds, settings)
     # Data minimisation: PII never enters the long-lived, replicated DVC remote; nor do the
     # join markers (validation has read them).
@@ -269,7 +279,8 @@ def snapshot(
     drift = _check_drift(spec, ds, frame, settings=settings, layout=layout, run_context=run_context)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
-        **version.to_dict(),
+        # Not the repo's workspace path: that is this worker's scratch; the md5 names the data anywhere.
+        **{k: v for k, v in version.to_dict().items() if k != "path"},
         "missing_days": len(missing),
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
@@ -302,6 +313,7 @@ def _check_drift(
     report = check_drift(spec, ds, frame, settings, champion_version=champion, lineage=model.lineage if model else None)
     path = layout.report_dir(ds) / "drift.json"
     write_json_atomic(path, report.to_dict())
+    layout.state.push(path)
     where = None
     if report.blocking or report.warnings:
         try:
@@ -321,7 +333,7 @@ def _check_drift(
         "warnings": [f.feature for f in report.warnings],
         "blocking": [f.feature for f in report.blocking],
         "alert": where,
-        "report": str(path),
+        "report": layout.state.uri(path),
     }
     layout.write_record(ds, "drift", record)
     log.info("%s %s: %s", spec.name, ds, report.summary())
@@ -332,10 +344,10 @@ def _check_drift(
             f"({report.reference_data_version}): {beyond}. Nothing was snapshotted or trained and production "
             "is unchanged; the validated partitions are kept. Check the source; to accept the change, raise "
             f"quality.drift (block, or features.<name>.block) or exempt the feature in verticals/{spec.name}.yaml "
-            f"and clear 'snapshot'. Report at {path}; alert: {where}",
+            f"and clear 'snapshot'. Report at {layout.state.where(path)}; alert: {where}",
             vertical=spec.name,
             ds=ds,
-            report_path=str(path),
+            report_path=layout.state.where(path),
         )
     return record
 
@@ -369,7 +381,9 @@ def _window_split(spec: VerticalSpec, ds: str, settings: Settings, layout: Layou
     from pipelines.model.training import split_window
 
     snap = layout.read_record(ds, "snapshot", needed_by="train")
-    frame = read_snapshot(vertical=spec.name, tag=snap["tag"], commit=snap.get("commit"), settings=settings)
+    frame = read_snapshot(
+        vertical=spec.name, tag=snap["tag"], commit=snap.get("commit"), md5=snap.get("md5"), settings=settings
+    )
     train, holdout = split_window(frame, spec, ds)
     return train, holdout, snap
 
@@ -396,6 +410,8 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     code = code_version()
     version = model_version_id(spec, data_version=snap["id"], code=code, warm_start_from=warm.version if warm else None)
     model_dir = layout.model_dir(version)
+    # Another worker may have trained it, or left checkpoints to resume from.
+    layout.state.pull(model_dir, layout.checkpoint_dir(version))
     reused = (model_dir / "model.json").exists() and (model_dir / "weights.pt").exists()
     if reused:
         log.info("%s %s: model %s already trained; reusing it", spec.name, ds, version)
@@ -408,9 +424,11 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
             checkpoint_dir=layout.checkpoint_dir(version),
             validation=validation,
             warm_start=warm,
+            callbacks=_checkpoint_sync(layout, layout.checkpoint_dir(version)),
         )
         epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
     exports = try_export_model_dir(model_dir)
+    layout.state.push(model_dir, layout.checkpoint_dir(version))
     record = {
         "model_version": version,
         "data_version": snap["id"],
@@ -423,7 +441,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "reused": reused,
         "resumed_from_checkpoint": resumed,
         "epochs_run": epochs,
-        "model_dir": str(model_dir),
+        "model_dir": layout.state.uri(model_dir),
         "run_id": run_id,
         "exports": exports,
         **_tuning_record(model_dir, validation, warm_note, tuning),
@@ -439,6 +457,31 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         lineage=_lineage(spec, ds, record, snap, run_id),
     )
     return {k: record[k] for k in ("model_version", "data_version", "train_rows", "holdout_rows", "reused")}
+
+
+def _checkpoint_sync(layout: Layout, checkpoint_dir: Path) -> list[Any]:
+    """A Lightning callback that copies each epoch's checkpoints to the state store.
+
+    A retry of the train task on another worker then resumes from the last
+    epoch the first worker finished, instead of from scratch.  None when the
+    state is the home folder itself (the checkpoints are already there).
+    """
+    if layout.state.is_home:
+        return []
+    from pytorch_lightning import Callback
+
+    state = layout.state
+
+    class _SyncCheckpoints(Callback):
+        # ModelCheckpoint runs after user callbacks, so each epoch pushes the one before it;
+        # fit's end pushes the last.
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            state.push(checkpoint_dir)
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            state.push(checkpoint_dir)
+
+    return [_SyncCheckpoints()]
 
 
 def _tuning_record(
@@ -527,7 +570,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
             ds=ds,
         )
     y_true = label_vector(holdout, spec.label)
-    challenger = load_model_dir(Path(trained["model_dir"]))
+    model_dir = layout.state.local(trained["model_dir"])
+    challenger = load_model_dir(model_dir)
     prob = challenger.predict_proba(holdout)
     # The threshold the artefact carries (chosen on validation where the spec asks): what serving uses.
     metrics = compute_metrics(y_true, prob, challenger.decision_threshold)
@@ -564,13 +608,14 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "champion_version": champion_version,
         "baselines": {b.name: b.to_record() for b in baselines},
         # Each ONNX export re-scored on these rows; the gate turns them into export rules.
-        "exports": check_exports(Path(trained["model_dir"]), holdout, y_true, prob, spec.model.decision_threshold),
-        "holdout_scores": str(scores_path),
+        "exports": check_exports(model_dir, holdout, y_true, prob, spec.model.decision_threshold),
+        "holdout_scores": layout.state.uri(scores_path),
         # The gate checks it reads exactly the rows scored here.
         "holdout_scores_sha256": scores_sha256,
     }
-    layout.write_record(ds, "evaluate", record)
     write_json_atomic(layout.report_dir(ds) / "roc.json", {"roc": roc_points(y_true, prob)})
+    layout.state.push(scores_path, layout.report_dir(ds) / "roc.json")
+    layout.write_record(ds, "evaluate", record)
     snap = layout.read_record(ds, "snapshot", needed_by="evaluate")
     Registry.from_settings(settings).record_model(
         vertical=spec.name,
@@ -644,7 +689,7 @@ def gate(
     if spec.gate.comparison.method != "point" or spec.gate.slices:
         try:
             scores = read_holdout_scores(
-                Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+                layout.state.local(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
             )
         except (FileNotFoundError, ValueError) as exc:
             raise StageOrderError(
@@ -794,7 +839,16 @@ def _push(
         )
     # The bucket's lineage.json names the run that first produced the model, as the registry does.
     lineage = {**(model.lineage or _lineage(spec, ds, trained, snap, run_id)), "decision": decision}
-    card = build_model_card(spec, ds, trained, evaluation, decision, scores=_holdout_scores(spec, ds, evaluation))
+    model_dir = layout.state.local(trained["model_dir"])
+    # The card reads model.json (reliability) from this worker's copy of the model folder.
+    card = build_model_card(
+        spec,
+        ds,
+        {**trained, "model_dir": str(model_dir)},
+        evaluation,
+        decision,
+        scores=_holdout_scores(spec, ds, evaluation, layout),
+    )
     pointer = read_pointer(settings.bucket_url, spec.name)
     who = actor(run_id)
     intent = registry.record_intent(
@@ -810,7 +864,7 @@ def _push(
             bucket_url=settings.bucket_url,
             vertical=spec.name,
             model_version=version,
-            model_dir=Path(trained["model_dir"]),
+            model_dir=model_dir,
             metrics=evaluation,
             lineage=lineage,
             model_card=card.markdown,
@@ -850,7 +904,7 @@ def _push(
     }
 
 
-def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> Any:
+def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any], layout: Layout) -> Any:
     """The rows evaluate scored (for the model card's curves and slices), checked against its record.
 
     None for a record that names no scores file (one written before evaluate kept them): its card
@@ -863,7 +917,7 @@ def _holdout_scores(spec: VerticalSpec, ds: str, evaluation: dict[str, Any]) -> 
         return None
     try:
         return read_holdout_scores(
-            Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+            layout.state.local(evaluation["holdout_scores"]), evaluation.get("holdout_scores_sha256")
         )
     except (FileNotFoundError, ValueError) as exc:
         raise StageOrderError(
@@ -911,7 +965,9 @@ def report(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[
     }
     summary = build_summary(spec, ds, records)
     text = render_summary(summary)
+    layout.state.pull(layout.report_dir(ds))  # quality.json, roc.json, scores: written by earlier tasks
     write_latest(layout, ds, summary, text)
+    layout.state.push(layout.report_dir(ds), layout.latest_report_dir)
     outcome = "promoted" if summary["deployed"] else ("approved" if summary["approved"] else "rejected")
     if outcome in spec.alerts.report_on or (outcome == "approved" and "promoted" in spec.alerts.report_on):
         summary["emailed"] = alerts.deliver(

@@ -239,7 +239,11 @@ def check_drift(
         return no_champion(spec, ds, f"the champion {champion_version} has no data version in its registry lineage")
     assert lineage is not None
     reference = read_snapshot(
-        vertical=spec.name, tag=str(lineage["data_tag"]), commit=lineage.get("data_commit"), settings=settings
+        vertical=spec.name,
+        tag=str(lineage["data_tag"]),
+        commit=lineage.get("data_commit"),
+        md5=lineage.get("data_md5"),  # read by md5 on a worker whose data repo never saw that snapshot
+        settings=settings,
     )
     return compare_to_champion(
         reference,

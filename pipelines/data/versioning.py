@@ -47,6 +47,8 @@ DVC_FILE = f"{WINDOW_FILE}.dvc"
 #: Partial writes of the window; a crashed run may leave one, the next removes it.
 TMP_PREFIX = f".{WINDOW_FILE}."
 REMOTE_NAME = "storage"
+#: Environment variable naming the Airflow connection with the S3 DVC remote's credentials (optional).
+DVC_CONN_ID_ENV = "PIPELINES_DVC_CONN_ID"
 #: How long a snapshot waits for another process (a CLI run, a second Airflow
 #: run) working on the same vertical's repo before giving up.
 LOCK_TIMEOUT_S = 600.0
@@ -201,12 +203,17 @@ def read_snapshot(
     tag: str,
     settings: Settings,
     commit: str | None = None,
+    md5: str | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> pd.DataFrame:
     """Read the window versioned under ``tag``, pulling from the remote if the cache lacks it.
 
     ``commit`` pins the exact snapshot a run recorded: a tag moves when the
     same date is re-snapshotted with changed data, a commit never does.
+    ``md5`` (what the snapshot record and the registry's lineage hold) makes
+    the read work on any worker: when this worker's data repo lacks that
+    version -- its home is empty, or its tag names other data -- the window is
+    read by md5 from the DVC remote (`read_by_md5`).
     """
     import io
 
@@ -214,6 +221,11 @@ def read_snapshot(
 
     root = Layout(settings, vertical).dvc_repo
     ds = tag.partition("@")[2] or None
+    if md5 is not None:
+        local = _version_at_tag(root, vertical, ds) if ds else None
+        if local is None or local.md5 != md5:
+            return read_by_md5(vertical=vertical, md5=md5, settings=settings, ds=ds)
+        commit = local.commit  # this worker's own commit of the same data
     with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc():
         if _git_ref(root, f"refs/tags/{tag}", vertical=vertical, ds=ds) is None:
             raise VersioningError(
@@ -225,21 +237,70 @@ def read_snapshot(
         # The remote lives in config.local, which applies to every revision:
         # refresh it so an old tag is read from wherever the data lives now.
         _configure_local(root, remote, vertical=vertical, ds=ds)
-        import dvc.api
-
-        with (
-            _translating(
-                f"reading {WINDOW_FILE} at {commit or tag}",
-                root=root,
-                vertical=vertical,
-                ds=ds,
-                hint=_remote_hint(remote),
-            ),
-            dvc.api.open(WINDOW_FILE, repo=str(root), rev=commit or tag, mode="rb") as fh,
-        ):
+        with _window_file(root, commit or tag, remote=remote, vertical=vertical, ds=ds) as fh:
             # A local cache object opens as a plain file: parse it in place
             # (measured 2.5x faster than reading it into memory first).
             return pd.read_parquet(fh if fh.seekable() else io.BytesIO(fh.read()))
+
+
+@contextmanager
+def _window_file(root: Path, rev: str | None, *, remote: str, vertical: str, ds: str | None) -> Iterator[BinaryIO]:
+    """``window.parquet`` of the DVC repo at ``root`` (at git revision ``rev``), fetched from the remote if needed."""
+    import dvc.api
+
+    with (
+        _translating(
+            f"reading {WINDOW_FILE} at {rev or 'the pinned md5'}",
+            root=root,
+            vertical=vertical,
+            ds=ds,
+            hint=_remote_hint(remote),
+        ),
+        dvc.api.open(WINDOW_FILE, repo=str(root), rev=rev, mode="rb") as fh,
+    ):
+        yield fh
+
+
+def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None = None) -> pd.DataFrame:
+    """The window file with DVC md5 ``md5``, read from the DVC remote; no git history needed.
+
+    A scratch DVC repository (no git) under ``<home>/dvc-pins/<vertical>/<md5>/``
+    holds only a ``.dvc`` file naming that md5, and ``dvc.api.open`` streams
+    the object from the remote through it: DVC's public API, DVC's remote
+    layout.  The bytes are checked against the md5, so a corrupted remote or
+    cache object fails loudly instead of training on other data.
+    """
+    import io
+
+    import pandas as pd
+    import yaml
+
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise VersioningError(f"{md5!r} is not a DVC md5 (32 hex digits)", vertical=vertical, ds=ds)
+    pin = Layout(settings, vertical).home / "dvc-pins" / vertical / md5
+    remote = _remote_url(settings)
+    with _repo_lock(settings, vertical, ds, LOCK_TIMEOUT_S), _quiet_dvc():
+        with _translating("preparing a read by md5", root=pin, vertical=vertical, ds=ds):
+            if not (pin / ".dvc" / "config").exists():
+                from dvc.repo import Repo
+
+                pin.mkdir(parents=True, exist_ok=True)
+                with _environ(DVC_SITE_CACHE_DIR=_site_cache_dir(pin)):
+                    Repo.init(str(pin), no_scm=True, force=True).close()
+            _configure_local(pin, remote, vertical=vertical, ds=ds)
+            pointer = {"outs": [{"md5": md5, "path": WINDOW_FILE, "hash": "md5"}]}
+            (pin / DVC_FILE).write_text(yaml.safe_dump(pointer, sort_keys=False))
+        with _window_file(pin, None, remote=remote, vertical=vertical, ds=ds) as fh:
+            data = fh.read()
+    got = hashlib.md5(data).hexdigest()
+    if got != md5:
+        raise VersioningError(
+            f"the DVC remote {remote} returned {len(data)} bytes with md5 {got} for object {md5}: the stored "
+            f"object is corrupted; restore it from a backup or re-snapshot the date",
+            vertical=vertical,
+            ds=ds,
+        )
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def find_version(*, vertical: str, ds: str, settings: Settings) -> DataVersion | None:
@@ -314,16 +375,44 @@ def _configure_local(root: Path, remote: str, *, vertical: str, ds: str | None) 
     with _translating("configuring the DVC remote", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)):
         config = Config(dvc_dir=str(dvc_dir), validate=False)
         current = config.load_one("local")
+        section = _remote_section(remote)
         if (
-            current.get("remote", {}).get(REMOTE_NAME, {}).get("url") == remote
+            current.get("remote", {}).get(REMOTE_NAME, {}) == section
             and current.get("core", {}).get("remote") == REMOTE_NAME
             and current.get("core", {}).get("site_cache_dir") == site_cache
         ):
             return
         with config.edit("local") as conf:
-            conf["remote"][REMOTE_NAME] = {"url": remote}
+            conf["remote"][REMOTE_NAME] = section
             conf["core"]["remote"] = REMOTE_NAME
             conf["core"]["site_cache_dir"] = site_cache
+
+
+def _remote_section(remote: str) -> dict[str, str]:
+    """The remote's DVC config: its URL and, for S3 with ``PIPELINES_DVC_CONN_ID``, that connection's credentials.
+
+    The connection comes through `pipelines.connections` (Airflow's own lookup
+    inside a task), like the bucket's and the state store's; without it DVC
+    uses botocore's standard chain.  ``config.local`` is the worker's untracked
+    scratch config, never committed.
+    """
+    from pipelines.connections import ConnectionConfigError, s3_url_options
+
+    try:
+        url, options = s3_url_options(remote, conn_id_env=DVC_CONN_ID_ENV)
+    except ConnectionConfigError as exc:
+        raise VersioningError(f"{exc} (the DVC remote, PIPELINES_DVC_REMOTE)") from exc
+    names = {
+        "key": "access_key_id",
+        "secret": "secret_access_key",
+        "token": "session_token",
+        "endpoint_url": "endpointurl",
+    }
+    section = {"url": url, **{names[k]: str(v) for k, v in options.items() if k in names}}
+    region = (options.get("client_kwargs") or {}).get("region_name")
+    if region:
+        section["region"] = str(region)
+    return section
 
 
 def _track(root: Path, tmp: Path, md5: str, *, vertical: str, ds: str) -> None:
@@ -680,7 +769,8 @@ def _remote_hint(remote: str) -> str:
     extra = " (s3:// remotes need `pip install 'dvc[s3]'`)" if remote.startswith("s3://") else ""
     return (
         f"check PIPELINES_DVC_REMOTE (now {remote!r}): the remote must exist, be reachable "
-        f"and be writable with the credentials this worker has{extra}"
+        f"and be writable with the credentials this worker has ({DVC_CONN_ID_ENV} names an Airflow "
+        f"connection that holds them; else the AWS environment){extra}"
     )
 
 

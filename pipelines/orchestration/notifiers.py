@@ -29,7 +29,7 @@ from airflow.sdk import BaseNotifier
 from pipelines.orchestration.tasks import DataQualityFailure, run_ds
 
 if TYPE_CHECKING:  # alerts pulls in pandas: imported when a callback fires, never at DAG parse time
-    from pipelines.notify.alerts import SmtpConfig
+    from pipelines.connections import SmtpConfig
 
 log = logging.getLogger(__name__)
 SMTP_CONN_ID = "smtp_default"
@@ -37,16 +37,11 @@ SMTP_CONN_ID = "smtp_default"
 
 def smtp_connection(conn_id: str) -> SmtpConfig | None:
     """The relay ``conn_id`` names, resolved by Airflow (env var, secrets backend or DB); call at run time only."""
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from pipelines import connections
+    from pipelines.orchestration.connections import airflow_lookup
 
-    from pipelines.notify.alerts import SmtpConfig
-
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        return None
-    return SmtpConfig.from_connection(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson)
+    conn = airflow_lookup(conn_id)
+    return None if conn is None else connections.smtp_config(conn)
 
 
 def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipelines import errors, stages
+from pipelines.connections import ConnectionConfigError
 from pipelines.data.labels import LabelError
 from pipelines.model.features import MissingFeatureError
 from pipelines.model.training import split_window
@@ -28,6 +29,7 @@ from pipelines.orchestration.tasks import (
     run_stage,
 )
 from pipelines.registry.run_lock import RunLock
+from pipelines.state import StateError
 
 from ..unit.test_training import dated, make_spec
 
@@ -50,6 +52,8 @@ EXPECTED: dict[type[errors.PipelineError], tuple[bool, type[BaseException] | Non
     errors.RegistryError: (True, None),
     errors.RunAlreadyActive: (True, None),
     AlertDeliveryError: (True, None),
+    ConnectionConfigError: (False, PermanentStageFailure),
+    StateError: (True, None),
 }
 
 
