@@ -4,6 +4,8 @@
 * ``run [VERTICAL ...] [--date D]``: the nightly run through Airflow (`make run`).
 * ``rollback VERTICAL --reason R [--to VERSION]``: the ``rollback_model`` DAG, run through Airflow.
 * ``standalone``: ``airflow standalone`` on the embedded defaults (`make airflow`).
+* ``stack [env]``: the production topology without Docker (`make stack`): CeleryExecutor with two
+  workers, PostgreSQL, Redis, S3 and SMTP on loopback; ``env`` prints the shell variables to use it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("dags", "run", "rollback", "standalone")
+COMMANDS = ("dags", "run", "rollback", "standalone", "stack")
 
 
 def _dags(argv: list[str]) -> int:
@@ -109,6 +111,10 @@ def main(argv: list[str]) -> int:
             print(f"error: standalone takes no arguments, got {' '.join(rest)[:80]!r}", file=sys.stderr)
             return 2
         return _standalone()
+    if command == "stack":
+        from pipelines.orchestration.stack import main as stack_main
+
+        return stack_main(rest)
     if command in ("-h", "--help"):
         print(__doc__)
         return 0
