@@ -317,9 +317,10 @@ class Stack:
             ],
         )
         self._run_once("migrate", [_bin("airflow"), "db", "migrate"])
-        if self._warehouse_empty():
-            # The demo warehouse, once: a restart never overwrites what is there.
-            self._run_once("seed", [sys.executable, "-m", "pipelines", "seed", "--url", c.db_url("_warehouse")])
+        # The demo warehouse, once: a restart never overwrites what is there.
+        self._run_once(
+            "seed", [sys.executable, "-m", "pipelines", "seed", "--if-empty", "--url", c.db_url("_warehouse")]
+        )
         airflow = _bin("airflow")
         for component in COMPONENTS:
             self._spawn(component, [airflow, component])
@@ -355,15 +356,6 @@ class Stack:
                 f"PostgreSQL at {self.config.postgres} is not usable ({type(exc).__name__}: {exc}); "
                 "start it, or point PIPELINES_STACK_POSTGRES at a server where this user may create databases"
             ) from exc
-        finally:
-            engine.dispose()
-
-    def _warehouse_empty(self) -> bool:
-        from sqlalchemy import create_engine, inspect
-
-        engine = create_engine(self.config.db_url("_warehouse"))
-        try:
-            return not inspect(engine).get_table_names()
         finally:
             engine.dispose()
 

@@ -224,3 +224,20 @@ def test_spread_over_days_covers_every_day_and_follows_weights() -> None:
     assert (counts.iloc[:5] == 1).all() and counts.iloc[5:].sum() == 995
     with pytest.raises(ValueError, match="before start"):
         spread_over_days(10, start=date(2024, 1, 2), end=date(2024, 1, 1), rng=np.random.default_rng(0))
+
+
+def test_seed_if_empty_never_overwrites_a_warehouse(tmp_path, capsys) -> None:
+    """`pipelines seed --if-empty` (make stack, the compose init job): a restart keeps what is there."""
+    from pipelines.cli import main
+
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text("create table finance_loans (loan_id integer, status text)"))
+        conn.execute(sa.text("insert into finance_loans values (1, 'planted')"))
+
+    assert main(["seed", "--if-empty", "--url", url]) == 0
+
+    assert "not seeded" in capsys.readouterr().out
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("select status from finance_loans")).all() == [("planted",)]
+        assert sa.inspect(conn).get_table_names() == ["finance_loans"]
