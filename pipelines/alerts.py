@@ -1,8 +1,9 @@
 """Alert and report emails: SMTP when configured, otherwise an outbox folder.
 
-SMTP settings come from Airflow's ``smtp_default`` connection, given as
-``AIRFLOW_CONN_SMTP_DEFAULT`` (JSON form, as Airflow documents it), so the CLI
-and the DAGs deliver through the same relay.  Each alert is sent once per
+SMTP settings come from Airflow's ``smtp_default`` connection through
+`pipelines.connections` (``AIRFLOW_CONN_SMTP_DEFAULT`` in the CLI, Airflow's own
+lookup inside a task), read as the smtp provider reads it, so data-quality
+alerts and Airflow's task-failure emails go through the same relay.  Each alert is sent once per
 vertical, date and content: a retried or cleared task that fails the same way
 does not mail the owners twice.
 """
@@ -23,18 +24,21 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
+from pipelines import connections
 from pipelines.config import Settings, VerticalSpec
+from pipelines.connections import SmtpConfig
 from pipelines.errors import PipelineError
 from pipelines.layout import Layout, write_bytes_atomic, write_json_atomic
 from pipelines.quality import FailedExpectation, QualityReport
 from pipelines.run_context import CLI, RunContext
+from pipelines.state import open_state
 
 log = logging.getLogger(__name__)
-DEFAULT_SENDER = "nightly-retrain@localhost"
+DEFAULT_SENDER = connections.DEFAULT_SMTP_SENDER
+SMTP_CONN_ID = "smtp_default"
 #: Days that passed, listed one by one in a data-quality alert (the rest are summed up in one line).
 MAX_PASSED_DAYS_LISTED = 31
 #: What makes two alerts "the same" for `deliver`'s dedupe, set by the message builder: the
@@ -42,49 +46,10 @@ MAX_PASSED_DAYS_LISTED = 31
 DIGEST_HEADER = "X-Pipelines-Alert-Digest"
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    port: int
-    login: str | None = None
-    password: str | None = None
-    use_ssl: bool = False
-    starttls: bool = False
-    sender: str = DEFAULT_SENDER
-
-    @classmethod
-    def from_env(cls) -> SmtpConfig | None:
-        """Parse ``AIRFLOW_CONN_SMTP_DEFAULT`` (JSON or URI); None when unset."""
-        raw = os.environ.get("AIRFLOW_CONN_SMTP_DEFAULT", "").strip()
-        if not raw:
-            return None
-        if raw.startswith("{"):
-            conn = json.loads(raw)
-            extra = conn.get("extra") or {}
-            if isinstance(extra, str):
-                extra = json.loads(extra or "{}")
-            return cls(
-                host=conn.get("host") or "localhost",
-                port=int(conn.get("port") or 25),
-                login=conn.get("login") or None,
-                password=conn.get("password") or None,
-                # Airflow's SMTP hook defaults: SSL and TLS on unless the extra disables them.
-                use_ssl=not _truthy(extra.get("disable_ssl", False)),
-                starttls=not _truthy(extra.get("disable_tls", False)),
-                sender=extra.get("from_email") or DEFAULT_SENDER,
-            )
-        url = urlsplit(raw)
-        return cls(
-            host=url.hostname or "localhost",
-            port=url.port or 25,
-            login=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
-        )
-
-
-def _truthy(value: object) -> bool:
-    # Airflow's URI form turns "false" into a truthy string; accept both spellings.
-    return value is True or str(value).lower() in ("1", "true", "yes")
+def configured_smtp() -> SmtpConfig | None:
+    """The ``smtp_default`` connection (env, or Airflow's lookup inside Airflow), as the smtp provider reads it."""
+    conn = connections.get(SMTP_CONN_ID)
+    return None if conn is None else connections.smtp_config(conn)
 
 
 class AlertDeliveryError(PipelineError, OSError):
@@ -112,9 +77,9 @@ def deliver(message: EmailMessage, settings: Settings, *, dedupe_key: str | None
         log.info("alert %s already delivered (%s); not sending it twice", dedupe_key, digest)
         return where
     # The experiment profile (dvc repro / dvc exp run) never mails anyone, whatever SMTP is configured.
-    smtp = SmtpConfig.from_env() if settings.sends_email else None
+    smtp = configured_smtp() if settings.sends_email else None
     if smtp is None:
-        where = str(_write_outbox(message, settings))
+        where = open_state(settings).where(_write_outbox(message, settings))
         why = "no SMTP configured (AIRFLOW_CONN_SMTP_DEFAULT)" if settings.sends_email else "experiment profile"
         log.warning("%s; email written to %s, not sent", why, where)
         _mark_delivered(settings, dedupe_key, digest, where)
@@ -161,7 +126,7 @@ def flush_undelivered(settings: Settings) -> tuple[int, int]:
 
     Raises `AlertDeliveryError` when SMTP is not configured (nothing to send through).
     """
-    smtp = SmtpConfig.from_env()
+    smtp = configured_smtp()
     if smtp is None:
         raise AlertDeliveryError(
             f"{len(undelivered(settings))} email(s) wait in {undelivered_dir(settings)} but no SMTP relay is "
@@ -184,6 +149,11 @@ def _delivered_where(settings: Settings, dedupe_key: str | None, digest: str) ->
     if dedupe_key is None:
         return None
     marker = _marker(settings, dedupe_key)
+    state = open_state(settings)
+    if not state.is_home:
+        # The shared copy decides: the alert may have gone out from another worker.
+        marker.unlink(missing_ok=True)
+        state.pull(marker)
     if not marker.exists():
         return None
     record = json.loads(marker.read_text())
@@ -192,9 +162,9 @@ def _delivered_where(settings: Settings, dedupe_key: str | None, digest: str) ->
 
 def _mark_delivered(settings: Settings, dedupe_key: str | None, digest: str, where: str) -> None:
     if dedupe_key is not None:
-        write_json_atomic(
-            _marker(settings, dedupe_key), {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()}
-        )
+        marker = _marker(settings, dedupe_key)
+        write_json_atomic(marker, {"digest": digest, "where": where, "at": datetime.now(UTC).isoformat()})
+        open_state(settings).push(marker)
 
 
 def _queue(message: EmailMessage, settings: Settings, dedupe_key: str | None, digest: str) -> Path:
@@ -264,7 +234,7 @@ def _send_smtp(message: EmailMessage, smtp: SmtpConfig) -> str:
     if not message["From"]:
         message["From"] = smtp.sender
     client_cls = smtplib.SMTP_SSL if smtp.use_ssl else smtplib.SMTP
-    with client_cls(smtp.host, smtp.port, timeout=30) as client:
+    with client_cls(smtp.host, smtp.port, timeout=smtp.timeout) as client:
         if smtp.starttls and not smtp.use_ssl:  # as Airflow: STARTTLS only on a plain connection
             client.starttls()
         if smtp.login:
@@ -280,6 +250,7 @@ def _write_outbox(message: EmailMessage, settings: Settings) -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in str(message["Subject"]))[:60].strip("-")
     path = settings.home / "outbox" / f"{stamp}-{slug}.eml"
     write_bytes_atomic(path, bytes(message))
+    open_state(settings).push(path)
     return path
 
 
@@ -380,7 +351,7 @@ def quality_alert(
             day=day,
             rows=report.rows_per_day.get(day),
             failed=day in failed_days,
-            where=str(layout.quarantine(day) if day in failed_days else layout.validated(day)),
+            where=layout.state.where(layout.quarantine(day) if day in failed_days else layout.validated(day)),
         )
         for day in report.days
     ]
@@ -413,7 +384,7 @@ def quality_alert(
             for f, table in zip(report.failed, tables, strict=True)
         ],
         "pii": ", ".join(spec.pii) or "none",
-        "quality_json": str(layout.report_dir(report.ds) / "quality.json"),
+        "quality_json": layout.state.where(layout.report_dir(report.ds) / "quality.json"),
         "rerun": _rerun(spec, report.ds, run),
     }
     identity = {

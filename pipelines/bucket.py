@@ -15,13 +15,13 @@ production (s3fs).  The layout::
 
 S3 credentials never come from the repo.  With ``PIPELINES_BUCKET_CONN_ID``
 set (or an Airflow-style ``s3://<conn_id>@bucket/…`` URL, as
-``ObjectStoragePath`` writes it) they come from that Airflow connection, given
-as ``AIRFLOW_CONN_<ID>`` (JSON or URI: login = access key id, password =
-secret, extra ``endpoint_url`` / ``region_name`` / ``aws_session_token``).
+``ObjectStoragePath`` writes it) they come from that Airflow connection, resolved
+by `pipelines.connections` (``AIRFLOW_CONN_<ID>``, JSON or URI, outside Airflow;
+Airflow's own lookup inside it): login = access key id, password = secret,
+extra ``endpoint_url`` / ``region_name`` / ``aws_session_token``.
 Otherwise botocore's standard chain applies: ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``,
-``AWS_PROFILE``, instance roles.  This module parses the connection itself so
-that serving and the CLI never import Airflow.
+``AWS_PROFILE``, instance roles.  Serving and the CLI never import Airflow.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
@@ -88,7 +88,7 @@ def json_bytes(payload: Any) -> bytes:
 # -- credentials -------------------------------------------------------------------
 
 
-def storage_options(url: str) -> tuple[str, dict[str, Any]]:
+def storage_options(url: str, *, conn_id_env: str = CONN_ID_ENV) -> tuple[str, dict[str, Any]]:
     """``url`` without any ``<conn_id>@`` and the fsspec options to open it with.
 
     Only S3 URLs take options; ``{}`` leaves credentials to botocore's
@@ -97,64 +97,35 @@ def storage_options(url: str) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(url)
     if parts.scheme not in _S3_SCHEMES:
         return url, {}
-    conn_id = os.environ.get(CONN_ID_ENV, "").strip() or None
+    conn_id = os.environ.get(conn_id_env, "").strip() or None
     if "@" in parts.netloc:
         # ObjectStoragePath's spelling: s3://aws_default@bucket/key.
         conn_id, _, host = parts.netloc.rpartition("@")
         url = urlunsplit(parts._replace(netloc=host))
     if not conn_id:
         return url, {}
-    return url, _s3_options(conn_id, _read_connection(conn_id))
+    return url, _connection_options(conn_id)
 
 
-def _read_connection(conn_id: str) -> dict[str, Any]:
-    """``AIRFLOW_CONN_<ID>`` as Airflow's JSON form: login, password, extra."""
-    var = f"AIRFLOW_CONN_{conn_id.upper()}"
-    raw = os.environ.get(var, "").strip()
-    if not raw:
+def _connection_options(conn_id: str) -> dict[str, Any]:
+    """s3fs options from the Airflow connection ``conn_id`` (`pipelines.connections`)."""
+    from pipelines import connections
+
+    try:
+        conn = connections.get(conn_id)
+    except connections.ConnectionConfigError as exc:
+        raise DeployError(f"{exc}; see docs/deploy.md") from exc
+    if conn is None:
         raise DeployError(
-            f"bucket connection {conn_id!r} is not configured: set {var} "
-            '(e.g. {"conn_type": "aws", "login": KEY_ID, "password": SECRET, "extra": {"endpoint_url": URL}}), '
-            f"or unset {CONN_ID_ENV} to use the standard AWS environment (AWS_ACCESS_KEY_ID, ...)"
+            f"bucket connection {conn_id!r} is not configured: set {connections.env_var(conn_id)} "
+            '(e.g. {"conn_type": "aws", "login": KEY_ID, "password": SECRET, "extra": {"endpoint_url": URL}}) '
+            f"or add it as an Airflow connection, or unset {CONN_ID_ENV} to use the standard AWS "
+            "environment (AWS_ACCESS_KEY_ID, ...)"
         )
-    if raw.startswith("{"):
-        try:
-            conn = json.loads(raw)
-        except ValueError as exc:
-            raise DeployError(f"{var} is not valid JSON ({exc}); see docs/deploy.md") from exc
-        given = conn.get("extra") or {}
-        conn["extra"] = json.loads(given) if isinstance(given, str) else given
-        return dict(conn)
-    # URI form: aws://KEY:SECRET@/?endpoint_url=...&region_name=...
-    parts = urlsplit(raw)
-    extra: dict[str, Any] = dict(parse_qsl(parts.query))
-    if "__extra__" in extra:
-        extra = json.loads(extra["__extra__"])
-    return {
-        "login": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
-        "extra": extra,
-    }
+    return connections.s3_options(conn)
 
 
-def _s3_options(conn_id: str, conn: dict[str, Any]) -> dict[str, Any]:
-    """s3fs options from an Airflow AWS connection (only what it sets)."""
-    extra = conn.get("extra") or {}
-    if not isinstance(extra, dict):
-        raise DeployError(f"connection {conn_id!r}: extra must be a JSON object")
-    endpoint = extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
-    options: dict[str, Any] = {
-        "key": conn.get("login") or extra.get("aws_access_key_id"),
-        "secret": conn.get("password") or extra.get("aws_secret_access_key"),
-        "token": extra.get("aws_session_token"),
-        "endpoint_url": endpoint,
-    }
-    if extra.get("region_name"):
-        options["client_kwargs"] = {"region_name": extra["region_name"]}
-    return {k: v for k, v in options.items() if v}
-
-
-def _is_store_error(exc: BaseException) -> bool:
+def is_store_error(exc: BaseException) -> bool:
     """Denied access, missing credentials or an unreachable endpoint (s3fs/botocore)."""
     if isinstance(exc, PermissionError):
         return True
@@ -172,7 +143,7 @@ def store_errors(bucket_url: str, *, vertical: str | None = None) -> Iterator[No
     try:
         yield
     except Exception as exc:
-        if not _is_store_error(exc):
+        if not is_store_error(exc):
             raise
         raise DeployError(
             f"bucket {bucket_url} denied access or could not be reached ({type(exc).__name__}: {exc}); "

@@ -511,6 +511,10 @@ class Settings:
     warehouse_file: Path | None = None
     #: Where people reach this deployment's Airflow UI and the Models view (links in emails).
     public_url: str = DEFAULT_PUBLIC_URL
+    #: Where everything one task hands to the next lives (``PIPELINES_STATE_URL``: any fsspec
+    #: URL, e.g. ``s3://bucket/state``); empty: ``home`` itself, so the embedded run keeps one
+    #: folder.  With a remote URL ``home`` is only this worker's scratch and cache (`pipelines.state`).
+    state_url: str = ""
 
     @classmethod
     def from_env(cls, profile: str | None = None) -> Settings:
@@ -527,6 +531,7 @@ class Settings:
             public_url=os.environ.get("PIPELINES_PUBLIC_URL")
             or os.environ.get("AIRFLOW__API__BASE_URL")
             or DEFAULT_PUBLIC_URL,
+            state_url=os.environ.get("PIPELINES_STATE_URL", "").strip(),
         )
         chosen = profile or os.environ.get("PIPELINES_PROFILE", "production")
         if chosen == "production":
@@ -570,6 +575,7 @@ def experiment_settings(production: Settings) -> Settings:
         dvc_remote=os.environ.get("PIPELINES_EXPERIMENT_DVC_REMOTE", str(home / "dvc-remote")),
         profile="experiment",
         warehouse_file=production.warehouse_file or production.home / "warehouse.db",
+        state_url=os.environ.get("PIPELINES_EXPERIMENT_STATE_URL", "").strip(),
     )
     shared = [
         (name, variable)
@@ -578,8 +584,9 @@ def experiment_settings(production: Settings) -> Settings:
             ("registry", "PIPELINES_EXPERIMENT_REGISTRY_URL", experiment.registry_url, production.registry_url),
             ("bucket", "PIPELINES_EXPERIMENT_BUCKET_URL", experiment.bucket_url, production.bucket_url),
             ("DVC remote", "PIPELINES_EXPERIMENT_DVC_REMOTE", experiment.dvc_remote, production.dvc_remote),
+            ("state URL", "PIPELINES_EXPERIMENT_STATE_URL", experiment.state_url, production.state_url),
         )
-        if mine == theirs
+        if mine == theirs and mine  # an empty state URL means "under the (separate) data root"
     ]
     if shared:
         raise SpecError(

@@ -19,7 +19,11 @@
       outbox/                               emails when no SMTP is configured
 
 Stages exchange only these paths and small JSON records, so each stage can run
-in its own process (an Airflow task, a CLI call, a ``dvc repro`` stage).
+in its own process (an Airflow task, a CLI call, a ``dvc repro`` stage).  With
+``PIPELINES_STATE_URL`` set, the same tree lives under that URL and ``<home>`` is
+only this worker's scratch copy (`pipelines.state`): records are read from and
+written to the state store directly, and the stages pull and push the files
+they read and write.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.errors import StageOrderError
+from pipelines.state import StateStore, open_state
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class Layout:
     @property
     def home(self) -> Path:
         return self.settings.home
+
+    @property
+    def state(self) -> StateStore:
+        """Where the files below are shared between workers (the home folder itself by default)."""
+        return open_state(self.settings)
 
     def raw(self, ds: str) -> Path:
         return self.home / "data" / self.vertical / "raw" / f"{ds}.parquet"
@@ -82,13 +92,18 @@ class Layout:
     def write_record(self, ds: str, stage: str, record: dict[str, Any]) -> Path:
         path = self.record_path(ds, stage)
         write_json_atomic(path, record)
+        self.state.push(path)
         return path
 
     def read_record(self, ds: str, stage: str, *, needed_by: str) -> dict[str, Any]:
         path = self.record_path(ds, stage)
+        if not self.state.is_home:
+            # Always the shared copy: another worker may have rewritten it since this one cached it.
+            path.unlink(missing_ok=True)
+            self.state.pull(path)
         if not path.exists():
             raise StageOrderError(
-                f"stage {needed_by!r} needs the {stage!r} record at {path}; "
+                f"stage {needed_by!r} needs the {stage!r} record at {self.state.uri(path)}; "
                 f"run `python -m pipelines {stage} {self.vertical} --date {ds}` first",
                 vertical=self.vertical,
                 ds=ds,
@@ -96,11 +111,11 @@ class Layout:
         return json.loads(path.read_text())
 
     def has_record(self, ds: str, stage: str) -> bool:
-        return self.record_path(ds, stage).exists()
+        return self.state.exists(self.record_path(ds, stage))
 
     def clear_records(self, ds: str, stages: list[str]) -> None:
         for stage in stages:
-            self.record_path(ds, stage).unlink(missing_ok=True)
+            self.state.remove(self.record_path(ds, stage))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

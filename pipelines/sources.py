@@ -9,14 +9,11 @@ into SQL text.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 
@@ -93,45 +90,44 @@ def window_days(spec: VerticalSpec, ds: str) -> list[str]:
 
 
 def resolve_connection_url(conn_id: str, settings: Settings) -> str:
-    """SQLAlchemy URL for an Airflow-style connection id.
+    """SQLAlchemy URL for an Airflow connection id (`pipelines.connections`: env vars or Airflow's lookup).
 
-    ``AIRFLOW_CONN_<ID>`` wins (URI or JSON form); ``warehouse_default`` falls
-    back to the embedded demo warehouse so a fresh checkout needs no setup.
+    A defined connection wins (URI or JSON form, same meaning); ``warehouse_default``
+    falls back to the embedded demo warehouse so a fresh checkout needs no setup.
     """
-    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if raw is None:
+    from sqlalchemy.engine import URL
+
+    from pipelines import connections
+
+    try:
+        conn = connections.get(conn_id)
+    except connections.ConnectionConfigError as exc:
+        raise SourceError(str(exc)) from exc
+    if conn is None:
         if conn_id == "warehouse_default":
             return settings.warehouse_url
         raise SourceError(
-            f"connection {conn_id!r} is not configured: set AIRFLOW_CONN_{conn_id.upper()} "
+            f"connection {conn_id!r} is not configured: set {connections.env_var(conn_id)} "
             "(e.g. postgresql://user@host:5432/db) or add it as an Airflow connection"
         )
-    raw = raw.strip()
-    if raw.startswith("{"):
-        return _url_from_json(conn_id, raw)
-    scheme, sep, rest = raw.partition("://")
-    if not sep:
-        raise SourceError(f"AIRFLOW_CONN_{conn_id.upper()} is neither a URI nor JSON")
-    return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
-
-
-def _url_from_json(conn_id: str, raw: str) -> str:
-    try:
-        conn = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"AIRFLOW_CONN_{conn_id.upper()} is not valid JSON: {exc}") from exc
-    conn_type = conn.get("conn_type", "")
-    driver = _DRIVERS.get(conn_type)
+    # A URI may name the driver itself (postgresql+psycopg://...); else map Airflow's conn_type.
+    driver = conn.conn_type if "+" in conn.conn_type else _DRIVERS.get(conn.conn_type)
     if driver is None:
-        raise SourceError(f"connection {conn_id!r} has unsupported conn_type {conn_type!r}")
+        raise SourceError(f"connection {conn_id!r} has unsupported conn_type {conn.conn_type!r}")
     if driver == "sqlite":
-        return f"sqlite:///{conn.get('host') or conn.get('schema')}"
-    auth = quote(conn.get("login") or "", safe="")
-    if conn.get("password"):
-        auth += ":" + quote(conn["password"], safe="")
-    host = conn.get("host") or "localhost"
-    port = f":{conn['port']}" if conn.get("port") else ""
-    return f"{driver}://{auth}{'@' if auth else ''}{host}{port}/{conn.get('schema') or ''}"
+        return f"sqlite:///{conn.schema or conn.host or ''}"
+    # Scalar extras are driver options (sslmode, ...), as in the URI form's query string.
+    query = {k: str(v) for k, v in conn.extra.items() if isinstance(v, str | int | float) and not isinstance(v, bool)}
+    url = URL.create(
+        driver,
+        username=conn.login,
+        password=conn.password,
+        host=conn.host or "localhost",
+        port=conn.port,
+        database=conn.schema or None,
+        query=query,
+    )
+    return url.render_as_string(hide_password=False)
 
 
 def fetch_rows(spec: VerticalSpec, start: date, end: date, settings: Settings) -> pd.DataFrame:

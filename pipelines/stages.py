@@ -11,7 +11,6 @@ what Airflow puts in XCom.
 from __future__ import annotations
 
 import logging
-import shutil
 import smtplib
 from collections.abc import Callable
 from dataclasses import replace
@@ -72,13 +71,12 @@ def extract(vertical: str, ds: str, *, settings: Settings | None = None) -> dict
     again, except ``ds`` itself, which a rerun always refreshes.
     """
     spec, settings, layout = _context(vertical, ds, settings)
-    days = [
-        day
-        for day in window_days(spec, ds)[:-1]
-        if not layout.validated(day).exists() and not layout.quarantine(day).exists()
-    ]
+    # One listing per folder of the shared state, not one request per day.
+    stored = layout.state.names(layout.validated(ds).parent) | layout.state.names(layout.quarantine(ds).parent)
+    days = [day for day in window_days(spec, ds)[:-1] if f"{day}.parquet" not in stored]
     days.append(ds)
     counts = extract_days(spec, days, settings)
+    layout.state.push(*(layout.raw(day) for day in days))
     record = {
         "vertical": spec.name,
         "ds": ds,
@@ -110,7 +108,13 @@ def validate(
 
     spec, settings, layout = _context(vertical, ds, settings)
     days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
-    pending = [day for day in days if layout.raw(day).exists()]
+    state = layout.state
+    raw_stored = state.names(layout.raw(ds).parent)
+    pending = [day for day in days if f"{day}.parquet" in raw_stored]
+    # This worker's copies: the days to check, the validated history the distribution checks
+    # compare against (with its stored profiles), and the vertical's GX project (data docs site).
+    state.pull(*(layout.raw(day) for day in pending))
+    state.pull(layout.validated(ds).parent, layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
     if not pending:
         if layout.has_record(ds, "validate"):
             # An earlier attempt already moved everything on: report its outcome again (no new alert).
@@ -128,12 +132,13 @@ def validate(
         bad = bad or pending  # e.g. a window-level check failed: no single day to blame
         report = replace(report, failed_days=bad)
     write_bytes_atomic(report_path, report.to_json().encode())
+    state.push(layout.report_dir(ds), layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
     if not report.success:
         for day in pending:
             if day in bad:
-                _move(layout.raw(day), layout.quarantine(day))
+                state.move(layout.raw(day), layout.quarantine(day))
             else:
-                _move(layout.raw(day), layout.validated(day))
+                state.move(layout.raw(day), layout.validated(day))
         samples = quality.failing_samples(frame, report, spec)
         message = alerts.quality_alert(spec, report, samples, settings, run_context)
         try:
@@ -151,20 +156,20 @@ def validate(
                 "summary": summary,
                 "quarantined": bad,
                 "alert": where,
-                "report": str(report_path),
+                "report": state.uri(report_path),
                 "data_docs_page": report.data_docs_page,
             },
         )
         raise DataQualityError(
             f"{summary}. Quarantined {len(bad)} of {len(pending)} day(s) under "
-            f"{layout.quarantine(ds).parent}; report at {report_path}; alert: {where}",
+            f"{state.where(layout.quarantine(ds).parent)}; report at {state.where(report_path)}; alert: {where}",
             vertical=spec.name,
             ds=ds,
-            report_path=str(report_path),
+            report_path=state.uri(report_path),
         )
     for day in pending:
-        _move(layout.raw(day), layout.validated(day))
-        layout.quarantine(day).unlink(missing_ok=True)
+        state.move(layout.raw(day), layout.validated(day))
+        state.remove(layout.quarantine(day))
     record = {
         "success": True,
         "suite": report.suite,
@@ -172,7 +177,7 @@ def validate(
         "rows": report.rows,
         "days": len(pending),
         "evaluated": report.evaluated,
-        "report": str(report_path),
+        "report": state.uri(report_path),
         "data_docs": report.data_docs,
         "data_docs_page": report.data_docs_page,
     }
@@ -180,9 +185,9 @@ def validate(
     return record
 
 
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(src), str(dst))
+def _gx_root(layout: Layout) -> Path:
+    """The vertical's Great Expectations project (suite, results, data docs site) under home."""
+    return layout.home / "gx" / layout.vertical
 
 
 # -- snapshot ------------------------------------------------------------------
@@ -197,6 +202,7 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     validation = layout.read_record(ds, "validate", needed_by="snapshot")
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
+    layout.state.pull(layout.validated(ds).parent)
     frame, missing = assemble_window(spec, ds, settings)
     # Data minimisation: PII never enters the long-lived, replicated DVC remote.
     frame = frame.drop(columns=[c for c in spec.pii if c in frame.columns])
@@ -204,7 +210,8 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         raise SourceError("the training window holds no validated rows", vertical=spec.name, ds=ds)
     version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
     record = {
-        **version.to_dict(),
+        # Not the repo's workspace path: that is this worker's scratch; the md5 names the data anywhere.
+        **{k: v for k, v in version.to_dict().items() if k != "path"},
         "missing_days": len(missing),
         "suite": validation.get("suite"),
         "suite_summary": validation.get("summary"),
@@ -224,7 +231,9 @@ def _window_split(spec: VerticalSpec, ds: str, settings: Settings, layout: Layou
     from pipelines.versioning import read_snapshot
 
     snap = layout.read_record(ds, "snapshot", needed_by="train")
-    frame = read_snapshot(vertical=spec.name, tag=snap["tag"], commit=snap.get("commit"), settings=settings)
+    frame = read_snapshot(
+        vertical=spec.name, tag=snap["tag"], commit=snap.get("commit"), md5=snap.get("md5"), settings=settings
+    )
     train, holdout = split_window(frame, spec, ds)
     return train, holdout, snap
 
@@ -251,6 +260,8 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     code = code_version()
     version = model_version_id(spec, data_version=snap["id"], code=code, warm_start_from=warm.version if warm else None)
     model_dir = layout.model_dir(version)
+    # Another worker may have trained it, or left checkpoints to resume from.
+    layout.state.pull(model_dir, layout.checkpoint_dir(version))
     reused = (model_dir / "model.json").exists() and (model_dir / "weights.pt").exists()
     if reused:
         log.info("%s %s: model %s already trained; reusing it", spec.name, ds, version)
@@ -263,9 +274,11 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
             checkpoint_dir=layout.checkpoint_dir(version),
             validation=validation,
             warm_start=warm,
+            callbacks=_checkpoint_sync(layout, layout.checkpoint_dir(version)),
         )
         epochs, resumed = result.epochs_run, result.resumed_from_checkpoint
     exports = try_export_model_dir(model_dir)
+    layout.state.push(model_dir, layout.checkpoint_dir(version))
     record = {
         "model_version": version,
         "data_version": snap["id"],
@@ -278,7 +291,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "reused": reused,
         "resumed_from_checkpoint": resumed,
         "epochs_run": epochs,
-        "model_dir": str(model_dir),
+        "model_dir": layout.state.uri(model_dir),
         "run_id": run_id,
         "exports": exports,
         **_tuning_record(model_dir, validation, warm_note, tuning),
@@ -294,6 +307,31 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         lineage=_lineage(spec, ds, record, snap, run_id),
     )
     return {k: record[k] for k in ("model_version", "data_version", "train_rows", "holdout_rows", "reused")}
+
+
+def _checkpoint_sync(layout: Layout, checkpoint_dir: Path) -> list[Any]:
+    """A Lightning callback that copies each epoch's checkpoints to the state store.
+
+    A retry of the train task on another worker then resumes from the last
+    epoch the first worker finished, instead of from scratch.  None when the
+    state is the home folder itself (the checkpoints are already there).
+    """
+    if layout.state.is_home:
+        return []
+    from pytorch_lightning import Callback
+
+    state = layout.state
+
+    class _SyncCheckpoints(Callback):
+        # ModelCheckpoint runs after user callbacks, so each epoch pushes the one before it;
+        # fit's end pushes the last.
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            state.push(checkpoint_dir)
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            state.push(checkpoint_dir)
+
+    return [_SyncCheckpoints()]
 
 
 def _tuning_record(
@@ -379,7 +417,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
             ds=ds,
         )
     y_true = label_vector(holdout, spec.label)
-    challenger = load_model_dir(Path(trained["model_dir"]))
+    model_dir = layout.state.local(trained["model_dir"])
+    challenger = load_model_dir(model_dir)
     prob = challenger.predict_proba(holdout)
     # The threshold the artefact carries (chosen on validation where the spec asks): what serving uses.
     metrics = compute_metrics(y_true, prob, challenger.decision_threshold)
@@ -415,13 +454,14 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         "champion_version": champion_version,
         "baselines": {b.name: b.to_record() for b in baselines},
         # Each ONNX export re-scored on these rows; the gate turns them into export rules.
-        "exports": check_exports(Path(trained["model_dir"]), holdout, y_true, prob, spec.model.decision_threshold),
-        "holdout_scores": str(scores_path),
+        "exports": check_exports(model_dir, holdout, y_true, prob, spec.model.decision_threshold),
+        "holdout_scores": layout.state.uri(scores_path),
         # The gate checks it reads exactly the rows scored here.
         "holdout_scores_sha256": scores_sha256,
     }
-    layout.write_record(ds, "evaluate", record)
     write_json_atomic(layout.report_dir(ds) / "roc.json", {"roc": roc_points(y_true, prob)})
+    layout.state.push(scores_path, layout.report_dir(ds) / "roc.json")
+    layout.write_record(ds, "evaluate", record)
     snap = layout.read_record(ds, "snapshot", needed_by="evaluate")
     Registry.from_settings(settings).record_model(
         vertical=spec.name,
@@ -488,7 +528,7 @@ def gate(
     if spec.gate.comparison.method != "point" or spec.gate.slices:
         try:
             scores = read_holdout_scores(
-                Path(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
+                layout.state.local(evaluation.get("holdout_scores") or ""), evaluation.get("holdout_scores_sha256")
             )
         except (FileNotFoundError, ValueError) as exc:
             raise StageOrderError(
@@ -653,7 +693,7 @@ def _push(
             bucket_url=settings.bucket_url,
             vertical=spec.name,
             model_version=version,
-            model_dir=Path(trained["model_dir"]),
+            model_dir=layout.state.local(trained["model_dir"]),
             metrics=evaluation,
             lineage=lineage,
             model_card=render_model_card(spec, ds, trained, evaluation, decision),
@@ -731,7 +771,9 @@ def report(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[
     }
     summary = build_summary(spec, ds, records)
     text = render_summary(summary)
+    layout.state.pull(layout.report_dir(ds))  # quality.json, roc.json, scores: written by earlier tasks
     write_latest(layout, ds, summary, text)
+    layout.state.push(layout.report_dir(ds), layout.latest_report_dir)
     outcome = "promoted" if summary["deployed"] else ("approved" if summary["approved"] else "rejected")
     if outcome in spec.alerts.report_on or (outcome == "approved" and "promoted" in spec.alerts.report_on):
         summary["emailed"] = alerts.deliver(

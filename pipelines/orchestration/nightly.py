@@ -64,7 +64,7 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     state = str(dag_run.state)
     row: dict[str, Any]
     if state == "success":
-        row = json.loads(layout.record_path(ds, "report").read_text())
+        row = layout.read_record(ds, "report", needed_by="make run")
     else:
         row = {"vertical": dag.dag_id, "ds": ds, "blocked": f"run {state}", "error": "see the task logs"}
         if layout.has_record(ds, FAILURE_RECORD):

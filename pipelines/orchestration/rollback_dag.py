@@ -72,7 +72,10 @@ def build_rollback_dag() -> DAG:
 
         @task(task_id="rollback", doc_md="Move the pointer back, record it, notify the owners.")
         def rollback() -> dict[str, Any]:
+            from pipelines.orchestration import connections
             from pipelines.rollout import rollback_vertical
+
+            connections.install()  # the bucket's credentials may live only in Airflow
 
             context = get_current_context()
             params = context["params"]

@@ -185,8 +185,10 @@ LEASE_WAIT_S = 60.0
 def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Call ``pipelines.stages.<stage>(vertical, ds, **kwargs)`` under the run lease; return its small record."""
     from pipelines.config import Settings
+    from pipelines.orchestration import connections
     from pipelines.orchestration.task_logging import route_library_notices
 
+    connections.install()  # sources, alerts, bucket and state see Airflow's connections
     route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
     from pipelines.errors import DataQualityError, InvalidArgumentError, SpecError

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from email import message_from_bytes, policy
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -17,6 +18,12 @@ from .conftest import DS, Cli
 
 pytestmark = pytest.mark.slow
 NEXT_DS = "2026-11-28"
+
+
+def local_dir(uri: str) -> Path:
+    """A record's ``file://`` state URI (the embedded default) as the folder it names."""
+    assert uri.startswith("file:///"), f"records carry state URIs, not local paths: {uri!r}"
+    return Path(urlsplit(uri).path)
 
 
 @pytest.mark.parametrize("vertical", vertical_names())
@@ -56,20 +63,20 @@ def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
 def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(cli: Cli):
     cli("run", "finance", "--date", DS)
     first = cli.record("finance", DS, "report")
-    weights = (Path(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes()
+    weights = (local_dir(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes()
     bucket, counts = bucket_listing(cli.home), registry_counts(cli.home)
 
     # Wipe the trained model so the rerun really retrains: same inputs -> same bytes.
     import shutil
 
-    shutil.rmtree(cli.record("finance", DS, "train")["model_dir"])
+    shutil.rmtree(local_dir(cli.record("finance", DS, "train")["model_dir"]))
     shutil.rmtree(cli.home / "checkpoints")
     cli("run", "finance", "--date", DS)
     second = cli.record("finance", DS, "report")
 
     assert second["data_version"] == first["data_version"]
     assert second["model_version"] == first["model_version"]
-    assert (Path(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes() == weights
+    assert (local_dir(cli.record("finance", DS, "train")["model_dir"]) / "weights.pt").read_bytes() == weights
     assert cli.record("finance", DS, "snapshot")["created"] is False
     # The promoted model is not re-judged against itself: the run's summary is reproduced
     # (only the validation line differs: the rerun checked one day, the first run a year).
@@ -89,14 +96,14 @@ def test_a_warm_started_night_reruns_to_the_same_model(cli: Cli):
     first = cli.record("finance", NEXT_DS, "train")
     assert first["warm_start"]["from"] == champion
     assert first["tuning"]["swept"] is False  # a Saturday after an approval: tonight reuses the sweep of DS
-    weights = (Path(first["model_dir"]) / "weights.pt").read_bytes()
+    weights = (local_dir(first["model_dir"]) / "weights.pt").read_bytes()
 
-    shutil.rmtree(first["model_dir"])
+    shutil.rmtree(local_dir(first["model_dir"]))
     shutil.rmtree(cli.home / "checkpoints")
     cli("run", "finance", "--date", NEXT_DS)  # production now serves this night's own model
     again = cli.record("finance", NEXT_DS, "train")
     assert (again["model_version"], again["warm_start"]) == (first["model_version"], first["warm_start"])
-    assert (Path(again["model_dir"]) / "weights.pt").read_bytes() == weights
+    assert (local_dir(again["model_dir"]) / "weights.pt").read_bytes() == weights
 
 
 def test_rerun_of_an_older_date_never_replaces_a_newer_champion(cli: Cli):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from email.message import EmailMessage
-from pathlib import Path
 
 import pandas as pd
 
-from pipelines.alerts import SmtpConfig, deliver, quality_alert
+from pipelines.alerts import SmtpConfig, configured_smtp, deliver, quality_alert
 from pipelines.config import Settings, VerticalSpec
 from pipelines.data_docs import docs_url
 from pipelines.quality import FailedExpectation, QualityReport, mask_pii
 from pipelines.run_context import RunContext
+from pipelines.state import open_state
 
 SPEC = VerticalSpec.model_validate(
     {
@@ -200,7 +200,7 @@ def test_quality_json_is_strict_json():
 def test_without_smtp_mail_goes_to_the_outbox(settings):
     where = deliver(message(), settings)
     assert where.startswith(str(settings.home / "outbox"))
-    assert "Subject: subject" in Path(where).read_text()
+    assert "Subject: subject" in open_state(settings).local(where).read_text()
 
 
 def test_smtp_delivery_to_a_real_server(settings, smtp_server):
@@ -226,14 +226,31 @@ def test_smtp_connection_json_flags_are_read_like_airflow(monkeypatch):
         '{"conn_type": "smtp", "host": "relay", "port": 465, "login": "u", "password": "p",'
         ' "extra": {"disable_ssl": false, "disable_tls": true, "from_email": "ml@corp"}}',
     )
-    config = SmtpConfig.from_env()
-    assert config == SmtpConfig(host="relay", port=465, login="u", password="p", use_ssl=True, sender="ml@corp")
+    config = configured_smtp()
+    assert config == SmtpConfig(
+        host="relay", port=465, login="u", password="p", use_ssl=True, starttls=False, sender="ml@corp"
+    )
 
 
 def test_smtp_connection_defaults_follow_airflow_ssl_on(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", '{"conn_type": "smtp", "host": "relay", "port": 465}')
-    config = SmtpConfig.from_env()
+    config = configured_smtp()
     assert config is not None and config.use_ssl and config.starttls
+
+
+def test_smtp_uri_form_means_what_the_json_form_means(monkeypatch):
+    """The same relay in both forms: same host, credentials, TLS and sender (the provider's reading)."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        '{"conn_type": "smtp", "host": "relay", "port": 2525, "login": "u@x", "password": "p/w",'
+        ' "extra": {"disable_ssl": true, "disable_tls": true, "from_email": "ml@corp"}}',
+    )
+    from_json = configured_smtp()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT", "smtp://u%40x:p%2Fw@relay:2525?disable_ssl=true&disable_tls=true&from_email=ml%40corp"
+    )
+    assert configured_smtp() == from_json
+    assert from_json is not None and not from_json.use_ssl and not from_json.starttls
 
 
 def test_a_year_long_backfill_lists_the_bad_day_and_sums_up_the_rest(settings):

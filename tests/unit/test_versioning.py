@@ -176,6 +176,41 @@ def test_read_snapshot_pulls_from_the_remote_when_the_cache_is_gone(settings: Se
     pd.testing.assert_frame_equal(read_snapshot(vertical="finance", tag="finance@2026-11-27", settings=settings), newer)
 
 
+def test_a_worker_with_an_empty_home_reads_the_version_by_md5(tmp_path: Path) -> None:
+    """Worker A snapshots; worker B (own home, same remote, no git history) reads exactly that data."""
+    remote = str(tmp_path / "shared-remote")
+    worker_a = make_settings(tmp_path / "a", remote=remote)
+    worker_b = make_settings(tmp_path / "b", remote=remote)
+    older, newer = make_frame(seed=1), make_frame(seed=2)
+    old = snapshot_window(older, vertical="finance", ds=DS, settings=worker_a)
+    # B's own snapshot of the same date saw other data: its tag must not win over the recorded md5.
+    snapshot_window(newer, vertical="finance", ds=DS, settings=worker_b)
+    read = read_snapshot(vertical="finance", tag=old.tag, commit=old.commit, md5=old.md5, settings=worker_b)
+    pd.testing.assert_frame_equal(read, older)
+    fresh = make_settings(tmp_path / "c", remote=remote)
+    pd.testing.assert_frame_equal(
+        read_snapshot(vertical="finance", tag=old.tag, commit=old.commit, md5=old.md5, settings=fresh), older
+    )
+    assert not (repo_of(fresh) / ".git").exists()  # no git history was needed
+
+
+def test_a_corrupted_remote_object_is_refused_by_md5(tmp_path: Path, frame: pd.DataFrame) -> None:
+    remote = tmp_path / "shared-remote"
+    version = snapshot_window(
+        frame, vertical="finance", ds=DS, settings=make_settings(tmp_path / "a", remote=str(remote))
+    )
+    stored = remote / "files" / "md5" / version.md5[:2] / version.md5[2:]
+    stored.chmod(0o644)
+    stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(VersioningError, match=f"corrupted.*{version.md5}|{version.md5}.*corrupted"):
+        read_snapshot(
+            vertical="finance",
+            tag=version.tag,
+            md5=version.md5,
+            settings=make_settings(tmp_path / "b", remote=str(remote)),
+        )
+
+
 def test_read_unknown_tag_says_what_to_run(settings: Settings, frame: pd.DataFrame) -> None:
     with pytest.raises(VersioningError, match=r"no snapshot tagged 'finance@2026-01-01'.*snapshot stage"):
         read_snapshot(vertical="finance", tag="finance@2026-01-01", settings=settings)

@@ -1,0 +1,131 @@
+"""State by URL: every stage on its own "worker" (a fresh, empty home), the shared state on S3.
+
+Nothing one stage hands to the next may live on one disk: records,
+partitions, models, checkpoints and reports go through ``PIPELINES_STATE_URL``
+(SeaweedFS on loopback), the data through the S3 DVC remote (read back by md5
+on a worker whose data repo never saw the snapshot), and the registry is a
+database outside every home.  A rerun on yet other fresh workers duplicates
+nothing.  Timings print with ``-s``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+
+from .airflow_support import REGISTRY_TABLES
+from .conftest import DS, Cli, S3Server
+
+pytestmark = pytest.mark.slow
+VERTICAL = "finance"
+STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
+
+
+def _fs(server: S3Server) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(
+        key=server.access_key, secret=server.secret_key, endpoint_url=server.endpoint, skip_instance_cache=True
+    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _local_paths(values: Iterator[str], scratch: Path) -> list[str]:
+    """Values that name a worker's local file: an absolute path, a file:// URI, or anything under the homes."""
+    return [v for v in values if v.startswith(("/", "file:")) or str(scratch) in v]
+
+
+def test_each_stage_on_a_fresh_worker_with_state_on_s3(
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path
+) -> None:
+    prefix = f"{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
+    source = tmp_path / "source" / "warehouse.db"  # the warehouse is a server in production: outside every home
+    source.parent.mkdir()
+    shutil.copyfile(seeded_warehouse, source)
+    registry = tmp_path / "registry" / "registry.db"  # likewise the registry database
+    registry.parent.mkdir()
+    workers = tmp_path / "workers"
+    shared = {
+        **s3_server.env(),
+        "PIPELINES_STATE_URL": f"s3://{prefix}/state",
+        "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
+        "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc",
+        "PIPELINES_REGISTRY_URL": f"sqlite:///{registry}",
+        "AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{source}",
+    }
+    fs = _fs(s3_server)
+
+    def night(label: str) -> dict[str, float]:
+        timings = {}
+        for stage in STAGES:
+            home = workers / f"{label}-{stage}"
+            home.mkdir(parents=True)  # empty: no data, no DVC repo, no model, no records
+            started = time.monotonic()
+            Cli(home, shared)(stage, VERTICAL, "--date", DS)
+            timings[stage] = round(time.monotonic() - started, 1)
+        return timings
+
+    def record(stage: str) -> dict[str, Any]:
+        return json.loads(fs.cat_file(f"{prefix}/state/runs/{VERTICAL}/{DS}/{stage}.json"))
+
+    def counts() -> dict[str, int]:
+        with sqlite3.connect(registry) as db:
+            return {t: db.execute(f"select count(*) from {t}").fetchone()[0] for t in REGISTRY_TABLES}
+
+    def bucket() -> dict[str, str]:
+        fs.invalidate_cache()
+        return {k: str(v.get("ETag")) for k, v in fs.find(f"{prefix}/bucket", detail=True).items()}
+
+    first = night("first")
+    summary = record("report")
+    assert summary["deployed"] and summary["approved"], summary
+    pointer = json.loads(fs.cat_file(f"{prefix}/bucket/{VERTICAL}/production.json"))
+    assert pointer["version"] == summary["model_version"]
+    trained = record("train")
+    assert trained["model_dir"] == f"s3://{prefix}/state/models/{VERTICAL}/{trained['model_version']}"
+    assert fs.exists(f"{prefix}/state/models/{VERTICAL}/{trained['model_version']}/weights.pt")
+    # The data lives in the S3 DVC remote under its md5, which the records carry.
+    md5 = record("snapshot")["md5"]
+    assert fs.exists(f"{prefix}/dvc/files/md5/{md5[:2]}/{md5[2:]}")
+    assert record("snapshot")["id"] == f"dv-{md5[:12]}"
+    rows, listing = counts(), bucket()
+
+    again = night("rerun")
+    assert record("report")["model_version"] == summary["model_version"]
+    assert record("snapshot")["id"] == f"dv-{md5[:12]}"  # same data, same version on another worker
+    assert record("deploy")["deployed"] is True  # kept: the model in production is this run's
+    assert counts() == rows, "a rerun on fresh workers added registry rows"
+    assert bucket() == listing, "a rerun on fresh workers changed the bucket"
+
+    # Nothing a record or a registry row holds names one worker's disk.
+    fs.invalidate_cache()
+    records = [json.loads(fs.cat_file(key)) for key in fs.find(f"{prefix}/state/runs") if key.endswith(".json")]
+    assert len(records) == len(STAGES)
+    assert _local_paths(_strings(records), tmp_path) == []
+    with sqlite3.connect(registry) as db:
+        cells = [
+            str(cell)
+            for table in REGISTRY_TABLES
+            for row in db.execute(f"select * from {table}").fetchall()
+            for cell in row
+            if isinstance(cell, str)
+        ]
+    assert cells and _local_paths(iter(cells), tmp_path) == []
+    print(f"\n[state on s3] first night per stage (s): {first}\n[state on s3] rerun per stage (s): {again}")
