@@ -104,7 +104,7 @@ class LiveStack:
 
         engine = create_engine(self.config.db_url(database_suffix))
         try:
-            with engine.connect() as conn:
+            with engine.begin() as conn:  # committed: a planted bad day must be seen by the workers
                 return list(conn.execute(text(query), params).all())
         finally:
             engine.dispose()

@@ -56,7 +56,8 @@ def _registry_rows(live: LiveStack, vertical: str) -> dict[str, list[tuple[Any, 
 
 def _bucket_versions(live: LiveStack, vertical: str) -> list[str]:
     fs = _s3(live)
-    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"models/{vertical}") if fs.isdir(p))
+    prefix = f"models/{vertical}/versions"
+    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(prefix)) if fs.exists(prefix) else []
 
 
 def _assert_stored(live: LiveStack, vertical: str, run_id: str) -> None:
@@ -69,8 +70,8 @@ def _assert_stored(live: LiveStack, vertical: str, run_id: str) -> None:
     version = model_version[0][0]
     pointer = fs.cat(f"models/{vertical}/production.json").decode()
     assert version in pointer
-    assert fs.exists(f"models/{vertical}/{version}/weights.pt")
-    assert fs.exists(f"models/{vertical}/{version}/checksums.json")
+    assert fs.exists(f"models/{vertical}/versions/{version}/weights.pt")
+    assert fs.exists(f"models/{vertical}/versions/{version}/checksums.json")
     [[data_version]] = live.sql(
         "_registry", "select data_version from model_versions where vertical = :v and ds = :ds", v=vertical, ds=DS
     )
