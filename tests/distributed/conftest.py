@@ -11,13 +11,18 @@ nightly one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,11 +94,61 @@ def _fresh_databases(server: str, prefix: str) -> None:
 
 
 @dataclass
+class PrivateRedis:
+    """A ``redis-server`` of the test's own on a free port, persisting to an append-only file.
+
+    Its own, so a test may restart it without disturbing anyone else's broker;
+    with persistence, as a production broker has, so queued messages survive.
+    """
+
+    folder: Path
+    port: int = field(default_factory=lambda: _free_block(1))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        with (self.folder / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [*args, "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        import redis
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"redis-server did not answer on {self.url}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # its clean shutdown: the append-only file is complete
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
 class LiveStack:
     """A running stack and a logged-in REST client for its API server."""
 
     stack: Stack
     client: httpx.Client
+    #: The broker when the test runs its own (``redis-server`` installed); None on a shared one.
+    redis: PrivateRedis | None = None
 
     @property
     def config(self) -> StackConfig:
@@ -168,13 +223,24 @@ class LiveStack:
 
 @pytest.fixture(scope="module")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The whole topology on free loopback ports, fresh databases, an emptied broker DB; stopped afterwards."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    redis = urlsplit(REDIS_URL)
-    require_service("Redis", redis.hostname or "127.0.0.1", redis.port or 6379)
-    import redis as redis_client
+    """The whole topology on free loopback ports, fresh databases, an empty broker; stopped afterwards.
 
-    redis_client.Redis.from_url(REDIS_URL).flushdb()  # no message of an earlier, killed session
+    The broker is a ``redis-server`` of its own when one is installed (CI), else
+    the machine's Redis at ``PIPELINES_TEST_REDIS_URL`` (that database is flushed).
+    """
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    private: PrivateRedis | None = None
+    if shutil.which("redis-server"):
+        private = PrivateRedis(tmp_path_factory.mktemp("redis"))
+        private.start()
+        broker_url = private.url
+    else:
+        shared = urlsplit(REDIS_URL)
+        require_service("Redis", shared.hostname or "127.0.0.1", shared.port or 6379)
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()  # no message of an earlier, killed session
+        broker_url = REDIS_URL
     pg = urlsplit(POSTGRES_URL)
     server = f"{pg.scheme}://{pg.netloc}"
     prefix = f"{pg.path.strip('/') or 'test'}_stack"
@@ -195,7 +261,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         workers=2,
         postgres=server,
         database=prefix,
-        broker_url=REDIS_URL,
+        broker_url=broker_url,
         specs_dir=specs,
         extra_env={
             # Only the runs the tests trigger: no cron run for "yesterday".
@@ -207,14 +273,17 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         },
     )
     started = time.monotonic()
-    with Stack(config) as stack:
+    with contextlib.ExitStack() as cleanup:
+        if private is not None:
+            cleanup.callback(private.stop)
+        stack = cleanup.enter_context(Stack(config))
         print(f"\nstack up in {time.monotonic() - started:.0f} s ({root})")
         password = json.loads((root / "passwords.json").read_text())["admin"]
         client = httpx.Client(base_url=config.api_url, timeout=60)
         token = client.post("/auth/token", json={"username": "admin", "password": password})
         assert token.status_code == 201, token.text
         client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        live = LiveStack(stack, client)
+        live = LiveStack(stack, client, private)
         for dag_id in EPOCHS:
             live.wait_until(f"DAG {dag_id} parsed", lambda d=dag_id: client.get(f"/api/v2/dags/{d}").status_code == 200)
         try:

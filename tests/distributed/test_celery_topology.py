@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ..conftest import IN_CI
 from .conftest import LiveStack
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.airflow, pytest.mark.postgres]
@@ -133,6 +134,9 @@ def test_a_bad_day_is_quarantined_and_mailed(live_stack: LiveStack):
     assert len(alerts) == 1
     body = alerts[0].get_body(("plain",)).get_content()
     assert "expect_column_values_to_be_between on age" in body and "quarantin" in body
+    quarantined = f"state/data/healthcare/quarantine/{NEXT_DS}.parquet"  # in S3, not on the worker's disk
+    assert _s3(live).exists(quarantined), quarantined
+    assert f"s3://{quarantined}" in body
     assert (_registry_rows(live, "healthcare"), _bucket_versions(live, "healthcare")) == before
 
 
@@ -168,3 +172,24 @@ def test_a_worker_killed_mid_task_the_other_finishes_the_run(live_stack: LiveSta
     assert len(rows["decisions"]) == 1 and len(rows["deployments"]) <= 1, rows
     deployed = [r[1] for r in rows["deployments"]]
     assert _bucket_versions(live, vertical) == deployed  # no second version in the bucket
+
+
+def test_the_broker_restarted_during_a_run_the_run_completes(live_stack: LiveStack):
+    live = live_stack
+    if live.redis is None:
+        message = "redis-server is not installed: the broker cannot be restarted (the machine's Redis is shared)"
+        (pytest.fail if IN_CI else pytest.skip)(message)
+    assert live.redis is not None
+    vertical = "manufacturing"
+    run_id = live.trigger(vertical, DS)
+    live.wait_until(
+        "extract running", lambda: live.task_instances(vertical, run_id)["extract"]["state"] == "running", every=0.3
+    )
+
+    live.redis.restart()
+    print("\nRedis restarted while extract ran")
+
+    state = live.wait_for_run(vertical, run_id)
+    assert state == "success", {t: ti["state"] for t, ti in live.task_instances(vertical, run_id).items()}
+    rows = _registry_rows(live, vertical)
+    assert [r[0] for r in rows["model_versions"]] == [DS] and len(rows["decisions"]) == 1, rows
