@@ -53,8 +53,8 @@ def run_nights(
     os.environ["PIPELINES_SPECS_DIR"] = str(specs_dir)
     from pipelines import stages
     from pipelines.config import Settings, load_spec
+    from pipelines.demo.seed import seed_warehouse
     from pipelines.layout import Layout
-    from pipelines.seed import seed_warehouse
 
     settings = Settings.from_env()
     seed_warehouse(settings.warehouse_url, settings=settings)

@@ -49,9 +49,9 @@ def synthetic_model(root: Path) -> tuple[Path, pd.DataFrame]:
     import torch
 
     from pipelines.config import Features
-    from pipelines.export import export_model_dir
-    from pipelines.features import Preprocessor
-    from pipelines.modeling import TabularMLP, save_model_dir
+    from pipelines.model.features import Preprocessor
+    from pipelines.model.modeling import TabularMLP, save_model_dir
+    from pipelines.release.export import export_model_dir
 
     rng = np.random.default_rng(0)
     rows = 4000
@@ -79,9 +79,9 @@ def synthetic_model(root: Path) -> tuple[Path, pd.DataFrame]:
 
 def production_model(vertical: str, root: Path) -> tuple[Path, pd.DataFrame]:
     """The vertical's production version folder (verified) and its validated rows."""
-    from pipelines.bucket import read_pointer
     from pipelines.config import Settings
-    from pipelines.serving import fetch_verified
+    from pipelines.release.bucket import read_pointer
+    from pipelines.release.serving import fetch_verified
 
     settings = Settings.from_env()
     pointer = read_pointer(settings.bucket_url, vertical)
@@ -219,7 +219,7 @@ def main() -> None:
             raise SystemExit("--model-dir needs rows: use --synthetic or --vertical")
         frame = frame[reference.feature_names]
 
-        from pipelines.deploy import deploy_version
+        from pipelines.release.deploy import deploy_version
 
         bucket_url = (root / "bucket").as_uri()
         deploy_version(

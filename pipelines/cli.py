@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 
 from pipelines import stages
 from pipelines.config import Settings, check_vertical_name, echo, load_spec, vertical_names
+from pipelines.data.sources import check_ds, parse_ds
 from pipelines.errors import DataQualityError, PipelineError, RunAlreadyActive, SpecError
-from pipelines.run_lock import hold_run
-from pipelines.sources import check_ds, parse_ds
+from pipelines.registry.run_lock import hold_run
 
 log = logging.getLogger("pipelines.cli")
 
@@ -267,9 +267,9 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.registry import Registry
-    from pipelines.rollout import reconcile_production
-    from pipelines.serving import check_production
+    from pipelines.registry.store import Registry
+    from pipelines.release.rollout import reconcile_production
+    from pipelines.release.serving import check_production
 
     registry = Registry.from_settings(settings)
     out: list[dict[str, Any]] = []
@@ -370,8 +370,8 @@ def _status_lines(row: dict[str, Any]) -> str:
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    """Move the pointer back (registry row and notice email included); see `pipelines.rollout`."""
-    from pipelines.rollout import rollback_vertical
+    """Move the pointer back (registry row and notice email included); see `pipelines.release.rollout`."""
+    from pipelines.release.rollout import rollback_vertical
 
     result = rollback_vertical(
         args.vertical, settings=settings, to_version=args.to_version, actor=stages.actor(), reason=args.reason
@@ -387,7 +387,7 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     """List or send the emails the SMTP relay refused earlier (each is sent exactly once)."""
-    from pipelines.alerts import flush_undelivered, undelivered
+    from pipelines.notify.alerts import flush_undelivered, undelivered
 
     if args.action == "pending":
         for path in undelivered(settings):
@@ -400,7 +400,7 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 def _unblock(args: argparse.Namespace, settings: Settings) -> int:
     """Lift the sticky-rollback block on one version (recorded with who and why)."""
-    from pipelines.rollout import unblock_version
+    from pipelines.release.rollout import unblock_version
 
     lifted = unblock_version(
         args.vertical, args.model_version, settings=settings, actor=stages.actor(), reason=args.reason
@@ -413,7 +413,7 @@ def _unblock(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _tuning(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.tuning import list_studies
+    from pipelines.model.tuning import list_studies
 
     load_spec(args.vertical, settings)  # an unknown vertical fails with the spec error
     studies = list_studies(settings, args.vertical)
@@ -469,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     try:
         if args.command == "seed":
-            from pipelines.seed import seed_warehouse
-            from pipelines.sources import resolve_connection_url
+            from pipelines.data.sources import resolve_connection_url
+            from pipelines.demo.seed import seed_warehouse
 
             # The demo warehouse is whatever `warehouse_default` points at (SQLite by default).
             url = args.url or resolve_connection_url("warehouse_default", settings)
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(host=args.host, port=args.port)
             return 0
         if args.command == "registry":
-            from pipelines import registry_migrations
+            from pipelines.registry import migrations as registry_migrations
 
             if args.action == "upgrade":
                 print(f"registry schema at {registry_migrations.upgrade(settings.registry_url)}")

@@ -349,7 +349,7 @@ class ExportTolerance(_Strict):
 
 
 class Exports(_Strict):
-    """Tolerances for the ONNX exports the gate re-checks (`pipelines.export`)."""
+    """Tolerances for the ONNX exports the gate re-checks (`pipelines.release.export`)."""
 
     #: fp32 ONNX computes the same function: only float rounding may differ.
     onnx: ExportTolerance = ExportTolerance(max_abs_diff=1e-4, max_metric_delta=0.005)

@@ -69,12 +69,7 @@ def parse(conn_id: str, raw: str) -> Connection:
     """One connection string, JSON (starts with ``{``) or URI, as Airflow reads it."""
     raw = raw.strip()
     if raw.startswith("{"):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise ConnectionConfigError(f"{env_var(conn_id)} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConnectionConfigError(f"{env_var(conn_id)} must be a JSON object")
+        data = _json_object(raw, env_var(conn_id))
         port = data.get("port")
         return Connection(
             conn_id=conn_id,
@@ -119,13 +114,20 @@ def _decode_extra(conn_id: str, extra: Any) -> dict[str, Any]:
     if extra in (None, ""):
         return {}
     if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except ValueError as exc:
-            raise ConnectionConfigError(f"connection {conn_id!r}: extra is not valid JSON: {exc}") from exc
+        return _json_object(extra, f"connection {conn_id!r}: extra")
     if not isinstance(extra, dict):
         raise ConnectionConfigError(f"connection {conn_id!r}: extra must be a JSON object")
     return dict(extra)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConnectionConfigError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConnectionConfigError(f"{what} must be a JSON object")
+    return data
 
 
 #: The process's lookup: one slot, replaced by `use_lookup` (the orchestration layer's, in a task).

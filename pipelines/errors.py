@@ -86,7 +86,7 @@ class RegistryError(PipelineError):
 
 
 class RunAlreadyActive(PipelineError):
-    """Another run of the same vertical holds its run lease (see `pipelines.run_lock`).
+    """Another run of the same vertical holds its run lease (see `pipelines.registry.run_lock`).
 
     Exit code 75 is ``EX_TEMPFAIL`` (sysexits.h): nothing is wrong with the
     request, it can simply be retried once the other run has finished.

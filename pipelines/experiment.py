@@ -126,7 +126,7 @@ def seed_if_missing(settings: Settings) -> str:
     path = settings.warehouse_file or settings.home / "warehouse.db"
     if path.exists():
         return f"warehouse {path} exists: experiments read it read-only, nothing seeded"
-    from pipelines.seed import seed_warehouse
+    from pipelines.demo.seed import seed_warehouse
 
     counts = seed_warehouse(f"sqlite:///{path}", settings=settings)
     return f"no warehouse at {path}: seeded the demo one ({', '.join(f'{t} {n} rows' for t, n in counts.items())})"

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings, VerticalSpec, load_spec
+from pipelines.data.sources import check_ds, extract_days, read_partitions, window_days
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
-from pipelines.lineage import code_version, model_version_id
-from pipelines.run_context import RunContext
-from pipelines.sources import check_ds, extract_days, read_partitions, window_days
+from pipelines.model.version_ids import code_version, model_version_id
+from pipelines.notify.run_context import RunContext
 
 if TYPE_CHECKING:
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _kept_record(layout: Layout, ds: str, stage: str, model_version: str, settin
     against itself (the pointer now names it): it keeps the evaluation,
     decision and deployment that promoted it, so the rerun reproduces the run.
     """
-    from pipelines.deploy import read_pointer
+    from pipelines.release.deploy import read_pointer
 
     if not layout.has_record(ds, stage):
         return None
@@ -103,8 +103,9 @@ def validate(
     ``run_context`` (from the orchestration layer) puts the Airflow run's
     links and rerun hint in the alert; None means a CLI run.
     """
-    from pipelines import alerts, quality
+    from pipelines.data import quality
     from pipelines.layout import write_bytes_atomic
+    from pipelines.notify import alerts
 
     spec, settings, layout = _context(vertical, ds, settings)
     days: list[str] = layout.read_record(ds, "extract", needed_by="validate")["days"]
@@ -195,8 +196,8 @@ def _gx_root(layout: Layout) -> Path:
 
 def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
     """Version the validated training window with DVC (a no-op when unchanged)."""
-    from pipelines.sources import assemble_window
-    from pipelines.versioning import snapshot_window
+    from pipelines.data.sources import assemble_window
+    from pipelines.data.versioning import snapshot_window
 
     spec, settings, layout = _context(vertical, ds, settings)
     validation = layout.read_record(ds, "validate", needed_by="snapshot")
@@ -227,8 +228,8 @@ def snapshot(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
 
 def _window_split(spec: VerticalSpec, ds: str, settings: Settings, layout: Layout) -> tuple[Any, Any, dict]:
     """Train and holdout frames from the exact data version the snapshot recorded."""
-    from pipelines.training import split_window
-    from pipelines.versioning import read_snapshot
+    from pipelines.data.versioning import read_snapshot
+    from pipelines.model.training import split_window
 
     snap = layout.read_record(ds, "snapshot", needed_by="train")
     frame = read_snapshot(
@@ -245,10 +246,10 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     before training, so a retried task resumes from its checkpoint and a rerun
     finds the finished model instead of training a duplicate.
     """
-    from pipelines.export import try_export_model_dir
-    from pipelines.registry import Registry
-    from pipelines.training import split_validation, train_model
-    from pipelines.tuning import choose_warm_start, tuned_spec
+    from pipelines.model.training import split_validation, train_model
+    from pipelines.model.tuning import choose_warm_start, tuned_spec
+    from pipelines.registry.store import Registry
+    from pipelines.release.export import try_export_model_dir
 
     spec, settings, layout = _context(vertical, ds, settings)
     train_frame, holdout, snap = _window_split(spec, ds, settings, layout)
@@ -386,22 +387,22 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
     values) go to ``holdout_scores.parquet`` in the run's report folder, so
     the gate runs its paired tests on exactly these rows without rescoring.
     """
-    from pipelines.baselines import logistic_baseline, majority_baseline
-    from pipelines.deploy import load_version, read_pointer
     from pipelines.errors import SpecError
-    from pipelines.evaluation import (
+    from pipelines.gate.evaluation import (
         compute_metrics,
         holdout_scores_frame,
         roc_points,
         slice_values,
         write_holdout_scores,
     )
-    from pipelines.export import check_exports
-    from pipelines.features import label_vector
     from pipelines.layout import write_json_atomic
-    from pipelines.modeling import load_model_dir
-    from pipelines.registry import Registry
-    from pipelines.training import split_validation
+    from pipelines.model.baselines import logistic_baseline, majority_baseline
+    from pipelines.model.features import label_vector
+    from pipelines.model.modeling import load_model_dir
+    from pipelines.model.training import split_validation
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import load_version, read_pointer
+    from pipelines.release.export import check_exports
 
     spec, settings, layout = _context(vertical, ds, settings)
     trained = layout.read_record(ds, "train", needed_by="evaluate")
@@ -510,13 +511,13 @@ def gate(
     and the slice checks run here, on the holdout scores evaluate stored, so a
     gate-only change (a threshold, the comparison settings) needs no rescoring.
     """
-    from pipelines.comparison import gate_comparisons
     from pipelines.errors import StageOrderError
-    from pipelines.evaluation import gate_slice_metrics, read_holdout_scores
-    from pipelines.export import export_rules
-    from pipelines.promotion import decide_promotion
-    from pipelines.registry import Registry
-    from pipelines.rollout import block_message
+    from pipelines.gate.comparison import gate_comparisons
+    from pipelines.gate.evaluation import gate_slice_metrics, read_holdout_scores
+    from pipelines.gate.promotion import decide_promotion
+    from pipelines.registry.store import Registry
+    from pipelines.release.export import export_rules
+    from pipelines.release.rollout import block_message
 
     spec, settings, layout = _context(vertical, ds, settings)
     evaluation = layout.read_record(ds, "evaluate", needed_by="gate")
@@ -616,8 +617,8 @@ def deploy(
     production is untouched, and a crash after the flip is reconciled by the
     next run, ``status`` or the Models view.
     """
-    from pipelines.registry import Registry
-    from pipelines.rollout import block_message, reconcile_production
+    from pipelines.registry.store import Registry
+    from pipelines.release.rollout import block_message, reconcile_production
 
     spec, settings, layout = _context(vertical, ds, settings)
     decision = layout.read_record(ds, "gate", needed_by="deploy")
@@ -662,10 +663,10 @@ def _push(
     run_id: str | None,
 ) -> dict[str, Any]:
     """Intent in the registry, then the bucket (upload, verify, pointer), then the registry row."""
-    from pipelines.deploy import deploy_version, read_pointer
     from pipelines.errors import PipelineError, RegistryError
-    from pipelines.export import refused_export_files
-    from pipelines.model_card import render_model_card
+    from pipelines.release.deploy import deploy_version, read_pointer
+    from pipelines.release.export import refused_export_files
+    from pipelines.release.model_card import render_model_card
 
     trained = layout.read_record(ds, "train", needed_by="deploy")
     evaluation = layout.read_record(ds, "evaluate", needed_by="deploy")
@@ -739,7 +740,7 @@ def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], setti
     model for a later date, which a rerun or backfill of an older date never
     replaces unless the promotion was forced.
     """
-    from pipelines.deploy import read_pointer
+    from pipelines.release.deploy import read_pointer
 
     pointer = read_pointer(settings.bucket_url, spec.name)
     current = pointer["version"] if pointer else None
@@ -761,8 +762,8 @@ def _deploy_blocker(spec: VerticalSpec, ds: str, decision: dict[str, Any], setti
 
 def report(vertical: str, ds: str, *, settings: Settings | None = None) -> dict[str, Any]:
     """Write the run summary (and mail it when the spec asks) ; refresh ``latest``."""
-    from pipelines import alerts
-    from pipelines.reporting import build_summary, render_summary, write_latest
+    from pipelines.notify import alerts
+    from pipelines.notify.reporting import build_summary, render_summary, write_latest
 
     spec, settings, layout = _context(vertical, ds, settings)
     records = {

@@ -214,7 +214,7 @@ def _open(home: Path, url: str) -> StateStore:
         return StateStore(home=home, url=home.as_uri(), fs=None, root=str(home))
     from fsspec.core import url_to_fs
 
-    from pipelines.bucket import storage_options
+    from pipelines.release.bucket import storage_options
 
     plain, options = storage_options(url, conn_id_env=CONN_ID_ENV)
     fs, root = url_to_fs(plain, **options)
@@ -224,7 +224,7 @@ def _open(home: Path, url: str) -> StateStore:
 @contextmanager
 def _store_errors(url: str) -> Iterator[None]:
     """Re-raise access and connection failures of the store as `StateError` naming URL and settings."""
-    from pipelines.bucket import is_store_error
+    from pipelines.release.bucket import is_store_error
 
     try:
         yield

@@ -45,7 +45,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture(scope="session")
 def seeded_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One seeded demo warehouse (SQLite) per session; tests copy it into their own home."""
-    from pipelines.seed import seed_warehouse
+    from pipelines.demo.seed import seed_warehouse
 
     path = tmp_path_factory.mktemp("seed") / "warehouse.db"
     seed_warehouse(f"sqlite:///{path}")

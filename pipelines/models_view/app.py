@@ -33,7 +33,7 @@ from pipelines.models_view.overview import (
     data_docs_root,
     listed_verticals,
 )
-from pipelines.registry import Registry
+from pipelines.registry.store import Registry
 
 #: A logical date in a URL.
 DS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -3,7 +3,7 @@
 Added to the models view's app (`add_bucket_routes`), so they sit behind the
 same login and the same per-vertical permission as every other page.  Only
 files the version's ``checksums.json`` lists are served (names checked by
-`pipelines.bucket.parse_manifest`), never a path built from the request; an
+`pipelines.release.bucket.parse_manifest`), never a path built from the request; an
 ``s3://`` bucket is not proxied: the view shows its URI instead.
 """
 
@@ -18,13 +18,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.params import Depends
 from fastapi.responses import FileResponse, HTMLResponse
 
-from pipelines.bucket import CHECKSUMS_FILE, MODEL_CARD_FILE, Bucket, inspect_folder, read_pointer
 from pipelines.config import Settings
 from pipelines.models_view.html import Links, render_model_card, render_version_folder
 from pipelines.models_view.overview import bucket_location, local_bucket_root
-from pipelines.registry import Registry
+from pipelines.registry.store import Registry
+from pipelines.release.bucket import CHECKSUMS_FILE, MODEL_CARD_FILE, Bucket, inspect_folder, read_pointer
 
-#: Vertical and version names are path segments: the bucket's own rule (`pipelines.bucket.check_name`).
+#: Vertical and version names are path segments: the bucket's own rule (`pipelines.release.bucket.check_name`).
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Shown inline; anything else (weights) is a download.
 _INLINE_TYPES = {

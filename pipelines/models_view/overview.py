@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
 from pipelines.errors import PipelineError
-from pipelines.registry import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
+from pipelines.registry.store import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
 
 Outcome = Literal["approved", "rejected", "forced"]
 
@@ -29,7 +29,7 @@ _RUN_ACTOR_PREFIX = "airflow:"
 def data_docs_root(settings: Settings, vertical: str) -> Path:
     """The vertical's Great Expectations data docs site (built by the validate stage).
 
-    Mirrors `pipelines.quality.data_docs_index` without importing it: that
+    Mirrors `pipelines.data.quality.data_docs_index` without importing it: that
     module pulls in pandas, which a web request has no use for.
     """
     return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site"
@@ -127,7 +127,7 @@ class EventEntry:
 
 @dataclass(frozen=True)
 class TuningSweep:
-    """One tuning sweep (an Optuna study) of a vertical, as `pipelines.tuning.list_studies` reads it."""
+    """One tuning sweep (an Optuna study) of a vertical, as `pipelines.model.tuning.list_studies` reads it."""
 
     study: str
     #: The logical date the sweep ran for.
@@ -255,14 +255,14 @@ def collect_vertical(
 def tuning_sweeps(settings: Settings, vertical: str, *, limit: int = 5) -> tuple[list[TuningSweep], str | None]:
     """The newest ``limit`` tuning sweeps of ``vertical`` (newest first), and a note when they cannot be read.
 
-    Read with the `tuning` CLI command's reader (`pipelines.tuning.list_studies`).
+    Read with the `tuning` CLI command's reader (`pipelines.model.tuning.list_studies`).
     No studies file next to a SQLite registry means no sweep yet: Optuna is not
     even imported.  A storage that cannot be read is a note on the page, not
     a failed page: the registry's history is still worth showing.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pipelines.tuning import list_studies, study_storage_url
+    from pipelines.model.tuning import list_studies, study_storage_url
 
     try:
         url = study_storage_url(settings)
@@ -294,7 +294,7 @@ def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[st
 
     A bucket that cannot be read is reported on the page (the registry's view is shown as is).
     """
-    from pipelines.rollout import reconcile_production
+    from pipelines.release.rollout import reconcile_production
 
     try:
         reconcile_production(registry, settings.bucket_url, vertical)
@@ -310,7 +310,7 @@ def _reconcile(registry: Registry, settings: Settings, vertical: str) -> list[st
 
 
 def _block_message(block: EventRecord) -> str:
-    from pipelines.rollout import block_message
+    from pipelines.release.rollout import block_message
 
     return block_message(block)
 
@@ -483,7 +483,7 @@ def local_bucket_root(bucket_url: str) -> Path | None:
 def validation_page(settings: Settings, vertical: str, ds: str) -> str | None:
     """The data docs page of the newest validation run for ``ds``, relative to the site, or None.
 
-    The validate stage names its GX run ``<vertical>-<ds>`` (`pipelines.quality.validate_frame`);
+    The validate stage names its GX run ``<vertical>-<ds>`` (`pipelines.data.quality.validate_frame`);
     GX writes each run to ``validations/<suite>/<run name>/<run time>/<batch>.html``.
     A rerun adds a newer run time: the last one is what the day's data got.
     """

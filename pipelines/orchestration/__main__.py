@@ -80,9 +80,9 @@ def _rollback(argv: list[str]) -> int:
     apply_embedded_defaults()  # before the first airflow import
 
     from pipelines.config import Settings
-    from pipelines.deploy import read_pointer
     from pipelines.orchestration.nightly import load_dags, migrate_metadata_db
     from pipelines.orchestration.rollback_dag import DAG_ID
+    from pipelines.release.deploy import read_pointer
 
     migrate_metadata_db()
     dags, errors = load_dags()

@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_embedded_defaults()  # before the first airflow import, and before Settings reads PIPELINES_HOME
 
     from pipelines.config import Settings, load_spec, vertical_names
+    from pipelines.data.sources import check_ds
     from pipelines.errors import PipelineError
-    from pipelines.sources import check_ds
 
     ds = args.date or yesterday()
     settings = Settings.from_env()

@@ -7,7 +7,7 @@ parsing a DAG never looks a connection up:
 * the ``smtp_default`` connection exists -> Airflow's `SmtpNotifier`
   (apache-airflow-providers-smtp) sends it;
 * no connection -> `OutboxNotifier` writes it to ``<PIPELINES_HOME>/outbox``
-  (the same folder `pipelines.alerts` uses) and logs where.
+  (the same folder `pipelines.notify.alerts` uses) and logs where.
 
 Callbacks are task-level on purpose: a DAG-level `SmtpNotifier` fails under
 ``dag.test()`` (docs/airflow.md).
@@ -73,8 +73,8 @@ def failure_message(vertical: str, context: dict[str, Any]) -> tuple[str, str]:
 def _production_line(vertical: str, ds: str, task_id: str) -> str:
     """What production serves now, read at callback time (never assumed)."""
     from pipelines.config import Settings
-    from pipelines.deploy import read_pointer
     from pipelines.errors import PipelineError
+    from pipelines.release.deploy import read_pointer
 
     try:
         pointer = read_pointer(Settings.from_env().bucket_url, vertical)

@@ -5,7 +5,7 @@ version before the current one) and ``reason`` (required): the production
 pointer moves back (only to an approved, registered version whose files
 verify), the registry records who did it and why, the version rolled back
 away from is blocked from automatic re-promotion, and the vertical's owners
-get a notice (`pipelines.rollout.rollback_vertical`, the same function as
+get a notice (`pipelines.release.rollout.rollback_vertical`, the same function as
 ``python -m pipelines rollback``).  One DAG serves every vertical, so the
 nightly DAGs keep their shape and a rollback never waits behind a retraining.
 """
@@ -73,7 +73,7 @@ def build_rollback_dag() -> DAG:
         @task(task_id="rollback", doc_md="Move the pointer back, record it, notify the owners.")
         def rollback() -> dict[str, Any]:
             from pipelines.orchestration import connections
-            from pipelines.rollout import rollback_vertical
+            from pipelines.release.rollout import rollback_vertical
 
             connections.install()  # the bucket's credentials may live only in Airflow
 

@@ -17,7 +17,7 @@ Failure semantics (see docs/airflow.md):
   includes `RunAlreadyActive`: another run (a CLI run, say) holds the
   vertical, and the retry comes back after it.
 
-Every stage holds the vertical's run lease (`pipelines.run_lock`) with the DAG
+Every stage holds the vertical's run lease (`pipelines.registry.run_lock`) with the DAG
 run id as holder, so the run's tasks share it while a CLI run or another DAG
 run is refused.  Between tasks the lease is parked for the next task; ``report``
 and the run's last failure give it back.
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
-    from pipelines.run_context import RunContext
+    from pipelines.notify.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def run_context(context: Mapping[str, Any]) -> RunContext:
 
     from airflow.sdk.configuration import conf
 
-    from pipelines.run_context import RunContext
+    from pipelines.notify.run_context import RunContext
 
     ti = context.get("ti")
     dag_id = getattr(ti, "dag_id", None)
@@ -192,7 +192,7 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
     from pipelines.errors import DataQualityError, InvalidArgumentError, SpecError
-    from pipelines.run_lock import hold_run
+    from pipelines.registry.run_lock import hold_run
 
     ds = run_ds(context)
     holder = str(context["run_id"])
@@ -238,7 +238,7 @@ def _last_try(context: Mapping[str, Any]) -> bool:
 def _give_back(vertical: str, holder: str) -> None:
     """Release the run's lease (a no-op when it holds none, e.g. refused before taking it)."""
     from pipelines.config import Settings
-    from pipelines.run_lock import RunLock
+    from pipelines.registry.run_lock import RunLock
 
     RunLock.from_settings(Settings.from_env()).release(vertical, holder)
 

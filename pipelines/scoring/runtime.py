@@ -1,8 +1,8 @@
 """Load a verified model directory for scoring, without torch for the ONNX formats.
 
-The ONNX exports (`pipelines.export`) take the preprocessed float32 matrix and
+The ONNX exports (`pipelines.release.export`) take the preprocessed float32 matrix and
 return the positive-class probability; preprocessing stays the JSON state
-`pipelines.features.Preprocessor` reads and applies in numpy/pandas, exactly
+`pipelines.model.features.Preprocessor` reads and applies in numpy/pandas, exactly
 the transform training used (unknown categories → ``__other__``, missing
 values → the train median / ``__missing__``).
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from pipelines.errors import DeployError
-from pipelines.features import Preprocessor
+from pipelines.model.features import Preprocessor
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,7 +119,7 @@ def load_model(
     preprocessing = json.loads((path / PREPROCESSING_FILE).read_text())
     scorer: Scorer
     if model_format == "torch":
-        from pipelines.modeling import load_model_dir
+        from pipelines.model.modeling import load_model_dir
 
         scorer = load_model_dir(path)
     else:

@@ -3,7 +3,7 @@
 A poller thread reads every vertical's production pointer each
 ``poll_interval`` seconds.  When the pointer names another version (or the
 same version with another checksums digest), the store downloads and
-verifies the folder (`pipelines.serving.fetch_verified`) and loads it in the
+verifies the folder (`pipelines.release.serving.fetch_verified`) and loads it in the
 background, then replaces the vertical's entry with one assignment of a new
 dict.  A request takes its model from the store once and uses it to the end,
 so it never mixes versions, and the old model stays valid for requests in
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.bucket import Bucket, check_name, read_pointer, store_errors
 from pipelines.errors import DeployError, PipelineError
+from pipelines.release.bucket import Bucket, check_name, read_pointer, store_errors
 from pipelines.scoring.runtime import LoadedModel, ModelFormat, load_model
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ModelStore:
         problem = self.problems.get(vertical)
         if problem is not None and (problem["version"], problem["checksums_sha256"]) == (version, digest):
             return  # already refused; wait for the pointer to move
-        from pipelines.serving import fetch_verified
+        from pipelines.release.serving import fetch_verified
 
         try:
             path = fetch_verified(

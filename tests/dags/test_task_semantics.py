@@ -135,7 +135,7 @@ def test_stage_gets_vertical_ds_and_kwargs(settings, monkeypatch):
 
 def test_tasks_of_one_run_share_the_lease_and_report_gives_it_back(settings, monkeypatch):
     from pipelines.errors import RunAlreadyActive
-    from pipelines.run_lock import RunLock
+    from pipelines.registry.run_lock import RunLock
 
     for stage in ("extract", "report"):
         monkeypatch.setattr(stages, stage, lambda vertical, ds, **_: {"ok": True})
@@ -154,7 +154,7 @@ def test_tasks_of_one_run_share_the_lease_and_report_gives_it_back(settings, mon
 def test_another_run_holding_the_vertical_fails_the_task_retryably(settings, monkeypatch):
     from pipelines.errors import RunAlreadyActive
     from pipelines.orchestration import tasks
-    from pipelines.run_lock import RunLock
+    from pipelines.registry.run_lock import RunLock
 
     monkeypatch.setattr(tasks, "LEASE_WAIT_S", 0.2)
     monkeypatch.setattr(stages, "extract", lambda vertical, ds, **_: pytest.fail("ran while another run held it"))
@@ -165,7 +165,7 @@ def test_another_run_holding_the_vertical_fails_the_task_retryably(settings, mon
 
 
 def test_a_data_quality_stop_gives_the_lease_back(settings, monkeypatch):
-    from pipelines.run_lock import RunLock
+    from pipelines.registry.run_lock import RunLock
 
     def bad(vertical, ds, **_):
         raise DataQualityError("2 expectations failed", vertical=vertical, ds=ds)

@@ -80,7 +80,7 @@ def migrated_airflow_home() -> Path:
 
 @cache
 def _seeded_warehouse() -> Path:
-    from pipelines.seed import seed_warehouse
+    from pipelines.demo.seed import seed_warehouse
 
     folder = Path(tempfile.mkdtemp(prefix="pipelines-test-seed-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

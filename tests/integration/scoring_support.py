@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import PROJECT_ROOT, Features
-from pipelines.deploy import DeployResult, deploy_version
+from pipelines.release.deploy import DeployResult, deploy_version
 
 VERTICAL = "finance"
 NUMERIC = ["income", "age", "debt"]
@@ -47,9 +47,9 @@ def train_tiny_model(model_dir: Path, *, seed: int, hidden: tuple[int, ...] = (1
     """A real (small) model dir with ONNX exports: plain torch, a few hundred rows, well under a second."""
     import torch
 
-    from pipelines.export import export_model_dir
-    from pipelines.features import Preprocessor
-    from pipelines.modeling import TabularMLP, save_model_dir
+    from pipelines.model.features import Preprocessor
+    from pipelines.model.modeling import TabularMLP, save_model_dir
+    from pipelines.release.export import export_model_dir
 
     frame = synthetic_frame(400, seed)
     pre = Preprocessor.fit(frame, FEATURES)

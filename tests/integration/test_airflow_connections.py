@@ -39,8 +39,9 @@ with create_session() as session:
     for conn in json.loads(sys.argv[1]):
         session.add(MetadataConnection(**conn))
 
-from pipelines import alerts, connections, stages
-from pipelines.bucket import Bucket
+from pipelines.notify import alerts
+from pipelines import connections, stages
+from pipelines.release.bucket import Bucket
 from pipelines.config import Settings
 from pipelines.orchestration import connections as airflow_connections
 

@@ -40,7 +40,7 @@ def test_vertical_runs_end_to_end_and_serves(cli: Cli, vertical: str):
     assert pointer["version"] == summary["model_version"]
 
     # The serving contract: the deployed model scores raw warehouse rows on its own.
-    from pipelines.deploy import load_production
+    from pipelines.release.deploy import load_production
 
     raw = pd.read_parquet(cli.home / "data" / vertical / "validated" / f"{DS}.parquet")
     model = load_production(vertical, bucket_url=(cli.home / "bucket").as_uri(), cache_dir=cli.home / "serve")

@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient
 from pipelines.config import PROJECT_ROOT, Settings, load_spec_file
 from pipelines.models_view.app import ViewAuth, create_app
 from pipelines.models_view.overview import data_docs_root
-from pipelines.registry import Registry
+from pipelines.registry.store import Registry
 
 from .airflow_support import AIRFLOW_BIN, airflow_env, migrated_airflow_home
 
@@ -539,7 +539,7 @@ UNDEPLOYED = "mv-0a1b2c3d4e5f"
 
 
 def _deploy_folder(settings: Settings, vertical: str, version: str, card: str) -> Path:
-    """A version folder as `pipelines.deploy` writes it: files, then checksums.json, then the pointer."""
+    """A version folder as `pipelines.release.deploy` writes it: files, then checksums.json, then the pointer."""
     import hashlib
 
     folder = settings.home / "bucket" / vertical / "versions" / version
@@ -706,7 +706,7 @@ def _sweep(settings: Settings, name: str, values: list[float], params: list[str]
     """A finished Optuna study where the `tuning` stage keeps them: trial i scores values[i]."""
     import optuna
 
-    from pipelines.tuning import _storage
+    from pipelines.model.tuning import _storage
 
     study = optuna.create_study(study_name=name, storage=_storage(settings), direction="minimize")
     for value, width in zip(values, params, strict=True):
@@ -723,7 +723,7 @@ def _sweep(settings: Settings, name: str, values: list[float], params: list[str]
 
 
 def test_page_lists_recent_tuning_sweeps_with_the_cli_reader(state: Settings):
-    from pipelines.tuning import list_studies
+    from pipelines.model.tuning import list_studies
 
     client = _client(state)
     # No studies file yet: no section, and no studies file created by reading the page.

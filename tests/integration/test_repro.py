@@ -60,8 +60,8 @@ def _fresh_clone(dest: Path, env: dict[str, str]) -> Path:
 
 def _production_state(home: Path) -> None:
     """A production data root in use: warehouse (finance only, to seed fast), a registry row, an outbox message."""
-    from pipelines.registry import Registry
-    from pipelines.seed import seed_warehouse
+    from pipelines.demo.seed import seed_warehouse
+    from pipelines.registry.store import Registry
 
     seed_warehouse(f"sqlite:///{home / 'warehouse.db'}", verticals=[VERTICAL])
     with Registry.from_url(f"sqlite:///{home / 'registry.db'}") as registry:

@@ -21,11 +21,18 @@ import pandas as pd
 import pytest
 import s3fs
 
-from pipelines import deploy
-from pipelines.bucket import Bucket
 from pipelines.config import Settings
-from pipelines.deploy import DeployResult, deploy_version, load_production, read_pointer, rollback, verify_version
 from pipelines.errors import DeployError
+from pipelines.release import deploy
+from pipelines.release.bucket import Bucket
+from pipelines.release.deploy import (
+    DeployResult,
+    deploy_version,
+    load_production,
+    read_pointer,
+    rollback,
+    verify_version,
+)
 
 from .conftest import DS, Cli, S3Server
 
@@ -78,8 +85,8 @@ def _train_tiny(path: Path, seed: int) -> Path:
     import torch
 
     from pipelines.config import Features
-    from pipelines.features import Preprocessor
-    from pipelines.modeling import TabularMLP, save_model_dir
+    from pipelines.model.features import Preprocessor
+    from pipelines.model.modeling import TabularMLP, save_model_dir
 
     preprocessor = Preprocessor.fit(_rows(), Features(numeric=["amount"], categorical=["kind"]))
     torch.manual_seed(seed)
@@ -266,7 +273,7 @@ def test_rollback_to_previous_and_to_a_named_version(bucket_url: str, model_dirs
 
 
 def _register(settings: Settings, version: str, *, approved: bool = True) -> None:
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     registry = Registry.from_settings(settings)
     ds = f"2024-01-0{version[-1]}"
@@ -282,8 +289,8 @@ def _register(settings: Settings, version: str, *, approved: bool = True) -> Non
 def test_rollback_use_case_moves_pointer_records_and_mails(
     bucket_url: str, model_dirs: dict[str, Path], settings: Settings, smtp_server: Any, tmp_path: Path
 ) -> None:
-    from pipelines.registry import Registry
-    from pipelines.rollout import rollback_vertical
+    from pipelines.registry.store import Registry
+    from pipelines.release.rollout import rollback_vertical
 
     s3_settings = dataclasses.replace(settings, bucket_url=bucket_url)
     for version in ("v3", "v1", "v2"):  # v3 reached the bucket (by hand) without the gate's approval
@@ -326,7 +333,7 @@ def test_rollback_use_case_moves_pointer_records_and_mails(
 def test_load_production_verifies_and_scores_and_refuses_a_tampered_object(
     bucket_url: str, model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    from pipelines.modeling import load_model_dir
+    from pipelines.model.modeling import load_model_dir
 
     _deploy(bucket_url, model_dirs["v1"], "v1")
     started = time.perf_counter()

@@ -38,7 +38,7 @@ def test_a_nightly_run_exports_checks_and_deploys_onnx(cli: Cli):
         assert (name in manifest) == passed == (folder / name).is_file(), (fmt, export_rules)
     assert "model.onnx" in manifest
 
-    from pipelines.deploy import load_production
+    from pipelines.release.deploy import load_production
 
     raw = pd.read_parquet(cli.home / "data" / VERTICAL / "validated" / f"{DS}.parquet")
     reference = load_production(VERTICAL, bucket_url=(cli.home / "bucket").as_uri(), cache_dir=cli.home / "serve")

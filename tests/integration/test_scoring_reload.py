@@ -21,9 +21,9 @@ import httpx
 import numpy as np
 import pytest
 
-from pipelines.bucket import CHECKSUMS_FILE, sha256_bytes
-from pipelines.deploy import read_pointer, rollback
 from pipelines.layout import write_bytes_atomic
+from pipelines.release.bucket import CHECKSUMS_FILE, sha256_bytes
+from pipelines.release.deploy import read_pointer, rollback
 from pipelines.scoring.runtime import load_model
 
 from .scoring_support import VERTICAL, deploy, running_server, synthetic_frame, train_tiny_model

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.deploy import rollback
+from pipelines.release.deploy import rollback
 
 from .conftest import S3Server
 from .scoring_support import VERTICAL, deploy, running_server, synthetic_frame, train_tiny_model

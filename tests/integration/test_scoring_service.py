@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.serving import load_production
+from pipelines.release.serving import load_production
 
 from .scoring_support import (
     CATEGORICAL,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from pipelines.registry import DeploymentRecord, Registry
+from pipelines.registry.store import DeploymentRecord, Registry
 
 VERTICAL = "finance"
 

@@ -112,7 +112,7 @@ def _closed_port() -> int:
 
 
 def _deployments(settings: Settings, model_version: str) -> list[Any]:
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     return [
         d
@@ -123,9 +123,9 @@ def _deployments(settings: Settings, model_version: str) -> list[Any]:
 
 def _assert_consistent(home: Path, model_version: str) -> None:
     """Pointer, bucket, registry, status and the serving loader all name ``model_version``, once."""
-    from pipelines.bucket import list_versions, read_pointer, verify_version
-    from pipelines.registry import Registry
-    from pipelines.serving import load_production
+    from pipelines.registry.store import Registry
+    from pipelines.release.bucket import list_versions, read_pointer, verify_version
+    from pipelines.release.serving import load_production
 
     settings = _settings()
     pointer = read_pointer(settings.bucket_url, VERTICAL)
@@ -158,7 +158,7 @@ def _killed(proc: subprocess.CompletedProcess[str], fault: str) -> None:
 @pytest.mark.slow
 def test_kill_during_training_resumes_to_the_same_model_version_and_weights(home: Path, gated_home: Path):
     """A worker lost mid-fit: the retry resumes from last.ckpt and ends bit-identical to an unkilled run."""
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     clean = _record(gated_home, "train")
     version = clean["model_version"]
@@ -189,8 +189,8 @@ def test_kill_during_training_resumes_to_the_same_model_version_and_weights(home
 
 @pytest.mark.slow
 def test_kill_between_upload_and_pointer_flip_keeps_production_and_a_rerun_completes(home: Path):
-    from pipelines.bucket import list_versions, read_pointer, verify_version
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
+    from pipelines.release.bucket import list_versions, read_pointer, verify_version
 
     version = _record(home, "gate")["model_version"]
     killed = _pipelines(home, "deploy", VERTICAL, "--date", DS, fault="before-pointer")
@@ -211,8 +211,8 @@ def test_kill_between_upload_and_pointer_flip_keeps_production_and_a_rerun_compl
 
 @pytest.mark.slow
 def test_kill_between_pointer_flip_and_registry_write_is_repaired_by_a_rerun(home: Path):
-    from pipelines.bucket import read_pointer
-    from pipelines.serving import check_production
+    from pipelines.release.bucket import read_pointer
+    from pipelines.release.serving import check_production
 
     version = _record(home, "gate")["model_version"]
     killed = _pipelines(home, "deploy", VERTICAL, "--date", DS, fault="after-pointer")
@@ -239,7 +239,7 @@ def test_kill_between_pointer_flip_and_registry_write_is_repaired_by_a_rerun(hom
 
 @pytest.mark.slow
 def test_registry_unavailable_fails_deploy_cleanly_before_production_changes(home: Path):
-    from pipelines.bucket import list_versions, read_pointer
+    from pipelines.release.bucket import list_versions, read_pointer
 
     down = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test"
     proc = _pipelines(home, "deploy", VERTICAL, "--date", DS, env={"PIPELINES_REGISTRY_URL": down})
@@ -277,7 +277,7 @@ def _smtp_down(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_smtp_down_keeps_the_alert_and_the_next_delivery_sends_it_exactly_once(settings, smtp_server, monkeypatch):
-    from pipelines.alerts import AlertDeliveryError, deliver, flush_undelivered, undelivered
+    from pipelines.notify.alerts import AlertDeliveryError, deliver, flush_undelivered, undelivered
 
     relay = os.environ["AIRFLOW_CONN_SMTP_DEFAULT"]
     _smtp_down(monkeypatch)
@@ -357,7 +357,7 @@ def test_smtp_down_during_a_data_quality_failure_the_alert_is_flushed_later(home
 @pytest.mark.slow
 def test_bucket_unreachable_is_a_deploy_error_naming_the_url_and_production_is_unchanged(home: Path, monkeypatch):
     from pipelines.errors import DeployError
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     url = "s3://models-unreachable/prod"
     monkeypatch.setenv("PIPELINES_BUCKET_URL", url)
@@ -441,9 +441,9 @@ def test_source_down_in_airflow_is_retried_with_backoff_and_mails_once(settings,
 
 @pytest.mark.slow
 def test_corrupt_weights_in_the_bucket_are_refused_by_the_loader_and_shown_by_status(home: Path):
-    from pipelines.bucket import Bucket
     from pipelines.errors import DeployError
-    from pipelines.serving import load_production
+    from pipelines.release.bucket import Bucket
+    from pipelines.release.serving import load_production
 
     stages.deploy(VERTICAL, DS)
     settings = _settings()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from pipelines.registry import DecisionRow, DeploymentRecord, ModelVersionRow, Registry, create_registry_engine
+from pipelines.registry.store import DecisionRow, DeploymentRecord, ModelVersionRow, Registry, create_registry_engine
 
 RACERS = 6
 #: Seconds a racer may take, start-up included (spawned interpreters on a 2-core machine).

@@ -329,9 +329,9 @@ def test_hostile_vertical_names_never_reach_a_path(warehouse_home: Path, name: s
 
 @pytest.mark.parametrize("name", ["../finance", "finance/../../x", "..", "a/b"])
 def test_bucket_paths_refuse_unsafe_names(tmp_path: Path, name: str):
-    from pipelines.bucket import read_pointer, verify_version
     from pipelines.errors import DeployError
-    from pipelines.serving import load_version
+    from pipelines.release.bucket import read_pointer, verify_version
+    from pipelines.release.serving import load_version
 
     url = (tmp_path / "bucket").as_uri()
     with pytest.raises(DeployError, match="not a safe path segment"):
@@ -351,8 +351,8 @@ def _tiny_model_dir(path: Path) -> Path:
     import torch
 
     from pipelines.config import Features
-    from pipelines.features import Preprocessor
-    from pipelines.modeling import TabularMLP, save_model_dir
+    from pipelines.model.features import Preprocessor
+    from pipelines.model.modeling import TabularMLP, save_model_dir
 
     rows = pd.DataFrame({"amount": [1.0, 5.0, 2.5, None, 9.0], "kind": ["a", "b", "a", "c", "b"]})
     preprocessor = Preprocessor.fit(rows, Features(numeric=["amount"], categorical=["kind"]))
@@ -366,7 +366,7 @@ def _tiny_model_dir(path: Path) -> Path:
 @pytest.fixture
 def deployed(tmp_path: Path) -> tuple[str, str, Path]:
     """A tiny model deployed to a ``file://`` bucket: (bucket URL, version, version folder)."""
-    from pipelines.deploy import deploy_version
+    from pipelines.release.deploy import deploy_version
 
     url = (tmp_path / "bucket").as_uri()
     model_dir = _tiny_model_dir(tmp_path / "model")
@@ -386,9 +386,9 @@ def deployed(tmp_path: Path) -> tuple[str, str, Path]:
 
 
 def test_nothing_is_deserialised_before_its_checksum_matches(deployed, tmp_path: Path, monkeypatch):
-    from pipelines import modeling
     from pipelines.errors import DeployError
-    from pipelines.serving import load_production
+    from pipelines.model import modeling
+    from pipelines.release.serving import load_production
 
     url, version, folder = deployed
     loaded: list[Path] = []
@@ -415,7 +415,7 @@ def test_nothing_is_deserialised_before_its_checksum_matches(deployed, tmp_path:
 def test_weights_load_with_weights_only_so_a_pickle_payload_never_runs(tmp_path: Path):
     import pickle
 
-    from pipelines.modeling import WEIGHTS_FILE, load_model_dir
+    from pipelines.model.modeling import WEIGHTS_FILE, load_model_dir
 
     model_dir = _tiny_model_dir(tmp_path / "model")
     marker = tmp_path / "pwned"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.versioning import snapshot_window
+from pipelines.data.versioning import snapshot_window
 
 import dvc.repo  # noqa: F401  (pay the imports before the barrier)
 import scmrepo.git  # noqa: F401

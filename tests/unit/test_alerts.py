@@ -8,11 +8,11 @@ from email.message import EmailMessage
 
 import pandas as pd
 
-from pipelines.alerts import SmtpConfig, configured_smtp, deliver, quality_alert
 from pipelines.config import Settings, VerticalSpec
-from pipelines.data_docs import docs_url
-from pipelines.quality import FailedExpectation, QualityReport, mask_pii
-from pipelines.run_context import RunContext
+from pipelines.data.data_docs import docs_url
+from pipelines.data.quality import FailedExpectation, QualityReport, mask_pii
+from pipelines.notify.alerts import SmtpConfig, configured_smtp, deliver, quality_alert
+from pipelines.notify.run_context import RunContext
 from pipelines.state import open_state
 
 SPEC = VerticalSpec.model_validate(
@@ -247,7 +247,8 @@ def test_smtp_uri_form_means_what_the_json_form_means(monkeypatch):
     )
     from_json = configured_smtp()
     monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT", "smtp://u%40x:p%2Fw@relay:2525?disable_ssl=true&disable_tls=true&from_email=ml%40corp"
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        "smtp://u%40x:p%2Fw@relay:2525?disable_ssl=true&disable_tls=true&from_email=ml%40corp",
     )
     assert configured_smtp() == from_json
     assert from_json is not None and not from_json.use_ssl and not from_json.starttls

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.baselines import class_weights, fit_logistic, logistic_baseline, majority_baseline
 from pipelines.config import Features, Label, VerticalSpec
+from pipelines.model.baselines import class_weights, fit_logistic, logistic_baseline, majority_baseline
 
 
 def spec(**model: object) -> VerticalSpec:
@@ -110,7 +110,7 @@ def test_logistic_baseline_follows_the_models_class_weighting() -> None:
 
 
 def test_logistic_baseline_fits_on_a_seeded_sample_of_a_huge_train_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import baselines
+    from pipelines.model import baselines
 
     monkeypatch.setattr(baselines, "MAX_LOGISTIC_TRAIN_ROWS", 300)
     train, holdout = toy_frame(800, seed=5), toy_frame(200, seed=6)

@@ -60,7 +60,7 @@ def test_a_blocked_run_shows_the_whole_error_with_its_hint(settings, capsys):
 
 
 def test_a_second_run_of_a_busy_vertical_exits_75_naming_the_holder(settings, capsys):
-    from pipelines.run_lock import RunLock
+    from pipelines.registry.run_lock import RunLock
 
     RunLock.from_settings(settings).acquire("finance", "2026-11-27", "scheduled__2026-11-27T02:00:00+00:00")
     assert main(["run", "finance", "--date", "2026-11-27"]) == 75

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.comparison import (
+from pipelines.config import Comparison, Gate
+from pipelines.gate.comparison import (
     _weighted_metrics,
     bootstrap_metric_differences,
     compare_paired,
@@ -14,8 +15,7 @@ from pipelines.comparison import (
     percentile_interval,
     resample_counts,
 )
-from pipelines.config import Comparison, Gate
-from pipelines.evaluation import compute_metrics, holdout_scores_frame
+from pipelines.gate.evaluation import compute_metrics, holdout_scores_frame
 
 METRICS = ["accuracy", "balanced_accuracy", "precision", "recall", "f1", "auroc"]
 
@@ -66,7 +66,7 @@ def test_same_seed_same_interval_other_seed_other_draws() -> None:
 
 
 def test_draws_do_not_depend_on_the_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import comparison
+    from pipelines.gate import comparison
 
     y, a = noisy_scores(200, seed=4)
     _, b = noisy_scores(200, seed=5)

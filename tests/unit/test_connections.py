@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from pipelines import connections
-from pipelines.bucket import storage_options
 from pipelines.config import Settings
+from pipelines.data.sources import resolve_connection_url
 from pipelines.errors import DeployError, SourceError
-from pipelines.sources import resolve_connection_url
+from pipelines.release.bucket import storage_options
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
 
 from pipelines.config import VerticalSpec
-from pipelines.data_docs import SITE_VENDOR_DIR, external_resources, make_offline, site_root
+from pipelines.data.data_docs import SITE_VENDOR_DIR, external_resources, make_offline, site_root
+from pipelines.data.quality import validate_frame
 from pipelines.models_view.app import ViewAuth, create_app
-from pipelines.quality import validate_frame
 
 SUITE = {
     "name": "demo",

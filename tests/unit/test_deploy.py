@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines import deploy
-from pipelines.bucket import storage_options
-from pipelines.deploy import (
+from pipelines.errors import DeployError
+from pipelines.release import deploy
+from pipelines.release.bucket import storage_options
+from pipelines.release.deploy import (
     DeployResult,
     deploy_version,
     list_versions,
@@ -23,7 +24,6 @@ from pipelines.deploy import (
     rollback,
     verify_version,
 )
-from pipelines.errors import DeployError
 
 VERTICAL = "finance"
 MODEL_FILES = {"weights.pt", "preprocessing.json", "model.json"}
@@ -338,13 +338,13 @@ def test_load_without_a_deployment_is_a_clear_error(tmp_path: Path, bucket_url: 
 
 @pytest.fixture
 def trained_model_dir(tmp_path: Path) -> tuple[Path, Any]:
-    """A real model directory from `pipelines.modeling` (tiny MLP) and a frame to score."""
+    """A real model directory from `pipelines.model.modeling` (tiny MLP) and a frame to score."""
     import pandas as pd
     import torch
 
     from pipelines.config import Features
-    from pipelines.features import Preprocessor
-    from pipelines.modeling import TabularMLP, save_model_dir
+    from pipelines.model.features import Preprocessor
+    from pipelines.model.modeling import TabularMLP, save_model_dir
 
     frame = pd.DataFrame({"amount": [1.0, 5.0, 2.5, None], "kind": ["a", "b", "a", "c"]})
     preprocessor = Preprocessor.fit(frame, Features(numeric=["amount"], categorical=["kind"]))
@@ -361,7 +361,7 @@ def trained_model_dir(tmp_path: Path) -> tuple[Path, Any]:
 def test_load_production_scores_like_the_trained_model(
     tmp_path: Path, bucket_url: str, trained_model_dir: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.modeling import load_model_dir
+    from pipelines.model.modeling import load_model_dir
 
     path, frame = trained_model_dir
     do_deploy(bucket_url, path, "v1")
@@ -567,7 +567,7 @@ def test_serving_imports_stay_light() -> None:
     import sys
 
     heavy = ("torch", "airflow", "sqlalchemy", "lightning", "great_expectations", "dvc")
-    code = f"import sys, pipelines.serving; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, pipelines.release.serving; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -579,7 +579,7 @@ def test_version_folder_holds_reliability_diagram_with_a_point_per_non_empty_bin
 
     import numpy as np
 
-    from pipelines.thresholds import reliability_bins
+    from pipelines.model.thresholds import reliability_bins
 
     # Scores only in 3 of the 10 bins: 0.05 (observed 0/4), 0.45 (2/4), 0.95 (4/4 -> also 1.0 in the last bin).
     prob = np.array([0.05] * 4 + [0.45] * 4 + [0.95] * 3 + [1.0])

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import SliceGate
 from pipelines.errors import TrainingError
-from pipelines.evaluation import (
+from pipelines.gate.evaluation import (
     MISSING_SLICE,
     auroc,
     compute_metrics,

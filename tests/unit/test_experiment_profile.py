@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipelines import alerts
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.errors import SpecError
 from pipelines.experiment import seed_if_missing
+from pipelines.notify import alerts
 
 PRODUCTION_ENV = {
     "PIPELINES_REGISTRY_URL": "postgresql+psycopg://airflow@prod-db:5432/registry",

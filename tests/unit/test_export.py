@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 
 from pipelines.config import PROJECT_ROOT, Exports, ExportTolerance, load_spec
-from pipelines.deploy import deploy_version
 from pipelines.errors import DeployError
-from pipelines.export import (
+from pipelines.gate.promotion import decide_promotion
+from pipelines.model.features import label_vector
+from pipelines.model.modeling import load_model_dir
+from pipelines.release.deploy import deploy_version
+from pipelines.release.export import (
     check_exports,
     export_model_dir,
     export_rules,
     refused_export_files,
     try_export_model_dir,
 )
-from pipelines.features import label_vector
-from pipelines.modeling import load_model_dir
-from pipelines.promotion import decide_promotion
 from pipelines.scoring.runtime import OnnxScorer, load_model
 
 from ..conftest import make_settings

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.config import Features, Label
 from pipelines.errors import TrainingError
-from pipelines.features import MissingFeatureError, Preprocessor, label_vector
+from pipelines.model.features import MissingFeatureError, Preprocessor, label_vector
 
 FEATURES = Features(numeric=["amount", "age"], categorical=["city"])
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipelines.comparison import MetricDifference, PairedComparison, compare_paired
 from pipelines.config import BaselineCheck, Baselines, Comparison, Gate, SliceGate, VerticalSpec
-from pipelines.evaluation import SliceMetrics
-from pipelines.promotion import RuleResult, decide_promotion
+from pipelines.gate.comparison import MetricDifference, PairedComparison, compare_paired
+from pipelines.gate.evaluation import SliceMetrics
+from pipelines.gate.promotion import RuleResult, decide_promotion
 
 POINT = Gate(
     thresholds={"accuracy": 0.70, "recall": 0.50, "f1": 0.55},

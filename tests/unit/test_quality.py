@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from pipelines.config import VerticalSpec
+from pipelines.data.profiles import Profile, compare_profiles, profile_frame, stored_profile
+from pipelines.data.quality import check_columns, check_distribution, failing_rows, validate_frame
+from pipelines.data.sources import write_partition
 from pipelines.layout import Layout
-from pipelines.profiles import Profile, compare_profiles, profile_frame, stored_profile
-from pipelines.quality import check_columns, check_distribution, failing_rows, validate_frame
-from pipelines.sources import write_partition
 
 SUITE = {
     "name": "demo",

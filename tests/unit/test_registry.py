@@ -15,9 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
-from pipelines import registry_migrations
 from pipelines.errors import DeployError, PipelineError, VersioningError
-from pipelines.registry import (
+from pipelines.registry import migrations as registry_migrations
+from pipelines.registry.store import (
     Base,
     DecisionRow,
     DeploymentRow,
@@ -466,7 +466,7 @@ def test_models_view_queries(url: str) -> None:
 
 
 def test_retraining_does_not_blank_recorded_metrics(settings):
-    from pipelines.registry import Registry
+    from pipelines.registry.store import Registry
 
     registry = Registry.from_settings(settings)
     args = {"vertical": "finance", "model_version": "mv-aaaaaaaaaaaa", "data_version": "dv-1", "ds": "2026-11-27"}
@@ -603,8 +603,8 @@ def test_a_malformed_or_unreachable_registry_is_a_registry_error(tmp_path: Path)
 def test_a_write_locked_sqlite_registry_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    from pipelines import registry_schema
     from pipelines.errors import RegistryError
+    from pipelines.registry import schema as registry_schema
 
     monkeypatch.setattr(registry_schema, "SQLITE_BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "locked.db"

@@ -11,10 +11,10 @@ import pytest
 
 from pipelines import cli
 from pipelines.config import Settings
-from pipelines.deploy import deploy_version, read_pointer, rollback
 from pipelines.errors import DeployError
-from pipelines.registry import Registry
-from pipelines.rollout import rollback_vertical
+from pipelines.registry.store import Registry
+from pipelines.release.deploy import deploy_version, read_pointer, rollback
+from pipelines.release.rollout import rollback_vertical
 
 VERTICAL = "finance"
 
@@ -282,8 +282,9 @@ def test_a_locked_registry_stops_the_deploy_before_the_pointer_moves(
 ) -> None:
     import sqlite3
 
-    from pipelines import registry_schema, stages
+    from pipelines import stages
     from pipelines.errors import RegistryError
+    from pipelines.registry import schema as registry_schema
 
     monkeypatch.setattr(registry_schema, "SQLITE_BUSY_TIMEOUT_MS", 300)
     _night(settings, tmp_path, "v1", "2024-01-01", champion=None)
@@ -349,8 +350,8 @@ def test_a_death_between_pointer_and_registry_is_reconciled_by_the_next_read(
 def test_a_failed_upload_closes_its_intent_and_leaves_production(
     nights: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines import deploy as deploy_module
     from pipelines import stages
+    from pipelines.release import deploy as deploy_module
 
     _night(nights, tmp_path, "v3", "2024-01-03", champion="v2")
 
@@ -372,10 +373,10 @@ def test_a_locked_registry_stops_a_rollback_before_the_pointer_moves(
 ) -> None:
     import sqlite3
 
-    from pipelines import registry_schema
+    from pipelines.registry import schema as registry_schema
 
     monkeypatch.setattr(registry_schema, "SQLITE_BUSY_TIMEOUT_MS", 300)
-    monkeypatch.setattr("pipelines.registry._shared_engines", {})  # fresh engines pick the short timeout
+    monkeypatch.setattr("pipelines.registry.store._shared_engines", {})  # fresh engines pick the short timeout
     holder = sqlite3.connect(deployed.home / "registry.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-from pipelines import registry_migrations
 from pipelines.errors import PipelineError, RunAlreadyActive
-from pipelines.registry_schema import RunLeaseRow, create_registry_engine
-from pipelines.run_lock import RunLock, hold_run, pid_alive, this_host
+from pipelines.registry import migrations as registry_migrations
+from pipelines.registry.run_lock import RunLock, hold_run, pid_alive, this_host
+from pipelines.registry.schema import RunLeaseRow, create_registry_engine
 
 DS = "2026-11-27"
 

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.errors import SourceError
-from pipelines.seed import (
+from pipelines.demo.seed import (
     DEMO_DAYS,
     DEMO_END,
     DEMO_START,
@@ -22,7 +21,8 @@ from pipelines.seed import (
     warehouse_engine,
     write_table,
 )
-from pipelines.simulate import simulate_sensor_readings, spread_over_days
+from pipelines.demo.simulate import simulate_sensor_readings, spread_over_days
+from pipelines.errors import SourceError
 
 #: vertical -> (table, key, label column, positive, plausible positive-rate range)
 DEMO = {

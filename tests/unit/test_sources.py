@@ -11,9 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.config import VerticalSpec
-from pipelines.errors import InvalidArgumentError, SourceError
-from pipelines.layout import Layout
-from pipelines.sources import (
+from pipelines.data.sources import (
     assemble_window,
     check_ds,
     extract_days,
@@ -21,6 +19,8 @@ from pipelines.sources import (
     resolve_connection_url,
     window_days,
 )
+from pipelines.errors import InvalidArgumentError, SourceError
+from pipelines.layout import Layout
 
 
 def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
@@ -196,7 +196,7 @@ def test_assemble_window_reports_missing_days(settings):
     layout = Layout(settings, "demo")
     frame = rows(date(2026, 1, 1), 10)
     frame["event_date"] = frame["event_date"].astype(str)
-    from pipelines.sources import write_partition
+    from pipelines.data.sources import write_partition
 
     for day, part in frame.groupby("event_date"):
         if day != "2026-01-04":  # e.g. quarantined

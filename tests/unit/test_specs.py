@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel
 
 from pipelines.config import PROJECT_ROOT, VerticalSpec, load_spec_file
+from pipelines.demo.seed import DEMO_START, build_demo_frames
 from pipelines.errors import SpecError
-from pipelines.seed import DEMO_START, build_demo_frames
 
 SPECS_DIR = PROJECT_ROOT / "verticals"
 SUITES_DIR = PROJECT_ROOT / "expectations"

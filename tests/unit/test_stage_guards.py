@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pipelines.config import load_spec
+from pipelines.data.quality import FailedExpectation, _mask_failure
 from pipelines.errors import DeployError
-from pipelines.quality import FailedExpectation, _mask_failure
 from pipelines.stages import _deploy_blocker
 
 

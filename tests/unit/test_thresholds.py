@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.config import ThresholdChoice
 from pipelines.errors import TrainingError
-from pipelines.thresholds import choose_threshold, fit_calibration
+from pipelines.model.thresholds import choose_threshold, fit_calibration
 
 # Scores in descending order with their labels: at >= 0.7 (3 rows: 2 positives) F1 = 2*(2/3)*(2/3)/(4/3) = 0.667;
 # at >= 0.4 (5 rows, 3 positives) precision 0.6, recall 1.0, F1 0.75 (the maximum); at >= 0.8 precision 1, recall 1/3.

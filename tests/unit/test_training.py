@@ -11,9 +11,9 @@ import pytest
 
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
-from pipelines.features import Preprocessor
-from pipelines.modeling import TabularMLP, load_model_dir, save_model_dir
-from pipelines.training import EpochShuffledBatches, _hparams, split_window, train_model
+from pipelines.model.features import Preprocessor
+from pipelines.model.modeling import TabularMLP, load_model_dir, save_model_dir
+from pipelines.model.training import EpochShuffledBatches, _hparams, split_window, train_model
 
 
 def make_spec(**overrides: Any) -> VerticalSpec:

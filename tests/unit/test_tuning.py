@@ -14,10 +14,10 @@ import torch
 
 from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
-from pipelines.lineage import model_version_id
-from pipelines.modeling import load_model_dir
-from pipelines.training import WarmStartSource, split_validation, split_window, train_model, warm_start_compatible
-from pipelines.tuning import apply_params, run_sweep, sweep_reason
+from pipelines.model.modeling import load_model_dir
+from pipelines.model.training import WarmStartSource, split_validation, split_window, train_model, warm_start_compatible
+from pipelines.model.tuning import apply_params, run_sweep, sweep_reason
+from pipelines.model.version_ids import model_version_id
 
 DS = "2024-03-10"
 
@@ -216,7 +216,7 @@ def sweep_spec(**tuning: Any) -> VerticalSpec:
 def test_sweep_respects_its_trial_budget_and_is_deterministic(
     parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], tmp_path: Path, settings: Any
 ) -> None:
-    from pipelines.tuning import list_studies, study_storage_url
+    from pipelines.model.tuning import list_studies, study_storage_url
 
     fit, validation, _ = parts
     spec = sweep_spec(trials=3)
@@ -274,7 +274,7 @@ def champion_dir(
 
 
 def deploy_champion(settings: Any, model_dir: Path, version: str, ds: str) -> None:
-    from pipelines.deploy import deploy_version
+    from pipelines.release.deploy import deploy_version
 
     deploy_version(
         bucket_url=settings.bucket_url,
@@ -292,8 +292,8 @@ def test_night_warm_starts_from_the_deployed_champion_and_reruns_reuse_the_sourc
     settings: Any, champion_dir: Path
 ) -> None:
     from pipelines.layout import Layout
-    from pipelines.registry import Registry
-    from pipelines.tuning import choose_warm_start
+    from pipelines.model.tuning import choose_warm_start
+    from pipelines.registry.store import Registry
 
     spec = make_spec(warm_start={"enabled": True})
     layout = Layout(settings, "demo")
@@ -338,7 +338,7 @@ def test_night_warm_starts_from_the_deployed_champion_and_reruns_reuse_the_sourc
 
 
 def test_batch_norm_never_gets_a_single_row_batch() -> None:
-    from pipelines.training import EpochShuffledBatches
+    from pipelines.model.training import EpochShuffledBatches
 
     folded = EpochShuffledBatches(9, 4, seed=1, no_single_row_batch=True)
     assert [len(b) for b in folded] == [4, 5] and len(folded) == 2
@@ -351,7 +351,7 @@ def test_batch_norm_never_gets_a_single_row_batch() -> None:
 
 
 def test_postgres_study_url_is_a_schema_of_its_own() -> None:
-    from pipelines.tuning import study_storage_url
+    from pipelines.model.tuning import study_storage_url
     from tests.conftest import make_settings
 
     plain = make_settings(Path("/tmp/x"), registry_url="postgresql+psycopg://u:pw@db:5432/reg")
@@ -368,8 +368,8 @@ def test_studies_share_the_registry_database_on_postgres(pg_schema_url: str, tmp
     import optuna
     from sqlalchemy import create_engine, text
 
-    from pipelines.registry_migrations import current_revision, upgrade
-    from pipelines.tuning import _storage, list_studies, study_storage_url
+    from pipelines.model.tuning import _storage, list_studies, study_storage_url
+    from pipelines.registry.migrations import current_revision, upgrade
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path, registry_url=pg_schema_url)

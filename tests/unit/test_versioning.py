@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import versioning
 from pipelines.config import Settings
+from pipelines.data import versioning
+from pipelines.data.versioning import DataVersion, find_version, read_snapshot, snapshot_window
 from pipelines.errors import VersioningError
 from pipelines.layout import Layout
-from pipelines.versioning import DataVersion, find_version, read_snapshot, snapshot_window
 
 DS = "2026-11-27"
 
@@ -141,7 +141,7 @@ def test_changed_data_for_the_same_date_moves_the_tag(
     first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings)
     changed = frame.assign(amount=frame["amount"] * 2)
 
-    with caplog.at_level(logging.WARNING, logger="pipelines.versioning"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.data.versioning"):
         second = snapshot_window(changed, vertical="finance", ds=DS, settings=settings)
 
     assert second.created
