@@ -546,7 +546,9 @@ def main(argv: list[str]) -> int:
     def stop_on(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop_on)
+    # SIGINT too: a shell that starts `make stack` in the background has it ignored by default.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop_on)
     started = time.monotonic()
     try:
         stack.start()
