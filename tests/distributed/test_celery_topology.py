@@ -85,6 +85,19 @@ def _assert_stored(live: LiveStack, vertical: str, run_id: str) -> None:
     assert approved is True
 
 
+def _assert_no_local_paths(live: LiveStack) -> None:
+    """No registry row and no stage record names a path on some worker's disk (they all live under the root)."""
+    local = str(live.config.root)
+    for table in ("model_versions", "decisions", "deployments"):
+        rows = live.sql("_registry", f"select cast(t.* as text) from {table} t")
+        assert rows and not [r for r in rows if local in r[0]], f"{table} holds a local path: {rows}"
+    fs = _s3(live)
+    records = [key for key in fs.find("state/runs") if key.endswith(".json")]
+    assert records, "no stage record in the S3 state"
+    leaking = [key for key in records if local in fs.cat(key).decode()]
+    assert not leaking, f"records with a local path: {leaking}"
+
+
 def test_two_verticals_at_once_on_two_workers(live_stack: LiveStack):
     live = live_stack
     started = time.monotonic()
@@ -101,6 +114,7 @@ def test_two_verticals_at_once_on_two_workers(live_stack: LiveStack):
     }
     used = {host for by_task in hosts.values() for host in by_task.values()}
     assert used == WORKERS, f"the tasks did not spread over both workers: {hosts}"
+    _assert_no_local_paths(live)
     for vertical, run_id in runs.items():
         _assert_stored(live, vertical, run_id)
         rows = _registry_rows(live, vertical)
