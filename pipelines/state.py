@@ -138,8 +138,9 @@ class StateStore:
         if self.fs is not None:
             with _store_errors(self.url):
                 if Path(dst).exists():
-                    self.fs.put_file(str(dst), self._key(dst))
+                    self._put(Path(dst))
                 else:
+                    self._parent(self._key(dst))
                     self.fs.copy(self._key(src), self._key(dst))
                 if self.fs.exists(self._key(src)):
                     self.fs.rm(self._key(src))
@@ -154,9 +155,29 @@ class StateStore:
             for path in map(Path, paths):
                 if path.is_dir():
                     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                        self.fs.put_file(str(file), self._key(file))
+                        self._put(file)
                 elif path.is_file():
-                    self.fs.put_file(str(path), self._key(path))
+                    self._put(path)
+
+    def _put(self, path: Path) -> None:
+        assert self.fs is not None
+        stamp = self._stamp(path)
+        if stamp.is_file() and path.stat().st_mtime_ns <= stamp.stat().st_mtime_ns:
+            return  # fetched from the state and not changed since: the store has these bytes
+        key = self._key(path)
+        self._parent(key)
+        self.fs.put_file(str(path), key)
+        stamp.unlink(missing_ok=True)  # names the version this upload replaced
+
+    def _stamp(self, path: Path) -> Path:
+        return self.home / CACHE_STAMPS / f"{self.rel(path)}.json"
+
+    def _parent(self, key: str) -> None:
+        # Object stores need no folders (and asking costs a request); a local or mounted store does.
+        from fsspec.implementations.local import LocalFileSystem
+
+        if isinstance(self.fs, LocalFileSystem):
+            self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
 
     def pull(self, *paths: Path) -> None:
         """Download files or folders from the state into home, when the state holds them.
@@ -184,7 +205,7 @@ class StateStore:
     def _fetch(self, key: str, path: Path, info: dict[str, Any]) -> None:
         """Download ``key`` to ``path`` unless the cached copy came from this very object version."""
         assert self.fs is not None
-        stamp = self.home / CACHE_STAMPS / f"{self.rel(path)}.json"
+        stamp = self._stamp(path)
         version = _object_version(info)
         if path.is_file() and stamp.is_file() and stamp.read_text() == version:
             return

@@ -47,6 +47,8 @@ DVC_FILE = f"{WINDOW_FILE}.dvc"
 #: Partial writes of the window; a crashed run may leave one, the next removes it.
 TMP_PREFIX = f".{WINDOW_FILE}."
 REMOTE_NAME = "storage"
+#: Environment variable naming the Airflow connection with the S3 DVC remote's credentials (optional).
+DVC_CONN_ID_ENV = "PIPELINES_DVC_CONN_ID"
 #: How long a snapshot waits for another process (a CLI run, a second Airflow
 #: run) working on the same vertical's repo before giving up.
 LOCK_TIMEOUT_S = 600.0
@@ -384,16 +386,41 @@ def _configure_local(root: Path, remote: str, *, vertical: str, ds: str | None) 
     with _translating("configuring the DVC remote", root=root, vertical=vertical, ds=ds, hint=_remote_hint(remote)):
         config = Config(dvc_dir=str(dvc_dir), validate=False)
         current = config.load_one("local")
+        section = _remote_section(remote)
         if (
-            current.get("remote", {}).get(REMOTE_NAME, {}).get("url") == remote
+            current.get("remote", {}).get(REMOTE_NAME, {}) == section
             and current.get("core", {}).get("remote") == REMOTE_NAME
             and current.get("core", {}).get("site_cache_dir") == site_cache
         ):
             return
         with config.edit("local") as conf:
-            conf["remote"][REMOTE_NAME] = {"url": remote}
+            conf["remote"][REMOTE_NAME] = section
             conf["core"]["remote"] = REMOTE_NAME
             conf["core"]["site_cache_dir"] = site_cache
+
+
+def _remote_section(remote: str) -> dict[str, str]:
+    """The remote's DVC config: its URL and, for S3 with ``PIPELINES_DVC_CONN_ID``, that connection's credentials.
+
+    The connection comes through `pipelines.connections` (Airflow's own lookup
+    inside a task), like the bucket's and the state store's; without it DVC
+    uses botocore's standard chain.  ``config.local`` is the worker's untracked
+    scratch config, never committed.
+    """
+    from pipelines.release.bucket import storage_options
+
+    url, options = storage_options(remote, conn_id_env=DVC_CONN_ID_ENV)
+    names = {
+        "key": "access_key_id",
+        "secret": "secret_access_key",
+        "token": "session_token",
+        "endpoint_url": "endpointurl",
+    }
+    section = {"url": url, **{names[k]: str(v) for k, v in options.items() if k in names}}
+    region = (options.get("client_kwargs") or {}).get("region_name")
+    if region:
+        section["region"] = str(region)
+    return section
 
 
 def _track(root: Path, tmp: Path, md5: str, *, vertical: str, ds: str) -> None:
@@ -745,7 +772,8 @@ def _remote_hint(remote: str) -> str:
     extra = " (s3:// remotes need `pip install 'dvc[s3]'`)" if remote.startswith("s3://") else ""
     return (
         f"check PIPELINES_DVC_REMOTE (now {remote!r}): the remote must exist, be reachable "
-        f"and be writable with the credentials this worker has{extra}"
+        f"and be writable with the credentials this worker has ({DVC_CONN_ID_ENV} names an Airflow "
+        f"connection that holds them; else the AWS environment){extra}"
     )
 
 

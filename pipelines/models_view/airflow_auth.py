@@ -77,7 +77,10 @@ class LazyAirflowApp:
     def _build(self) -> Any:
         if self._app is None:
             from pipelines.models_view.app import create_app
+            from pipelines.orchestration import connections
 
+            # The bucket's credentials may live only in Airflow (metadata DB, secrets backend).
+            connections.install()
             self._app = create_app(airflow_view_auth(), prefix=self.prefix)
         return self._app
 

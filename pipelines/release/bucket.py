@@ -104,10 +104,10 @@ def storage_options(url: str, *, conn_id_env: str = CONN_ID_ENV) -> tuple[str, d
         url = urlunsplit(parts._replace(netloc=host))
     if not conn_id:
         return url, {}
-    return url, _connection_options(conn_id)
+    return url, _connection_options(conn_id, conn_id_env)
 
 
-def _connection_options(conn_id: str) -> dict[str, Any]:
+def _connection_options(conn_id: str, conn_id_env: str) -> dict[str, Any]:
     """s3fs options from the Airflow connection ``conn_id`` (`pipelines.connections`)."""
     from pipelines import connections
 
@@ -117,9 +117,9 @@ def _connection_options(conn_id: str) -> dict[str, Any]:
         raise DeployError(f"{exc}; see docs/deploy.md") from exc
     if conn is None:
         raise DeployError(
-            f"bucket connection {conn_id!r} is not configured: set {connections.env_var(conn_id)} "
+            f"S3 connection {conn_id!r} is not configured: set {connections.env_var(conn_id)} "
             '(e.g. {"conn_type": "aws", "login": KEY_ID, "password": SECRET, "extra": {"endpoint_url": URL}}) '
-            f"or add it as an Airflow connection, or unset {CONN_ID_ENV} to use the standard AWS "
+            f"or add it as an Airflow connection, or unset {conn_id_env} to use the standard AWS "
             "environment (AWS_ACCESS_KEY_ID, ...)"
         )
     return connections.s3_options(conn)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import s3fs
@@ -53,8 +54,10 @@ def _local_paths(values: Iterator[str], scratch: Path) -> list[str]:
 
 
 def test_each_stage_on_a_fresh_worker_with_state_on_s3(
-    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)  # the workers' subprocesses inherit this environment
     prefix = f"{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
     source = tmp_path / "source" / "warehouse.db"  # the warehouse is a server in production: outside every home
     source.parent.mkdir()
@@ -62,8 +65,15 @@ def test_each_stage_on_a_fresh_worker_with_state_on_s3(
     registry = tmp_path / "registry" / "registry.db"  # likewise the registry database
     registry.parent.mkdir()
     workers = tmp_path / "workers"
+    # No AWS environment: state, bucket and DVC remote all take their credentials from one
+    # Airflow connection (URI form) through the one resolver.
+    endpoint = quote(s3_server.endpoint, safe="")
     shared = {
-        **s3_server.env(),
+        "AIRFLOW_CONN_S3_STATE": f"aws://{s3_server.access_key}:{s3_server.secret_key}@/"
+        f"?endpoint_url={endpoint}&region_name=us-east-1",
+        "PIPELINES_STATE_CONN_ID": "s3_state",
+        "PIPELINES_BUCKET_CONN_ID": "s3_state",
+        "PIPELINES_DVC_CONN_ID": "s3_state",
         "PIPELINES_STATE_URL": f"s3://{prefix}/state",
         "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
         "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc",
@@ -129,3 +139,28 @@ def test_each_stage_on_a_fresh_worker_with_state_on_s3(
         ]
     assert cells and _local_paths(iter(cells), tmp_path) == []
     print(f"\n[state on s3] first night per stage (s): {first}\n[state on s3] rerun per stage (s): {again}")
+
+
+def test_an_unreachable_state_store_is_a_clear_error_naming_url_and_settings(
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path
+) -> None:
+    """S3 down: the stage stops (after botocore's retries) saying which URL and what to check."""
+    home = tmp_path / "worker"
+    home.mkdir()
+    source = tmp_path / "warehouse.db"
+    shutil.copyfile(seeded_warehouse, source)
+    down = "http://127.0.0.1:9"  # nothing listens on the discard port
+    proc = Cli(
+        home,
+        {
+            **s3_server.env(),
+            "AWS_ENDPOINT_URL": down,
+            "PIPELINES_STATE_URL": f"s3://{s3_server.bucket}/down/state",
+            "PIPELINES_REGISTRY_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+            "AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{source}",
+        },
+    )("extract", VERTICAL, "--date", DS, check=False)
+    assert proc.returncode != 0
+    assert f"state store s3://{s3_server.bucket}/down/state" in proc.stderr
+    assert "PIPELINES_STATE_URL" in proc.stderr and down in proc.stderr
+    assert "Traceback" not in proc.stderr
