@@ -15,12 +15,13 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow dags seed repro serve browser test test-fast bench lint typecheck lock clean
+.PHONY: help install run pipeline airflow stack dags seed repro serve browser test test-fast bench lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
 	@echo "make test       install if needed, run the whole test suite"
 	@echo "make airflow    start Airflow standalone on http://localhost:8080 (user admin; see docs/airflow.md)"
+	@echo "make stack      the production topology without Docker: CeleryExecutor, 2 workers, PostgreSQL, Redis, S3, SMTP (docs/production.md)"
 	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
 	@echo "make pipeline   the same nightly run without Airflow (CLI)"
 	@echo "make serve      the scoring API on http://127.0.0.1:8090 (docs/serving.md)"
@@ -51,6 +52,12 @@ dags: install
 # Airflow UI + scheduler + dag-processor + triggerer on http://localhost:8080, same DAGs and data root.
 airflow: install dags
 	$(BIN)/python -m pipelines.orchestration standalone
+
+# The production topology on this machine, without Docker: api-server, scheduler, dag-processor,
+# triggerer and two Celery workers (each its own empty home) on the machine's PostgreSQL and Redis,
+# S3 (SeaweedFS) and SMTP (aiosmtpd) on loopback.  Ports and databases: PIPELINES_STACK_* (docs/production.md).
+stack: install dags
+	$(BIN)/python -m pipelines.orchestration stack
 
 pipeline: seed
 	$(BIN)/python -m pipelines run all

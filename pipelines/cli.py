@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", help="create/refresh the demo SQLite warehouse from packaged public datasets")
     seed.add_argument("--url", help="SQLAlchemy URL to seed instead of the embedded warehouse")
+    seed.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="only when the database has no tables yet (a restart of the stack never overwrites the warehouse)",
+    )
 
     date_help = "logical date YYYY-MM-DD, from the source's first day to today (default: yesterday, UTC)"
     wait_help = "wait up to SECONDS for another run of the vertical to finish (default 0: refuse at once)"
@@ -442,6 +447,16 @@ def _verticals(settings: Settings) -> int:
     return 2 if bad else 0
 
 
+def _has_tables(url: str) -> bool:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        return bool(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -458,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.demo.seed import seed_warehouse
 
             # The demo warehouse is whatever `warehouse_default` points at (SQLite by default).
-            counts = seed_warehouse(args.url or resolve_connection_url("warehouse_default", settings))
+            url = args.url or resolve_connection_url("warehouse_default", settings)
+            if args.if_empty and _has_tables(url):
+                print("the warehouse already has tables: not seeded (--if-empty)")
+                return 0
+            counts = seed_warehouse(url)
             for table, rows in counts.items():
                 print(f"{table}: {rows} rows")
             return 0

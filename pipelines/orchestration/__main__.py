@@ -1,9 +1,11 @@
-"""``python -m pipelines.orchestration {dags,run,rollback,standalone}``.
+"""``python -m pipelines.orchestration {dags,run,rollback,standalone,stack}``.
 
 * ``dags [--check]``: (re)generate ``dags/<vertical>.py`` from the specs.
 * ``run [VERTICAL ...] [--date D]``: the nightly run through Airflow (`make run`).
 * ``rollback VERTICAL --reason R [--to VERSION]``: the ``rollback_model`` DAG, run through Airflow.
 * ``standalone``: ``airflow standalone`` on the embedded defaults (`make airflow`).
+* ``stack [env]``: the production topology without Docker (`make stack`): CeleryExecutor with two
+  workers, PostgreSQL, Redis, S3 and SMTP on loopback; ``env`` prints the shell variables to use it.
 """
 
 from __future__ import annotations
@@ -106,12 +108,19 @@ def _standalone_command(argv: list[str]) -> int:
     return _standalone()
 
 
+def _stack(argv: list[str]) -> int:
+    from pipelines.orchestration.stack import main as stack_main
+
+    return stack_main(argv)
+
+
 #: The one dispatcher: each command parses its own arguments (a `pipelines.cli.OneLineParser`).
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "dags": _dags,
     "run": _run,
     "rollback": _rollback,
     "standalone": _standalone_command,
+    "stack": _stack,
 }
 
 

@@ -250,3 +250,20 @@ def test_school_rows_change_by_school_year() -> None:
     assert (schools.groupby("school_id")["school_enrolment"].nunique() > 1).mean() > 0.5
     again = build_dimension_frames("education")["schools"]
     pd.testing.assert_frame_equal(schools, again)
+
+
+def test_seed_if_empty_never_overwrites_a_warehouse(tmp_path, capsys) -> None:
+    """`pipelines seed --if-empty` (make stack, the compose init job): a restart keeps what is there."""
+    from pipelines.cli import main
+
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text("create table finance_loans (loan_id integer, status text)"))
+        conn.execute(sa.text("insert into finance_loans values (1, 'planted')"))
+
+    assert main(["seed", "--if-empty", "--url", url]) == 0
+
+    assert "not seeded" in capsys.readouterr().out
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("select status from finance_loans")).all() == [("planted",)]
+        assert sa.inspect(conn).get_table_names() == ["finance_loans"]

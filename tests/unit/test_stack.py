@@ -1,0 +1,97 @@
+"""`make stack` without starting it: configuration, refusals, and one topology with docker-compose.yml."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import PROJECT_ROOT
+from pipelines.orchestration.stack import Stack, StackConfig, StackError, hostname, main
+
+
+def test_config_from_the_environment(tmp_path: Path):
+    config = StackConfig.from_env(
+        {"PIPELINES_STACK_DIR": str(tmp_path), "PIPELINES_STACK_API_PORT": "9280", "PIPELINES_STACK_WORKERS": "3"}
+    )
+    assert (config.root, config.api_port, config.workers) == (tmp_path.resolve(), 9280, 3)
+    assert config.worker_names == ["worker-1", "worker-2", "worker-3"]
+    assert config.db_url("_registry") == "postgresql+psycopg://postgres@127.0.0.1:5432/pipelines_stack_registry"
+    with pytest.raises(ValueError, match="PIPELINES_STACK_S3_PORT must be a number, got 'x'"):
+        StackConfig.from_env({"PIPELINES_STACK_S3_PORT": "x"})
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = Stack(StackConfig(root=tmp_path, api_port=port))
+        with pytest.raises(StackError, match=rf"API port {port} already in use.*PIPELINES_STACK_API_PORT"):
+            stack.start()
+    assert stack.processes == {}
+    assert not (tmp_path / "worker-1").exists()
+
+
+def test_each_process_gets_its_own_homes_and_the_workers_their_own_names_and_log_ports(tmp_path: Path):
+    stack = Stack(StackConfig(root=tmp_path, log_port=9000))
+    one, two, scheduler = (stack.process_env(n) for n in ("worker-1", "worker-2", "scheduler"))
+    homes = {env["PIPELINES_HOME"] for env in (one, two, scheduler)}
+    assert len(homes) == 3 and len({env["AIRFLOW_HOME"] for env in (one, two, scheduler)}) == 3
+    assert (one["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"], two["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]) == (
+        "9000",
+        "9001",
+    )
+    assert one["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "9002"
+    assert one["PIPELINES_STACK_HOSTNAME"] == "worker-1"
+    assert one["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "pipelines.orchestration.stack.hostname"
+    # Secrets are generated once and kept: a restart keeps logins and tokens.
+    assert Stack(StackConfig(root=tmp_path)).secrets == stack.secrets
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_hostname_is_the_worker_name_or_the_fqdn(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PIPELINES_STACK_HOSTNAME", "worker-2")
+    assert hostname() == "worker-2"
+    monkeypatch.delenv("PIPELINES_STACK_HOSTNAME")
+    assert hostname() == socket.getfqdn()
+
+
+def test_stack_and_compose_are_one_topology(tmp_path: Path):
+    """Every setting compose gives its Airflow containers, the stack gives its processes (same meaning)."""
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["x-airflow"]["environment"]
+    spec = importlib.util.spec_from_file_location("entrypoint", PROJECT_ROOT / "deploy" / "entrypoint.py")
+    assert spec and spec.loader
+    entrypoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entrypoint)
+    compose = {**compose, **entrypoint.database_env("secret")}
+    compose.pop("POSTGRES_PASSWORD")  # the entrypoint's input, turned into the URLs above
+
+    stack = Stack(StackConfig(root=tmp_path)).process_env("worker-1")
+
+    assert set(compose) <= set(stack), set(compose) - set(stack)
+    same = (
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+        "AIRFLOW__CORE__LOAD_EXAMPLES",
+        "PIPELINES_STATE_URL",
+        "PIPELINES_DVC_REMOTE",
+        "PIPELINES_BUCKET_URL",
+    )
+    assert {k: str(compose[k]).lower() for k in same} == {k: stack[k].lower() for k in same}
+    assert stack["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
+    assert stack["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+
+
+def test_stack_env_prints_the_shell_variables_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINES_STACK_DIR", str(tmp_path))
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "export PIPELINES_STATE_URL='s3://state'" in out
+    assert "export AIRFLOW__CORE__EXECUTOR='CeleryExecutor'" in out
+    assert not (tmp_path / "logs").exists()
+    assert main(["up"]) == 2
