@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
@@ -62,11 +60,20 @@ class PiiKey:
 
 
 def resolve_pii_key(spec: VerticalSpec, settings: Settings) -> PiiKey:
-    """The secret for ``spec``'s PII columns, or a `SpecError` saying what to set."""
-    var = f"AIRFLOW_CONN_{spec.pii_key_conn.upper()}"
-    raw_conn = os.environ.get(var, "").strip()
-    if raw_conn:
-        return _checked(spec, _connection_password(spec, var, raw_conn), f"connection {spec.pii_key_conn!r} ({var})")
+    """The secret for ``spec``'s PII columns, or a `SpecError` saying what to set.
+
+    The connection goes through the one resolver (`pipelines.connections`), so a
+    connection kept in Airflow's metadata DB or a secrets backend works on a worker.
+    """
+    from pipelines import connections
+
+    var = connections.env_var(spec.pii_key_conn)
+    try:
+        conn = connections.get(spec.pii_key_conn)
+    except connections.ConnectionConfigError as exc:
+        raise SpecError(f"the pseudonymisation connection cannot be read: {exc}", vertical=spec.name) from exc
+    if conn is not None:
+        return _checked(spec, conn.password or "", f"connection {spec.pii_key_conn!r}")
     from_env = os.environ.get(PII_KEY_ENV, "")
     if from_env:
         return _checked(spec, from_env, PII_KEY_ENV)
@@ -76,22 +83,10 @@ def resolve_pii_key(spec: VerticalSpec, settings: Settings) -> PiiKey:
         f"the spec lists PII columns {spec.pii} but no pseudonymisation secret is configured, so they cannot "
         f"be pseudonymised at extract and nothing was extracted. Set {PII_KEY_ENV} (a random string of at least "
         f"{MIN_SECRET_CHARS} characters, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`) or the "
-        f"connection {spec.pii_key_conn!r} ({var}, the secret as its password), the same on every worker; "
+        f"connection {spec.pii_key_conn!r} (e.g. {var}, the secret as its password), the same on every worker; "
         "changing it later changes every pseudonym",
         vertical=spec.name,
     )
-
-
-def _connection_password(spec: VerticalSpec, var: str, raw: str) -> str:
-    """The password of an Airflow connection given as JSON or as a URI."""
-    if raw.startswith("{"):
-        try:
-            conn = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{var} is not valid JSON ({exc.msg})", vertical=spec.name) from exc
-        return str(conn.get("password") or "")
-    parts = urlsplit(raw)
-    return unquote(parts.password) if parts.password else ""
 
 
 def _checked(spec: VerticalSpec, secret: str, source: str) -> PiiKey:

@@ -139,11 +139,19 @@ class StackSecrets:
     s3_access_key: str
     s3_secret_key: str
     admin_password: str
+    #: Pseudonymises the specs' PII columns at extract (`pipelines.data.pii`): every worker the same.
+    pii_key: str = ""
 
     @classmethod
     def load_or_create(cls, path: Path) -> StackSecrets:
         if path.exists():
-            return cls(**json.loads(path.read_text()))
+            kept = cls(**json.loads(path.read_text()))
+            if kept.pii_key:
+                return kept
+            # A stack folder from before the PII key: add one, keep every other secret.
+            made = replace(kept, pii_key=secrets.token_hex(32))
+            path.write_text(json.dumps(made.__dict__, indent=2))
+            return made
         made = cls(
             jwt_secret=secrets.token_hex(32),
             secret_key=secrets.token_hex(32),
@@ -151,6 +159,7 @@ class StackSecrets:
             s3_access_key=f"AK{secrets.token_hex(8).upper()}",
             s3_secret_key=secrets.token_hex(20),
             admin_password=secrets.token_urlsafe(12),
+            pii_key=secrets.token_hex(32),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(made.__dict__, indent=2))
@@ -253,6 +262,7 @@ class Stack:
             "PIPELINES_SPECS_DIR": str(c.specs_dir),
             "PIPELINES_EXPECTATIONS_DIR": str(PROJECT_ROOT / "expectations"),
             "PIPELINES_PUBLIC_URL": c.api_url,
+            "PIPELINES_PII_KEY": s.pii_key,
             "AIRFLOW_CONN_WAREHOUSE_DEFAULT": warehouse,
             "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
             "AWS_ACCESS_KEY_ID": s.s3_access_key,

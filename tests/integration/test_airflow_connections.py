@@ -45,7 +45,7 @@ from pipelines.release.bucket import Bucket
 from pipelines.config import Settings
 from pipelines.orchestration import connections as airflow_connections
 
-ids = ("warehouse_default", "smtp_default", "bucket_meta")
+ids = ("warehouse_default", "smtp_default", "bucket_meta", "pii_default")
 before = {conn_id: connections.get(conn_id) is not None for conn_id in ids}
 airflow_connections.install()
 settings = Settings.from_env()
@@ -57,7 +57,11 @@ message.set_content("sent through a relay only the metadata DB knows")
 where = alerts.deliver(message, settings, dedupe_key="probe")
 bucket = Bucket.open(settings.bucket_url)
 bucket.fs.pipe_file(f"{bucket.root}/probe.txt", b"written with metadata-DB credentials")
-print(json.dumps({"before": before, "extracted": extracted, "where": where}))
+from pipelines.config import load_spec
+from pipelines.data.pii import resolve_pii_key
+
+pii = resolve_pii_key(load_spec("healthcare", settings), settings).source
+print(json.dumps({"before": before, "extracted": extracted, "where": where, "pii": pii}))
 """
 
 
@@ -86,6 +90,8 @@ def test_connections_only_in_the_metadata_db_work(
             "password": s3_server.secret_key,
             "extra": json.dumps({"endpoint_url": s3_server.endpoint, "region_name": "us-east-1"}),
         },
+        # The PII pseudonymisation secret (healthcare's spec lists PII columns), as its password.
+        {"conn_id": "pii_default", "conn_type": "generic", "password": "metadata-db-only-secret-0123456789"},
     ]
     home = tmp_path / "home"  # no warehouse.db: the fallback to the demo warehouse would find no table
     home.mkdir()
@@ -97,7 +103,7 @@ def test_connections_only_in_the_metadata_db_work(
         PIPELINES_BUCKET_CONN_ID="bucket_meta",
     )
     for name in list(env):
-        if name.startswith(("AIRFLOW_CONN_", "AWS_")):
+        if name.startswith(("AIRFLOW_CONN_", "AWS_")) or name == "PIPELINES_PII_KEY":
             del env[name]
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(metadata), DS],
@@ -109,10 +115,16 @@ def test_connections_only_in_the_metadata_db_work(
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["before"] == {"warehouse_default": False, "smtp_default": False, "bucket_meta": False}
+    assert out["before"] == {
+        "warehouse_default": False,
+        "smtp_default": False,
+        "bucket_meta": False,
+        "pii_default": False,
+    }
     assert out["extracted"]["rows"] > 0
     assert out["where"].startswith(f"smtp://{relay['host']}:{relay['port']}")
     assert [m["Subject"] for m in smtp_server.messages] == ["data-quality probe"]
+    assert out["pii"] == "connection 'pii_default'"  # the PII secret, too, from the metadata DB only
     import s3fs
 
     fs = s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key, endpoint_url=s3_server.endpoint)
