@@ -135,8 +135,12 @@ def undelivered(settings: Settings) -> list[Path]:
     folder = undelivered_dir(settings)
     state = open_state(settings)
     if not state.is_home:
-        paths = [folder / name for name in sorted(state.names(folder)) if name.endswith(".eml")]
-        state.pull(*paths)
+        queued = {name for name in state.names(folder) if name.endswith(".eml")}
+        for gone in folder.glob("*.eml"):
+            if gone.name not in queued:
+                gone.unlink()  # sent and removed by another host since this one fetched it
+        paths = [folder / name for name in sorted(queued)]
+        state.pull(*paths)  # written once, so a cached copy is never stale: only new ones download
         return [p for p in paths if p.is_file()]
     if not folder.is_dir():
         return []

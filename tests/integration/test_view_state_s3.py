@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -138,6 +139,8 @@ def test_queued_emails_on_the_state_are_sent_once_by_concurrent_flushes(
     ]
     outputs = [p.communicate(timeout=120)[0] for p in flushes]
     assert [p.returncode for p in flushes] == [0, 0], outputs
+    counts = [int(m.group(1)) for out in outputs for m in re.finditer(r"sent (\d+) queued", out)]
+    assert sum(counts) == 4, outputs
     subjects = sorted(str(m["Subject"]) for m in smtp_server.messages)
     assert subjects == [str(_alert(n)["Subject"]) for n in range(4)], outputs  # each exactly once
     assert undelivered(worker) == []
