@@ -43,10 +43,13 @@ def refresh_from_state(settings: Settings, vertical: str) -> None:
     elsewhere (S3 on Celery workers) that home is only this host's cache, so it is
     brought up to date first.  `StateStore.pull` re-downloads only objects whose
     stored version changed; with the embedded default (state = home) it does nothing.
+    A record or page deleted from the state stays in this cache (the stages overwrite, never delete, them).
     """
     state = open_state(settings)
     if not state.is_home:
-        state.pull(settings.home / "runs" / vertical, data_docs_root(settings, vertical))
+        docs = data_docs_root(settings, vertical)
+        # The pages the view links to; the site's other files (assets, suites) are fetched when asked for.
+        state.pull(settings.home / "runs" / vertical, docs / "index.html", docs / "validations")
 
 
 @dataclass(frozen=True)

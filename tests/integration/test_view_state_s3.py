@@ -53,6 +53,8 @@ def test_view_on_an_empty_home_shows_what_a_worker_wrote_to_the_state(tmp_path: 
     (docs / VALIDATION_PAGE).parent.mkdir(parents=True)
     (docs / VALIDATION_PAGE).write_text("<html><body>validation result from the worker</body></html>")
     (docs / "index.html").write_text("<html><body>Data docs: finance (worker)</body></html>")
+    (docs / "static" / "styles").mkdir(parents=True)
+    (docs / "static" / "styles" / "site.css").write_text("body { margin: 0 } /* worker */")
     run = worker.home / "runs" / "finance" / BLOCKED_DS
     run.mkdir(parents=True)
     validate = run / "validate.json"
@@ -90,6 +92,7 @@ def test_view_on_an_empty_home_shows_what_a_worker_wrote_to_the_state(tmp_path: 
     assert "Data docs: finance (worker)" in client.get("/models/docs/finance/").text
     assert client.get("/models/docs/finance/runs/2026-11-28", follow_redirects=False).status_code == 307
     assert client.get("/models/docs/finance/validations/absent.html").status_code == 404
+    assert "/* worker */" in client.get("/models/docs/finance/static/styles/site.css").text  # fetched on request
     assert CHAMPION in page
 
     # The worker reruns the day, which passes now: the partition leaves quarantine, the record says success.
