@@ -38,7 +38,14 @@ from pipelines.models_view.dependencies import (
     readable_verticals,
 )
 from pipelines.models_view.html import Links, render_index, render_message, render_vertical
-from pipelines.models_view.overview import VerticalOverview, collect_all, collect_vertical, data_docs_root
+from pipelines.models_view.overview import (
+    VerticalOverview,
+    collect_all,
+    collect_vertical,
+    data_docs_root,
+    refresh_from_state,
+)
+from pipelines.state import open_state
 
 __all__ = ["ViewAuth", "create_app", "router"]
 
@@ -98,6 +105,7 @@ def data_docs_of_date(vertical: ReadableVertical, ds: str, settings: SettingsDep
     """The newest validation result of logical date ``ds``: a stable link for alerts and pages."""
     if not VERTICAL_NAME.match(vertical) or not DS_PATTERN.fullmatch(ds):
         raise HTTPException(404, "no such data docs")
+    refresh_from_state(settings, vertical)  # a worker may have validated the day (state on S3)
     root = data_docs_root(settings, vertical)
     # GX files a result under validations/<suite>/<run name>/<run time>/; the run name is "<vertical>-<ds>".
     pages = sorted(root.glob(f"validations/**/{vertical}-{ds}/*/*.html"), key=lambda p: p.parent.name)
@@ -118,7 +126,12 @@ def data_docs(vertical: ReadableVertical, path: str, settings: SettingsDep) -> F
     except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
         raise HTTPException(404, "no such data docs file") from exc
     # resolve() has followed "..", encoded or not, and symlinks: what is left must be inside root.
-    if not target.is_relative_to(root) or not target.is_file():
+    if not target.is_relative_to(root):
+        raise HTTPException(404, "no such data docs file")
+    state = open_state(settings)
+    if not state.is_home:
+        state.pull(target)  # the shared copy (a no-op when this host's cache holds that very version)
+    if not target.is_file():
         raise HTTPException(404, "no such data docs file")
     return FileResponse(target)
 

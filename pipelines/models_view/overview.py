@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pipelines.config import Settings, VerticalSpec, load_spec, vertical_names
 from pipelines.errors import PipelineError
 from pipelines.registry.store import DecisionRecord, DeploymentRecord, EventRecord, ModelRecord, Registry
+from pipelines.state import open_state
 
 Outcome = Literal["approved", "rejected", "forced"]
 
@@ -33,6 +34,22 @@ def data_docs_root(settings: Settings, vertical: str) -> Path:
     part pulls in pandas, which a web request has no use for.
     """
     return settings.home / "gx" / vertical / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
+def refresh_from_state(settings: Settings, vertical: str) -> None:
+    """Fetch what the workers wrote for ``vertical`` -- stage records and data docs -- from the state store.
+
+    The view reads local files under ``PIPELINES_HOME``; with ``PIPELINES_STATE_URL``
+    elsewhere (S3 on Celery workers) that home is only this host's cache, so it is
+    brought up to date first.  `StateStore.pull` re-downloads only objects whose
+    stored version changed; with the embedded default (state = home) it does nothing.
+    A record or page deleted from the state stays in this cache (the stages overwrite, never delete, them).
+    """
+    state = open_state(settings)
+    if not state.is_home:
+        docs = data_docs_root(settings, vertical)
+        # The pages the view links to; the site's other files (assets, suites) are fetched when asked for.
+        state.pull(settings.home / "runs" / vertical, docs / "index.html", docs / "validations")
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,7 @@ def collect_vertical(
         spec_error = str(exc)
     thresholds: dict[str, float] = {str(k): v for k, v in spec.gate.thresholds.items()} if spec else {}
     notes = _reconcile(registry, settings, vertical)
+    refresh_from_state(settings, vertical)
     deployments = registry.deployments(vertical, limit=history)
     models = _ModelCache(registry, vertical)
     champion = registry.champion(vertical)
@@ -521,7 +539,8 @@ def blocked_days(settings: Settings, vertical: str, *, limit: int = 10) -> list[
     date overwrites it, so a fixed day drops off this list.
     """
     runs = settings.home / "runs" / vertical
-    quarantine = settings.home / "data" / vertical / "quarantine"
+    # One listing of the shared quarantine folder (a partition revalidated on another worker leaves it there).
+    held = open_state(settings).names(settings.home / "data" / vertical / "quarantine")
     blocked: list[BlockedDay] = []
     for record_path in sorted(runs.glob("*/validate.json"), reverse=True):
         if len(blocked) >= limit:
@@ -539,7 +558,7 @@ def blocked_days(settings: Settings, vertical: str, *, limit: int = 10) -> list[
                 ds=ds,
                 summary=str(record.get("summary") or "the data-quality suite failed"),
                 quarantined=days,
-                still_quarantined=[d for d in days if (quarantine / f"{d}.parquet").is_file()],
+                still_quarantined=[d for d in days if f"{d}.parquet" in held],
                 alert=str(record["alert"]) if record.get("alert") else None,
                 validation_page=validation_page(settings, vertical, ds),
             )

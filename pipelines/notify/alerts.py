@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import smtplib
 import uuid
 from collections.abc import Sequence
@@ -102,7 +103,8 @@ def deliver(
         kept = _queue(message, settings, dedupe_key, digest)
         raise AlertDeliveryError(
             f"email {message['Subject']!r} could not be sent through smtp://{smtp.host}:{smtp.port} "
-            f"({type(exc).__name__}: {exc}); it is kept at {kept} and is sent on the next delivery, "
+            f"({type(exc).__name__}: {exc}); it is kept at {open_state(settings).where(kept)} "
+            "and is sent on the next delivery, "
             "or run `python -m pipelines alerts flush` once the relay (AIRFLOW_CONN_SMTP_DEFAULT) is back"
         ) from exc
     log.info("email %r sent through %s to %s", message["Subject"], where, message["To"])
@@ -124,8 +126,22 @@ def undelivered_dir(settings: Settings) -> Path:
 
 
 def undelivered(settings: Settings) -> list[Path]:
-    """Queued emails, oldest first."""
+    """Queued emails, oldest first (by name when they live in a shared state store).
+
+    With ``PIPELINES_STATE_URL`` elsewhere the queue is the state's
+    ``outbox/undelivered/`` (any worker may flush what another queued); the
+    paths returned are this host's fetched copies.
+    """
     folder = undelivered_dir(settings)
+    state = open_state(settings)
+    if not state.is_home:
+        queued = {name for name in state.names(folder) if name.endswith(".eml")}
+        for gone in folder.glob("*.eml"):
+            if gone.name not in queued:
+                gone.unlink()  # sent and removed by another host since this one fetched it
+        paths = [folder / name for name in sorted(queued)]
+        state.pull(*paths)  # written once, so a cached copy is never stale: only new ones download
+        return [p for p in paths if p.is_file()]
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*.eml"), key=lambda p: (p.stat().st_mtime, p.name))
@@ -139,7 +155,8 @@ def flush_undelivered(settings: Settings) -> tuple[int, int]:
     smtp = configured_smtp()
     if smtp is None:
         raise AlertDeliveryError(
-            f"{len(undelivered(settings))} email(s) wait in {undelivered_dir(settings)} but no SMTP relay is "
+            f"{len(undelivered(settings))} email(s) wait in {open_state(settings).where(undelivered_dir(settings))} "
+            "but no SMTP relay is "
             "configured: set AIRFLOW_CONN_SMTP_DEFAULT and run `python -m pipelines alerts flush` again"
         )
     sent = _redeliver_queued(settings, smtp)
@@ -184,7 +201,10 @@ def _queue(message: EmailMessage, settings: Settings, dedupe_key: str | None, di
         message[KEY_HEADER] = dedupe_key
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in (dedupe_key or "message"))[:100]
     path = undelivered_dir(settings) / f"{name}-{digest}.eml"
-    write_bytes_atomic(path, bytes(message))
+    state = open_state(settings)
+    if state.is_home or not state.exists(path):  # write-once: the name holds the content's digest
+        write_bytes_atomic(path, bytes(message))
+        state.push(path)
     return path
 
 
@@ -200,6 +220,8 @@ def _redeliver_queued(settings: Settings, smtp: SmtpConfig) -> int:
     """Send queued emails in order; stop at the first the relay refuses (it stays queued)."""
     from email import message_from_bytes, policy
 
+    if not open_state(settings).is_home:
+        return _redeliver_shared(settings, smtp)
     sent = 0
     for path in _claims(settings):
         # Claim by rename, so two processes flushing at once never send the same email twice.
@@ -232,6 +254,91 @@ def _redeliver_queued(settings: Settings, smtp: SmtpConfig) -> int:
             log.info("redelivered queued email %r through %s", queued["Subject"], where)
         claimed.unlink()
     return sent
+
+
+def _redeliver_shared(settings: Settings, smtp: SmtpConfig) -> int:
+    """`_redeliver_queued` for a queue in a shared state store, where a rename claims nothing.
+
+    Each message is claimed with a marker (`_claim`); the holder sends it, records
+    the delivery, then deletes the queued object and only then its claim, so a
+    flush that claims it afterwards finds the object gone and sends nothing.
+    """
+    from email import message_from_bytes, policy
+
+    state = open_state(settings)
+    sent = 0
+    for path in undelivered(settings):
+        claim = _claim(settings, path)
+        if claim is None:
+            continue  # another flush holds it: that one sends it
+        try:
+            if not state.exists(path):
+                continue  # sent and removed by another flush since it was listed
+            queued = message_from_bytes(path.read_bytes(), policy=policy.default)
+            assert isinstance(queued, EmailMessage)
+            key, digest = queued[KEY_HEADER], _content_digest(queued)
+            if _delivered_where(settings, key, digest) is None:
+                try:
+                    where = _send_smtp(queued, smtp)
+                except (OSError, smtplib.SMTPException) as exc:
+                    log.error(
+                        "queued email %s still not accepted by smtp://%s:%s (%s: %s); it stays queued",
+                        state.where(path),
+                        smtp.host,
+                        smtp.port,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    break
+                _mark_delivered(settings, key, digest, where)
+                sent += 1
+                log.info("redelivered queued email %r through %s", queued["Subject"], where)
+            state.remove(path)
+        finally:
+            state.remove(claim)
+    return sent
+
+
+#: How often a flush that found a message claimed by another one looks again (with random waits).
+_CLAIM_TRIES = 4
+#: A claim marker's name: ``<unix time>-<pid>-<random>``.
+_CLAIM_NAME = re.compile(r"\d+-\d+-[0-9a-f]{8}")
+
+
+def _claim(settings: Settings, path: Path) -> Path | None:
+    """Claim the queued ``path`` in the shared state, or None when another flush holds it.
+
+    A flush writes its own marker under ``outbox/claims/<message>/`` and then
+    lists that folder: it holds the message only when no other live marker is
+    there.  Two flushes that list at once both see each other and both step
+    back (never both send); each then waits a random moment and tries again,
+    so one of them takes it.  Markers older than `_STALE_CLAIM_S` belong to a
+    flush that died mid-send and are removed.  The store must list what was
+    written before (S3 and SeaweedFS are strongly consistent).
+    """
+    import random
+    import time
+
+    state = open_state(settings)
+    folder = settings.home / "outbox" / "claims" / path.name
+    for attempt in range(_CLAIM_TRIES):
+        if attempt:
+            time.sleep(random.uniform(0.05, 0.3) * attempt)
+        mine = folder / f"{int(time.time())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        write_bytes_atomic(mine, b"")
+        state.push(mine)
+        live = False
+        for name in state.names(folder) - {mine.name}:
+            if not _CLAIM_NAME.fullmatch(name):
+                continue  # not a claim (an object store may list an emptied "folder" itself)
+            if time.time() - int(name.split("-", 1)[0]) > _STALE_CLAIM_S:
+                state.remove(folder / name)
+            else:
+                live = True
+        if not live:
+            return mine
+        state.remove(mine)
+    return None
 
 
 def _plain_text(message: EmailMessage) -> str:

@@ -319,3 +319,51 @@ def test_drift_alert_blocking_and_warning(settings):
         reference_data_version="dv-1",
     )
     assert not calm.blocking and not calm.warnings
+
+
+def test_queue_in_a_shared_state_is_flushed_once_by_racing_hosts(tmp_path, smtp_server):
+    """Six hosts (own homes, one shared state folder standing in for S3) flush the same queue at once."""
+    import threading
+
+    from pipelines.notify.alerts import AlertDeliveryError, flush_undelivered, undelivered
+
+    from ..conftest import make_settings
+
+    shared = tmp_path / "shared-state"
+    shared.mkdir()
+
+    def host(name: str) -> Settings:
+        (tmp_path / name).mkdir()
+        return replace(make_settings(tmp_path / name), state_url=shared.as_uri())
+
+    worker = host("worker")
+    dead = SmtpConfig(host="127.0.0.1", port=9, use_ssl=False, starttls=False, timeout=2)
+    for n in range(5):
+        message = EmailMessage()
+        message["Subject"], message["To"] = f"alert {n}", "owner@example.com"
+        message.set_content(f"day {n} failed")
+        try:
+            deliver(message, worker, dedupe_key=f"finance-{n}", smtp=dead)
+        except AlertDeliveryError:
+            pass
+        else:
+            raise AssertionError("a refused email must raise")
+    assert len(undelivered(worker)) == 5
+    assert sorted(p.name for p in (shared / "outbox" / "undelivered").iterdir())[0].startswith("finance-0-")
+    hosts = [host(f"flusher-{i}") for i in range(6)]
+    start = threading.Barrier(len(hosts))
+    results: list[tuple[int, int]] = []
+
+    def flush(settings: Settings) -> None:
+        start.wait()
+        results.append(flush_undelivered(settings))
+
+    threads = [threading.Thread(target=flush, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(str(m["Subject"]) for m in smtp_server.messages) == [f"alert {n}" for n in range(5)]
+    assert sum(sent for sent, _ in results) == 5 and len(results) == 6
+    assert undelivered(worker) == []
+    assert not [p for p in (shared / "outbox" / "claims").rglob("*") if p.is_file()]
