@@ -261,6 +261,8 @@ def snapshot(
     if not validation.get("success"):
         raise DataQualityError("the partition failed validation; refusing to snapshot", vertical=spec.name, ds=ds)
     layout.state.pull(layout.validated(ds).parent)
+    # Before reading: a partition changing after this is seen by the next run.
+    inputs = window_inputs(spec, ds, layout)
     frame, missing = assemble_window(spec, ds, settings)
     # Data minimisation: PII never enters the long-lived, replicated DVC remote; nor do the
     # join markers (validation has read them).
@@ -277,7 +279,7 @@ def snapshot(
             ds=ds,
         )
     drift = _check_drift(spec, ds, frame, settings=settings, layout=layout, run_context=run_context)
-    version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings)
+    version = snapshot_window(frame, vertical=spec.name, ds=ds, settings=settings, inputs=inputs)
     record = {
         # Not the repo's workspace path: that is this worker's scratch; the md5 names the data anywhere.
         **{k: v for k, v in version.to_dict().items() if k != "path"},
@@ -292,6 +294,21 @@ def snapshot(
         log.warning("%s %s: %d window day(s) have no validated partition", spec.name, ds, len(missing))
     layout.write_record(ds, "snapshot", record)
     return {k: record[k] for k in ("id", "tag", "rows", "created", "missing_days")}
+
+
+def window_inputs(spec: VerticalSpec, ds: str, layout: Layout) -> str:
+    """Fingerprint of everything `snapshot` builds the window from (`inputs_fingerprint`).
+
+    The window's validated partitions (content), the whole spec (label rule,
+    window, PII and joins among it; any other edit only costs one
+    serialisation), the date, and the code that assembles, labels and
+    serialises the frame.
+    """
+    from pipelines.data import labels, sources, versioning
+
+    files = [path for path in map(layout.validated, window_days(spec, ds)) if path.exists()]
+    code = [Path(module.__file__ or "") for module in (sources, labels, versioning)] + [Path(__file__)]
+    return versioning.inputs_fingerprint(files, config={"ds": ds, "spec": spec.model_dump(mode="json")}, code=code)
 
 
 def _check_drift(

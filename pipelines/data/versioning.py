@@ -16,6 +16,13 @@ window file: the same frame gives the same bytes (fixed Parquet options) and
 therefore the same id on any machine.  A library upgrade that changes the
 Parquet writer's output (pyarrow's ``created_by``, pandas metadata) gives a new
 id for unchanged data: a visible, deliberate event rather than a silent one.
+
+A rerun recognises an unchanged window without serialising it: the caller
+passes ``inputs``, a fingerprint of everything the frame was built from
+(`inputs_fingerprint`: the partition files' md5s, the config, the code and
+library versions), and the commit records it as a ``Data-Inputs`` trailer.
+Same tag, same fingerprint, same row count: the tagged version is returned
+as is.  Any other rerun serialises and compares md5s, as without a fingerprint.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -56,6 +63,11 @@ LOCK_TIMEOUT_S = 600.0
 #: Author and committer of every commit in the data repositories.
 _IDENTITY = b"pipelines <pipelines@localhost>"
 _ROWS = re.compile(r"^Data-Rows: (\d+)$", re.MULTILINE)
+_INPUTS = re.compile(r"^Data-Inputs: ([0-9a-f]{64})$", re.MULTILINE)
+#: Bump when the fingerprint's recipe changes: old fingerprints then miss (safe).
+_FINGERPRINT_FORMAT = "window-inputs/1"
+#: Libraries whose release can change the window's bytes for the same inputs.
+_WRITER_LIBS = ("pyarrow", "pandas", "numpy")
 # Fixed writer options: library defaults drift between releases, and the data
 # version id is the md5 of these bytes.  Measured on 1M-row frames: snappy is
 # the fastest codec and within 5% of zstd's size on realistic columns; a 256 KiB
@@ -129,6 +141,32 @@ def window_md5(frame: pd.DataFrame) -> str:
     return sink.hexdigest()
 
 
+def inputs_fingerprint(files: Iterable[Path], *, config: Any, code: Iterable[Path] = ()) -> str:
+    """sha256 over the content of ``files`` (name + md5), ``config`` (JSON) and ``code``, plus writer versions.
+
+    What `snapshot_window` compares to skip serialising an unchanged window: it
+    must change whenever the frame could.  Contents are hashed, not mtimes: a
+    partition rewritten or pulled from the state store with other bytes is
+    always seen.  A false miss only costs the serialisation it saves.
+    """
+    import json
+    from importlib import metadata
+
+    digest = hashlib.sha256(_FINGERPRINT_FORMAT.encode())
+    for lib in _WRITER_LIBS:
+        digest.update(f"\n{lib}=={metadata.version(lib)}".encode())
+    digest.update(b"\nconfig:" + json.dumps(config, sort_keys=True, default=str).encode())
+    for kind, paths in (("file", files), ("code", code)):
+        for path in paths:
+            digest.update(f"\n{kind}:{path.name}:{_file_md5(path)}".encode())
+    return digest.hexdigest()
+
+
+def _file_md5(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
 # -- public API ----------------------------------------------------------------
 
 
@@ -138,6 +176,7 @@ def snapshot_window(
     vertical: str,
     ds: str,
     settings: Settings,
+    inputs: str | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> DataVersion:
     """Version ``frame`` as the vertical's window for ``ds``; push it to the remote.
@@ -145,14 +184,25 @@ def snapshot_window(
     Identical data for an already tagged date is a no-op (``created=False``,
     nothing rewritten).  Different data for a tagged date (the source changed
     upstream) gets a new commit and the tag moves to it, with a warning.
+    ``inputs`` (`inputs_fingerprint` of what ``frame`` was built from) lets a
+    rerun with the same inputs skip even serialising the frame.
     """
+    if inputs is not None and not re.fullmatch(r"[0-9a-f]{64}", inputs):
+        raise VersioningError(
+            f"inputs {inputs!r} is not an inputs_fingerprint (64 hex digits)", vertical=vertical, ds=ds
+        )
     _check_ds(vertical, ds)
     root = Layout(settings, vertical).dvc_repo
     path = root / WINDOW_FILE
     tag = tag_name(vertical, ds)
 
     with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc(), _naming(vertical, ds):
-        previous = _version_at_tag(root, vertical, ds)
+        tagged = _tagged(root, vertical, ds)
+        previous = tagged[0] if tagged else None
+        if tagged is not None and inputs is not None and tagged[1] == inputs and tagged[0].rows == len(frame):
+            # The tag means committed and pushed; the same inputs mean the same frame.
+            log.info("%s %s: inputs unchanged, snapshot %s already at %s", vertical, ds, tagged[0].id, tag)
+            return tagged[0]
         if previous is not None:
             # A rerun: hash the serialised frame without writing a byte.
             md5 = window_md5(frame)
@@ -170,7 +220,7 @@ def snapshot_window(
         finally:
             tmp.unlink(missing_ok=True)
         _push(root, remote, vertical=vertical, ds=ds)
-        commit = _commit_and_tag(root, tag, md5, len(frame), vertical=vertical, ds=ds)
+        commit = _commit_and_tag(root, tag, md5, len(frame), inputs=inputs, vertical=vertical, ds=ds)
 
     if previous is not None:
         log.warning(
@@ -575,7 +625,7 @@ def _commit(root: Path, message: str) -> None:
         raise SCMError(f"git commit failed: {exc}") from exc
 
 
-def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, vertical: str, ds: str) -> str:
+def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, inputs: str | None, vertical: str, ds: str) -> str:
     """Commit the .dvc file (unless HEAD is already this snapshot) and point the tag at it."""
     from scmrepo.git import Git
 
@@ -586,14 +636,19 @@ def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, vertical: str,
             head = scm.get_rev()
             message = scm.resolve_commit(head).message
             # A rerun after a crash between commit and tag finds its commit at HEAD.
-            if not (_trailer(message, "Data-Date") == ds and _trailer(message, "Data-Md5") == md5):
+            if not (
+                _trailer(message, "Data-Date") == ds
+                and _trailer(message, "Data-Md5") == md5
+                and _trailer(message, "Data-Inputs") == inputs
+            ):
                 # scmrepo resolves relative paths against the process's cwd, not the
                 # repo: always pass absolute ones.
                 scm.add([str(root / DVC_FILE), str(root / ".gitignore")])
                 _commit(
                     root,
                     f"Snapshot {vertical} {ds} ({version_id(md5)})\n\n"
-                    f"Vertical: {vertical}\nData-Date: {ds}\nData-Md5: {md5}\nData-Rows: {rows}\n",
+                    f"Vertical: {vertical}\nData-Date: {ds}\nData-Md5: {md5}\nData-Rows: {rows}\n"
+                    + (f"Data-Inputs: {inputs}\n" if inputs else ""),
                 )
                 head = scm.get_rev()
             # Verify what was committed: a staging slip must not yield a tag
@@ -614,6 +669,12 @@ def _commit_and_tag(root: Path, tag: str, md5: str, rows: int, *, vertical: str,
 
 def _version_at_tag(root: Path, vertical: str, ds: str) -> DataVersion | None:
     """Read the version a tag records, from git alone (no DVC, no data read)."""
+    tagged = _tagged(root, vertical, ds)
+    return tagged[0] if tagged else None
+
+
+def _tagged(root: Path, vertical: str, ds: str) -> tuple[DataVersion, str | None] | None:
+    """The version a tag records and the inputs fingerprint its commit names (None: none recorded)."""
     if not (root / ".git").is_dir():
         return None
     from scmrepo.git import Git
@@ -637,7 +698,8 @@ def _version_at_tag(root: Path, vertical: str, ds: str) -> DataVersion | None:
             vertical=vertical,
             ds=ds,
         )
-    return DataVersion(
+    inputs = _INPUTS.search(message)
+    version = DataVersion(
         vertical=vertical,
         ds=ds,
         id=version_id(md5),
@@ -648,6 +710,7 @@ def _version_at_tag(root: Path, vertical: str, ds: str) -> DataVersion | None:
         path=str(root / WINDOW_FILE),
         created=False,
     )
+    return version, inputs.group(1) if inputs else None
 
 
 def _git_ref(root: Path, ref: str, *, vertical: str, ds: str | None) -> str | None:

@@ -75,8 +75,10 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(finance_ran: C
 
     shutil.rmtree(local_dir(cli.record("finance", DS, "train")["model_dir"]))
     shutil.rmtree(cli.home / "checkpoints")
-    cli("run", "finance", "--date", DS)
+    rerun = cli("run", "finance", "--date", DS)
     second = cli.record("finance", DS, "report")
+    # Same partitions, spec and code: the snapshot is recognised without serialising the window.
+    assert "inputs unchanged, snapshot" in rerun.stderr
 
     assert second["data_version"] == first["data_version"]
     assert second["model_version"] == first["model_version"]

@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,81 @@ def test_commits_need_no_git_identity_and_edit_no_git_config(
 def test_version_id_of_a_fixed_frame_is_pinned() -> None:
     """Unchanged data keeps its id across changes to this code (a Parquet writer upgrade may move it, visibly)."""
     assert versioning.version_id(versioning.window_md5(make_frame())) == "dv-606ddc3bcbd7"
+
+
+# -- unchanged inputs: recognised without serialising ---------------------------
+
+
+def fingerprint(tag: str) -> str:
+    return hashlib.sha256(tag.encode()).hexdigest()
+
+
+def no_serialising(*_: object, **__: object) -> None:
+    raise AssertionError("the window was serialised")
+
+
+def test_same_inputs_return_the_snapshot_without_serialising(
+    settings: Settings, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    assert git(repo_of(settings), "log", "-1", "--format=%B").endswith(f"Data-Inputs: {fingerprint('a')}")
+    window = repo_of(settings) / versioning.WINDOW_FILE
+    mtime = window.stat().st_mtime_ns
+    monkeypatch.setattr(versioning, "_serialise", no_serialising)
+    again = snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    assert again == replace(first, created=False)
+    assert window.stat().st_mtime_ns == mtime
+    assert git(repo_of(settings), "rev-list", "--count", "HEAD") == "2"  # init + one snapshot
+
+
+def test_changed_inputs_serialise_and_a_changed_frame_moves_the_tag(settings: Settings, frame: pd.DataFrame) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    changed = frame.assign(amount=frame["amount"] + 1)
+    second = snapshot_window(changed, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("b"))
+    assert second.created and second.md5 != first.md5
+    assert second.md5 == versioning.window_md5(changed)
+    # The new commit records the new inputs: the next rerun with them is a no-op.
+    assert git(repo_of(settings), "log", "-1", "--format=%B").endswith(f"Data-Inputs: {fingerprint('b')}")
+
+
+def test_changed_inputs_with_identical_data_are_still_a_noop(settings: Settings, frame: pd.DataFrame) -> None:
+    first = snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    again = snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("b"))
+    assert again == replace(first, created=False)
+
+
+def test_same_inputs_with_another_row_count_are_not_trusted(settings: Settings, frame: pd.DataFrame) -> None:
+    snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    fewer = frame.iloc[:-1]
+    again = snapshot_window(fewer, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+    assert again.created and again.rows == len(fewer)
+
+
+def test_a_snapshot_without_inputs_is_checked_by_serialising(
+    settings: Settings, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot_window(frame, vertical="finance", ds=DS, settings=settings)  # before fingerprints existed
+    monkeypatch.setattr(versioning, "_serialise", no_serialising)
+    with pytest.raises(AssertionError, match="serialised"):
+        snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs=fingerprint("a"))
+
+
+def test_a_malformed_inputs_fingerprint_is_refused(settings: Settings, frame: pd.DataFrame) -> None:
+    with pytest.raises(VersioningError, match="inputs_fingerprint"):
+        snapshot_window(frame, vertical="finance", ds=DS, settings=settings, inputs="abc")
+
+
+def test_inputs_fingerprint_follows_file_content_config_and_code(tmp_path: Path) -> None:
+    part, code = tmp_path / "2026-11-27.parquet", tmp_path / "labels.py"
+    part.write_bytes(b"day one")
+    code.write_text("RULE = 1\n")
+    base = versioning.inputs_fingerprint([part], config={"label": "x"}, code=[code])
+    assert base == versioning.inputs_fingerprint([part], config={"label": "x"}, code=[code])
+    part.write_bytes(b"day One")  # same size, other bytes
+    assert versioning.inputs_fingerprint([part], config={"label": "x"}, code=[code]) != base
+    part.write_bytes(b"day one")
+    assert versioning.inputs_fingerprint([part], config={"label": "y"}, code=[code]) != base
+    code.write_text("RULE = 2\n")
+    assert versioning.inputs_fingerprint([part], config={"label": "x"}, code=[code]) != base
+    code.write_text("RULE = 1\n")
+    assert versioning.inputs_fingerprint([], config={"label": "x"}, code=[code]) != base
