@@ -17,9 +17,11 @@ import pytest
 
 from pipelines.release.bucket import json_bytes
 
-from .conftest import Cli
+from .conftest import DS, Cli
 
 pytestmark = pytest.mark.slow
+#: The night after DS: warm-started from DS's champion, and deployed (see test_cli_pipeline).
+NEXT_DS = "2026-11-28"
 
 
 def _deployed(finance_ran: Cli) -> tuple[str, Path]:
@@ -109,3 +111,23 @@ def test_a_version_not_in_the_bucket_is_refused_in_one_line(finance_ran: Cli, tm
     assert proc.returncode == 10
     assert "cannot reproduce mv-000000000000" in proc.stderr and "checksums.json" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_warm_started_version_fetches_its_parent_from_the_bucket(finance_ran: Cli, tmp_path: Path):
+    """Night 2 fine-tunes night 1's champion (as in test_cli_pipeline): the rebuild needs that parent too."""
+    finance_ran("run", "finance", "--date", NEXT_DS)
+    version, bucket = _deployed(finance_ran)
+    lineage = json.loads((bucket / "finance" / "versions" / version / "lineage.json").read_text())
+    parent = lineage["warm_start"]["from"]
+    assert lineage["logical_date"] == NEXT_DS and parent == finance_ran.record("finance", DS, "train")["model_version"]
+
+    proc = _elsewhere(tmp_path, finance_ran, bucket)("reproduce", "finance", version)
+    assert proc.stdout.startswith("reproduced: identical weights"), proc.stdout
+
+    copy = tmp_path / "bucket-without-parent"
+    shutil.copytree(bucket, copy)
+    shutil.rmtree(copy / "finance" / "versions" / parent)
+    (tmp_path / "other").mkdir()
+    proc = _elsewhere(tmp_path / "other", finance_ran, copy)("reproduce", "finance", version, check=False)
+    assert proc.returncode == 10
+    assert f"it was warm-started from {parent}, whose weights cannot be loaded from the bucket" in proc.stderr
