@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 from pipelines.release.bucket import json_bytes
 
-from .conftest import DS, Cli
+from .conftest import DS, Cli, S3Server
 
 pytestmark = pytest.mark.slow
 #: The night after DS: warm-started from DS's champion, and deployed (see test_cli_pipeline).
@@ -131,3 +132,28 @@ def test_a_warm_started_version_fetches_its_parent_from_the_bucket(finance_ran: 
     proc = _elsewhere(tmp_path / "other", finance_ran, copy)("reproduce", "finance", version, check=False)
     assert proc.returncode == 10
     assert f"it was warm-started from {parent}, whose weights cannot be loaded from the bucket" in proc.stderr
+
+
+def test_a_version_in_s3_is_rebuilt_from_s3_alone(finance_ran: Cli, s3_server: S3Server, tmp_path: Path):
+    """The production shape: the bucket and the DVC remote are S3 prefixes, the rebuilding home is empty."""
+    import s3fs
+
+    version, bucket = _deployed(finance_ran)
+    prefix = f"{s3_server.bucket}/reproduce-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(
+        key=s3_server.access_key, secret=s3_server.secret_key, endpoint_url=s3_server.endpoint, skip_instance_cache=True
+    )
+    fs.put(str(bucket / "finance"), f"{prefix}/bucket/", recursive=True)
+    fs.put(str(finance_ran.home / "dvc-remote"), f"{prefix}/", recursive=True)
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    env = {
+        **s3_server.env(),
+        "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
+        "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc-remote",
+        "PIPELINES_REGISTRY_URL": f"sqlite:///{finance_ran.home / 'registry.db'}",
+    }
+
+    proc = Cli(home, env)("reproduce", "finance", version)
+
+    assert proc.stdout.startswith("reproduced: identical weights"), proc.stdout
