@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
-from pipelines.config import load_spec
+import pytest
+
+from pipelines.config import Settings, load_spec
+from pipelines.errors import ReproductionError
 from pipelines.model.version_ids import code_files_hash, code_version, library_versions, model_version_id
-from pipelines.reproduce import Reproduction, _input_differences
+from pipelines.release.bucket import json_bytes
+from pipelines.reproduce import Reproduction, _input_differences, reproduce
 
 
 def _lineage() -> tuple[dict[str, Any], str]:
@@ -61,3 +67,18 @@ def test_the_outcome_line():
         f"not reproduced (weights differ: rebuilt sha256 {'b' * 64}; recorded sha256 {'a' * 64})",
         "  differs: library torch: recorded 1, installed 2",
     ]
+
+
+def test_a_lineage_from_before_the_rebuild_inputs_is_refused_saying_so(tmp_path):
+    folder = tmp_path / "bucket" / "finance" / "versions" / "mv-old"
+    folder.mkdir(parents=True)
+    files = {"weights.pt": b"w", "lineage.json": json_bytes({"data_version": "dv-0", "code_version": "code-1"})}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    checksums = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    (folder / "checksums.json").write_bytes(json_bytes({"algorithm": "sha256", "files": checksums}))
+    settings = replace(Settings.from_env(), bucket_url=(tmp_path / "bucket").as_uri())
+
+    with pytest.raises(ReproductionError, match=r"lineage.json lacks spec, data_md5, logical_date, code_hash") as err:
+        reproduce("finance", "mv-old", settings=settings)
+    assert err.value.exit_code == 10
