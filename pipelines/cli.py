@@ -1,8 +1,8 @@
 """``python -m pipelines …``: the same stages as the DAGs, from a shell.
 
 Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
-Exit codes: 0 success, 2 bad spec or arguments, 3 source, 4 data quality,
-5 versioning, 6 training, 7 deploy, 8 stage order, 9 registry, 75 another run
+5 versioning, 6 training, 7 deploy, 8 stage order, 9 registry, 10 a rebuild
+(``reproduce``) that did not give the recorded weights, 75 another run
 of the vertical holds its lease (``--wait`` to queue behind it); 1 anything else.
 A refused argument is one line on stderr, never a traceback.
 """
@@ -164,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     unblock.add_argument(
         "--reason", type=_unblock_reason, default=None, help="required: why it may return (kept in the registry)"
     )
+
+    reproduce = sub.add_parser(
+        "reproduce",
+        help="retrain a deployed version from its bucket lineage alone and compare the weights' sha256",
+    )
+    reproduce.add_argument("vertical", type=_argument(_vertical))
+    reproduce.add_argument("model_version", type=_model_version)
 
     sub.add_parser("verticals", help="list the verticals and check every spec and suite")
 
@@ -430,6 +437,15 @@ def _tuning(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild from the lineage alone; never writes the registry, the bucket or the pointer."""
+    from pipelines.reproduce import reproduce
+
+    result = reproduce(args.vertical, args.model_version, settings=settings)
+    print(result.summary())
+    return 0 if result.identical and not result.differences else 10
+
+
 def _verticals(settings: Settings) -> int:
     from pipelines.config import load_suite
 
@@ -489,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rollback(args, settings)
         if args.command == "unblock":
             return _unblock(args, settings)
+        if args.command == "reproduce":
+            return _reproduce(args, settings)
         if args.command == "verticals":
             return _verticals(settings)
         if args.command == "tuning":

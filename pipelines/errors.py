@@ -106,6 +106,13 @@ class RegistryError(PipelineError):
     retryable = True  # the database can be down or locked for a moment
 
 
+class ReproductionError(PipelineError):
+    """A rebuild from a deployed version's lineage did not give its weights, or could not be attempted."""
+
+    exit_code = 10
+    retryable = False  # the same recorded inputs and environment give the same answer
+
+
 class RunAlreadyActive(PipelineError):
     """Another run of the same vertical holds its run lease (see `pipelines.registry.run_lock`).
 

@@ -21,7 +21,7 @@ from pipelines.config import Settings, VerticalSpec, load_spec
 from pipelines.data.sources import check_ds, extract_days, read_partitions, window_days
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
-from pipelines.model.version_ids import code_version, model_version_id
+from pipelines.model.version_ids import code_files_hash, code_version, library_versions, model_version_id
 from pipelines.notify.run_context import RunContext
 
 if TYPE_CHECKING:
@@ -462,6 +462,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "run_id": run_id,
         "exports": exports,
         **_tuning_record(model_dir, validation, warm_note, tuning),
+        **_rebuild_inputs(spec),
     }
     layout.write_record(ds, "train", record)
     registry.record_model(
@@ -519,6 +520,22 @@ def _tuning_record(
     }
 
 
+def _rebuild_inputs(spec: VerticalSpec) -> dict[str, Any]:
+    """What `pipelines.reproduce` needs to retrain this model from the lineage alone.
+
+    The resolved spec (after a sweep's choice: the spec file alone would not
+    give it back), and the two halves of ``code_version`` apart, so a rebuild
+    elsewhere can say whether the code or a library differs.  None of it
+    enters the model version id: ids stay what they were for unchanged inputs.
+    """
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "training_hash": spec.training_hash(),
+        "code_hash": code_files_hash(),
+        "libraries": library_versions(),
+    }
+
+
 def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: str | None) -> dict[str, Any]:
     return {
         "vertical": spec.name,
@@ -543,6 +560,11 @@ def _lineage(spec: VerticalSpec, ds: str, train_rec: dict, snap: dict, run_id: s
         "decision_threshold": train_rec.get("decision_threshold"),
         "warm_start": train_rec.get("warm_start"),
         "tuning": train_rec.get("tuning"),
+        # Rebuild from the lineage alone (`python -m pipelines reproduce`); absent in older records.
+        "spec": train_rec.get("spec"),
+        "training_hash": train_rec.get("training_hash"),
+        "code_hash": train_rec.get("code_hash"),
+        "libraries": train_rec.get("libraries"),
     }
 
 

@@ -21,6 +21,22 @@ _TRAINING_LIBS = ("torch", "pytorch-lightning", "numpy", "pandas")
 
 
 @cache
+def code_files_hash() -> str:
+    """SHA-256 of the training code files alone (recorded in lineage, so a rebuild can name what differs)."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in _TRAINING_CODE:
+        digest.update(name.encode())
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of the libraries the weights depend on (part of `code_version`)."""
+    return {lib: metadata.version(lib) for lib in _TRAINING_LIBS}
+
+
+@cache
 def code_version() -> str:
     """Content hash of the training code and the versions of the libraries it runs on."""
     digest = hashlib.sha256()

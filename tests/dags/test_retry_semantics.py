@@ -50,6 +50,8 @@ EXPECTED: dict[type[errors.PipelineError], tuple[bool, type[BaseException] | Non
     errors.DeployError: (True, None),
     errors.StageOrderError: (False, PermanentStageFailure),
     errors.RegistryError: (True, None),
+    # Only the CLI's `reproduce` raises it; in a task it would be a permanent failure.
+    errors.ReproductionError: (False, PermanentStageFailure),
     errors.RunAlreadyActive: (True, None),
     AlertDeliveryError: (True, None),
     ConnectionConfigError: (False, PermanentStageFailure),

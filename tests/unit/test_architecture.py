@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("domain", frozenset({"data", "model", "gate"})),
     ("notify", frozenset({"notify"})),
     ("release", frozenset({"release", "scoring"})),
-    ("stages", frozenset({"stages", "demo"})),
+    ("stages", frozenset({"stages", "demo", "reproduce"})),
     ("entry", frozenset({"cli", "experiment", "orchestration", "models_view", "__main__"})),
 ]
 LEVEL = {part: level for level, (_, parts) in enumerate(LAYERS) for part in parts}
