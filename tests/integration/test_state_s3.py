@@ -53,6 +53,27 @@ def _local_paths(values: Iterator[str], scratch: Path) -> list[str]:
     return [v for v in values if v.startswith(("/", "file:")) or str(scratch) in v]
 
 
+def _shared_env(server: S3Server, prefix: str, *, registry: Path, source: Path, endpoint: str = "") -> dict[str, str]:
+    """What every worker shares: state, bucket and DVC remote on S3, registry and warehouse outside the homes.
+
+    No AWS environment: all three take their credentials from one Airflow connection
+    (URI form) through the one resolver; ``endpoint`` overrides the server's (a dead one).
+    """
+    url = quote(endpoint or server.endpoint, safe="")
+    return {
+        "AIRFLOW_CONN_S3_STATE": f"aws://{server.access_key}:{server.secret_key}@/"
+        f"?endpoint_url={url}&region_name=us-east-1",
+        "PIPELINES_STATE_CONN_ID": "s3_state",
+        "PIPELINES_BUCKET_CONN_ID": "s3_state",
+        "PIPELINES_DVC_CONN_ID": "s3_state",
+        "PIPELINES_STATE_URL": f"s3://{prefix}/state",
+        "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
+        "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc",
+        "PIPELINES_REGISTRY_URL": f"sqlite:///{registry}",
+        "AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{source}",
+    }
+
+
 def test_each_stage_on_a_fresh_worker_with_state_on_s3(
     s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,21 +86,7 @@ def test_each_stage_on_a_fresh_worker_with_state_on_s3(
     registry = tmp_path / "registry" / "registry.db"  # likewise the registry database
     registry.parent.mkdir()
     workers = tmp_path / "workers"
-    # No AWS environment: state, bucket and DVC remote all take their credentials from one
-    # Airflow connection (URI form) through the one resolver.
-    endpoint = quote(s3_server.endpoint, safe="")
-    shared = {
-        "AIRFLOW_CONN_S3_STATE": f"aws://{s3_server.access_key}:{s3_server.secret_key}@/"
-        f"?endpoint_url={endpoint}&region_name=us-east-1",
-        "PIPELINES_STATE_CONN_ID": "s3_state",
-        "PIPELINES_BUCKET_CONN_ID": "s3_state",
-        "PIPELINES_DVC_CONN_ID": "s3_state",
-        "PIPELINES_STATE_URL": f"s3://{prefix}/state",
-        "PIPELINES_BUCKET_URL": f"s3://{prefix}/bucket",
-        "PIPELINES_DVC_REMOTE": f"s3://{prefix}/dvc",
-        "PIPELINES_REGISTRY_URL": f"sqlite:///{registry}",
-        "AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{source}",
-    }
+    shared = _shared_env(s3_server, prefix, registry=registry, source=source)
     fs = _fs(s3_server)
 
     def night(label: str) -> dict[str, float]:
@@ -165,3 +172,51 @@ def test_an_unreachable_state_store_is_a_clear_error_naming_url_and_settings(
     assert f"state store s3://{s3_server.bucket}/down/state" in proc.stderr
     assert "PIPELINES_STATE_URL" in proc.stderr and down in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_s3_down_during_snapshot_train_or_deploy_fails_clearly_and_production_stays(
+    s3_server: S3Server, seeded_warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store goes away in the middle of a night, once per stage that writes to it.
+
+    Each time the stage stops with a retryable error (exit 1, not a data or spec error)
+    that names the URL and the setting, with no traceback; production (pointer, bucket,
+    registry) is exactly as before; with S3 back, the same stage rerun on yet another
+    fresh worker carries the night on.
+    """
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
+    source, registry = tmp_path / "warehouse.db", tmp_path / "registry.db"
+    shutil.copyfile(seeded_warehouse, source)
+    up = _shared_env(s3_server, prefix, registry=registry, source=source)
+    down = _shared_env(s3_server, prefix, registry=registry, source=source, endpoint="http://127.0.0.1:9")
+    fs = _fs(s3_server)
+    homes = iter(range(10_000))
+
+    def stage(name: str, ds: str, env: dict[str, str]) -> Any:
+        home = tmp_path / "workers" / f"{next(homes)}-{name}"
+        home.mkdir(parents=True)  # every call is a fresh worker
+        return Cli(home, env)(name, VERTICAL, "--date", ds, check=env is up)
+
+    def production() -> tuple[Any, ...]:
+        fs.invalidate_cache()
+        with sqlite3.connect(registry) as db:
+            rows = {t: db.execute(f"select count(*) from {t}").fetchone()[0] for t in REGISTRY_TABLES}
+        listing = {k: str(v.get("ETag")) for k, v in fs.find(f"{prefix}/bucket", detail=True).items()}
+        return fs.cat_file(f"{prefix}/bucket/{VERTICAL}/production.json"), listing, rows
+
+    for name in STAGES:
+        stage(name, DS, up)  # a champion in production
+    night = "2026-11-28"
+    for name in ("extract", "validate"):
+        stage(name, night, up)
+    for name in ("snapshot", "train", "evaluate", "gate", "deploy"):
+        if name in ("snapshot", "train", "deploy"):
+            before = production()
+            failed = stage(name, night, down)
+            assert failed.returncode == 1, (name, failed.returncode, failed.stderr[-2000:])
+            assert f"s3://{prefix}/state" in failed.stderr and "PIPELINES_STATE_URL" in failed.stderr, failed.stderr
+            assert "Traceback" not in failed.stderr
+            assert production() == before, f"S3 down during {name} changed production"
+        stage(name, night, up)
