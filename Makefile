@@ -38,16 +38,16 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 seed: install
-	$(BIN)/python -m pipelines seed
+	@$(BIN)/python -m pipelines seed
 
 # Tonight's run (logical date = yesterday, UTC) of every vertical's DAG through Airflow
 # (dag.test on the embedded defaults: SQLite metadata DB in .state/airflow), then the decision table.
 run: seed dags
-	$(BIN)/python -m pipelines.orchestration run all
+	@$(BIN)/python -m pipelines.orchestration run all
 
 # One generated 3-line DAG file per spec, so a broken spec is an import error of its own file only.
 dags: install
-	$(BIN)/python -m pipelines.orchestration dags
+	@$(BIN)/python -m pipelines.orchestration dags
 
 # Airflow UI + scheduler + dag-processor + triggerer on http://localhost:8080, same DAGs and data root.
 airflow: install dags

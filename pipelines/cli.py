@@ -493,9 +493,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.if_empty and _has_tables(url):
                 print("the warehouse already has tables: not seeded (--if-empty)")
                 return 0
+            if not args.verbose:
+                # `make run` shows this command's outcome in one line; --verbose shows each table's steps.
+                logging.getLogger("pipelines.demo.seed").setLevel(logging.WARNING)
             counts = seed_warehouse(url)
-            for table, rows in counts.items():
-                print(f"{table}: {rows} rows")
+            print(f"seeded {len(counts)} tables: " + ", ".join(f"{table} {rows} rows" for table, rows in counts.items()))
             return 0
         if args.command == "run":
             return _run(args, settings)
