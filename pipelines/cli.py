@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 # `make run` shows this command's outcome in one line; --verbose shows each table's steps.
                 logging.getLogger("pipelines.demo.seed").setLevel(logging.WARNING)
             counts = seed_warehouse(url)
-            print(f"seeded {len(counts)} tables: " + ", ".join(f"{table} {rows} rows" for table, rows in counts.items()))
+            tables = ", ".join(f"{table} {rows} rows" for table, rows in counts.items())
+            print(f"seeded {len(counts)} tables: {tables}")
             return 0
         if args.command == "run":
             return _run(args, settings)
