@@ -236,24 +236,31 @@ def _redeliver_queued(settings: Settings, smtp: SmtpConfig) -> int:
         assert isinstance(queued, EmailMessage)
         key, digest = queued[KEY_HEADER], _content_digest(queued)
         if _delivered_where(settings, key, digest) is None:
-            try:
-                where = _send_smtp(queued, smtp)
-            except (OSError, smtplib.SMTPException) as exc:
+            if not _resend(settings, smtp, queued, shown=str(original)):
                 os.replace(claimed, original)
-                log.error(
-                    "queued email %s still not accepted by smtp://%s:%s (%s: %s); it stays queued",
-                    original,
-                    smtp.host,
-                    smtp.port,
-                    type(exc).__name__,
-                    exc,
-                )
                 break
-            _mark_delivered(settings, key, digest, where)
             sent += 1
-            log.info("redelivered queued email %r through %s", queued["Subject"], where)
         claimed.unlink()
     return sent
+
+
+def _resend(settings: Settings, smtp: SmtpConfig, queued: EmailMessage, *, shown: str) -> bool:
+    """Send one queued email and record its delivery; False (logged) when the relay still refuses it."""
+    try:
+        where = _send_smtp(queued, smtp)
+    except (OSError, smtplib.SMTPException) as exc:
+        log.error(
+            "queued email %s still not accepted by smtp://%s:%s (%s: %s); it stays queued",
+            shown,
+            smtp.host,
+            smtp.port,
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    _mark_delivered(settings, queued[KEY_HEADER], _content_digest(queued), where)
+    log.info("redelivered queued email %r through %s", queued["Subject"], where)
+    return True
 
 
 def _redeliver_shared(settings: Settings, smtp: SmtpConfig) -> int:
@@ -278,21 +285,9 @@ def _redeliver_shared(settings: Settings, smtp: SmtpConfig) -> int:
             assert isinstance(queued, EmailMessage)
             key, digest = queued[KEY_HEADER], _content_digest(queued)
             if _delivered_where(settings, key, digest) is None:
-                try:
-                    where = _send_smtp(queued, smtp)
-                except (OSError, smtplib.SMTPException) as exc:
-                    log.error(
-                        "queued email %s still not accepted by smtp://%s:%s (%s: %s); it stays queued",
-                        state.where(path),
-                        smtp.host,
-                        smtp.port,
-                        type(exc).__name__,
-                        exc,
-                    )
+                if not _resend(settings, smtp, queued, shown=state.where(path)):
                     break
-                _mark_delivered(settings, key, digest, where)
                 sent += 1
-                log.info("redelivered queued email %r through %s", queued["Subject"], where)
             state.remove(path)
         finally:
             state.remove(claim)

@@ -182,7 +182,8 @@ def _bin(name: str) -> str:
     return found
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held open together so they differ; racy only against other processes)."""
     probes = [socket.socket() for _ in range(count)]
     try:
         for probe in probes:
@@ -389,7 +390,7 @@ class Stack:
         # Only the S3 port is the user's; weed's internal listeners take free ports (their
         # defaults, 9333/8888/…, and gRPC at +10000, collide with other servers).
         internal = [f"{part}.port{grpc}" for part in ("master", "volume", "filer") for grpc in ("", ".grpc")]
-        ports = dict(zip(internal, _free_ports(len(internal)), strict=True))
+        ports = dict(zip(internal, free_ports(len(internal)), strict=True))
         self._spawn(
             "s3",
             [
@@ -401,7 +402,7 @@ class Stack:
                 f"-bucket={','.join(BUCKETS)}",
                 f"-s3.config={c.root / 's3.json'}",
                 f"-s3.port={c.s3_port}",
-                f"-s3.port.grpc={_free_ports(1)[0]}",
+                f"-s3.port.grpc={free_ports(1)[0]}",
                 *(f"-{flag}={port}" for flag, port in ports.items()),
                 "-admin.ui=false",
                 "-webdav=false",

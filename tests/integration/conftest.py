@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import PROJECT_ROOT
+from pipelines.orchestration.stack import free_ports
 
 from ..conftest import GoldenHomes
 
@@ -153,20 +154,6 @@ class S3Server:
         }
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together so they differ; racy only against other processes)."""
-    import socket
-
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def _weed_binary() -> Path | None:
     import sysconfig
 
@@ -231,7 +218,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     (root / "s3.json").write_text(json.dumps(identities))
     # Every listener on its own free port (gRPC defaults to http + 10000, which can collide or overflow).
     flags = [f"{part}.port{grpc}" for part in ("s3", "master", "volume", "filer", "admin") for grpc in ("", ".grpc")]
-    ports = dict(zip(flags, _free_ports(len(flags)), strict=True))
+    ports = dict(zip(flags, free_ports(len(flags)), strict=True))
     args = [
         str(binary),
         "mini",
