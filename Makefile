@@ -83,8 +83,13 @@ browser:
 	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }; } || \
 	  echo "chromium is missing and could not be installed: tests/browser will be skipped (apt-get install -y chromium)"
 
+# pytest-xdist, one worker per core by default: each test module (or golden-state group) stays on one
+# worker, slow tiers queued first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+
 test: install browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not airflow" $(PYTEST_ARGS)

@@ -119,6 +119,61 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> GoldenHomes:
     return GoldenHomes(tmp_path_factory.mktemp("golden"))
 
 
+#: Work that takes longest goes first when pytest-xdist spreads the suite over workers (`make test`
+#: runs ``-n 2 --dist loadscope``): a long module started last would leave one worker idle at the end.
+#: The browser tier comes after the other slow ones, so it never shares the cores with the Celery stack.
+_SLOWEST_FIRST = ("tests/distributed/", "tests/integration/", "tests/reliability/", "tests/browser/")
+
+#: Test modules that start from the same golden data root (`GoldenHomes`, tests/integration/conftest.py)
+#: form one xdist work unit, so one worker builds that golden once instead of each worker again.
+GOLDEN_GROUPS = {
+    "golden:cli-finance-first-run": (
+        "tests/integration/test_cli_pipeline.py",
+        "tests/integration/test_reproduce.py",
+        "tests/integration/test_scoring_pipeline.py",
+    ),
+    "golden:airflow-nightly-all": (
+        "tests/integration/test_airflow_alerts.py",
+        "tests/integration/test_airflow_dag_test.py",
+        "tests/integration/test_airflow_rollback.py",
+    ),
+}
+_GROUP_OF = {module: group for group, modules in GOLDEN_GROUPS.items() for module in modules}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's ``loadscope`` (one work unit per module, in collection order) with the golden groups above.
+
+    A module's tests share module- and session-scoped fixtures (a standalone Airflow, a
+    golden first run); split across workers, each worker would build them again.  xdist's
+    own ``loadgroup`` marker cannot express this with pytest 9 (its node-id suffix is
+    ignored), so the grouping is by path here.
+    """
+    if config.getoption("dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GoldenGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return _GROUP_OF.get(module, module)
+
+    return GoldenGroupScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist: slow tiers first (xdist hands out work units in collection order)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def tier(item: pytest.Item) -> int:
+        ranks = (rank for rank, prefix in enumerate(_SLOWEST_FIRST) if item.nodeid.startswith(prefix))
+        return next(ranks, len(_SLOWEST_FIRST))
+
+    items.sort(key=tier)  # stable: the order inside a tier stays the collection order
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=2):
@@ -165,10 +220,10 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Inbox]:
 
     from aiosmtpd.controller import Controller
 
+    from pipelines.orchestration.stack import free_ports
+
     inbox = _Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_ports(1)[0]
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     conn = {

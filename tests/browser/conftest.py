@@ -1,6 +1,6 @@
 """The real-browser tier: headless Chromium (the OS package) driven by Playwright against ``airflow standalone``.
 
-One standalone per session on a free loopback port, with its own AIRFLOW_HOME
+One standalone per test module on a free loopback port, with its own AIRFLOW_HOME
 (migrated by standalone itself), a PIPELINES_HOME holding a copy of the seeded
 demo warehouse, the repo's DAGs and plugins, and only the runs the tests
 trigger (the cron scheduler is off).  The browser is ``/usr/bin/chromium``
@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 from ..conftest import IN_CI
-from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, healthy, seed_home, stop_standalone
+from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, free_port, healthy, seed_home, stop_standalone
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,8 +41,6 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
 STARTUP_TIMEOUT_S = 300
-#: Airflow's log servers bind these fixed ports; a second standalone on the machine would collide.
-LOG_SERVER_PORTS = (8793, 8794)
 DOCS_IMG = PROJECT_ROOT / "docs" / "img"
 
 
@@ -54,17 +51,6 @@ def _require_chromium() -> None:
     if IN_CI:
         pytest.fail(f"{message}; .ci/run must install it", pytrace=False)
     pytest.skip(message)
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -127,19 +113,18 @@ class AirflowUI:
         return json.dumps(response.json())
 
 
-@pytest.fixture(scope="session")
+# Module scope: a standalone (scheduler, dag-processor, triggerer, API server) left idling until the
+# session ends would take CPU from every later test.
+@pytest.fixture(scope="module")
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     """``airflow standalone`` on a free loopback port, healthy, with the ``finance`` DAG parsed."""
     _require_chromium()
-    busy = [port for port in LOG_SERVER_PORTS if _port_in_use(port)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use (another airflow standalone?): its log servers would collide")
     workdir = tmp_path_factory.mktemp("browser-airflow")
     home = workdir / "state"
     seed_home(home)
     airflow_home = workdir / "airflow"
     airflow_home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = airflow_env(
         home,
         airflow_home,
@@ -160,7 +145,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown reaches every child
         )
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90)
     ui = AirflowUI(f"http://127.0.0.1:{port}", "", api, home, log, process)
     try:
         ui.wait_for("a healthy scheduler", lambda: healthy(api), STARTUP_TIMEOUT_S)
@@ -176,7 +161,7 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         stop_standalone(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """The OS's headless Chromium under Playwright (never a downloaded browser)."""
     _require_chromium()

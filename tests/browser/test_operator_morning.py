@@ -40,8 +40,12 @@ UI_TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def session(chromium: Any, airflow_ui: AirflowUI) -> Iterator[Any]:
     """One browser context for the module: the login of the first test carries to the next ones."""
+    from playwright.sync_api import expect
+
     context = chromium.new_context(viewport=VIEWPORT, base_url=airflow_ui.base_url)
     context.set_default_timeout(UI_TIMEOUT_MS)
+    # Assertions too (Playwright's default is 5 s): the UI renders late on a loaded 2-core machine.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     try:
         yield context
     finally:

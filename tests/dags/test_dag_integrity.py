@@ -29,7 +29,6 @@ VERTICALS = vertical_names(Settings.from_env())
 DAG_FILES = [*VERTICALS, "rollback_model"]
 TASK_IDS = ["extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report"]
 HEAVY = ("torch", "lightning", "pytorch_lightning", "great_expectations", "dvc", "pandas")
-PARSE_BUDGET_S = 0.3
 
 
 def test_specs_exist():
@@ -190,10 +189,10 @@ def test_dag_serializes(dagbag, vertical):
     assert data["dag"]["dag_id"] == vertical
 
 
-def test_parse_time_per_file_in_dagbag(dagbag):
-    durations = {Path(s.file).name: s.duration.total_seconds() for s in dagbag.dagbag_stats}
-    assert set(durations) == {f"{name}.py" for name in DAG_FILES}
-    assert max(durations.values()) <= PARSE_BUDGET_S, durations
+def test_the_dagbag_parses_every_dag_file_and_only_those(dagbag):
+    """One stat per file (parse times are `make bench`'s, not a test's: see below)."""
+    parsed = {Path(s.file).name for s in dagbag.dagbag_stats}
+    assert parsed == {f"{name}.py" for name in DAG_FILES}
 
 
 _PARSE_PROBE = """
@@ -217,8 +216,13 @@ print(json.dumps({{"seconds": elapsed, "heavy": heavy, "dag_id": module.dag.dag_
 
 
 @pytest.mark.parametrize("vertical", DAG_FILES)
-def test_parsing_a_dag_file_is_fast_light_and_offline(vertical, tmp_path):
-    """A fresh interpreter per file (a cold parse): no heavy import, no DB, no network, within budget."""
+def test_parsing_a_dag_file_is_light_and_offline(vertical, tmp_path):
+    """A fresh interpreter per file (a cold parse): no heavy import, no DB, no network.
+
+    Its time is a budget (<= 0.3 s), measured by `make bench` (benchmarks/bench_parse.py)
+    against a one-task DAG file in the same run, not asserted here: a test timed on a
+    loaded 2-core machine fails for the load, not for the DAG file.
+    """
     probe = _PARSE_PROBE.format(heavy=set(HEAVY))
     # A DB touch would create this SQLite file; parsing must never get that far.
     db = tmp_path / "must-not-exist.db"
@@ -232,24 +236,18 @@ def test_parsing_a_dag_file_is_fast_light_and_offline(vertical, tmp_path):
     }
     if "PYTHONPYCACHEPREFIX" in os.environ:  # reuse the byte-code cache `make` keeps
         env["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
-    timings = []
-    for _attempt in range(3):  # best of up to three cold parses: a loaded CI box is not a slow DAG
-        proc = subprocess.run(
-            [sys.executable, "-c", probe, str(DAGS_DIR / f"{vertical}.py")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=PROJECT_ROOT,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert result["dag_id"] == vertical
-        assert result["heavy"] == [], f"parsing {vertical}.py imported {result['heavy']}"
-        timings.append(result["seconds"])
-        if result["seconds"] <= PARSE_BUDGET_S:
-            break
-    assert min(timings) <= PARSE_BUDGET_S, timings
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(DAGS_DIR / f"{vertical}.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dag_id"] == vertical
+    assert result["heavy"] == [], f"parsing {vertical}.py imported {result['heavy']}"
     assert not db.exists(), "parsing touched the metadata DB"
 
 

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 from pipelines.orchestration.airflow_env import embedded_env, with_interpreter_on_path
+from pipelines.orchestration.stack import free_ports
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REGISTRY_TABLES = ("model_versions", "decisions", "deployments")
@@ -56,6 +56,11 @@ def airflow_env(pipelines_home: Path, airflow_home: Path, *, port: int | None = 
     env["AIRFLOW_HOME"] = str(airflow_home)
     if port is not None:
         env["AIRFLOW__API__PORT"] = str(port)
+        # The worker's and triggerer's log servers too: their fixed defaults (8793, 8794) would
+        # collide with another test's Airflow running at the same time (pytest-xdist workers).
+        worker_logs, trigger_logs = free_ports(2)
+        env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(worker_logs)
+        env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(trigger_logs)
     env.update(embedded_env(env))
     env.update(extra)
     with_interpreter_on_path(env)
@@ -157,9 +162,7 @@ def pointer(home: Path, vertical: str) -> dict[str, Any] | None:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import PROJECT_ROOT, Features
+from pipelines.orchestration.stack import free_ports
 from pipelines.release.deploy import DeployResult, deploy_version
 
 VERTICAL = "finance"
@@ -85,16 +85,10 @@ def deploy(bucket_url: str, model_dir: Path, version: str) -> DeployResult:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server(home: Path, bucket_url: str, **env: str) -> Iterator[str]:
     """``python -m pipelines serve`` on a free loopback port; yields its base URL."""
-    port = free_port()
+    port = free_ports(1)[0]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINES_")}
     environ.pop("PYTHONDONTWRITEBYTECODE", None)  # byte-compiled imports start the server faster
     environ = {

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pipelines.models_view.app import ViewAuth, create_app
 from pipelines.models_view.overview import data_docs_root
 from pipelines.registry.store import Registry
 
-from .airflow_support import AIRFLOW_BIN, airflow_env, migrated_airflow_home
+from .airflow_support import AIRFLOW_BIN, airflow_env, free_port, migrated_airflow_home
 
 STARTUP_TIMEOUT_S = 180
 RUN_ID = "scheduled__2026-11-28T02:00:00+00:00"
@@ -411,18 +410,12 @@ class ApiServer:
         return response.json()["access_token"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_api_server(pipelines_home: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], ApiServer]:
     """``airflow api-server`` on a free loopback port, plugins loaded at start-up (used by the docs script too)."""
     airflow_home = workdir / "airflow"
     # A copy of the session's migrated metadata DB: no second `airflow db migrate`.
     shutil.copytree(migrated_airflow_home(), airflow_home)
-    port = _free_port()
+    port = free_port()
     env = airflow_env(
         pipelines_home,
         airflow_home,
