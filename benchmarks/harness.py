@@ -150,6 +150,7 @@ def machine() -> dict[str, Any]:
 
 def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
     # Imported lazily: `--only parse` must not pay for torch or GX.
+    import bench_airflow
     import bench_dvc
     import bench_extract
     import bench_gx
@@ -166,6 +167,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
         "history": bench_history.run,
         "extract": bench_extract.run,
         "serving": bench_serving.run,
+        "airflow": bench_airflow.run,
     }
 
 

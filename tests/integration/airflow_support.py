@@ -106,6 +106,15 @@ def seed_home(home: Path) -> Path:
     return home / "warehouse.db"
 
 
+def probe_json(script: str, *args: str, env: dict[str, str]) -> Any:
+    """Run ``python -c script args`` with an Airflow test environment; its last stdout line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class NightlyResult:
     returncode: int

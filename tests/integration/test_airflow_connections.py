@@ -14,16 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import PROJECT_ROOT
-
-from .airflow_support import airflow_env, migrated_airflow_home
+from .airflow_support import airflow_env, migrated_airflow_home, probe_json
 from .conftest import DS, S3Server
 
 pytestmark = pytest.mark.slow
@@ -105,16 +101,7 @@ def test_connections_only_in_the_metadata_db_work(
     for name in list(env):
         if name.startswith(("AIRFLOW_CONN_", "AWS_")) or name == "PIPELINES_PII_KEY":
             del env[name]
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(metadata), DS],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = probe_json(PROBE, json.dumps(metadata), DS, env=env)
     assert out["before"] == {
         "warehouse_default": False,
         "smtp_default": False,
