@@ -348,8 +348,10 @@ def validate_frame(
     # GX marks the whole validation unsuccessful on any failure; only a critical one blocks here.
     failed = [f for f in unmet if f.blocking]
     site = data_docs.site_root(settings, spec.name)
-    data_docs.make_offline(site, since=started - 1)
     page = _site_page(context.get_docs_sites_urls(resource_identifier=validation_id), site)
+    # What GX's docs action rewrote: the index, the suite's page and this validation's page.
+    written = [site / "index.html", *(site / "expectations").rglob("*.html"), *([site / page] if page else [])]
+    data_docs.make_offline(site, since=started - 1, pages=written)
     batch = check_batch(frame, spec, days=days, settings=settings)
     return QualityReport(
         vertical=spec.name,
