@@ -101,18 +101,19 @@ def external_resources(html: str) -> list[str]:
     return found
 
 
-def make_offline(root: Path, *, since: float | None = None) -> list[Path]:
+def make_offline(root: Path, *, since: float | None = None, pages: list[Path] | None = None) -> list[Path]:
     """Vendor the assets into the site at ``root`` and point its pages at them.
 
     Only pages written at or after ``since`` (a POSIX time) are read, so a site
     with a year of validations does not cost a year of rewriting each night;
     without it (or the first time the assets land in the site) every page is.
-    Returns the pages rewritten.
+    ``pages``, when the caller knows what GX just wrote, are the only ones
+    looked at (not even listing the site's year of pages).  Returns the pages rewritten.
     """
     if _copy_assets(root / SITE_VENDOR_DIR):
-        since = None  # new or refreshed assets: bring every page of an older site along, once
+        since, pages = None, None  # new or refreshed assets: bring every page of an older site along, once
     rewritten = []
-    for page in sorted(root.rglob("*.html")):
+    for page in sorted(root.rglob("*.html")) if pages is None else [p for p in pages if p.is_file()]:
         if since is not None and page.stat().st_mtime < since:
             continue
         text = page.read_text(encoding="utf-8")

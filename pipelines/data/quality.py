@@ -8,6 +8,7 @@ with every failed expectation and its observed values, written next to the run.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -129,19 +130,168 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _gx_context(settings: Settings, vertical: str) -> Any:
+#: Validations the data docs index lists (GX's ``validation_results_limit``): the newest ones.  GX
+#: reads every listed result back to build the index, so an unbounded index costs each night in
+#: proportion to the stored history; older pages stay on disk, reached by date through the Models view.
+DOCS_INDEX_VALIDATIONS = 30
+#: GX's default page views, compiling their templates once per process (see that module).
+DOCS_VIEWS = "pipelines.data.gx_views"
+
+
+@dataclass
+class _Checkpoint:
+    """A vertical's GX project and its registered checkpoint, reused for every validation of a process."""
+
+    context: Any
+    checkpoint: Any
+    #: The suite and settings the checkpoint was registered with (`_registration`).
+    registration: str
+    #: (inode, mtime) of the project's files when opened: a project replaced on disk is opened again.
+    stamp: tuple[tuple[int, int], ...]
+
+
+#: One per GX project root, for the life of the process: opening a file project and
+#: registering its suite, validation definition and checkpoint costs seconds of YAML and JSON.
+_CHECKPOINTS: dict[Path, _Checkpoint] = {}
+
+
+def _result_format(spec: VerticalSpec, level: str = "BASIC") -> dict[str, Any]:
+    """GX's result format: counts and a capped sample of failing values (``partial_unexpected_count``).
+
+    The suite runs at BASIC: SUMMARY would also ask GX for every failing row's
+    index (and an index query), which the pandas engine computes by copying the
+    whole batch per expectation even when nothing fails.  The failing rows' keys
+    that the report and the email show come from SUMMARY re-run on the failed
+    expectations only (`_with_sample_keys`).  Never COMPLETE: no full lists.
+    """
+    return {
+        "result_format": level,
+        "partial_unexpected_count": SAMPLE_ROWS,
+        "unexpected_index_column_names": [spec.key],
+        "return_unexpected_index_query": False,
+    }
+
+
+def _with_sample_keys(
+    results: list[Any], checkpoint: Any, frame: pd.DataFrame, spec: VerticalSpec, parameters: dict[str, Any]
+) -> list[Any]:
+    """``results`` (GX's, at BASIC) with each failed row-level expectation's sample keys added.
+
+    One SUMMARY validation of just the failed expectations that counted
+    failing rows (on a good night, none: no cost), on the same batch.
+    """
+    import great_expectations as gx
+
+    keyed = [r for r in results if not r.success and (r.result or {}).get("unexpected_count")]
+    if not keyed or spec.key not in frame.columns:
+        return results
+    suite = gx.ExpectationSuite(
+        name=f"{spec.suite_name}-samples", expectations=[copy.copy(r.expectation_config.to_domain_obj()) for r in keyed]
+    )
+    batch = checkpoint.validation_definitions[0].data.get_batch(batch_parameters={"dataframe": frame})
+    samples = batch.validate(suite, result_format=_result_format(spec, "SUMMARY"), expectation_parameters=parameters)
+    for result, sample in zip(keyed, samples.results, strict=True):
+        found = sample.result or {}
+        # The values and keys of the same failing rows, in the same order.
+        result.result["partial_unexpected_list"] = found.get("partial_unexpected_list", [])
+        result.result["partial_unexpected_index_list"] = found.get("partial_unexpected_index_list", [])
+    return results
+
+
+def _registration(spec: VerticalSpec, suite_json: dict[str, Any]) -> str:
+    """What the registered GX objects depend on, as one string (compared, never parsed)."""
+    return json.dumps(
+        {"suite": suite_json, "name": spec.suite_name, "result_format": _result_format(spec)},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _project_stamp(root: Path, name: str) -> tuple[tuple[int, int], ...]:
+    stamps = []
+    for path in (root / "gx" / "great_expectations.yml", root / "gx" / "checkpoints" / f"{name}.json"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return ()
+        stamps.append((stat.st_ino, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
+def _gx_checkpoint(settings: Settings, spec: VerticalSpec, suite_json: dict[str, Any]) -> _Checkpoint:
+    """The vertical's context and checkpoint: opened and registered once, then reused.
+
+    Registered again only when the reviewed suite (or how results are kept)
+    changed; a stamp file in the project carries that across processes, so a
+    nightly run opens the project and loads its checkpoint without rewriting it.
+    """
+    root = settings.home / "gx" / spec.name
+    registration = _registration(spec, suite_json)
+    cached = _CHECKPOINTS.get(root)
+    if cached and cached.registration == registration and cached.stamp == _project_stamp(root, spec.name):
+        return cached
+    context = _gx_context(root)
+    marker = root / "registered.json"  # beside the GX project, not in a store GX lists
+    checkpoint = None
+    if marker.is_file() and marker.read_text() == registration:
+        try:
+            checkpoint = context.checkpoints.get(spec.name)
+        except Exception:  # any unreadable or missing checkpoint (GX raises several kinds): register it again
+            log.info("%s: GX checkpoint unreadable; registering it again", spec.name)
+    if checkpoint is None:
+        checkpoint = _register(context, spec, suite_json)
+        marker.write_text(registration)
+    cached = _Checkpoint(context, checkpoint, registration, _project_stamp(root, spec.name))
+    _CHECKPOINTS[root] = cached
+    return cached
+
+
+def _gx_context(root: Path) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.execution_engine import pandas_execution_engine
 
-    root = settings.home / "gx" / vertical
+    # GX fingerprints every in-memory batch under this size (an md5 over pandas' hash of each row, about a
+    # second per million rows) into the result's batch markers; nothing here reads it (a data version is
+    # DVC's content hash), so no batch is fingerprinted.
+    pandas_execution_engine.HASH_THRESHOLD = 0
+
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(root))
+    changed = False
+    if context.variables.config_variables_file_path:
+        # No ${VAR} substitution is used; with a variables file GX re-reads and parses that YAML on
+        # every access to a context variable (dozens per validation).
+        context.variables.config_variables_file_path = None  # type: ignore[assignment]
+        changed = True
     # Progress bars would flood Airflow task logs.
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    bars = context.variables.progress_bars  # a ProgressBarsConfig, or a dict once read back from the file
+    if bars is None or bars["globally"]:
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        changed = True
+    for site_name, site in (context.variables.data_docs_sites or {}).items():
+        wanted: Any = _docs_site(site)  # GX types it as a TypedDict; it is the same dict, amended
+        if wanted != site:
+            context.update_data_docs_site(site_name, wanted)
+    if changed:
+        context.variables.save()
+        context = gx.get_context(mode="file", project_root_dir=str(root))  # built without the variables file
     return context
 
 
-def _checkpoint(context: Any, spec: VerticalSpec, suite_json: dict[str, Any]) -> Any:
+def _docs_site(site: dict[str, Any]) -> dict[str, Any]:
+    """``site`` (a GX data docs site config) with the index capped and the template-caching views."""
+    site = copy.deepcopy(site)
+    index = site.setdefault("site_index_builder", {"class_name": "DefaultSiteIndexBuilder"})
+    index["validation_results_limit"] = DOCS_INDEX_VALIDATIONS
+    index["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaIndexPageView"}
+    sections = site.setdefault("site_section_builders", {})
+    for section in ("expectations", "validations"):  # GX merges these into its default sections
+        sections.setdefault(section, {})["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaPageView"}
+    return site
+
+
+def _register(context: Any, spec: VerticalSpec, suite_json: dict[str, Any]) -> Any:
     """(Re)register the reviewed suite and a checkpoint that also updates data docs."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
@@ -163,11 +313,7 @@ def _checkpoint(context: Any, spec: VerticalSpec, suite_json: dict[str, Any]) ->
             name=name,
             validation_definitions=[validation],
             actions=[UpdateDataDocsAction(name="update_data_docs")],
-            result_format={
-                "result_format": "SUMMARY",
-                "partial_unexpected_count": SAMPLE_ROWS,
-                "unexpected_index_column_names": [spec.key],
-            },
+            result_format=_result_format(spec),
         )
     )
 
@@ -182,27 +328,30 @@ def validate_frame(
     """
     import great_expectations as gx
 
-    suite_json = load_suite(spec, settings)
-    context = _gx_context(settings, spec.name)
-    checkpoint = _checkpoint(context, spec, suite_json)
+    gx_project = _gx_checkpoint(settings, spec, load_suite(spec, settings))
+    context, checkpoint = gx_project.context, gx_project.checkpoint
     n_days = max(len(days), 1)
+    parameters = {
+        "min_rows": spec.quality.min_rows_per_day * n_days,
+        "max_rows": spec.quality.max_rows_per_day * n_days,
+        "days": list(days),
+    }
     started = time.time()
     result = checkpoint.run(
         batch_parameters={"dataframe": frame},
-        expectation_parameters={
-            "min_rows": spec.quality.min_rows_per_day * n_days,
-            "max_rows": spec.quality.max_rows_per_day * n_days,
-            "days": list(days),
-        },
+        expectation_parameters=parameters,
         run_id=gx.RunIdentifier(run_name=f"{spec.name}-{ds}"),
     )
     [(validation_id, validation)] = result.run_results.items()
-    unmet = [_mask_failure(_failed_expectation(r), spec.pii) for r in validation.results if not r.success]
+    results = _with_sample_keys(list(validation.results), checkpoint, frame, spec, parameters)
+    unmet = [_mask_failure(_failed_expectation(r), spec.pii) for r in results if not r.success]
     # GX marks the whole validation unsuccessful on any failure; only a critical one blocks here.
     failed = [f for f in unmet if f.blocking]
     site = data_docs.site_root(settings, spec.name)
-    data_docs.make_offline(site, since=started - 1)
     page = _site_page(context.get_docs_sites_urls(resource_identifier=validation_id), site)
+    # What GX's docs action rewrote: the index, the suite's page and this validation's page.
+    written = [site / "index.html", *(site / "expectations").rglob("*.html"), *([site / page] if page else [])]
+    data_docs.make_offline(site, since=started - 1, pages=written)
     batch = check_batch(frame, spec, days=days, settings=settings)
     return QualityReport(
         vertical=spec.name,
@@ -509,7 +658,9 @@ def rows_per_day(frame: pd.DataFrame, spec: VerticalSpec, days: list[str]) -> di
     column = spec.source.event_time
     if column not in frame.columns:  # the suite reports the missing column; per-day counts are unknown
         return {days[0]: len(frame)} if len(days) == 1 else {}
-    counts = frame[column].astype(str).str[:10].value_counts()
+    # Count the distinct values first, then their day: one pass over the rows, not a string cast of each.
+    counts = frame[column].value_counts()
+    counts = counts.groupby(counts.index.astype(str).str[:10]).sum() if len(counts) else counts
     return {day: int(counts.get(day, 0)) for day in days}
 
 

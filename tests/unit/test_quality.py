@@ -93,6 +93,18 @@ def test_each_failure_is_reported_with_observed_and_expected(spec, suite_setting
     assert 2 in set(sample["id"]) and set(sample["name"]) == {"***"}
 
 
+def test_an_edited_suite_applies_to_the_next_validation_in_the_same_process(spec, suite_settings):
+    """The GX project is opened once per process; a reviewed change to the suite still takes effect."""
+    assert validate_frame(frame(), spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings).success
+    stricter = json.loads(json.dumps(SUITE))
+    stricter["expectations"][2]["kwargs"]["max_value"] = 3
+    (suite_settings.expectations_dir / "demo.json").write_text(json.dumps(stricter))
+    report = validate_frame(frame(), spec, ds="2026-11-28", days=["2026-11-28"], settings=suite_settings)
+    [between] = report.failed
+    assert between.expected == {"min_value": 0, "max_value": 3} and between.sample_values == [4.0, 5.0]
+    assert [row["id"] for row in between.sample_keys] == [4, 5]  # the failing rows' keys, for the email
+
+
 def test_row_count_bounds_scale_with_the_number_of_days(spec, suite_settings):
     # 6 rows: within one day's bounds (2..10) but too few for five days (at least 2 x 5 = 10).
     one_day = validate_frame(frame(), spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
