@@ -53,6 +53,10 @@ class OnnxScorer:
         # One thread per request: the server runs requests in parallel, not inside one.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Fold DequantizeLinear of constant weights at load (the int8 export stores weights that
+        # way, `pipelines.release.export`): by default onnxruntime keeps them for QDQ fusions
+        # these graphs have none of, and would dequantise the weights on every call.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors on a bad graph

@@ -53,6 +53,41 @@ def test_both_exports_are_written_and_fp32_scores_like_pytorch(trained: Path, ho
     assert 0 < np.max(np.abs(int8 - reference)) < Exports().onnx_int8.max_abs_diff
 
 
+def test_the_int8_export_keeps_each_weight_once_as_int8(trained: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    exports = export_model_dir(trained)
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(trained / "model.onnx")).graph.initializer}
+    graph = onnx.load(str(trained / "model.int8.onnx")).graph
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # Each Gemm weight: int8 values of the same shape, restored by a DequantizeLinear; no fp32 copy left.
+    restored = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    weights = [node.input[1] for node in graph.node if node.op_type == "Gemm"]
+    assert weights and all(w in restored and w not in stored for w in weights)
+    assert all(stored[restored[w]].dtype == np.int8 and stored[restored[w]].shape == fp32[w].shape for w in weights)
+    # The tiny test net is mostly graph; the demo models are 0.32-0.60x (docs/serving.md).
+    assert exports["onnx_int8"]["bytes"] < exports["onnx"]["bytes"]
+
+
+def test_batch_norm_is_folded_into_the_export_without_changing_predictions(tmp_path: Path, holdout):
+    import torch
+
+    from pipelines.model.modeling import build_module
+    from pipelines.release.export import fold_batch_norm
+
+    torch.manual_seed(0)
+    module = build_module({"input_dim": 6, "hidden": [8, 4], "dropout": 0.0, "batch_norm": True})
+    module.train()
+    module(torch.randn(64, 6) * 3 + 1)  # move the running statistics off their defaults
+    module.eval()
+    folded = fold_batch_norm(module)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    rows = torch.randn(32, 6)
+    with torch.inference_mode():
+        assert torch.allclose(folded(rows), module(rows), atol=1e-5)
+
+
 def test_a_rerun_keeps_the_exports_that_evaluate_checked(trained: Path):
     first = export_model_dir(trained)
     mtimes = {p.name: p.stat().st_mtime_ns for p in trained.glob("*.onnx")}
