@@ -189,7 +189,8 @@ def stream_sql_days(
                     while done < index:
                         yield days[done], _day_frame(held, columns, source.event_time, spec)
                         held, done = [], done + 1
-                    held.extend(chunk[i] for i in segment)
+                    # Plain tuples: pandas builds frames from them directly (a Row goes the slow way).
+                    held.extend(tuple(chunk[i]) for i in segment)
     except sa.exc.SQLAlchemyError as exc:
         raise _query_error(exc, spec, source, last.isoformat()) from exc
     finally:
