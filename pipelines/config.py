@@ -243,8 +243,9 @@ class Join(_Strict):
 
 
 class Impute(_Strict):
-    #: ``median`` of the batch's present values, a ``constant``, or ``indicator``: a 0/1 column
-    #: ``<column>_missing`` beside the column (the model's preprocessing imputes the value).
+    #: ``median`` of the day's present values (extract prepares one day at a time), a ``constant``,
+    #: or ``indicator``: a 0/1 column ``<column>_missing`` beside the column (the model's
+    #: preprocessing imputes the value).
     strategy: Literal["median", "constant", "indicator"]
     value: str | float | int | bool | None = None
 

@@ -3,7 +3,9 @@
 Every rule counts the values it changed, so the counts can go to the run
 report and the lineage record: a rule that suddenly touches 40 % of the rows
 is visible.  Rules run in a fixed order per column (trim, case, map, type,
-convert, range, impute); ``deduplicate`` runs first, on the whole batch.
+convert, range, impute); ``deduplicate`` runs first, on the whole batch.  A
+batch is one day's rows (`pipelines.data.sources.extract_days` prepares day by
+day), so a backfilled day is cleaned exactly as the nightly run of that day.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def clean_column(frame: pd.DataFrame, column: str, rule: ColumnCleaning) -> tupl
             out[f"{column}_missing"] = missing.astype("int8").to_numpy()
         elif strategy == "constant":
             out[column] = series.where(~missing, rule.impute.value)
-        else:  # median of this batch's present values; all missing: nothing to impute from
+        else:  # median of this batch's (the day's) present values; all missing: nothing to impute from
             present = pd.to_numeric(series, errors="coerce").dropna()
             if len(present):
                 out[column] = series.where(~missing, float(present.median()))

@@ -25,11 +25,16 @@ def prepare_rows(
     frame: pd.DataFrame, spec: VerticalSpec, *, before: date, settings: Settings
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Clean, join and label extracted rows (events before ``before``); returns rows and what changed."""
-    if not spec.joins and not spec.cleaning.columns and spec.cleaning.deduplicate is None and not spec.label.expression:
+    if not needs_preparation(spec):
         return frame, {}
     # Tables are read even for an empty day: a missing table is an error every night, not only busy ones.
     tables = fetch_tables(spec, before=before, settings=settings)
     return prepare_frame(frame, spec, tables)
+
+
+def needs_preparation(spec: VerticalSpec) -> bool:
+    """Whether the spec declares any cleaning rule, join or label expression (else rows pass as pulled)."""
+    return bool(spec.joins or spec.cleaning.columns or spec.cleaning.deduplicate is not None or spec.label.expression)
 
 
 def prepare_frame(
@@ -45,7 +50,7 @@ def prepare_frame(
 
 
 def add_up(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the per-day preparation summaries of a file source into one."""
+    """Sum per-day preparation summaries into one (every count is additive)."""
     total: dict[str, Any] = {}
     for part in parts:
         for key, value in part.items():

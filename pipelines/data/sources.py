@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec, parse_ds
@@ -117,59 +120,129 @@ def resolve_connection_url(conn_id: str, settings: Settings) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def fetch_rows(spec: VerticalSpec, start: date, end: date, settings: Settings) -> pd.DataFrame:
-    """Rows with ``start <= event_time < end`` from the vertical's source."""
-    if isinstance(spec.source, SqlSource):
-        return _fetch_sql(spec, spec.source, start, end, settings)
-    return _fetch_files(spec, spec.source, start, end)
+#: Rows fetched from a SQL source per round trip: with one day's rows, what an extract holds at once.
+CHUNK_ROWS = 20_000
 
 
-def _fetch_sql(spec: VerticalSpec, source: SqlSource, start: date, end: date, settings: Settings) -> pd.DataFrame:
+def stream_sql_days(
+    spec: VerticalSpec, source: SqlSource, days: list[str], settings: Settings, *, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Each of ``days`` (oldest first) with its rows, from one range query read ``chunk_rows`` at a time.
+
+    Memory is one chunk plus one day, whatever the range: the query runs with
+    ``stream_results`` (a server-side cursor on PostgreSQL; SQLite's cursor is
+    lazy anyway) and, over several days, ``ORDER BY`` the event-time column, so
+    a day is complete, and handed on, once a row of a later day arrives.  A
+    single day needs no order: it is the query a nightly run always sent.
+
+    A day's frame is built from its raw rows as ``pandas.read_sql`` builds a
+    result (`_result_frame`), never by gluing chunk frames whose dtypes were
+    guessed apart (a column null throughout one chunk would come back
+    ``object``), so a day reads the same whether it came alone or in a year.
+    A requested day without rows comes back as an empty frame.  Rows of days
+    in the range but not in ``days`` are left out (a label-delay refresh skips
+    the days in between).  Rows whose event time is no ISO date (only a text
+    column can hold one; NULL never matches the range) belong to no day and
+    are left out as well, as they always were, but now with a warning that
+    counts them.
+    """
     import sqlalchemy as sa
 
+    first, last = parse_ds(days[0]), parse_ds(days[-1])
     url = resolve_connection_url(source.conn_id, settings)
     schema, _, name = source.table.rpartition(".")
-    table = sa.table(name, schema=schema or None)
     event: sa.ColumnClause[Any] = sa.column(source.event_time)
     query = (
-        sa.select(sa.text("*")).select_from(table).where(event >= sa.bindparam("start"), event < sa.bindparam("end"))
+        sa.select(sa.text("*"))
+        .select_from(sa.table(name, schema=schema or None))
+        .where(event >= sa.bindparam("start"), event < sa.bindparam("end"))
     )
-    last_day = (end - timedelta(days=1)).isoformat()  # the run's logical date
+    if first != last:
+        query = query.order_by(event)
+    position = {ds: i for i, ds in enumerate(days)}
+    done = 0  # days[:done] are handed on
+    held: list[Sequence[Any]] = []  # rows of days[done]
+    undated = 0
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            frame = pd.read_sql(query, conn, params={"start": start, "end": end})
-    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
-        # pandas 3 wraps the driver's error in its own DatabaseError; judge by the cause.
-        cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) else exc
-        if isinstance(cause, sa.exc.OperationalError):
-            raise SourceError(
-                f"source {source.conn_id!r} is unreachable or the table {source.table!r} is missing: "
-                f"{cause.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()} and source.table in the spec, "
-                "or run `python -m pipelines seed` for the demo warehouse",
-                vertical=spec.name,
-                ds=last_day,
-            ) from exc
-        raise SourceError(f"query on {source.table!r} failed: {cause}", vertical=spec.name, ds=last_day) from exc
+            result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(
+                query, {"start": first, "end": last + timedelta(days=1)}
+            )
+            columns = list(result.keys())
+            _require_event_time(columns, source.event_time, spec)
+            at = columns.index(source.event_time)
+            for chunk in result.partitions(chunk_rows):
+                dates = _event_dates(_result_frame([(r[at],) for r in chunk], [source.event_time])[source.event_time])
+                day_of_row = dates.map(position)  # null: undated, or a day not asked for
+                undated += int(dates.isna().sum())
+                rows = np.flatnonzero(day_of_row.notna().to_numpy())
+                for index, segment in _runs(day_of_row.to_numpy()[rows], rows):
+                    if index < done:
+                        raise SourceError(
+                            f"rows of {days[index]} came after those of {days[done]} although the query orders "
+                            f"{source.event_time!r}: its values do not sort by their date (mixed formats or time "
+                            "zones?). Store the event time as a DATE or TIMESTAMP column",
+                            vertical=spec.name,
+                            ds=days[index],
+                        )
+                    while done < index:
+                        yield days[done], _day_frame(held, columns, source.event_time, spec)
+                        held, done = [], done + 1
+                    # Plain tuples: pandas builds frames from them directly (a Row goes the slow way).
+                    held.extend(tuple(chunk[i]) for i in segment)
+    except sa.exc.SQLAlchemyError as exc:
+        raise _query_error(exc, spec, source, last.isoformat()) from exc
     finally:
         engine.dispose()
-    return _normalise(frame, source.event_time, spec)
+    if undated:
+        log.warning(
+            "%s: %d row(s) from %s to %s have an event time that is no ISO date; they belong to no day and were "
+            "not extracted",
+            spec.name,
+            undated,
+            days[0],
+            days[-1],
+        )
+    for ds in days[done:]:
+        yield ds, _day_frame(held, columns, source.event_time, spec)
+        held = []
 
 
-def _fetch_files(spec: VerticalSpec, source: FileSource, start: date, end: date) -> pd.DataFrame:
-    days = []
-    day = start
-    while day < end:
-        days.append(day.isoformat())
-        day += timedelta(days=1)
-    parts, unreadable = fetch_file_days(spec, source, days)
-    if unreadable:
-        first = next(iter(unreadable.values()))
-        raise SourceError(f"unreadable file(s): {first.cause}", vertical=spec.name, ds=next(iter(unreadable)))
-    frames = [p for p in parts.values() if len(p.columns)]
-    if not frames:
-        return pd.DataFrame(columns=[source.event_time])
-    return pd.concat(frames, ignore_index=True)
+def _runs(day_of_row: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Consecutive rows of one day: (day index, their row positions), in order."""
+    if not len(rows):
+        return
+    starts = np.flatnonzero(np.diff(day_of_row)) + 1
+    for segment, indices in zip(np.split(rows, starts), np.split(day_of_row, starts), strict=True):
+        yield int(indices[0]), segment
+
+
+def _result_frame(rows: Sequence[Sequence[Any]], columns: list[str]) -> pd.DataFrame:
+    """The frame ``pandas.read_sql`` returns for these rows: dtypes inferred over them all, zoned times in UTC."""
+    frame = pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
+    for i, dtype in enumerate(frame.dtypes):
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            frame.isetitem(i, pd.to_datetime(frame.iloc[:, i], utc=True))
+    return frame
+
+
+def _day_frame(rows: list[Sequence[Any]], columns: list[str], event_time: str, spec: VerticalSpec) -> pd.DataFrame:
+    return _normalise(_result_frame(rows, columns), event_time, spec)
+
+
+def _query_error(exc: Exception, spec: VerticalSpec, source: SqlSource, ds: str) -> SourceError:
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.OperationalError):
+        return SourceError(
+            f"source {source.conn_id!r} is unreachable or the table {source.table!r} is missing: "
+            f"{exc.orig}. Check AIRFLOW_CONN_{source.conn_id.upper()} and source.table in the spec, "
+            "or run `python -m pipelines seed` for the demo warehouse",
+            vertical=spec.name,
+            ds=ds,
+        )
+    return SourceError(f"query on {source.table!r} failed: {exc}", vertical=spec.name, ds=ds)
 
 
 @dataclass(frozen=True)
@@ -238,78 +311,119 @@ def _normalise(frame: pd.DataFrame, event_time: str, spec: VerticalSpec) -> pd.D
     null, so the suite's not-null check names it, instead of a parse error
     stopping the extract with a traceback.
     """
-    if event_time not in frame.columns:
-        raise SourceError(
-            f"source has no event-time column {event_time!r}; columns are {sorted(frame.columns)}",
-            vertical=spec.name,
-        )
-    frame[event_time] = pd.to_datetime(frame[event_time], errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
+    _require_event_time(list(frame.columns), event_time, spec)
+    frame[event_time] = _event_dates(frame[event_time])
     return frame
 
 
-def extract_days(
-    spec: VerticalSpec, days: list[str], settings: Settings, *, prepared: dict[str, Any] | None = None
-) -> dict[str, int]:
-    """Pull ``days`` and store one raw Parquet partition per day.
+def _event_dates(values: pd.Series) -> pd.Series:
+    """ISO dates (``YYYY-MM-DD``) of the values; null where a value is no ISO 8601 date or time."""
+    return pd.to_datetime(values, errors="coerce", format="ISO8601").dt.strftime("%Y-%m-%d")
 
-    SQL sources are read with one range query; file sources one file per
-    day.  Returns rows per day.  A day with no rows still gets an (empty)
-    partition, so validation sees it and the row-count check can flag a
-    silent source.  A file that cannot be decoded stops the extract as bad
+
+def _require_event_time(columns: list[str], event_time: str, spec: VerticalSpec) -> None:
+    if event_time not in columns:
+        raise SourceError(
+            f"source has no event-time column {event_time!r}; columns are {sorted(columns)}", vertical=spec.name
+        )
+
+
+def extract_days(
+    spec: VerticalSpec,
+    days: list[str],
+    settings: Settings,
+    *,
+    prepared: dict[str, Any] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, int]:
+    """Pull ``days`` (oldest first) and store one raw Parquet partition per day.
+
+    SQL sources are read with one range query, streamed (`stream_sql_days`):
+    each day is prepared and written as soon as its rows are in, so memory is
+    one day plus ``chunk_rows`` rows whatever the backfill.  File sources are
+    one file per day.  Returns rows per day.  A day with no rows still gets an
+    (empty) partition, so validation sees it and the row-count check can flag
+    a silent source.  A file that cannot be decoded stops the extract as bad
     data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
-    The spec's cleaning rules, joins and label rule are applied before the
-    partitions are written (`pipelines.data.preparation`); what they changed
-    is put into ``prepared`` when given.  Then the spec's PII columns are
-    pseudonymised (`pipelines.data.pii`), so no partition holds them in clear.
+
+    The spec's cleaning rules, joins and label rule are applied day by day
+    (`pipelines.data.preparation`), so a backfilled day's partition is the one
+    its nightly run writes, byte for byte (a median imputed over a year would
+    differ from the day's own); what they changed is summed into ``prepared``
+    when given.  Then the spec's PII columns are pseudonymised
+    (`pipelines.data.pii`), so no partition holds them in clear.  Each
+    partition is written atomically; an error on a later day of a SQL
+    backfill leaves the earlier days' partitions whole, and unused: only the
+    stage's record, written after this returns, hands them to validation.
     """
-    from pipelines.data.preparation import add_up, prepare_rows
+    from pipelines.data.pii import pseudonymise, resolve_pii_key
+    from pipelines.data.preparation import add_up
 
     if not days:
         return {}
-    from pipelines.data.pii import pseudonymise, resolve_pii_key
-
     # A missing secret stops the extract before the source is even read.
     key = resolve_pii_key(spec, settings) if spec.pii else None
     layout = Layout(settings, spec.name)
+    summaries: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    with closing(_prepared_days(spec, days, settings, chunk_rows=chunk_rows)) as prepared_days:
+        for ds, rows, summary in prepared_days:
+            # Before anything is written: no partition, report or email ever holds PII in clear.
+            part = rows if key is None else pseudonymise(rows, spec.pii, key)
+            try:
+                write_partition(part, layout.raw(ds), spec.key)
+            except OSError as exc:
+                # Disk full, read-only volume, quota: the atomic write left nothing behind.
+                raise SourceError(
+                    f"could not store the raw partition {layout.raw(ds)} ({exc.strerror or exc}); nothing "
+                    f"half-written was kept. Free space under {settings.home} (PIPELINES_HOME) and rerun extract",
+                    vertical=spec.name,
+                    ds=ds,
+                ) from exc
+            summaries.append(summary)
+            counts[ds] = len(part)
+    if prepared is not None:
+        prepared.update(add_up(summaries))
+    return counts
+
+
+def _prepared_days(
+    spec: VerticalSpec, days: list[str], settings: Settings, *, chunk_rows: int
+) -> Generator[tuple[str, pd.DataFrame, dict[str, Any]]]:
+    """Each day's rows, cleaned, joined and labelled, with what preparation changed."""
+    from pipelines.data.integration import fetch_tables
+    from pipelines.data.preparation import needs_preparation, prepare_frame, prepare_rows
+
     if isinstance(spec.source, FileSource):
         by_day, unreadable = fetch_file_days(spec, spec.source, days)
         if unreadable:
             from pipelines.data.quality import reject_unreadable_files
 
             raise reject_unreadable_files(spec, days[-1], unreadable, settings)
-        summaries = []
-        for ds, part in by_day.items():
-            by_day[ds], summary = prepare_rows(part, spec, before=parse_ds(ds) + timedelta(days=1), settings=settings)
-            summaries.append(summary)
-        summary = add_up(summaries)
-    else:
-        first, last = parse_ds(days[0]), parse_ds(days[-1])
-        frame = fetch_rows(spec, first, last + timedelta(days=1), settings)
-        # Only the requested days are stored (a label-delay refresh skips the days in between).
-        frame = frame[frame[spec.source.event_time].isin(days)].reset_index(drop=True)
-        frame, summary = prepare_rows(frame, spec, before=last + timedelta(days=1), settings=settings)
-        groups = dict(iter(frame.groupby(spec.source.event_time, sort=False)))
-        by_day = {ds: groups.get(ds, frame.iloc[0:0]) for ds in days}
-    if key is not None:
-        # Before anything is written: no partition, report or email ever holds PII in clear.
-        by_day = {ds: pseudonymise(by_day[ds], spec.pii, key) for ds in days}
-    counts: dict[str, int] = {}
-    for ds in days:
-        part = by_day[ds]
-        try:
-            write_partition(part, layout.raw(ds), spec.key)
-        except OSError as exc:
-            # Disk full, read-only volume, quota: the atomic write left nothing behind.
-            raise SourceError(
-                f"could not store the raw partition {layout.raw(ds)} ({exc.strerror or exc}); nothing "
-                f"half-written was kept. Free space under {settings.home} (PIPELINES_HOME) and rerun extract",
-                vertical=spec.name,
-                ds=ds,
-            ) from exc
-        counts[ds] = len(part)
-    if prepared is not None:
-        prepared.update(summary)
-    return counts
+        # Every day is prepared before any is written: the files are in memory already. A file may
+        # hold rows dated after its day (a delivery error the suite flags), hence the day's own cutoff.
+        days_prepared = {
+            ds: prepare_rows(part, spec, before=_next(ds), settings=settings) for ds, part in by_day.items()
+        }
+        for ds, (rows, summary) in days_prepared.items():
+            yield ds, rows, summary
+        return
+    tables: dict[str, pd.DataFrame] | None = None
+    for ds, part in stream_sql_days(spec, spec.source, days, settings, chunk_rows=chunk_rows):
+        if not needs_preparation(spec):
+            yield ds, part, {}
+            continue
+        if tables is None:
+            # Read once, after the source answered (its errors come first, as they always did), and
+            # even when no day has rows.  Rows valid from before the last day's end: a day's events
+            # still take the row valid at their own date (merge_asof, backward), as on their night.
+            tables = fetch_tables(spec, before=_next(days[-1]), settings=settings)
+        yield ds, *prepare_frame(part, spec, tables)
+
+
+def _next(ds: str) -> date:
+    """The day after ``ds``: the exclusive end of its interval."""
+    return parse_ds(ds) + timedelta(days=1)
 
 
 def write_partition(frame: pd.DataFrame, path: Path, key: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import date, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from pipelines.config import VerticalSpec, parse_ds
+from pipelines.data.preparation import add_up
 from pipelines.data.sources import (
     assemble_window,
     check_ds,
@@ -22,7 +24,7 @@ from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout
 
 
-def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
+def make_spec(source: dict, name: str = "demo", **extra: Any) -> VerticalSpec:
     return VerticalSpec.model_validate(
         {
             "name": name,
@@ -35,6 +37,7 @@ def make_spec(source: dict, name: str = "demo") -> VerticalSpec:
             "window": {"train_days": 10, "holdout_days": 3},
             "gate": {"thresholds": {"accuracy": 0.5, "recall": 0.5, "f1": 0.5}},
             "alerts": {"emails": ["owner@example.com"]},
+            **extra,
         }
     )
 
@@ -213,3 +216,107 @@ def test_missing_table_is_a_clear_source_error(settings, monkeypatch):
     spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
     with pytest.raises(SourceError, match="the table 'events' is missing: no such table: events"):
         extract_days(spec, ["2026-01-01"], settings)
+
+
+# -- streaming: a backfill is its nights, whatever the chunk size --------------------------------
+
+
+def _raw_bytes(settings, vertical: str, days: list[str]) -> dict[str, bytes]:
+    layout = Layout(settings, vertical)
+    return {day: layout.raw(day).read_bytes() for day in days}
+
+
+def test_a_backfill_writes_each_day_as_its_own_nightly_run_does(tmp_path, seeded_warehouse, monkeypatch):
+    """Education: PII, cleaning, and a schools table whose new rows are valid from 2025-08-01, inside the range."""
+    from pipelines.config import load_spec
+    from pipelines.data import integration
+    from pipelines.data.pii import PII_KEY_ENV
+    from tests.conftest import make_settings
+
+    monkeypatch.setenv(PII_KEY_ENV, "a-test-secret-of-enough-characters")  # one key for both homes
+    reads: list[str] = []
+    fetch_table = integration.fetch_table
+    monkeypatch.setattr(
+        integration, "fetch_table", lambda spec, join, **kw: reads.append(join.name) or fetch_table(spec, join, **kw)
+    )
+    backfill = make_settings(tmp_path / "backfill", warehouse_file=str(seeded_warehouse))
+    nightly = make_settings(tmp_path / "nightly", warehouse_file=str(seeded_warehouse))
+    spec = load_spec("education", backfill)
+    # 2025-08-02 is skipped, as a label-delay refresh skips the nights between.
+    days = ["2025-07-29", "2025-07-30", "2025-07-31", "2025-08-01", "2025-08-03", "2025-08-04"]
+
+    prepared: dict = {}
+    counts = extract_days(spec, days, backfill, prepared=prepared, chunk_rows=10)
+    assert reads == ["schools"], "the join table is read once per extract, not once per day"
+    nights: list[dict] = []
+    for day in days:
+        nights.append({})
+        assert extract_days(spec, [day], nightly, prepared=nights[-1]) == {day: counts[day]}
+
+    assert _raw_bytes(backfill, "education", days) == _raw_bytes(nightly, "education", days)
+    assert min(counts.values()) > 0 and not Layout(backfill, "education").raw("2025-08-02").exists()
+    assert prepared == add_up(nights) and prepared["rows"] == sum(counts.values())
+    before, after = (pd.read_parquet(Layout(backfill, "education").raw(d)) for d in ("2025-07-31", "2025-08-01"))
+    assert before["joined_schools"].all() and after["joined_schools"].all()
+
+
+def _events_to_stream(start: date, days: int) -> pd.DataFrame:
+    """Three rows a day: ``note`` null in a day's first two (a trap for dtypes guessed chunk by chunk),
+    ``w`` null in its first and otherwise 10 x day + 1 and + 2 (a median that differs from day to day)."""
+    frame = rows(start, days)
+    frame["note"] = [None if n % 3 < 2 else n for n in range(len(frame))]
+    frame["w"] = [None if n % 3 == 0 else 10.0 * (n // 3) + n % 3 for n in range(len(frame))]
+    return frame
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_chunk_size_never_changes_a_partition(settings, monkeypatch, request, backend):
+    table = f"events_{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{settings.home / 'src.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    write_table(url, table, _events_to_stream(date(2026, 1, 1), 4))
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    impute = {"columns": {"w": {"impute": {"strategy": "median"}}}}
+    spec = make_spec(
+        {"kind": "sql", "conn_id": "src", "table": table}, cleaning=impute, features={"numeric": ["x", "w"]}
+    )
+    days = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]  # the last one has no rows
+    try:
+        written = {}
+        for chunk_rows in (1, 2, 5, 10_000):
+            assert extract_days(spec, days, settings, chunk_rows=chunk_rows) == dict.fromkeys(days[:4], 3) | {
+                "2026-01-05": 0
+            }
+            written[chunk_rows] = _raw_bytes(settings, "demo", days)
+        nightly = {}
+        for day in days:
+            extract_days(spec, [day], settings)
+            nightly |= _raw_bytes(settings, "demo", [day])
+    finally:
+        if backend == "postgresql":
+            engine = sa.create_engine(url)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+            engine.dispose()
+    assert all(parts == nightly for parts in written.values())
+    part = pd.read_parquet(Layout(settings, "demo").raw("2026-01-02"))
+    assert part["note"].dtype == "float64" and part["note"].isna().sum() == 2
+    assert list(part["w"]) == [11.5, 11.0, 12.0], "imputed with the day's median, as its nightly run does"
+
+
+def test_rows_whose_event_time_is_no_date_are_left_out_with_a_warning(settings, monkeypatch, caplog):
+    """As before streaming: an in-range text value that is no ISO date belongs to no day; NULL never matches."""
+    url = f"sqlite:///{settings.home / 'src.db'}"
+    frame = rows(date(2026, 1, 1), 2).assign(event_date=lambda f: f["event_date"].astype(str))
+    frame.loc[1, "event_date"] = "2026-01-01T25:00"  # sorts inside the range, parses to nothing
+    frame.loc[4, "event_date"] = None
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        frame.to_sql("events", conn, index=False)
+    engine.dispose()
+    monkeypatch.setenv("AIRFLOW_CONN_SRC", url)
+    spec = make_spec({"kind": "sql", "conn_id": "src", "table": "events"})
+    with caplog.at_level("WARNING", logger="pipelines.data.sources"):
+        counts = extract_days(spec, ["2026-01-01", "2026-01-02"], settings, chunk_rows=2)
+    assert counts == {"2026-01-01": 2, "2026-01-02": 2}
+    assert "1 row(s) from 2026-01-01 to 2026-01-02 have an event time that is no ISO date" in caplog.text
+    assert sorted(pd.read_parquet(Layout(settings, "demo").raw("2026-01-01"))["id"]) == [0, 2]
