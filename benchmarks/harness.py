@@ -157,6 +157,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
     import bench_parse
     import bench_serving
     import bench_train
+    import bench_vertical
 
     return {
         "parse": bench_parse.run,
@@ -166,6 +167,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
         "history": bench_history.run,
         "extract": bench_extract.run,
         "serving": bench_serving.run,
+        "vertical": bench_vertical.run,
     }
 
 
