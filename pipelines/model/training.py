@@ -503,12 +503,13 @@ def _fingerprint(
     y_val: np.ndarray | None = None,
 ) -> str:
     # Epochs are left out on purpose: raising them and rerunning continues training.
-    digest = hashlib.sha256(x.tobytes())
-    digest.update(y.tobytes())
+    # The arrays' own buffers (C order, as tobytes() would give): no copy of a matrix of millions of rows.
+    digest = hashlib.sha256(np.ascontiguousarray(x).data)
+    digest.update(np.ascontiguousarray(y).data)
     digest.update(json.dumps(hparams, sort_keys=True).encode())
     if x_val is not None and y_val is not None:
-        digest.update(x_val.tobytes())
-        digest.update(y_val.tobytes())
+        digest.update(np.ascontiguousarray(x_val).data)
+        digest.update(np.ascontiguousarray(y_val).data)
     return digest.hexdigest()
 
 
