@@ -83,7 +83,11 @@ def write_specs(folder: Path, rows_per_day: int, window: dict[str, Any], *, quic
         raw = yaml.safe_load(path.read_text())
         if raw.get("name") == VERTICAL:
             core = list(raw["features"]["numeric"])
-            raw["features"]["numeric"] = core + [f"aux_sensor_{i:02d}" for i in range(1, N_FEATURES - len(core) + 1)]
+            aux = [f"aux_sensor_{i:02d}" for i in range(1, N_FEATURES - len(core) + 1)]
+            raw["features"]["numeric"] = core + aux
+            # The simulated auxiliary sensors mix in the seasonal temperatures, which the spec
+            # already exempts from drift against the champion's year (a normal night blocked).
+            raw["quality"]["drift"]["exempt"] = [*raw["quality"]["drift"].get("exempt", []), *aux]
             # Weekends get ~0.7x the mean day and weekdays ~1.1x (the simulator's workday weights).
             raw["quality"].update(min_rows_per_day=max(1, rows_per_day // 4), max_rows_per_day=rows_per_day * 3)
             raw["window"].update(window)
