@@ -158,6 +158,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
     import bench_parse
     import bench_serving
     import bench_train
+    import bench_vertical
 
     return {
         "parse": bench_parse.run,
@@ -168,6 +169,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
         "extract": bench_extract.run,
         "serving": bench_serving.run,
         "airflow": bench_airflow.run,
+        "vertical": bench_vertical.run,
     }
 
 

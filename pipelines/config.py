@@ -513,6 +513,11 @@ class Tuning(_Strict):
     seed: int = 0
     #: What a trial is scored on (validation): ``auroc`` or the validation ``loss``.
     metric: Literal["auroc", "loss"] = "auroc"
+    #: Rows of the fit and of the validation split a trial trains and is scored on: a sample
+    #: seeded by ``seed`` (None: all).  At millions of rows it keeps a trial, and so the sweep,
+    #: within ``timeout_seconds`` (a trial still running at the timeout finishes); the model
+    #: itself still trains on the whole fit split.
+    max_rows: Annotated[int, Field(ge=100)] | None = None
     space: SearchSpace = SearchSpace()
 
 
@@ -521,6 +526,11 @@ class Model(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     epochs: Annotated[int, Field(ge=1, le=1000)] = 20
     batch_size: Annotated[int, Field(ge=1)] = 256
+    #: Rows one epoch trains on: a fresh sample of the fit split each epoch, seeded by
+    #: (``seed``, epoch) (None: every row, every epoch).  A compute budget for a large
+    #: window: an epoch then costs the same whatever the window's size, and over the
+    #: epochs every row is still seen.
+    samples_per_epoch: Annotated[int, Field(ge=1)] | None = None
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     seed: int = 42

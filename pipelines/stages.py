@@ -419,7 +419,10 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
 
     spec, settings, layout = _context(vertical, ds, settings)
     train_frame, holdout, snap = _window_split(spec, ds, settings, layout)
+    train_rows, holdout_rows = len(train_frame), len(holdout)
     fit_frame, validation = split_validation(train_frame, spec, ds)
+    # Only their sizes are recorded: at millions of rows each frame is gigabytes the fit does not need.
+    del train_frame, holdout
     registry = Registry.from_settings(settings)
     # The sweep (on its nights) or the best configuration found so far; the spec's own otherwise.
     spec, tuning = tuned_spec(spec, ds, fit_frame, validation, settings=settings, registry=registry, layout=layout)
@@ -453,8 +456,8 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
         "code_version": code,
         "config_hash": spec.config_hash(),
         "seed": spec.model.seed,
-        "train_rows": len(train_frame),
-        "holdout_rows": len(holdout),
+        "train_rows": train_rows,
+        "holdout_rows": holdout_rows,
         "reused": reused,
         "resumed_from_checkpoint": resumed,
         "epochs_run": epochs,

@@ -10,6 +10,7 @@ serving side needs no pickles.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +87,16 @@ class Preprocessor:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Encode ``frame`` as a float32 matrix of shape (rows, len(output_names))."""
         _require_columns(frame, self.feature_names)
-        blocks = [_transform_numeric(s, frame[s.name]) for s in self.numeric]
-        blocks += [_transform_vocab(v, frame[v.name]) for v in self.categorical]
-        return np.concatenate(blocks, axis=1).astype(np.float32)
+        # One float32 matrix filled column by column: at millions of rows a float64 block per
+        # column, concatenated and then cast, held the matrix three times over.
+        out = np.zeros((len(frame), len(self.output_names)), dtype=np.float32)
+        for i, stats in enumerate(self.numeric):
+            out[:, i] = _transform_numeric(stats, frame[stats.name])
+        column = len(self.numeric)
+        for vocab in self.categorical:
+            out[np.arange(len(frame)), column + _vocab_index(vocab, frame[vocab.name])] = 1.0
+            column += len(vocab.categories) + 2
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state; `from_dict` restores an identical transform."""
@@ -133,9 +141,7 @@ def label_vector(frame: pd.DataFrame, label: Label) -> np.ndarray:
             "the quality suite should reject such partitions — check its not-null expectation"
         )
     positive = _label_token(label.positive)
-    return np.fromiter(
-        (_label_token(v) == positive for v in column.to_numpy(dtype=object)), dtype=np.float32, count=len(column)
-    )
+    return _per_distinct_value(column, lambda v: _label_token(v) == positive).astype(np.float32)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -171,9 +177,12 @@ def _fit_numeric(name: str, series: pd.Series) -> NumericStats:
 
 
 def _transform_numeric(stats: NumericStats, series: pd.Series) -> np.ndarray:
+    """Imputed and standardised in float64 (the caller stores it as float32)."""
     values = _as_float(series)
-    imputed = np.where(np.isnan(values), stats.median, values)
-    return ((imputed - stats.mean) / stats.std).reshape(-1, 1)
+    np.copyto(values, stats.median, where=np.isnan(values))
+    values -= stats.mean
+    values /= stats.std
+    return values
 
 
 def _category_token(value: Any) -> str | None:
@@ -189,34 +198,45 @@ def _category_token(value: Any) -> str | None:
     return str(value)
 
 
-def _tokens(series: pd.Series) -> list[str | None]:
-    # Element-wise over plain objects: Series.map on a categorical dtype maps the
-    # categories, not the rows, and would hand back NaN instead of None.
-    return [_category_token(v) for v in series.to_numpy(dtype=object)]
+def _per_distinct_value(series: pd.Series, fn: Callable[[Any], Any]) -> np.ndarray:
+    """``fn`` of every row's value, calling ``fn`` once per distinct value (an object array).
+
+    A column has a handful of distinct categories over millions of rows.  ``pd.factorize``
+    finds them in C; but it treats values that compare equal as one (``True == 1 == 1.0``)
+    although their tokens differ ("True" vs "1"), so a column of mixed Python objects is
+    mapped row by row instead, as is a missing value (``fn(None)``).
+    """
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
+        return np.array([fn(v) for v in series.to_numpy(dtype=object)], dtype=object)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    mapped = np.array([fn(v) for v in uniques.to_numpy(dtype=object)] + [fn(None)], dtype=object)
+    return mapped[codes]  # code -1 (missing) picks the last entry
+
+
+def _tokens(series: pd.Series) -> np.ndarray:
+    """Each row's category token (None: missing), an object array."""
+    return _per_distinct_value(series, _category_token)
 
 
 def _fit_vocab(name: str, series: pd.Series, max_categories: int) -> CategoryVocab:
-    counts: dict[str, int] = {}
-    for token in _tokens(series):
-        if token is not None:
-            counts[token] = counts.get(token, 0) + 1
+    # value_counts drops the missing (None) tokens.
+    counts = {str(t): int(n) for t, n in pd.Series(_tokens(series), dtype=object).value_counts().items()}
     # Most frequent first, ties broken by the value, so the vocabulary never depends on row order.
     kept = sorted(counts, key=lambda t: (-counts[t], t))[:max_categories]
     return CategoryVocab(name=name, categories=tuple(sorted(kept)))
 
 
-def _transform_vocab(vocab: CategoryVocab, series: pd.Series) -> np.ndarray:
+def _vocab_index(vocab: CategoryVocab, series: pd.Series) -> np.ndarray:
+    """Each row's one-hot column within the vocabulary's block: a category, ``__other__`` or ``__missing__``."""
     width = len(vocab.categories) + 2
     position = {c: i for i, c in enumerate(vocab.categories)}
     other, missing = width - 2, width - 1
-    idx = np.fromiter(
-        (missing if t is None else position.get(t, other) for t in _tokens(series)),
-        dtype=np.int64,
-        count=len(series),
-    )
-    out = np.zeros((len(series), width), dtype=np.float64)
-    out[np.arange(len(series)), idx] = 1.0
-    return out
+
+    def index(value: Any) -> int:
+        token = _category_token(value)
+        return missing if token is None else position.get(token, other)
+
+    return _per_distinct_value(series, index).astype(np.int64)
 
 
 def _label_token(value: Any) -> str:

@@ -104,11 +104,17 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
     days = _event_dates(frame[column], spec, ds)
     holdout_start = end - timedelta(days=spec.window.holdout_days - 1)
     window_start = parse_ds(ds, vertical=spec.name, error=TrainingError) - timedelta(days=spec.window.train_days - 1)
-    ordered = frame.assign(_day=days).sort_values(_sort_columns(frame, spec), kind="stable")
-    holdout_mask = (ordered["_day"] >= holdout_start) & (ordered["_day"] <= end)
-    train_mask = (ordered["_day"] >= window_start) & (ordered["_day"] < holdout_start)
-    train = ordered[train_mask].drop(columns="_day").reset_index(drop=True)
-    holdout = ordered[holdout_mask].drop(columns="_day").reset_index(drop=True)
+    # The order from the date and key columns alone, then each part taken from the frame once:
+    # sorting the whole frame first held a third copy of a window of millions of rows.
+    keys = pd.DataFrame({"_day": days.to_numpy()})
+    if spec.key in frame.columns:
+        keys[spec.key] = frame[spec.key].array
+    ordered = keys.sort_values(_sort_columns(frame, spec), kind="stable")
+    day = ordered["_day"]
+    holdout_rows = ordered.index[(day >= holdout_start) & (day <= end)]
+    train_rows = ordered.index[(day >= window_start) & (day < holdout_start)]
+    train = frame.take(train_rows).reset_index(drop=True)
+    holdout = frame.take(holdout_rows).reset_index(drop=True)
     _check_split(train, holdout, spec, ds, window_start=window_start, holdout_start=holdout_start, end=end)
     return train, holdout
 
@@ -225,28 +231,39 @@ class EpochShuffledBatches:
     uninterrupted run would have seen.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, *, no_single_row_batch: bool = False) -> None:
+    def __init__(
+        self,
+        n_rows: int,
+        batch_size: int,
+        seed: int,
+        *,
+        no_single_row_batch: bool = False,
+        samples_per_epoch: int | None = None,
+    ) -> None:
         self.n_rows = n_rows
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        #: Rows each epoch visits: the first ``samples`` of its permutation (``model.samples_per_epoch``).
+        self.samples = n_rows if samples_per_epoch is None else min(samples_per_epoch, n_rows)
         # Batch norm cannot train on a batch of one row: fold such a last row into the batch before.
-        self.fold_last = no_single_row_batch and n_rows > batch_size and n_rows % batch_size == 1
+        self.fold_last = no_single_row_batch and self.samples > batch_size and self.samples % batch_size == 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng(derive_seed(self.seed, self.epoch, "shuffle")).permutation(self.n_rows)
-        starts = list(range(0, self.n_rows, self.batch_size))
+        order = order[: self.samples]
+        starts = list(range(0, self.samples, self.batch_size))
         if self.fold_last:
             starts.pop()
         for i, start in enumerate(starts):
-            end = self.n_rows if i == len(starts) - 1 else start + self.batch_size
+            end = self.samples if i == len(starts) - 1 else start + self.batch_size
             yield order[start:end].tolist()
 
     def __len__(self) -> int:
-        return (self.n_rows + self.batch_size - 1) // self.batch_size - int(self.fold_last)
+        return (self.samples + self.batch_size - 1) // self.batch_size - int(self.fold_last)
 
 
 class ChunkedBatches:
@@ -502,6 +519,8 @@ def _hparams(
         "pos_weight": pos_weight,
         "seed": spec.model.seed,
     }
+    if spec.model.samples_per_epoch is not None:  # only when set: the demo verticals' hparams stay as they were
+        hparams["samples_per_epoch"] = spec.model.samples_per_epoch
     if warm_start is not None:
         hparams["warm_start_from"] = warm_start.version
     return hparams
@@ -515,12 +534,13 @@ def _fingerprint(
     y_val: np.ndarray | None = None,
 ) -> str:
     # Epochs are left out on purpose: raising them and rerunning continues training.
-    digest = hashlib.sha256(x.tobytes())
-    digest.update(y.tobytes())
+    # The arrays' own buffers (C order, as tobytes() would give): no copy of a matrix of millions of rows.
+    digest = hashlib.sha256(np.ascontiguousarray(x).data)
+    digest.update(np.ascontiguousarray(y).data)
     digest.update(json.dumps(hparams, sort_keys=True).encode())
     if x_val is not None and y_val is not None:
-        digest.update(x_val.tobytes())
-        digest.update(y_val.tobytes())
+        digest.update(np.ascontiguousarray(x_val).data)
+        digest.update(np.ascontiguousarray(y_val).data)
     return digest.hexdigest()
 
 
@@ -581,6 +601,7 @@ def _fit(
         seed=spec.model.seed,
         validation=validation,
         batch_norm=bool(hparams.get("batch_norm")),
+        samples_per_epoch=hparams.get("samples_per_epoch"),
     )
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, enable_version_counter=False)
     extra: list[Any] = []
@@ -683,17 +704,25 @@ def _lightning_classes() -> tuple[type, type]:
             seed: int,
             validation: tuple[np.ndarray, np.ndarray] | None = None,
             batch_norm: bool = False,
+            samples_per_epoch: int | None = None,
         ) -> None:
             super().__init__()
             self.dataset = RowBatches(x, y)
             self.batch_size = batch_size
             self.seed = seed
             self.batch_norm = batch_norm
+            self.samples_per_epoch = samples_per_epoch
             self.validation = None if validation is None else TensorDataset(*(torch.from_numpy(a) for a in validation))
 
         def train_dataloader(self) -> DataLoader:
             sampler = ChunkedBatches(
-                EpochShuffledBatches(len(self.dataset), self.batch_size, self.seed, no_single_row_batch=self.batch_norm)
+                EpochShuffledBatches(
+                    len(self.dataset),
+                    self.batch_size,
+                    self.seed,
+                    no_single_row_batch=self.batch_norm,
+                    samples_per_epoch=self.samples_per_epoch,
+                )
             )
             # batch_size=None: the sampler yields whole batches, indexed in one tensor op.
             # Own generator: a DataLoader draws a base seed from the global RNG each time it
@@ -731,6 +760,7 @@ def _lightning_classes() -> tuple[type, type]:
             embeddings: list[list[int]] | None = None,
             calibrated: bool = False,
             warm_start_from: str | None = None,
+            samples_per_epoch: int | None = None,
         ) -> None:
             super().__init__()
             self.save_hyperparameters()

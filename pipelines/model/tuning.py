@@ -243,6 +243,8 @@ def run_sweep(
     # A finished sweep (budget spent, by trials or by time) is final: a rerun of the night
     # reuses it, so it reproduces the same configuration; an interrupted one continues.
     remaining = 0 if study.user_attrs.get("complete") else tuning.trials - len(done)
+    fit = sweep_rows(fit, tuning.max_rows, tuning.seed)
+    validation = sweep_rows(validation, tuning.max_rows, tuning.seed)
     y_val = label_vector(validation, spec.label)
     started = time.monotonic()
 
@@ -278,6 +280,18 @@ def run_sweep(
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def sweep_rows(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """At most ``max_rows`` rows of ``frame`` (``model.tuning.max_rows``), a seeded sample kept in row order."""
+    import numpy as np
+
+    from pipelines.model.training import derive_seed
+
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    rows = np.random.default_rng(derive_seed(seed, 0, "sweep-rows")).choice(len(frame), max_rows, replace=False)
+    return frame.iloc[np.sort(rows)].reset_index(drop=True)
 
 
 def sample_params(trial: Any, spec: VerticalSpec) -> dict[str, Any]:

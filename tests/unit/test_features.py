@@ -91,6 +91,14 @@ def test_integer_categories_survive_a_nan_upcast() -> None:
     assert out.tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
 
 
+def test_mixed_python_values_that_compare_equal_keep_their_own_tokens() -> None:
+    # True == 1 == 1.0 in Python, but a category's token is its spelling: "True" is not "1".
+    frame = pd.DataFrame({"flag": pd.Series([True, 1, 1.0, "1", True], dtype=object)})
+    pre = Preprocessor.fit(frame, Features(categorical=["flag"]))
+    assert pre.categorical[0].categories == ("1", "True")
+    assert pre.transform(frame)[:, :2].tolist() == [[0, 1], [1, 0], [1, 0], [1, 0], [0, 1]]
+
+
 def test_categorical_dtype_column() -> None:
     frame = pd.DataFrame({"city": pd.Categorical(["oslo", None, "rome"])})
     pre = Preprocessor.fit(frame, Features(categorical=["city"]))

@@ -136,6 +136,29 @@ def test_shuffled_batches_depend_only_on_seed_and_epoch() -> None:
     assert list(sampler) != first
 
 
+def test_samples_per_epoch_trains_each_epoch_on_a_fresh_seeded_sample() -> None:
+    sampler = EpochShuffledBatches(100, 8, seed=5, samples_per_epoch=20)
+    first = [i for batch in sampler for i in batch]
+    assert len(first) == 20 and len(set(first)) == 20 and len(sampler) == 3
+    assert [i for b in EpochShuffledBatches(100, 8, seed=5, samples_per_epoch=20) for i in b] == first
+    sampler.set_epoch(1)
+    assert set(i for b in sampler for i in b) != set(first)  # over the epochs other rows are seen
+    # A budget above the split's size is every row, as without one.
+    assert list(EpochShuffledBatches(10, 4, seed=5, samples_per_epoch=50)) == list(EpochShuffledBatches(10, 4, seed=5))
+
+
+def test_samples_per_epoch_is_recorded_and_the_model_still_learns(tmp_path: Path) -> None:
+    spec = make_spec(model={"epochs": 12, "samples_per_epoch": 150, "learning_rate": 0.01})
+    result = train_model(make_rows(600), spec, model_dir=tmp_path / "m", checkpoint_dir=tmp_path / "c")
+    model = load_model_dir(tmp_path / "m")
+    assert model.metadata["hparams"]["samples_per_epoch"] == 150
+    holdout = make_rows(300, seed=1)
+    accuracy = ((model.predict_proba(holdout) >= 0.5) == (holdout["risk"] == "bad")).mean()
+    assert accuracy > 0.8 and result.epochs_run == 12
+    # Without a budget the hparams carry no such key (the demo verticals' model versions are unchanged).
+    assert "samples_per_epoch" not in _hparams(make_spec(), np.zeros((2, 2)), np.array([0.0, 1.0]))
+
+
 def test_pos_weight_follows_balance_classes() -> None:
     x = np.zeros((4, 2), dtype=np.float32)
     y = np.array([1, 0, 0, 0], dtype=np.float32)

@@ -337,6 +337,17 @@ def test_night_warm_starts_from_the_deployed_champion_and_reruns_reuse_the_sourc
         assert disabled is None and "enabled is false" in why["why"]
 
 
+def test_a_sweep_trains_on_at_most_max_rows_a_seeded_sample_in_row_order() -> None:
+    from pipelines.model.tuning import sweep_rows
+
+    frame = pd.DataFrame({"id": range(1000)})
+    sample = sweep_rows(frame, 100, seed=0)
+    assert len(sample) == 100 and sample["id"].is_monotonic_increasing and sample.index.tolist() == list(range(100))
+    assert sample.equals(sweep_rows(frame, 100, seed=0))
+    assert not sample.equals(sweep_rows(frame, 100, seed=1))
+    assert sweep_rows(frame, None, seed=0) is frame and sweep_rows(frame, 5000, seed=0) is frame
+
+
 def test_batch_norm_never_gets_a_single_row_batch() -> None:
     from pipelines.model.training import EpochShuffledBatches
 
