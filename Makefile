@@ -86,7 +86,7 @@ browser:
 # pytest-xdist, one worker per core by default: each test module (or golden-state group) stays on one
 # worker, slow tiers queued first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-n 0,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: install browser
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
