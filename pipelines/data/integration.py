@@ -12,6 +12,7 @@ like any other expectation (`check_join_coverage`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ import pandas as pd
 from pipelines.errors import SourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pipelines.config import Join, Settings, VerticalSpec
     from pipelines.data.quality import FailedExpectation
 
@@ -52,19 +55,21 @@ def _instants(values: pd.Series) -> pd.Series:
     return values.astype("datetime64[us]")
 
 
-def join_point_in_time(events: pd.DataFrame, table: pd.DataFrame, join: Join, *, event_time: str) -> pd.DataFrame:
-    """``events`` with ``join.columns`` from ``table`` and the marker ``joined_<name>``; rows keep their order.
+@dataclass(frozen=True)
+class IndexedTable:
+    """A join's table made ready once for any number of event batches (a backfill joins day by day).
 
-    Pure: the tested core of `integrate`.  A key with no valid row leaves the
-    joined columns null and the marker false.
+    ``rows`` holds the key token ``_key``, the validity start ``_from`` (with
+    ``valid_from``, sorted by it; rows without a usable key or start dropped),
+    ``valid_to`` when declared, and the joined columns.
     """
-    clash = sorted(set(join.columns) & set(events.columns))
-    if clash:
-        raise SourceError(f"join {join.name!r}: column(s) {clash} already exist in the event rows; rename one")
-    missing = [c for c in join.keys if c not in events.columns]
-    if missing:
-        raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}")
-    left = events.reset_index(drop=True).assign(_row=np.arange(len(events)), _key=_tokens(events, join.keys))
+
+    join: Join
+    rows: pd.DataFrame
+
+
+def index_table(table: pd.DataFrame, join: Join) -> IndexedTable:
+    """Tokenise the keys and parse the validity of ``table`` once; a timeless table must have unique keys."""
     right = table.assign(_key=_tokens(table, join.keys)).dropna(subset=["_key"])
     right = right.loc[
         :,
@@ -82,16 +87,38 @@ def join_point_in_time(events: pd.DataFrame, table: pd.DataFrame, join: Join, *,
                 f"join {join.name!r}: {join.table} has several rows for key(s) {list(repeated)} and no valid_from "
                 "to tell them apart; declare valid_from or make the key unique"
             )
-        merged = left.merge(right.assign(_hit=True), on="_key", how="left", sort=False)
+        return IndexedTable(join, right.assign(_hit=True))
+    # One resolution on both sides: merge_asof refuses keys of different datetime units.
+    right = right.assign(_from=_instants(right[join.valid_from]))
+    right = right.dropna(subset=["_from"]).sort_values("_from", kind="stable")
+    return IndexedTable(join, right.drop(columns=[join.valid_from]).assign(_hit=True))
+
+
+def join_point_in_time(
+    events: pd.DataFrame, table: pd.DataFrame | IndexedTable, join: Join, *, event_time: str
+) -> pd.DataFrame:
+    """``events`` with ``join.columns`` from ``table`` and the marker ``joined_<name>``; rows keep their order.
+
+    Pure: the tested core of `integrate`.  A key with no valid row leaves the
+    joined columns null and the marker false.  ``table`` may come indexed
+    (`index_table`), as a backfill passes it for each of its days.
+    """
+    clash = sorted(set(join.columns) & set(events.columns))
+    if clash:
+        raise SourceError(f"join {join.name!r}: column(s) {clash} already exist in the event rows; rename one")
+    missing = [c for c in join.keys if c not in events.columns]
+    if missing:
+        raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}")
+    right = (table if isinstance(table, IndexedTable) else index_table(table, join)).rows
+    left = events.reset_index(drop=True).assign(_row=np.arange(len(events)), _key=_tokens(events, join.keys))
+    if join.valid_from is None:
+        merged = left.merge(right, on="_key", how="left", sort=False)
     else:
-        # One resolution on both sides: merge_asof refuses keys of different datetime units.
         left["_at"] = _instants(left[event_time])
-        right = right.assign(_from=_instants(right[join.valid_from]))
-        right = right.dropna(subset=["_from"]).sort_values("_from", kind="stable")
         usable = left["_key"].notna() & left["_at"].notna()
         found = pd.merge_asof(
             left[usable].sort_values("_at", kind="stable"),
-            right.drop(columns=[join.valid_from]).assign(_hit=True),
+            right,
             left_on="_at",
             right_on="_from",
             by="_key",
@@ -159,8 +186,13 @@ def fetch_tables(spec: VerticalSpec, *, before: date, settings: Settings) -> dic
     return {join.name: fetch_table(spec, join, before=before, settings=settings) for join in spec.joins}
 
 
+def index_tables(spec: VerticalSpec, tables: dict[str, pd.DataFrame]) -> dict[str, IndexedTable]:
+    """`index_table` for every join of the spec: what a backfill of many days joins each day against."""
+    return {join.name: index_table(tables[join.name], join) for join in spec.joins}
+
+
 def integrate(
-    events: pd.DataFrame, spec: VerticalSpec, tables: dict[str, pd.DataFrame]
+    events: pd.DataFrame, spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
 ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
     """Every join of the spec applied to ``events``; returns the rows and each join's coverage counts."""
     coverage: dict[str, dict[str, int]] = {}

@@ -18,7 +18,10 @@ from pipelines.data.integration import fetch_tables, integrate
 from pipelines.data.labels import apply_label
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pipelines.config import Settings, VerticalSpec
+    from pipelines.data.integration import IndexedTable
 
 
 def prepare_rows(
@@ -38,9 +41,9 @@ def needs_preparation(spec: VerticalSpec) -> bool:
 
 
 def prepare_frame(
-    frame: pd.DataFrame, spec: VerticalSpec, tables: dict[str, pd.DataFrame]
+    frame: pd.DataFrame, spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The pure part of `prepare_rows`: ``tables`` holds each join's table by join name."""
+    """The pure part of `prepare_rows`: ``tables`` holds each join's table by join name (or `index_tables`)."""
     joined = {c for j in spec.joins for c in j.columns}
     frame, counts = clean_frame(frame, spec, columns=set(spec.cleaning.columns) - joined)
     frame, coverage = integrate(frame, spec, tables)

@@ -15,7 +15,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ import pandas as pd
 from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec, parse_ds
 from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from pipelines.data.integration import IndexedTable
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +394,7 @@ def _prepared_days(
     spec: VerticalSpec, days: list[str], settings: Settings, *, chunk_rows: int
 ) -> Generator[tuple[str, pd.DataFrame, dict[str, Any]]]:
     """Each day's rows, cleaned, joined and labelled, with what preparation changed."""
-    from pipelines.data.integration import fetch_tables
+    from pipelines.data.integration import fetch_tables, index_tables
     from pipelines.data.preparation import needs_preparation, prepare_frame, prepare_rows
 
     if isinstance(spec.source, FileSource):
@@ -408,7 +411,7 @@ def _prepared_days(
         for ds, (rows, summary) in days_prepared.items():
             yield ds, rows, summary
         return
-    tables: dict[str, pd.DataFrame] | None = None
+    tables: dict[str, IndexedTable] | None = None
     for ds, part in stream_sql_days(spec, spec.source, days, settings, chunk_rows=chunk_rows):
         if not needs_preparation(spec):
             yield ds, part, {}
@@ -417,7 +420,8 @@ def _prepared_days(
             # Read once, after the source answered (its errors come first, as they always did), and
             # even when no day has rows.  Rows valid from before the last day's end: a day's events
             # still take the row valid at their own date (merge_asof, backward), as on their night.
-            tables = fetch_tables(spec, before=_next(days[-1]), settings=settings)
+            # Keys tokenised and validity parsed once, not once per day.
+            tables = index_tables(spec, fetch_tables(spec, before=_next(days[-1]), settings=settings))
         yield ds, *prepare_frame(part, spec, tables)
 
 
