@@ -60,6 +60,16 @@ class RunResult:
     stage_peak_mib: dict[str, float]
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def outcome(self) -> str:
+        """What the run decided, as its decision table says it (the JSON summary has no such word)."""
+        if not self.summary:
+            return "?"
+        if self.summary.get("blocked"):
+            return f"blocked ({self.summary['blocked']})"
+        if self.summary.get("deployed"):
+            return "promoted"
+        return "approved" if self.summary.get("approved") else "rejected"
+
     def table(self) -> str:
         return ", ".join(
             f"{name} {secs:.0f}s/{self.stage_peak_mib.get(name, 0) / 1024:.1f}G" for name, secs in self.stages.items()
@@ -226,7 +236,7 @@ def run(config: Config) -> list[Figure]:
     rows = rows_per_day * days
     first, nightly = first_and_nightly(config, "full", rows_per_day, window)
     size = f"{rows / 1e6:.2g}M rows x {N_FEATURES}"
-    decision = f"decision {first.summary.get('decision', '?')} / {nightly.summary.get('decision', '?')}"
+    decision = f"decision {first.outcome()} / {nightly.outcome()}"
     figures = [
         Figure(
             name=f"vertical {size}: first run (backfill) vs the 15-min budget",
