@@ -2,8 +2,10 @@
 
 Deploy, re-deploy, crashes between upload and pointer, rollback (bucket and
 the whole use case with registry and notice), serving with checksum
-verification, and credentials from an Airflow connection.  Timings and the
-version size print with ``-s``.
+verification, and credentials from an Airflow connection.  Timings print
+with ``-s``.  A whole nightly run that deploys to S3 (the version folder a
+real night ships, its card, serving it) is checked on test_state_s3.py's
+first night, which already runs every stage with the bucket on S3.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipelines.release.deploy import (
     verify_version,
 )
 
-from .conftest import DS, Cli, S3Server
+from .conftest import S3Server
 
 VERTICAL = "finance"
 VERSION_FILES = {
@@ -387,36 +389,3 @@ def test_credentials_from_an_airflow_connection(
     monkeypatch.setenv("AIRFLOW_CONN_BUCKET_TEST", json.dumps({**conn, "password": "wrong"}))
     with pytest.raises(DeployError, match=r"denied access .*PermissionError.*check PIPELINES_BUCKET_URL"):
         read_pointer(url, VERTICAL)
-
-
-# -- the whole pipeline -----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_cli_run_deploys_to_s3_and_serves(cli: Cli, s3_env: S3Server, tmp_path: Path) -> None:
-    """A real nightly run (finance) with the bucket on S3: pointer, card files, serving, size."""
-    url = f"s3://{s3_env.bucket}/{uuid.uuid4().hex[:12]}"
-    cli.extra_env.update({**s3_env.env(), "PIPELINES_BUCKET_URL": url})
-    cli("run", VERTICAL, "--date", DS)
-    deployed = cli.record(VERTICAL, DS, "deploy")
-    assert deployed["deployed"] and deployed["uri"].startswith(url)
-
-    listing = _listing(url)
-    version = deployed["model_version"]
-    files = {k.rsplit("/", 1)[-1]: size for k, (_, _, size) in listing.items() if f"/versions/{version}/" in k}
-    # finance has a validation split, so its card also carries the reliability diagram; a nightly run's
-    # card draws the holdout curves and the per-slice figure from evaluate's scores; both of its
-    # ONNX exports pass the gate's export rules (seeded), so they ship in the version folder too.
-    card_figures = {"reliability.svg", "holdout_curves.svg", "slices.svg"}
-    assert set(files) == VERSION_FILES | card_figures | {"model.onnx", "model.int8.onnx"}
-    card = json.loads(_fs(url).cat_file(f"{url.removeprefix('s3://')}/{VERTICAL}/versions/{version}/model_card.json"))
-    assert card["model_version"] == version and card["confusion_matrix"]["image"] == "confusion_matrix.svg"
-    assert card["reliability"]["image"] == "reliability.svg"
-    assert card["slices"]["column"] == "home_ownership" and card["slices"]["image"] == "slices.svg"
-
-    raw = pd.read_parquet(cli.home / "data" / VERTICAL / "validated" / f"{DS}.parquet")
-    served = load_production(VERTICAL, bucket_url=url, cache_dir=tmp_path / "serve")
-    prob = served.predict_proba(raw)
-    assert len(prob) == len(raw) and ((prob >= 0) & (prob <= 1)).all()
-    detail = ", ".join(f"{name} {size}" for name, size in sorted(files.items()))
-    print(f"\n[s3 figures] deployed version {version}: {sum(files.values())} bytes ({detail})")
