@@ -200,7 +200,9 @@ class StateStore:
                     continue
                 if info.get("type") == "directory":
                     for found, meta in self.fs.find(key, detail=True).items():
-                        self._fetch(found, self.home / posixpath.relpath(found, self.root), meta)
+                        # Some S3 servers (SeaweedFS) list a folder whose last file was deleted as an entry.
+                        if meta.get("type") != "directory":
+                            self._fetch(found, self.home / posixpath.relpath(found, self.root), meta)
                 else:
                     self._fetch(key, path, info)
 
@@ -213,7 +215,13 @@ class StateStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")
-        self.fs.get_file(key, str(tmp))
+        try:
+            self.fs.get_file(key, str(tmp))
+        except FileNotFoundError:
+            # Deleted since it was listed (another worker's flush sent a queued email and removed
+            # it): the state no longer holds it, so there is nothing to pull.
+            tmp.unlink(missing_ok=True)
+            return
         tmp.replace(path)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(version)

@@ -111,3 +111,27 @@ def test_partitions_move_in_the_state_and_names_lists_a_folder(tmp_path: Path, s
 def test_a_uri_outside_the_state_is_refused(tmp_path: Path, shared: Path) -> None:
     with pytest.raises(StateError, match="not under the state URL"):
         open_state(worker(tmp_path, "a", shared)).local("s3://elsewhere/models/x")
+
+
+def test_a_file_deleted_between_listing_and_download_is_skipped_not_a_crash(
+    tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers flush the same queued emails: one lists the outbox, the other sends one and deletes it.
+    outbox = shared / "outbox"
+    outbox.mkdir()
+    (outbox / "a.eml").write_text("first")
+    (outbox / "b.eml").write_text("second")
+    settings = worker(tmp_path, "w", shared)
+    state = open_state(settings)
+    assert state.fs is not None
+    real_get = state.fs.get_file
+
+    def get_after_the_other_worker_deleted_a(key: str, local: str, **kwargs: object) -> None:
+        if key.endswith("a.eml"):
+            (outbox / "a.eml").unlink(missing_ok=True)
+        real_get(key, local, **kwargs)
+
+    monkeypatch.setattr(state.fs, "get_file", get_after_the_other_worker_deleted_a)
+    state.pull(settings.home / "outbox")
+    assert sorted(p.name for p in (settings.home / "outbox").iterdir() if not p.name.startswith(".")) == ["b.eml"]
+    assert (settings.home / "outbox" / "b.eml").read_text() == "second"
