@@ -490,12 +490,23 @@ class Stack:
     # -- stop --------------------------------------------------------------------------------
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to every process of one component (its process group): a crash, as a test makes one."""
-        process = self.processes[name]
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
+        """Send ``sig`` to every process of one component: a crash, as a test makes one.
+
+        Every process, not only the component's process group: Airflow's task supervisor
+        (3.3) runs each task in a process group of its own, so a signal to the worker's
+        group leaves the task running as an orphan, where a crashed host or container
+        takes it down too.  They all stay in the session the component was started in.
+        """
+        import psutil
+
+        leader = self.processes[name].pid
+        for _ in range(2):  # again: a process forked while the first pass ran
+            for pid in psutil.pids():
+                try:
+                    if os.getsid(pid) == leader:
+                        os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every component (workers finish their task: Celery's warm shutdown), then SIGKILL what is left."""

@@ -6,7 +6,8 @@ backend), S3 (SeaweedFS) and SMTP (aiosmtpd) on loopback, the registry and
 the warehouse in PostgreSQL.  Each worker's ``PIPELINES_HOME`` starts empty.
 The specs are short-window copies (30 days, a few epochs, a gate any model
 passes) so a run takes a minute, not ten; the path through the code is the
-nightly one.
+nightly one.  Airflow's test-only settings (heartbeats, scheduler naps, a
+cluster policy for retry delays) are in ``live_stack``'s ``extra_env``.
 """
 
 from __future__ import annotations
@@ -35,21 +36,30 @@ from pipelines.orchestration.stack import Stack, StackConfig
 
 from ..conftest import POSTGRES_URL, require_service
 
+#: Holds the test stack's ``airflow_local_settings.py`` (a cluster policy: shorter retry delays).
+AIRFLOW_SETTINGS = Path(__file__).parent / "airflow_settings"
 REDIS_URL = os.environ.get("PIPELINES_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_TIMEOUT_S = 600
-#: The two runs at once train this many epochs; the run whose worker is killed trains longer.
-EPOCHS = {"finance": 2, "healthcare": 2, "education": 20, "manufacturing": 2}
+#: Each vertical's model settings in the stack.  The two runs at once train a few epochs.  The run
+#: whose worker is killed trains every one of its many epochs (no early stopping): its worker is
+#: killed once a checkpoint is in S3, with most epochs (a few seconds of training) still to go.
+MODEL = {
+    "finance": {"epochs": 2},
+    "healthcare": {"epochs": 2},
+    "education": {"epochs": 80, "early_stopping": None},
+    "manufacturing": {"epochs": 2},
+}
 
 
-def short_spec(name: str, epochs: int) -> dict[str, Any]:
-    """The vertical's spec with a 30-day window, ``epochs`` epochs, no sweep, and a gate every model passes.
+def short_spec(name: str, model: dict[str, Any]) -> dict[str, Any]:
+    """The vertical's spec with a 30-day window, ``model`` settings, no sweep, and a gate every model passes.
 
     The gate is not under test here: the deployment is, so the first model of
     each vertical must be promoted.
     """
     spec = yaml.safe_load((PROJECT_ROOT / "verticals" / f"{name}.yaml").read_text())
     spec["window"] = {"train_days": 30, "holdout_days": 10, "validation_days": 8}
-    spec["model"]["epochs"] = epochs
+    spec["model"].update(model)
     spec["model"]["tuning"] = {"enabled": False}
     spec["model"]["threshold"] = {"objective": "fixed"}
     spec["gate"] = {
@@ -249,8 +259,8 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     root = tmp_path_factory.mktemp("stack")
     specs = root / "specs"
     specs.mkdir()
-    for name, epochs in EPOCHS.items():
-        (specs / f"{name}.yaml").write_text(yaml.safe_dump(short_spec(name, epochs)))
+    for name, model in MODEL.items():
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump(short_spec(name, model)))
     base = _free_block(8)
     config = StackConfig(
         root=root,
@@ -267,9 +277,19 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             # Only the runs the tests trigger: no cron run for "yesterday".
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            # A killed worker's task is noticed in seconds, not the default 5 minutes.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            # A killed worker's task is noticed in seconds, not the default 5 minutes: each task's
+            # supervisor heartbeats every second (default 5), so 10 s is ten missed beats; checked
+            # every 2 s.  The 1 s interval also bounds the supervisor's last wait: once a finished
+            # task has closed its sockets, it sleeps up to this interval before it notices the
+            # process has exited and the worker takes the next task (with 5 s, ~5 s after most tasks).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "10",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            # The scheduler's nap when a loop found nothing to do (default 1 s): a finished task's
+            # successor is queued sooner, and a failed run marks one more level upstream_failed per loop.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.3",
+            # airflow_local_settings.py: a retry waits seconds, not the DAGs' minute (see that file).
+            "PYTHONPATH": os.pathsep.join(p for p in (str(AIRFLOW_SETTINGS), os.environ.get("PYTHONPATH")) if p),
         },
     )
     started = time.monotonic()
@@ -284,8 +304,13 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         assert token.status_code == 201, token.text
         client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         live = LiveStack(stack, client, private)
-        for dag_id in EPOCHS:
+        for dag_id in MODEL:
             live.wait_until(f"DAG {dag_id} parsed", lambda d=dag_id: client.get(f"/api/v2/dags/{d}").status_code == 200)
+        train = client.get("/api/v2/dags/education/tasks/train").json()
+        delay = train["retry_delay"]
+        assert (delay["days"], delay["seconds"]) == (0, 1), (
+            f"the stack's cluster policy ({AIRFLOW_SETTINGS}) did not apply: retry_delay {delay}"
+        )
         try:
             yield live
         finally:

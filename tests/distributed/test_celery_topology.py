@@ -7,6 +7,7 @@ time of the two-vertical run and how the tasks spread over the workers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -98,10 +99,25 @@ def _assert_no_local_paths(live: LiveStack) -> None:
     assert not leaking, f"records with a local path: {leaking}"
 
 
-def test_two_verticals_at_once_on_two_workers(live_stack: LiveStack):
+def test_two_verticals_at_once_on_two_workers_through_a_broker_restart(live_stack: LiveStack):
+    """Two runs at once spread over both workers; Redis is restarted while they run, and both complete.
+
+    One pair of runs carries both proofs (issue 14): the broker restart used to be a third run of its own.
+    """
     live = live_stack
     started = time.monotonic()
     runs = {vertical: live.trigger(vertical, DS) for vertical in ("finance", "healthcare")}
+    restarted = live.redis is not None
+    if live.redis is not None:
+        # As soon as a task runs: the restart hits running tasks, their workers' broker connections
+        # and the other run's messages in flight, not an idle stack.
+        live.wait_until(
+            "extract running",
+            lambda: any(live.task_instances(v, r)["extract"]["state"] == "running" for v, r in runs.items()),
+            every=0.3,
+        )
+        live.redis.restart()
+        print("\nRedis restarted while extract ran")
     states = {vertical: live.wait_for_run(vertical, run_id) for vertical, run_id in runs.items()}
     wall = time.monotonic() - started
 
@@ -120,6 +136,9 @@ def test_two_verticals_at_once_on_two_workers(live_stack: LiveStack):
         rows = _registry_rows(live, vertical)
         assert [r[0] for r in rows["model_versions"]] == [DS] and len(rows["decisions"]) == 1
         assert len(rows["deployments"]) == 1, rows  # the first model of each vertical is promoted once
+    if not restarted:
+        message = "redis-server is not installed: the broker was not restarted (the machine's Redis is shared)"
+        (pytest.fail if IN_CI else pytest.skip)(f"{message}; the rest of this test passed")
 
 
 def test_a_bad_day_is_quarantined_and_mailed(live_stack: LiveStack):
@@ -166,10 +185,17 @@ def test_a_worker_killed_mid_task_the_other_finishes_the_run(live_stack: LiveSta
     )
     victim = running["hostname"]
     assert victim in WORKERS
-    time.sleep(1.0)  # the task is under way (imports, data read), not yet finished
-    assert live.task_instances(vertical, run_id)["train"]["state"] == "running", "train finished before the kill"
+    # A deterministic point instead of a sleep: the kill comes once train has stored a finished epoch's
+    # checkpoint in S3 (each epoch pushes its checkpoints), with most of its MODEL epochs still to go.
+    fs = _s3(live)
+
+    def checkpoint_stored() -> bool:
+        fs.invalidate_cache()
+        return bool(fs.glob(f"state/checkpoints/{vertical}/*/last.ckpt"))
+
+    live.wait_until("a checkpoint of train in S3", checkpoint_stored, every=0.1)
     live.kill(victim)
-    print(f"\nSIGKILL {victim} (its Celery worker and the task it ran) in the middle of train")
+    print(f"\nSIGKILL {victim} (its Celery worker, the task's supervisor and the task) in the middle of train")
 
     state = live.wait_for_run(vertical, run_id)
     tries = live.tries(vertical, run_id, "train")
@@ -180,30 +206,13 @@ def test_a_worker_killed_mid_task_the_other_finishes_the_run(live_stack: LiveSta
     assert tries[-1]["hostname"] == survivor and tries[-1]["state"] == "success"
     hosts = _hosts(live, vertical, run_id)
     assert set(hosts.values()) == WORKERS or hosts["train"] == survivor, hosts  # one run on both workers
+    record = json.loads(_s3(live).cat(f"state/runs/{vertical}/{DS}/train.json"))
+    # Killed mid-training: the killed try left no finished model to reuse, only its checkpoint in S3,
+    # from which the survivor (its disk empty of this vertical) resumed instead of starting over.
+    assert record["reused"] is False and record["resumed_from_checkpoint"] is True, record
 
     rows = _registry_rows(live, vertical)
     assert [r[0] for r in rows["model_versions"]] == [DS], rows  # one model, not one per try
     assert len(rows["decisions"]) == 1 and len(rows["deployments"]) <= 1, rows
     deployed = [r[1] for r in rows["deployments"]]
     assert _bucket_versions(live, vertical) == deployed  # no second version in the bucket
-
-
-def test_the_broker_restarted_during_a_run_the_run_completes(live_stack: LiveStack):
-    live = live_stack
-    if live.redis is None:
-        message = "redis-server is not installed: the broker cannot be restarted (the machine's Redis is shared)"
-        (pytest.fail if IN_CI else pytest.skip)(message)
-    assert live.redis is not None
-    vertical = "manufacturing"
-    run_id = live.trigger(vertical, DS)
-    live.wait_until(
-        "extract running", lambda: live.task_instances(vertical, run_id)["extract"]["state"] == "running", every=0.3
-    )
-
-    live.redis.restart()
-    print("\nRedis restarted while extract ran")
-
-    state = live.wait_for_run(vertical, run_id)
-    assert state == "success", {t: ti["state"] for t, ti in live.task_instances(vertical, run_id).items()}
-    rows = _registry_rows(live, vertical)
-    assert [r[0] for r in rows["model_versions"]] == [DS] and len(rows["decisions"]) == 1, rows
