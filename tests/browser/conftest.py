@@ -5,7 +5,11 @@ One standalone per test module on a free loopback port, with its own AIRFLOW_HOM
 demo warehouse, the repo's DAGs and plugins, and only the runs the tests
 trigger (the cron scheduler is off).  The browser is ``/usr/bin/chromium``
 (Debian's ``chromium``; ``.ci/run`` installs it): Playwright's own browser
-downloads are never used.  Screenshots go to each test's ``tmp_path``; with
+downloads are never used.  The tier is about the UI, not model quality: the specs
+are the orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`: finance
+without a tuning sweep on a half-year window, still approved by the real gate),
+except with ``PIPELINES_DOCS_SCREENSHOTS=1``, whose model card and Models view
+must show the real specs.  Screenshots go to each test's ``tmp_path``; with
 ``PIPELINES_DOCS_SCREENSHOTS=1`` the ones the docs use are also copied to ``docs/img/``.
 """
 
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -28,7 +31,15 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 from ..conftest import IN_CI
-from ..integration.airflow_support import AIRFLOW_BIN, airflow_env, free_port, healthy, seed_home, stop_standalone
+from ..integration.airflow_support import (
+    AIRFLOW_BIN,
+    free_port,
+    healthy,
+    orchestration_specs,
+    seed_home,
+    standalone_env,
+    stop_standalone,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -77,7 +88,7 @@ class AirflowUI:
             result = check()
             if result:
                 return result
-            time.sleep(2)
+            time.sleep(0.5)
         pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
@@ -125,15 +136,8 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
     airflow_home = workdir / "airflow"
     airflow_home.mkdir()
     port = free_port()
-    env = airflow_env(
-        home,
-        airflow_home,
-        port=port,
-        # Only the runs the tests trigger: no cron run for "yesterday" after a DAG is unpaused.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-        # One secret for every component, so task tokens validate at the API server.
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_hex(32),
-    )
+    docs = os.environ.get("PIPELINES_DOCS_SCREENSHOTS") == "1"
+    env = standalone_env(home, airflow_home, port, None if docs else orchestration_specs(workdir / "specs"))
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(PROJECT_ROOT / "plugins")
     log = workdir / "standalone.log"
     with log.open("wb") as out:

@@ -6,7 +6,8 @@ known to Airflow's metadata DB alone.  A process in Airflow's server context
 (``_AIRFLOW_PROCESS_CONTEXT=server``: the chain the API server answers a
 worker's connection requests from) installs the orchestration layer's lookup,
 ``airflow.sdk.Connection.get``, and runs the real extract stage, the alert
-delivery and the bucket through it.
+delivery and the bucket through it (on the orchestration overlay's specs: the
+extract pulls finance's half-year window, not a year).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .airflow_support import airflow_env, migrated_airflow_home, probe_json
+from .airflow_support import airflow_env, migrated_airflow_home, orchestration_specs, probe_json
 from .conftest import DS, S3Server
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,7 @@ def test_connections_only_in_the_metadata_db_work(
         _AIRFLOW_PROCESS_CONTEXT="server",
         PIPELINES_BUCKET_URL=f"s3://{prefix}",
         PIPELINES_BUCKET_CONN_ID="bucket_meta",
+        PIPELINES_SPECS_DIR=str(orchestration_specs(tmp_path / "specs")),
     )
     for name in list(env):
         if name.startswith(("AIRFLOW_CONN_", "AWS_")) or name == "PIPELINES_PII_KEY":

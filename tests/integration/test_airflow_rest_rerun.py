@@ -5,7 +5,10 @@ dag-processor, triggerer) on a free loopback port with its own AIRFLOW_HOME
 and SQLite DB, triggers one vertical for a fixed logical date, then clears
 ``train`` with its downstream tasks, and then the whole run.  Each rerun must
 give the same data and model versions, add no registry rows, leave the
-bucket's objects byte-identical and deploy exactly once.
+bucket's objects byte-identical and deploy exactly once.  The run is about
+orchestration, not model quality: finance runs on the orchestration overlay
+(`airflow_support.ORCHESTRATION_OVERLAY`: no tuning sweep, a half-year window;
+its first model still passes the real gate and is deployed).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from .airflow_support import Airflow, bucket_listing, pointer, record, registry_counts, seed_home, standalone
+from .airflow_support import (
+    Airflow,
+    bucket_listing,
+    orchestration_specs,
+    pointer,
+    record,
+    registry_counts,
+    seed_home,
+    standalone,
+)
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -27,7 +39,7 @@ DS = "2026-11-27"
 @pytest.fixture
 def airflow(settings, tmp_path: Path) -> Iterator[Airflow]:
     seed_home(settings.home)
-    with standalone(settings.home, tmp_path, VERTICAL) as server:
+    with standalone(settings.home, tmp_path, VERTICAL, specs_dir=orchestration_specs(tmp_path / "specs")) as server:
         yield server
 
 

@@ -7,7 +7,10 @@ no run, so nothing sits "running" and blocks the vertical
 (``max_active_runs=1``); a valid trigger right after is accepted, gets exactly
 its day as data interval and starts.  The rollback DAG refuses a blank reason
 the same way.  A corrupted day fails ``validate`` with a task log that ends
-with the summary: no traceback, no Great Expectations notices.
+with the summary: no traceback, no Great Expectations notices.  Both are about
+orchestration: the specs are the orchestration overlay
+(`airflow_support.ORCHESTRATION_OVERLAY`), so the failed first backfill
+re-checks 60 days one by one, not a year.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .airflow_support import Airflow, seed_home, standalone
+from .airflow_support import Airflow, orchestration_specs, seed_home, standalone
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -32,7 +35,8 @@ DS = "2026-11-27"
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     home = tmp_path_factory.mktemp("state")
     seed_home(home)
-    with standalone(home, tmp_path_factory.mktemp("airflow"), VERTICAL) as server:
+    specs = orchestration_specs(tmp_path_factory.mktemp("specs"))
+    with standalone(home, tmp_path_factory.mktemp("airflow"), VERTICAL, specs_dir=specs) as server:
         server.pipelines_home = home  # type: ignore[attr-defined]
         yield server
 
