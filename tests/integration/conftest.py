@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 from pipelines.orchestration.stack import free_ports
 
-from ..conftest import GoldenHomes
+from ..conftest import GoldenHomes, short_window_specs
 
 #: A logical date inside the demo span with a full year of history before it.
 DS = "2026-11-27"
@@ -65,6 +65,31 @@ def cli(tmp_path: Path, seeded_warehouse: Path) -> Cli:
 FINANCE_FIRST_RUN = "cli-finance-first-run"
 
 
+def finance_specs(golden: GoldenHomes) -> Path:
+    """The specs the CLI tier's finance goldens run with: the repo's, finance sweeping 2 trials instead of 12.
+
+    These tests are about what the CLI does around a model (reruns, warm starts,
+    rollbacks, reproduction, exports), not how good the sweep makes it: a 2-trial
+    sweep runs and records exactly what a 12-trial one does (study, best
+    configuration, the Saturday reuse) at a fraction of the cost.  The window,
+    features, gate and thresholds are the repo's.  The repo spec's own 12-trial
+    first night runs through Airflow in test_airflow_dag_test.py (every vertical).
+    Kept beside the golden snapshots (not in the live home), so every restore finds it.
+    """
+    import yaml
+
+    folder = golden.root / "specs-finance-2-trials"
+    if not folder.exists():
+        tuning = yaml.safe_load((PROJECT_ROOT / "verticals" / "finance.yaml").read_text())["model"]["tuning"]
+        short_window_specs(folder, "finance", model={"tuning": {**tuning, "trials": 2}})
+    return folder
+
+
+def finance_cli(golden: GoldenHomes, home: Path) -> Cli:
+    """The CLI on ``home`` with the finance goldens' specs (`finance_specs`)."""
+    return Cli(home, {"PIPELINES_SPECS_DIR": str(finance_specs(golden))})
+
+
 @pytest.fixture
 def finance_ran(golden: GoldenHomes, seeded_warehouse: Path) -> Cli:
     """A data root where ``python -m pipelines run finance --date DS`` already ran (champion deployed).
@@ -72,14 +97,43 @@ def finance_ran(golden: GoldenHomes, seeded_warehouse: Path) -> Cli:
     Built once per session by that very command (tests/conftest.py `GoldenHomes`), then
     restored per test: tests that start from a first night no longer each re-run the
     365-day backfill and its tuning sweep.  ``golden.built[FINANCE_FIRST_RUN]`` is that
-    run's CompletedProcess.
+    run's CompletedProcess.  Runs with `finance_specs` (a 2-trial sweep); so does every
+    command a test gives the returned `Cli`.
     """
 
     def first_run(home: Path) -> subprocess.CompletedProcess[str]:
         shutil.copyfile(seeded_warehouse, home / "warehouse.db")
-        return Cli(home, {})("run", "finance", "--date", DS)
+        return finance_cli(golden, home)("run", "finance", "--date", DS)
 
-    return Cli(golden.home(FINANCE_FIRST_RUN, first_run), {})
+    return finance_cli(golden, golden.home(FINANCE_FIRST_RUN, first_run))
+
+
+def _after_first_night(golden: GoldenHomes, name: str, *args: str) -> Cli:
+    """The golden ``name``: the first night (`finance_ran`'s, restored), then ``pipelines ARGS``.
+
+    ``golden.built[name]`` is that second command's CompletedProcess.
+    """
+
+    def build(home: Path) -> subprocess.CompletedProcess[str]:
+        golden.home(FINANCE_FIRST_RUN, lambda _: None)  # restores the first night into ``home``
+        return finance_cli(golden, home)(*args)
+
+    return finance_cli(golden, golden.home(name, build))
+
+
+FINANCE_NEXT_NIGHT = "cli-finance-next-night"
+#: The night after DS: warm-started from DS's champion (not a sweep night: a Saturday after an approval).
+NEXT_DS = "2026-11-28"
+
+
+@pytest.fixture
+def finance_next_night(golden: GoldenHomes, finance_ran: Cli) -> Cli:
+    """`finance_ran`, then ``run finance --date NEXT_DS``: a warm-started second night, deployed.
+
+    Shared by test_cli_pipeline (its rerun reproduces the model) and test_reproduce
+    (its rebuild fetches the parent): one second night per session, not one per test.
+    """
+    return _after_first_night(golden, FINANCE_NEXT_NIGHT, "run", "finance", "--date", NEXT_DS)
 
 
 FINANCE_FORCED_LATER = "cli-finance-forced-later"
@@ -90,12 +144,16 @@ LATER_DS = "2026-11-29"
 @pytest.fixture
 def finance_forced_later(golden: GoldenHomes, finance_ran: Cli) -> Cli:
     """`finance_ran`, then ``run finance --date LATER_DS --force-reason ...``: a second, newer champion."""
-
-    def forced(home: Path) -> subprocess.CompletedProcess[str]:
-        golden.home(FINANCE_FIRST_RUN, lambda _: None)  # restores the first night into ``home``
-        return Cli(home, {})("run", "finance", "--date", LATER_DS, "--force-reason", "test: a second, newer champion")
-
-    return Cli(golden.home(FINANCE_FORCED_LATER, forced), {})
+    return _after_first_night(
+        golden,
+        FINANCE_FORCED_LATER,
+        "run",
+        "finance",
+        "--date",
+        LATER_DS,
+        "--force-reason",
+        "test: a second, newer champion",
+    )
 
 
 AIRFLOW_NIGHTLY = "airflow-nightly-all"

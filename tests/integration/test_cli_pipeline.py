@@ -13,10 +13,9 @@ import pytest
 
 from ..conftest import GoldenHomes
 from .airflow_support import bucket_listing, registry_counts
-from .conftest import DS, FINANCE_FIRST_RUN, LATER_DS, Cli
+from .conftest import DS, FINANCE_FIRST_RUN, FINANCE_NEXT_NIGHT, LATER_DS, NEXT_DS, Cli
 
 pytestmark = pytest.mark.slow
-NEXT_DS = "2026-11-28"
 
 
 def local_dir(uri: str) -> Path:
@@ -95,13 +94,13 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(finance_ran: C
     assert registry_counts(cli.home) == counts
 
 
-def test_a_warm_started_night_reruns_to_the_same_model(finance_ran: Cli):
+def test_a_warm_started_night_reruns_to_the_same_model(finance_next_night: Cli, golden: GoldenHomes):
     """Night 2 fine-tunes night 1's champion; rerunning night 2 (model wiped) reproduces it bit for bit."""
     import shutil
 
-    cli = finance_ran  # `pipelines run finance --date DS` already ran
+    cli = finance_next_night  # `pipelines run finance --date DS`, then `--date NEXT_DS`, already ran
+    assert golden.built[FINANCE_NEXT_NIGHT].returncode == 0
     champion = cli.record("finance", DS, "train")["model_version"]
-    cli("run", "finance", "--date", NEXT_DS)
     first = cli.record("finance", NEXT_DS, "train")
     assert first["warm_start"]["from"] == champion
     assert first["tuning"]["swept"] is False  # a Saturday after an approval: tonight reuses the sweep of DS
@@ -194,25 +193,48 @@ def test_corrupted_partition_is_quarantined_alerted_and_never_trained(finance_ra
 
 
 def test_bad_input_gets_specific_errors_and_exit_codes(cli: Cli, tmp_path: Path):
-    unknown = cli("run", "retail", "--date", DS, check=False)
-    assert unknown.returncode == 2 and "unknown vertical 'retail'" in unknown.stderr
-    assert "finance" in unknown.stderr  # lists the known ones
-
-    bad_date = cli("run", "finance", "--date", "2026-02-30", check=False)
-    assert bad_date.returncode == 2 and "use YYYY-MM-DD" in bad_date.stderr
-
-    out_of_order = cli("train", "finance", "--date", DS, check=False)
-    assert out_of_order.returncode == 8 and "run `python -m pipelines snapshot finance" in out_of_order.stderr
+    from concurrent.futures import ThreadPoolExecutor
 
     specs = tmp_path / "specs"
     specs.mkdir()
     spec = (Path(__file__).parents[2] / "verticals" / "finance.yaml").read_text()
     (specs / "finance.yaml").write_text(spec.replace("  thresholds:", "  thresholdz:"))
-    broken = Cli(cli.home, {"PIPELINES_SPECS_DIR": str(specs)})("run", "finance", "--date", DS, check=False)
+    missing = tmp_path / "nowhere" / "warehouse.db"
+    commands = {
+        "unknown": (cli, ("run", "retail", "--date", DS)),
+        "bad_date": (cli, ("run", "finance", "--date", "2026-02-30")),
+        "out_of_order": (cli, ("train", "finance", "--date", DS)),
+        "broken": (Cli(cli.home, {"PIPELINES_SPECS_DIR": str(specs)}), ("run", "finance", "--date", DS)),
+        "unreachable": (
+            Cli(cli.home, {"AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{missing}"}),
+            ("extract", "finance", "--date", DS),
+        ),
+    }
+    # Started together (an interpreter start each), checked one by one.  Only one command may take the
+    # run lease of (finance, DS) at a time, or a second would be told "already running": the train runs
+    # beside the refusals that come before any lease, the extract after it.
+    later = {"unreachable"}
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {
+            name: pool.submit(runner, *args, check=False)
+            for name, (runner, args) in commands.items()
+            if name not in later
+        }
+        done = {name: future.result() for name, future in futures.items()}
+    done.update({name: runner(*args, check=False) for name, (runner, args) in commands.items() if name in later})
+
+    unknown = done["unknown"]
+    assert unknown.returncode == 2 and "unknown vertical 'retail'" in unknown.stderr
+    assert "finance" in unknown.stderr  # lists the known ones
+
+    bad_date = done["bad_date"]
+    assert bad_date.returncode == 2 and "use YYYY-MM-DD" in bad_date.stderr
+
+    out_of_order = done["out_of_order"]
+    assert out_of_order.returncode == 8 and "run `python -m pipelines snapshot finance" in out_of_order.stderr
+
+    broken = done["broken"]
     assert broken.returncode == 2 and "gate.thresholdz" in broken.stderr
 
-    missing = tmp_path / "nowhere" / "warehouse.db"
-    unreachable = Cli(cli.home, {"AIRFLOW_CONN_WAREHOUSE_DEFAULT": f"sqlite:///{missing}"})(
-        "extract", "finance", "--date", DS, check=False
-    )
+    unreachable = done["unreachable"]
     assert unreachable.returncode == 3 and "unreachable" in unreachable.stderr

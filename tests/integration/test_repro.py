@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.config import PROJECT_ROOT
 
@@ -40,7 +41,12 @@ def _run(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
 
 
 def _fresh_clone(dest: Path, env: dict[str, str]) -> Path:
-    """This checkout's files (tracked and new, as they are now) committed to a new git repo."""
+    """This checkout's files (tracked and new, as they are now) committed to a new git repo.
+
+    One edit before the commit: the finance spec sweeps 2 trials instead of 12.  The
+    test is about where an experiment writes and what DVC sees, not the model's
+    quality; a 2-trial sweep runs the same stages and writes the same files.
+    """
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=PROJECT_ROOT,
@@ -52,6 +58,10 @@ def _fresh_clone(dest: Path, env: dict[str, str]) -> Path:
         if src.is_file():  # a file deleted in the working tree is still listed
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+    spec_path = dest / "verticals" / f"{VERTICAL}.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["model"]["tuning"]["trials"] = 2
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     _run(dest, env, "git", "init", "-q", "-b", "main")
     _run(dest, env, "git", "add", "-A")
     _run(dest, env, "git", "commit", "-q", "-m", "fresh clone")

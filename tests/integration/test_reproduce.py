@@ -18,11 +18,9 @@ import pytest
 
 from pipelines.release.bucket import json_bytes
 
-from .conftest import DS, Cli, S3Server
+from .conftest import DS, NEXT_DS, Cli, S3Server
 
 pytestmark = pytest.mark.slow
-#: The night after DS: warm-started from DS's champion, and deployed (see test_cli_pipeline).
-NEXT_DS = "2026-11-28"
 
 
 def _deployed(finance_ran: Cli) -> tuple[str, Path]:
@@ -114,9 +112,12 @@ def test_a_version_not_in_the_bucket_is_refused_in_one_line(finance_ran: Cli, tm
     assert "Traceback" not in proc.stderr
 
 
-def test_a_warm_started_version_fetches_its_parent_from_the_bucket(finance_ran: Cli, tmp_path: Path):
-    """Night 2 fine-tunes night 1's champion (as in test_cli_pipeline): the rebuild needs that parent too."""
-    finance_ran("run", "finance", "--date", NEXT_DS)
+def test_a_warm_started_version_fetches_its_parent_from_the_bucket(finance_next_night: Cli, tmp_path: Path):
+    """Night 2 fine-tunes night 1's champion (the golden second night, as in test_cli_pipeline).
+
+    The rebuild needs that parent too.
+    """
+    finance_ran = finance_next_night  # DS ran, then NEXT_DS (deployed)
     version, bucket = _deployed(finance_ran)
     lineage = json.loads((bucket / "finance" / "versions" / version / "lineage.json").read_text())
     parent = lineage["warm_start"]["from"]

@@ -13,7 +13,9 @@ and SIGKILLs itself at the named point (no cleanup code gets to run).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -33,6 +35,8 @@ import pytest
 from pipelines import stages
 from pipelines.config import PROJECT_ROOT, Settings
 
+from ..conftest import short_window_specs
+
 VERTICAL = "finance"
 DS = "2026-11-27"
 BAD_DS = "2026-11-28"
@@ -47,13 +51,28 @@ def _clean_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINES_", "AIRFLOW_CONN_"))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PIPELINES_HOME"] = str(home)
+    if "PIPELINES_SPECS_DIR" in os.environ:  # the gated home's specs (`_two_trial_specs`)
+        env["PIPELINES_SPECS_DIR"] = os.environ["PIPELINES_SPECS_DIR"]
     env.update(extra)
     return env
 
 
+def _two_trial_specs(home: Path) -> Path:
+    """The repo's specs with finance sweeping 2 trials instead of 12, beside ``home``.
+
+    The faults are about what a kill or an outage leaves behind, not the model's
+    quality: a 2-trial sweep writes the same study, records and checkpoints at a
+    fraction of the first run's cost.
+    """
+    import yaml
+
+    tuning = yaml.safe_load((PROJECT_ROOT / "verticals" / f"{VERTICAL}.yaml").read_text())["model"]["tuning"]
+    return short_window_specs(home.parent / "specs", VERTICAL, model={"tuning": {**tuning, "trials": 2}})
+
+
 @pytest.fixture(scope="module")
 def gated_home(tmp_path_factory: pytest.TempPathFactory, seeded_warehouse: Path) -> Path:
-    """A data root where finance ran extract..gate for DS (approved, nothing deployed yet)."""
+    """A data root where finance ran extract..gate for DS (approved, nothing deployed yet), with `_two_trial_specs`."""
     home = tmp_path_factory.mktemp("gated") / "state"
     home.mkdir()
     shutil.copyfile(seeded_warehouse, home / "warehouse.db")
@@ -62,6 +81,7 @@ def gated_home(tmp_path_factory: pytest.TempPathFactory, seeded_warehouse: Path)
             if name.startswith(("PIPELINES_", "AIRFLOW_CONN_")):
                 mp.delenv(name)
         mp.setenv("PIPELINES_HOME", str(home))
+        mp.setenv("PIPELINES_SPECS_DIR", str(_two_trial_specs(home)))
         for stage in STAGES_TO_GATE:
             getattr(stages, stage)(VERTICAL, DS)
     gate = json.loads((home / "runs" / VERTICAL / DS / "gate.json").read_text())
@@ -71,13 +91,14 @@ def gated_home(tmp_path_factory: pytest.TempPathFactory, seeded_warehouse: Path)
 
 @pytest.fixture
 def home(gated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the gated data root; the environment points at it."""
+    """A private copy of the gated data root; the environment points at it (and at its specs)."""
     home = tmp_path / "state"
     shutil.copytree(gated_home, home, symlinks=True)
     for name in list(os.environ):
         if name.startswith(("PIPELINES_", "AIRFLOW_CONN_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PIPELINES_HOME", str(home))
+    monkeypatch.setenv("PIPELINES_SPECS_DIR", str(gated_home.parent / "specs"))
     return home
 
 
@@ -102,6 +123,20 @@ def _pipelines(
         text=True,
         timeout=600,
     )
+
+
+def _pipelines_here(*args: str) -> tuple[int, str]:
+    """``main(ARGS)`` of ``python -m pipelines`` in this process: (exit code, stdout).
+
+    For the checks and follow-up reruns around a fault; every fault itself runs in
+    a real process (``_pipelines``), as does at least one rerun of each kind.
+    """
+    from pipelines.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
 
 
 def _closed_port() -> int:
@@ -135,9 +170,11 @@ def _assert_consistent(home: Path, model_version: str) -> None:
     champion = Registry.from_settings(settings).champion(VERTICAL)
     assert champion is not None and champion.model_version == model_version
     assert len(_deployments(settings, model_version)) == 1, "the deployment was recorded twice"
-    status = _pipelines(home, "status", "--json")
-    assert status.returncode == 0, status.stderr
-    row = next(r for r in json.loads(status.stdout) if r["vertical"] == VERTICAL)
+    # `status --json` in this process (the faults themselves run as real processes, and
+    # test_corrupt_weights... runs `status` as one): no interpreter start per check.
+    code, out = _pipelines_here("status", "--json")
+    assert code == 0
+    row = next(r for r in json.loads(out) if r["vertical"] == VERTICAL)
     assert row["champion"]["model_version"] == model_version
     assert {k: row["production"][k] for k in ("version", "ok", "problem")} == {
         "version": model_version,
@@ -228,10 +265,11 @@ def test_kill_between_pointer_flip_and_registry_write_is_repaired_by_a_rerun(hom
         "problem": None,
     }
 
-    for _ in range(2):  # a rerun repairs the registry; a second one changes nothing
-        rerun = _pipelines(home, "deploy", VERTICAL, "--date", DS)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        _assert_consistent(home, version)
+    rerun = _pipelines(home, "deploy", VERTICAL, "--date", DS)  # a rerun (a new process) repairs the registry
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_consistent(home, version)
+    assert _pipelines_here("deploy", VERTICAL, "--date", DS)[0] == 0  # a second one changes nothing
+    _assert_consistent(home, version)
 
 
 # -- 4. registry unavailable --------------------------------------------------------------------
@@ -250,8 +288,7 @@ def test_registry_unavailable_fails_deploy_cleanly_before_production_changes(hom
     assert "Traceback" not in proc.stderr and proc.returncode == 9, proc.stderr  # RegistryError, one line
     assert "registry" in proc.stderr.lower()
 
-    rerun = _pipelines(home, "deploy", VERTICAL, "--date", DS)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _pipelines_here("deploy", VERTICAL, "--date", DS)[0] == 0  # the rerun, once the registry is back
     _assert_consistent(home, _record(home, "gate")["model_version"])
 
 
