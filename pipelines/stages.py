@@ -495,12 +495,13 @@ def _checkpoint_sync(layout: Layout, checkpoint_dir: Path) -> list[Any]:
 
     class _SyncCheckpoints(Callback):
         # ModelCheckpoint runs after user callbacks, so each epoch pushes the one before it;
-        # fit's end pushes the last.
+        # fit's end pushes the last.  Mirrored, not pushed: the checkpoints Lightning deleted
+        # (earlier epochs) leave the store too, instead of one file per epoch piling up there.
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            state.push(checkpoint_dir)
+            state.mirror(checkpoint_dir)
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-            state.push(checkpoint_dir)
+            state.mirror(checkpoint_dir)
 
     return [_SyncCheckpoints()]
 

@@ -161,6 +161,28 @@ class StateStore:
                 elif path.is_file():
                     self._put(path)
 
+    def mirror(self, folder: Path) -> None:
+        """Make the state's copy of ``folder`` hold exactly its files here: push them, delete the others.
+
+        For a folder whose owner deletes files as it goes (Lightning keeps only
+        the latest epoch's checkpoint): a plain `push` would keep every file
+        ever uploaded in the store.
+        """
+        if self.fs is None:
+            return
+        self.push(folder)
+        key = self._key(folder)
+        with _store_errors(self.url):
+            self.fs.invalidate_cache(key)
+            try:
+                stored = self.fs.find(key, detail=True)
+            except FileNotFoundError:
+                return
+            for found, meta in stored.items():
+                local = self.home / posixpath.relpath(found, self.root)
+                if meta.get("type") != "directory" and not local.is_file():
+                    self.fs.rm(found)
+
     def _put(self, path: Path) -> None:
         assert self.fs is not None
         stamp = self._stamp(path)

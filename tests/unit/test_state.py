@@ -135,3 +135,30 @@ def test_a_file_deleted_between_listing_and_download_is_skipped_not_a_crash(
     state.pull(settings.home / "outbox")
     assert sorted(p.name for p in (settings.home / "outbox").iterdir() if not p.name.startswith(".")) == ["b.eml"]
     assert (settings.home / "outbox" / "b.eml").read_text() == "second"
+
+
+def test_mirror_deletes_from_the_state_what_was_deleted_here(tmp_path: Path, shared: Path) -> None:
+    # Lightning keeps only the latest epoch's checkpoint; the store must not keep one per epoch.
+    settings = worker(tmp_path, "w", shared)
+    state = open_state(settings)
+    folder = settings.home / "checkpoints" / "demo" / "mv-1"
+    folder.mkdir(parents=True)
+    (folder / "epoch=0-step=4.ckpt").write_text("epoch 0")
+    (folder / "last.ckpt").write_text("epoch 0")
+    state.mirror(folder)
+    assert sorted(p.name for p in (shared / "checkpoints" / "demo" / "mv-1").iterdir()) == [
+        "epoch=0-step=4.ckpt",
+        "last.ckpt",
+    ]
+    (folder / "epoch=0-step=4.ckpt").unlink()
+    (folder / "epoch=1-step=8.ckpt").write_text("epoch 1")
+    (folder / "last.ckpt").write_text("epoch 1")
+    state.mirror(folder)
+    stored = shared / "checkpoints" / "demo" / "mv-1"
+    assert sorted(p.name for p in stored.iterdir()) == ["epoch=1-step=8.ckpt", "last.ckpt"]
+    assert (stored / "last.ckpt").read_text() == "epoch 1"
+    other = shared / "checkpoints" / "demo" / "mv-2"  # another version's folder is left alone
+    other.mkdir()
+    (other / "last.ckpt").write_text("other")
+    state.mirror(folder)
+    assert (other / "last.ckpt").read_text() == "other"
