@@ -9,7 +9,8 @@ wrote, read from the page cache like the snapshot's own bytes.
 
 Both calls pass ``inputs`` as the snapshot stage does, and pay for computing it
 inside the timing: `inputs_fingerprint` over an input file holding the window
-(the stage hashes the window's validated partitions, about as many bytes).
+(the stage fingerprints the window's validated partitions, about as many bytes),
+with the stage's stat cache: an input file seen before is recognised by its stat.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ VERTICAL = "manufacturing"
 
 
 def run(config: Config) -> list[Figure]:
-    from pipelines.data.versioning import WINDOW_FILE, inputs_fingerprint, snapshot_window
+    from pipelines.data.versioning import STAT_CACHE, WINDOW_FILE, inputs_fingerprint, snapshot_window
     from pipelines.layout import Layout
 
     home = config.workdir / "dvc"
@@ -38,7 +39,11 @@ def run(config: Config) -> list[Figure]:
     frame.to_parquet(source)
 
     def snapshot(ds: str) -> None:
-        inputs = inputs_fingerprint([source], config={"ds": ds, "torque_nm": float(frame.loc[0, "torque_nm"])})
+        inputs = inputs_fingerprint(
+            [source],
+            config={"ds": ds, "torque_nm": float(frame.loc[0, "torque_nm"])},
+            stat_cache=window.parent / STAT_CACHE,  # as the stage passes it
+        )
         snapshot_window(frame, vertical=VERTICAL, ds=ds, settings=settings, inputs=inputs)
 
     def new_window() -> float:

@@ -302,13 +302,19 @@ def window_inputs(spec: VerticalSpec, ds: str, layout: Layout) -> str:
     The window's validated partitions (content), the whole spec (label rule,
     window, PII and joins among it; any other edit only costs one
     serialisation), the date, and the code that assembles, labels and
-    serialises the frame.
+    serialises the frame.  Unchanged files are recognised by their stat (the
+    data repo's `versioning.STAT_CACHE`), not read again.
     """
     from pipelines.data import labels, sources, versioning
 
     files = [path for path in map(layout.validated, window_days(spec, ds)) if path.exists()]
     code = [Path(module.__file__ or "") for module in (sources, labels, versioning)] + [Path(__file__)]
-    return versioning.inputs_fingerprint(files, config={"ds": ds, "spec": spec.model_dump(mode="json")}, code=code)
+    return versioning.inputs_fingerprint(
+        files,
+        config={"ds": ds, "spec": spec.model_dump(mode="json")},
+        code=code,
+        stat_cache=layout.dvc_repo / versioning.STAT_CACHE,
+    )
 
 
 def _check_drift(

@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -68,6 +69,10 @@ _INPUTS = re.compile(r"^Data-Inputs: ([0-9a-f]{64})$", re.MULTILINE)
 _FINGERPRINT_FORMAT = "window-inputs/1"
 #: Libraries whose release can change the window's bytes for the same inputs.
 _WRITER_LIBS = ("pyarrow", "pandas", "numpy")
+#: A file modified this recently when hashed is not cached (`_StatCache`): its stamp may not show a next write.
+_RACY_S = 2.0
+#: Where `inputs_fingerprint`'s stat cache lives in a data repo: DVC's own git-ignored scratch folder.
+STAT_CACHE = Path(".dvc") / "tmp" / "inputs-md5.json"
 # Fixed writer options: library defaults drift between releases, and the data
 # version id is the md5 of these bytes.  Measured on 1M-row frames: snappy is
 # the fastest codec and within 5% of zstd's size on realistic columns; a 256 KiB
@@ -141,25 +146,86 @@ def window_md5(frame: pd.DataFrame) -> str:
     return sink.hexdigest()
 
 
-def inputs_fingerprint(files: Iterable[Path], *, config: Any, code: Iterable[Path] = ()) -> str:
+def inputs_fingerprint(
+    files: Iterable[Path], *, config: Any, code: Iterable[Path] = (), stat_cache: Path | None = None
+) -> str:
     """sha256 over the content of ``files`` (name + md5), ``config`` (JSON) and ``code``, plus writer versions.
 
     What `snapshot_window` compares to skip serialising an unchanged window: it
-    must change whenever the frame could.  Contents are hashed, not mtimes: a
-    partition rewritten or pulled from the state store with other bytes is
-    always seen.  A false miss only costs the serialisation it saves.
+    must change whenever the frame could.  Contents are hashed: a partition
+    rewritten or pulled from the state store with other bytes is always seen.
+    ``stat_cache`` (a JSON file, used only where its folder exists) keeps each
+    file's md5 under its size, inode, mtime and ctime, as DVC's own state does,
+    so an unchanged window costs a ``stat`` per file instead of reading them all
+    (`_StatCache`).  A false miss only costs the serialisation it saves.
     """
     import json
     from importlib import metadata
 
+    cache = _StatCache.open(stat_cache)
     digest = hashlib.sha256(_FINGERPRINT_FORMAT.encode())
     for lib in _WRITER_LIBS:
         digest.update(f"\n{lib}=={metadata.version(lib)}".encode())
     digest.update(b"\nconfig:" + json.dumps(config, sort_keys=True, default=str).encode())
     for kind, paths in (("file", files), ("code", code)):
         for path in paths:
-            digest.update(f"\n{kind}:{path.name}:{_file_md5(path)}".encode())
+            digest.update(f"\n{kind}:{path.name}:{cache.md5(path)}".encode())
+    cache.save()
     return digest.hexdigest()
+
+
+class _StatCache:
+    """md5s of files keyed by ``(size, inode, mtime_ns, ctime_ns)``, kept in a JSON file between runs.
+
+    A hit needs all four to match.  A rewrite changes the ctime (which no tool can
+    set back) and an atomic replace the inode, so a stale hit needs a same-size
+    rewrite of the same inode within one kernel timestamp tick.  To rule that out
+    too, as git does with "racily clean" entries, a file modified within
+    ``_RACY_S`` of being hashed is hashed but not cached.  Only the entries of the
+    latest call are kept, so the file stays the size of one window.
+    """
+
+    def __init__(self, path: Path | None, entries: dict[str, list[Any]]) -> None:
+        self.path = path
+        self.entries = entries
+        self.used: dict[str, list[Any]] = {}
+
+    @classmethod
+    def open(cls, path: Path | None) -> _StatCache:
+        import json
+
+        if path is None or not path.parent.is_dir():
+            return cls(None, {})
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):  # missing or torn: a cold cache
+            entries = {}
+        return cls(path, entries if isinstance(entries, dict) else {})
+
+    def md5(self, path: Path) -> str:
+        if self.path is None:
+            return _file_md5(path)
+        key = str(path.absolute())
+        before = _stamp(path)
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and hit[:-1] == before:
+            self.used[key] = hit
+            return str(hit[-1])
+        md5 = _file_md5(path)
+        if _stamp(path) == before and time.time() - before[2] / 1e9 > _RACY_S:
+            self.used[key] = [*before, md5]
+        return md5
+
+    def save(self) -> None:
+        if self.path is not None and self.used != self.entries:
+            from pipelines.layout import write_json_atomic
+
+            write_json_atomic(self.path, self.used)
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _file_md5(path: Path) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -434,3 +437,48 @@ def test_inputs_fingerprint_follows_file_content_config_and_code(tmp_path: Path)
     assert versioning.inputs_fingerprint([part], config={"label": "x"}, code=[code]) != base
     code.write_text("RULE = 1\n")
     assert versioning.inputs_fingerprint([], config={"label": "x"}, code=[code]) != base
+
+
+def test_the_stat_cache_rehashes_changed_files_and_skips_unchanged_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "repo" / ".dvc" / "tmp" / "inputs-md5.json"
+    cache.parent.mkdir(parents=True)
+    part = tmp_path / "2026-11-27.parquet"
+    part.write_bytes(b"first")
+    old = time.time() - 60  # not "racily clean": older than the cache's margin
+    os.utime(part, (old, old))
+    base = versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
+    assert str(part.absolute()) in json.loads(cache.read_text())
+
+    hashed: list[Path] = []
+    real_md5 = versioning._file_md5
+    monkeypatch.setattr(versioning, "_file_md5", lambda path: hashed.append(path) or real_md5(path))
+    assert versioning.inputs_fingerprint([part], config={}, stat_cache=cache) == base
+    assert hashed == []  # unchanged: recognised by its stat alone
+
+    # Same size, same inode, mtime set back: the ctime still tells the rewrite apart
+    # (a tick later: ctimes come from the kernel's coarse clock).
+    time.sleep(0.05)
+    part.write_bytes(b"other")
+    os.utime(part, (old, old))
+    assert versioning.inputs_fingerprint([part], config={}, stat_cache=cache) != base
+    assert hashed == [part]
+
+
+def test_a_file_written_just_now_is_hashed_but_not_cached(tmp_path: Path) -> None:
+    cache = tmp_path / "tmp" / "inputs-md5.json"
+    cache.parent.mkdir()
+    part = tmp_path / "fresh.parquet"
+    part.write_bytes(b"rows")  # its next rewrite could land in the same timestamp tick
+    versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
+    assert str(part.absolute()) not in json.loads(cache.read_text() if cache.exists() else "{}")
+
+
+def test_without_its_folder_the_stat_cache_is_not_used(tmp_path: Path) -> None:
+    part = tmp_path / "part.parquet"
+    part.write_bytes(b"rows")
+    cache = tmp_path / "no-repo-yet" / "inputs-md5.json"
+    first = versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
+    assert first == versioning.inputs_fingerprint([part], config={})
+    assert not cache.parent.exists()
