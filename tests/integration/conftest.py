@@ -16,6 +16,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 from pipelines.orchestration.stack import free_ports
 
+from .. import warm_cli
 from ..conftest import GoldenHomes, short_window_specs
 
 #: A logical date inside the demo span with a full year of history before it.
@@ -24,7 +25,7 @@ DS = "2026-11-27"
 
 @dataclass
 class Cli:
-    """Runs ``python -m pipelines`` in a subprocess against one data root."""
+    """Runs ``python -m pipelines`` in its own process against one data root."""
 
     home: Path
     extra_env: dict[str, str]
@@ -36,15 +37,14 @@ class Cli:
         env.update(self.extra_env)
         return env
 
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipelines", *args],
-            cwd=PROJECT_ROOT,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+    def __call__(self, *args: str, check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+        """The command in its own process: forked from a warm interpreter (`tests.warm_cli`), or a
+        fresh ``python -m pipelines`` with ``fresh=True`` (a new interpreter and hash secret)."""
+        argv = [sys.executable, "-m", "pipelines", *args]
+        if fresh:
+            proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=self.env(), capture_output=True, text=True, timeout=900)
+        else:
+            proc = warm_cli.run(argv, cwd=PROJECT_ROOT, env=self.env(), timeout=900)
         if check and proc.returncode != 0:
             raise AssertionError(f"`pipelines {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr[-4000:]}")
         return proc

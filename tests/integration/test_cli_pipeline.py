@@ -74,7 +74,7 @@ def test_rerun_of_the_same_date_reproduces_and_duplicates_nothing(finance_ran: C
 
     shutil.rmtree(local_dir(cli.record("finance", DS, "train")["model_dir"]))
     shutil.rmtree(cli.home / "checkpoints")
-    rerun = cli("run", "finance", "--date", DS)
+    rerun = cli("run", "finance", "--date", DS, fresh=True)  # another interpreter, another hash secret
     second = cli.record("finance", DS, "report")
     # Same partitions, spec and code: the snapshot is recognised without serialising the window.
     assert "inputs unchanged, snapshot" in rerun.stderr
@@ -108,7 +108,7 @@ def test_a_warm_started_night_reruns_to_the_same_model(finance_next_night: Cli, 
 
     shutil.rmtree(local_dir(first["model_dir"]))
     shutil.rmtree(cli.home / "checkpoints")
-    cli("run", "finance", "--date", NEXT_DS)  # production now serves this night's own model
+    cli("run", "finance", "--date", NEXT_DS, fresh=True)  # production now serves this night's own model
     again = cli.record("finance", NEXT_DS, "train")
     assert (again["model_version"], again["warm_start"]) == (first["model_version"], first["warm_start"])
     assert (local_dir(again["model_dir"]) / "weights.pt").read_bytes() == weights

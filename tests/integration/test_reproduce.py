@@ -57,7 +57,7 @@ def test_a_deployed_version_is_rebuilt_from_its_lineage_alone(finance_ran: Cli, 
     before = {"bucket": _tree_digest(bucket), "registry": (finance_ran.home / "registry.db").read_bytes()}
     elsewhere = _elsewhere(tmp_path, finance_ran, bucket)
 
-    proc = elsewhere("reproduce", "finance", version)
+    proc = elsewhere("reproduce", "finance", version, fresh=True)  # a new interpreter rebuilds the same bytes
 
     recorded = json.loads((bucket / "finance" / "versions" / version / "checksums.json").read_text())
     assert proc.stdout.strip() == f"reproduced: identical weights (weights.pt sha256 {recorded['files']['weights.pt']})"

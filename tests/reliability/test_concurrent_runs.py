@@ -22,6 +22,8 @@ import yaml
 
 from pipelines.config import PROJECT_ROOT
 
+from .. import warm_cli
+
 pytestmark = pytest.mark.slow
 
 DS = "2026-11-27"
@@ -53,14 +55,10 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _start(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", "finance", "--date", DS, *args],
-        cwd=PROJECT_ROOT,
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def _start(home: Path, *args: str) -> warm_cli.WarmProcess | subprocess.Popen[str]:
+    """``python -m pipelines run finance ...`` in its own process, forked warm (`tests.warm_cli`)."""
+    return warm_cli.start(
+        [sys.executable, "-m", "pipelines", "run", "finance", "--date", DS, *args], cwd=PROJECT_ROOT, env=_env(home)
     )
 
 

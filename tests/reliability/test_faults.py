@@ -35,6 +35,7 @@ import pytest
 from pipelines import stages
 from pipelines.config import PROJECT_ROOT, Settings
 
+from .. import warm_cli
 from ..conftest import short_window_specs
 
 VERTICAL = "finance"
@@ -113,16 +114,9 @@ def _record(home: Path, stage: str, ds: str = DS) -> dict[str, Any]:
 def _pipelines(
     home: Path, *args: str, fault: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m pipelines ARGS`` as a user runs it; with ``fault``, through the fault runner."""
+    """``python -m pipelines ARGS`` in its own process (`tests.warm_cli`); with ``fault``, through the fault runner."""
     command = [sys.executable, str(RUNNER), fault] if fault else [sys.executable, "-m", "pipelines"]
-    return subprocess.run(
-        [*command, *args],
-        cwd=PROJECT_ROOT,
-        env=_clean_env(home, **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return warm_cli.run([*command, *args], cwd=PROJECT_ROOT, env=_clean_env(home, **(env or {})), timeout=600)
 
 
 def _pipelines_here(*args: str) -> tuple[int, str]:

@@ -31,6 +31,7 @@ import pytest
 from pipelines import stages
 from pipelines.config import PROJECT_ROOT, Settings
 
+from .. import warm_cli
 from ..conftest import short_window_specs
 
 DS = "2026-11-27"
@@ -47,13 +48,8 @@ def _clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _pipelines(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines", "-v", *args],
-        cwd=PROJECT_ROOT,
-        env=_clean_env(home, **env),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return warm_cli.run(
+        [sys.executable, "-m", "pipelines", "-v", *args], cwd=PROJECT_ROOT, env=_clean_env(home, **env), timeout=600
     )
 
 
