@@ -253,6 +253,8 @@ class Stack:
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{c.db_url()}",
             # CPU training: one task per worker at a time (torch uses the cores itself).
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+            # Airflow's Celery settings, plus the pipeline stack imported once per worker (not per task).
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "pipelines.orchestration.celery_config.CELERY_CONFIG",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(c.root / "task-logs"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             # The pipelines' own state: nothing on a local disk that another task needs.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import socket
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_stack_and_compose_are_one_topology(tmp_path: Path):
         "PIPELINES_STATE_URL",
         "PIPELINES_DVC_REMOTE",
         "PIPELINES_BUCKET_URL",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS",
     )
     assert {k: str(compose[k]).lower() for k in same} == {k: stack[k].lower() for k in same}
     assert stack["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
@@ -95,3 +97,21 @@ def test_stack_env_prints_the_shell_variables_and_starts_nothing(tmp_path, monke
     assert "export AIRFLOW__CORE__EXECUTOR='CeleryExecutor'" in out
     assert not (tmp_path / "logs").exists()
     assert main(["up"]) == 2
+
+
+def test_celery_workers_import_the_pipeline_stack_once_on_top_of_airflows_settings():
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    from pipelines.orchestration import celery_config
+
+    option = Stack(StackConfig(root=Path("/unused"))).process_env("worker-1")["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+    module, _, name = option.rpartition(".")
+    config = getattr(importlib.import_module(module), name)
+    assert config is celery_config.CELERY_CONFIG
+    # Airflow's settings (broker, serialisation, timeouts) are all kept; the preload is added.
+    assert {k: v for k, v in config.items() if k != "imports"} == {
+        k: v for k, v in DEFAULT_CELERY_CONFIG.items() if k != "imports"
+    }
+    assert celery_config.PRELOAD_MODULE in config["imports"]
+    assert importlib.util.find_spec(celery_config.PRELOAD_MODULE) is not None
+    # Whether the workers really start with it and run tasks: tests/distributed.
