@@ -180,8 +180,8 @@ class _StatCache:
     A hit needs all four to match.  A rewrite changes the ctime (which no tool can
     set back) and an atomic replace the inode, so a stale hit needs a same-size
     rewrite of the same inode within one kernel timestamp tick.  To rule that out
-    too, as git does with "racily clean" entries, a file modified within
-    ``_RACY_S`` of being hashed is hashed but not cached.  Only the entries of the
+    too, as git does with "racily clean" entries, a file whose mtime or ctime is
+    within ``_RACY_S`` of the hash is hashed but not cached.  Only the entries of the
     latest call are kept, so the file stays the size of one window.
     """
 
@@ -212,7 +212,8 @@ class _StatCache:
             self.used[key] = hit
             return str(hit[-1])
         md5 = _file_md5(path)
-        if _stamp(path) == before and time.time() - before[2] / 1e9 > _RACY_S:
+        # Racy: changed (written, or its mtime set) too recently for the stamp to show a next change.
+        if _stamp(path) == before and time.time() - max(before[2], before[3]) / 1e9 > _RACY_S:
             self.used[key] = [*before, md5]
         return md5
 

@@ -446,8 +446,11 @@ def test_the_stat_cache_rehashes_changed_files_and_skips_unchanged_ones(
     cache.parent.mkdir(parents=True)
     part = tmp_path / "2026-11-27.parquet"
     part.write_bytes(b"first")
-    old = time.time() - 60  # not "racily clean": older than the cache's margin
+    old = time.time() - 60
     os.utime(part, (old, old))
+    # Not "racily clean": the margin is the kernel's timestamp tick (the utime just set the ctime).
+    monkeypatch.setattr(versioning, "_RACY_S", 0.0)
+    time.sleep(0.05)
     base = versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
     assert str(part.absolute()) in json.loads(cache.read_text())
 
@@ -466,11 +469,15 @@ def test_the_stat_cache_rehashes_changed_files_and_skips_unchanged_ones(
     assert hashed == [part]
 
 
-def test_a_file_written_just_now_is_hashed_but_not_cached(tmp_path: Path) -> None:
+def test_a_file_changed_just_now_is_hashed_but_not_cached(tmp_path: Path) -> None:
     cache = tmp_path / "tmp" / "inputs-md5.json"
     cache.parent.mkdir()
     part = tmp_path / "fresh.parquet"
     part.write_bytes(b"rows")  # its next rewrite could land in the same timestamp tick
+    versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
+    assert str(part.absolute()) not in json.loads(cache.read_text() if cache.exists() else "{}")
+    old = time.time() - 60
+    os.utime(part, (old, old))  # an old mtime, but the ctime says it changed just now
     versioning.inputs_fingerprint([part], config={}, stat_cache=cache)
     assert str(part.absolute()) not in json.loads(cache.read_text() if cache.exists() else "{}")
 
