@@ -1,10 +1,10 @@
 """``python -m pipelines …`` as a child forked from an interpreter that already imported the stack.
 
 A CLI process spends most of a short command importing Great Expectations,
-torch, Lightning, DVC, Optuna and scikit-learn: 22 s of CPU on this machine
-class (``python -c "import pipelines.cli, great_expectations,
+torch, Lightning, DVC, Optuna and scikit-learn: 22.5 s (19.4 CPU-s) on the
+2-core CI machines (``python -c "import pipelines.cli, great_expectations,
 pytorch_lightning, dvc.repo, optuna, sklearn, ..."``), often more than the
-command itself.  The test tiers start a few hundred such processes.
+command itself.  The CLI, state and reliability tiers start many of them.
 
 `run` starts each command in its own process forked from a server that did
 those imports once (``multiprocessing``'s forkserver, one per test process):
@@ -136,12 +136,12 @@ class WarmProcess:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Wait for the exit (killing the child after ``timeout``, then raising, as `subprocess.run` does)."""
-        self._child.join(timeout)
-        if self._child.exitcode is None:
-            self._child.kill()
-            self._child.join()
-            raise subprocess.TimeoutExpired(self.args, timeout or 0, output=_read(self._out), stderr=_read(self._err))
         try:
+            self._child.join(timeout)
+            if self._child.exitcode is None:
+                self._child.kill()
+                self._child.join()
+                raise subprocess.TimeoutExpired(self.args, timeout or 0, _read(self._out), _read(self._err))
             return _read(self._out), _read(self._err)
         finally:
             self._folder.cleanup()
