@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 
-PRELOAD_MODULE = "pipelines.orchestration.worker_preload"
+from pipelines.orchestration.local_executor import PRELOAD_MODULE
 
 CELERY_CONFIG: dict[str, Any] = {
     **DEFAULT_CELERY_CONFIG,

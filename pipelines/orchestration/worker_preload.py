@@ -1,24 +1,51 @@
-"""Imported once by each Celery worker before it forks (`celery_config`): what the stages import lazily.
+"""What the stages import lazily, imported once by the process that forks the task processes.
 
-Never imported by a DAG file or the scheduler: parsing a DAG stays free of these (ARCHITECTURE's
-parse budget), and only a worker that runs tasks pays for them, once.
+A Celery worker imports it before it forks its pool (`celery_config`); the embedded default's
+scheduler imports it just before its LocalExecutor forks its workers (`local_executor`).  Every
+task forked from those processes starts with these modules in memory.
+
+Never imported by a DAG file, the DAG processor or the API server: parsing a DAG stays free of
+these (ARCHITECTURE's parse budget), and only a process that runs tasks pays for them, once.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import logging
 
-import dvc.repo  # noqa: F401  # snapshot
-import great_expectations  # noqa: F401  # validate
-import optuna  # noqa: F401  # train (sweeps)
-import pandas  # noqa: F401
-import pyarrow.parquet  # noqa: F401
-import pytorch_lightning  # noqa: F401  # train
-import sklearn.metrics  # noqa: F401  # evaluate, gate
-import torch  # noqa: F401
+#: What the stages import lazily, heaviest first: snapshot (DVC), validate (GX), train (Lightning,
+#: Optuna), evaluate and gate (scikit-learn).
+MODULES = (
+    "great_expectations",
+    "pytorch_lightning",
+    "torch",
+    "dvc.repo",
+    "optuna",
+    "sklearn.metrics",
+    "pyarrow.parquet",
+    "pandas",
+    "pipelines.stages",
+)
 
-import pipelines.stages  # noqa: F401
 
+def _route_library_notices() -> None:
+    """GX's ~200 import-time notices go where a task sends them (the library log), not to this process's output."""
+    from pipelines.config import Settings
+    from pipelines.errors import PipelineError
+    from pipelines.orchestration.task_logging import route_library_notices
+
+    try:
+        home = Settings.from_env().home
+    except PipelineError as exc:  # a bad PIPELINES_* setting: every task will say so itself
+        logging.getLogger(__name__).warning("library notices not routed: %s", exc)
+        return
+    route_library_notices(home)
+
+
+_route_library_notices()
+for _name in MODULES:
+    importlib.import_module(_name)
 # As Airflow's own preload does: keep these objects out of the collector's generations, so a
 # collection in a forked task does not touch (and copy) the pages the worker's tasks share.
 gc.freeze()
