@@ -633,6 +633,8 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         champion_metrics = compute_metrics(y_true, champion_prob, champion.decision_threshold)
     # Baselines fit on the same rows as the model and choose their thresholds on the same validation split.
     fit_frame, validation = split_validation(train_frame, spec, ds)
+    # Both parts are copies: the whole train part (a GB at 5M rows) need not live through the baselines.
+    del train_frame
     baselines = [
         majority_baseline(label_vector(fit_frame, spec.label), y_true),
         logistic_baseline(fit_frame, holdout, spec, c=spec.gate.baselines.logistic_c, validation=validation),
@@ -1051,9 +1053,12 @@ def run_all(
         ("deploy", lambda: deploy(vertical, ds, settings=settings, dry_run=dry_run)),
         ("report", lambda: report(vertical, ds, settings=settings)),
     ]
+    from pipelines.memory import release_freed_memory
+
     result: dict[str, Any] = {}
     for name, step in steps:
         if on_stage:
             on_stage(vertical, name)
         result = step()
+        release_freed_memory()  # one process for every stage: what one freed must not stay under the next
     return result

@@ -113,10 +113,23 @@ def split_window(frame: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[pd.D
     day = ordered["_day"]
     holdout_rows = ordered.index[(day >= holdout_start) & (day <= end)]
     train_rows = ordered.index[(day >= window_start) & (day < holdout_start)]
-    train = frame.take(train_rows).reset_index(drop=True)
-    holdout = frame.take(holdout_rows).reset_index(drop=True)
+    train = _rows_at(frame, train_rows.to_numpy())
+    holdout = _rows_at(frame, holdout_rows.to_numpy())
     _check_split(train, holdout, spec, ds, window_start=window_start, holdout_start=holdout_start, end=end)
     return train, holdout
+
+
+def _rows_at(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """``frame``'s rows at ``positions``, renumbered from 0.
+
+    A snapshot's window is written sorted by day and key, so a split's rows are usually one
+    ascending run: then the part is a slice sharing the window's memory (copy-on-write) instead of
+    a copy.  At 5M rows the two copies of a split held 2 GB beside the window.  Same rows, same
+    order, same values either way.
+    """
+    if len(positions) and positions[-1] - positions[0] == len(positions) - 1 and bool(np.all(np.diff(positions) == 1)):
+        return frame.iloc[positions[0] : positions[-1] + 1].reset_index(drop=True)
+    return frame.take(positions).reset_index(drop=True)
 
 
 def _labelled_end(ds: str, spec: VerticalSpec) -> date:
@@ -196,8 +209,9 @@ def split_validation(train: pd.DataFrame, spec: VerticalSpec, ds: str) -> tuple[
     validation_start = holdout_start - timedelta(days=days)
     event_days = _event_dates(train[spec.source.event_time], spec, ds)
     mask = (event_days >= validation_start).to_numpy()
-    fit = train[~mask].reset_index(drop=True)
-    validation = train[mask].reset_index(drop=True)
+    # Slices of ``train`` when it is in day order (as `split_window` returns it), copies otherwise.
+    fit = _rows_at(train, np.flatnonzero(~mask))
+    validation = _rows_at(train, np.flatnonzero(mask))
     where = (
         f"validation {validation_start}..{holdout_start - timedelta(days=1)} has {len(validation)} rows, "
         f"fit (earlier days) has {len(fit)}"

@@ -13,7 +13,7 @@ from pipelines.config import VerticalSpec
 from pipelines.errors import TrainingError
 from pipelines.model.features import Preprocessor
 from pipelines.model.modeling import TabularMLP, load_model_dir, save_model_dir
-from pipelines.model.training import EpochShuffledBatches, _hparams, split_window, train_model
+from pipelines.model.training import EpochShuffledBatches, _hparams, split_validation, split_window, train_model
 
 
 def make_spec(**overrides: Any) -> VerticalSpec:
@@ -90,6 +90,29 @@ def test_split_window_orders_by_date_then_key() -> None:
     frame["id"] = [7, 9, 3, 1]
     train, _ = split_window(frame.iloc[::-1], make_spec(), "2024-01-10")
     assert train["id"].tolist() == [9, 3, 7]
+
+
+def test_a_window_in_day_order_splits_into_slices_of_its_memory_with_the_same_rows() -> None:
+    days = [f"2024-01-{d:02d}" for d in range(1, 11) for _ in range(3)]
+    frame = dated(days, ["bad", "good", "good"] * 10)
+    spec = make_spec(window={"train_days": 10, "holdout_days": 3, "validation_days": 2})
+    train, holdout = split_window(frame, spec, "2024-01-10")
+    shuffled_train, shuffled_holdout = split_window(frame.sample(frac=1.0, random_state=0), spec, "2024-01-10")
+    # The snapshot writes its window sorted by day and key: both parts share the window's buffers ...
+    assert np.shares_memory(train["amount"].to_numpy(), frame["amount"].to_numpy())
+    assert np.shares_memory(holdout["amount"].to_numpy(), frame["amount"].to_numpy())
+    # ... and are the same frames the copying path builds from any other order.
+    assert not np.shares_memory(shuffled_train["amount"].to_numpy(), frame["amount"].to_numpy())
+    pd.testing.assert_frame_equal(train, shuffled_train)
+    pd.testing.assert_frame_equal(holdout, shuffled_holdout)
+    assert (len(train), len(holdout), train.index.tolist()[:2]) == (21, 9, [0, 1])
+    fit, validation = split_validation(train, spec, "2024-01-10")
+    assert np.shares_memory(validation["amount"].to_numpy(), frame["amount"].to_numpy())
+    assert fit["event_date"].max() == "2024-01-05" and validation["event_date"].tolist()[0] == "2024-01-06"
+    # Copy-on-write: writing to a part never reaches the window it was sliced from.
+    before = frame["amount"].copy()
+    train.loc[0, "amount"] = 1e9
+    pd.testing.assert_series_equal(frame["amount"], before)
 
 
 def test_split_window_empty_holdout_names_counts() -> None:

@@ -1,0 +1,38 @@
+"""Hand the memory a finished stage freed back to the operating system, for the next stage.
+
+``python -m pipelines run`` runs every stage in one process (an Airflow task runs one stage in
+its own).  Arrow's allocator (mimalloc in pyarrow's wheels) and glibc's malloc keep what a stage
+frees for reuse, resident: on a 5M-row vertical the window that snapshot and train each read
+(1.6 GB in memory, 3.3 GB resident while Parquet decodes it) stayed resident under the next
+stage, and evaluate peaked at 7.7 GB in the run where it needs 4 GB alone.  Between stages
+`release_freed_memory` asks both to return their free pages (Arrow's ``release_unused``, glibc's
+``malloc_trim``).  Nothing a stage still holds is touched; only where freed memory goes changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import sys
+from functools import cache
+
+
+def release_freed_memory() -> None:
+    """Collect garbage, then return the free pages of Arrow's memory pool and of malloc to the OS."""
+    gc.collect()
+    if "pyarrow" in sys.modules:  # nothing to give back if no stage used Arrow
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, which has ``malloc_trim``; None elsewhere (musl, macOS), where malloc is left alone."""
+    name = ctypes.util.find_library("c")
+    if name is None or sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(name)
+    return libc if hasattr(libc, "malloc_trim") else None
