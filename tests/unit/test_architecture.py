@@ -19,7 +19,7 @@ PACKAGE = ROOT / "pipelines"
 
 #: Lowest first. A part may import its own layer and any layer below it, never one above.
 LAYERS: list[tuple[str, frozenset[str]]] = [
-    ("foundation", frozenset({"pipelines", "config", "errors", "layout", "state", "connections"})),
+    ("foundation", frozenset({"pipelines", "config", "errors", "layout", "state", "connections", "memory"})),
     ("registry", frozenset({"registry"})),
     ("domain", frozenset({"data", "model", "gate"})),
     ("notify", frozenset({"notify"})),
