@@ -431,7 +431,7 @@ def train(vertical: str, ds: str, *, settings: Settings | None = None, run_id: s
     train_frame, holdout, snap = _window_split(spec, ds, settings, layout)
     train_rows, holdout_rows = len(train_frame), len(holdout)
     fit_frame, validation = split_validation(train_frame, spec, ds)
-    # Only their sizes are recorded: at millions of rows each frame is gigabytes the fit does not need.
+    # Only their sizes are recorded: slices of the window, but copies of gigabytes from a window not in day order.
     del train_frame, holdout
     registry = Registry.from_settings(settings)
     # The sweep (on its nights) or the best configuration found so far; the spec's own otherwise.
@@ -637,8 +637,6 @@ def evaluate(vertical: str, ds: str, *, settings: Settings | None = None) -> dic
         champion_metrics = compute_metrics(y_true, champion_prob, champion.decision_threshold)
     # Baselines fit on the same rows as the model and choose their thresholds on the same validation split.
     fit_frame, validation = split_validation(train_frame, spec, ds)
-    # Both parts are copies: the whole train part (a GB at 5M rows) need not live through the baselines.
-    del train_frame
     baselines = [
         majority_baseline(label_vector(fit_frame, spec.label), y_true),
         logistic_baseline(fit_frame, holdout, spec, c=spec.gate.baselines.logistic_c, validation=validation),
