@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import replace
 from datetime import date, timedelta
@@ -103,6 +104,35 @@ def test_an_edited_suite_applies_to_the_next_validation_in_the_same_process(spec
     [between] = report.failed
     assert between.expected == {"min_value": 0, "max_value": 3} and between.sample_values == [4.0, 5.0]
     assert [row["id"] for row in between.sample_keys] == [4, 5]  # the failing rows' keys, for the email
+
+
+def _alive_views_of(values: np.ndarray) -> list[str]:
+    """Every live pandas object that still holds (a view of) ``values``' buffer."""
+    gc.collect()
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, pd.DataFrame) and "x" in obj.columns:
+            arrays = [obj["x"].to_numpy()]
+        elif isinstance(obj, pd.Series) and obj.dtype.kind == "f":
+            arrays = [obj.to_numpy()]
+        else:
+            continue
+        if any(np.shares_memory(a, values) for a in arrays):
+            found.append("DataFrame" if isinstance(obj, pd.DataFrame) else f"Series {obj.name!r}")
+    return found
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["passing", "failing"])
+def test_the_validated_batch_is_not_kept_after_the_validation(spec, suite_settings, bad):
+    """GX's engine (kept for the process) must not hold the batch: a backfill would stay resident under train."""
+    batch = frame()
+    if bad:
+        batch.loc[2, "x"] = 99.0  # a failure, so the failing rows' keys are looked up too
+    values = batch["x"].to_numpy()  # a view of the frame's buffer, which must be the only one left
+    report = validate_frame(batch, spec, ds="2026-11-27", days=["2026-11-27"], settings=suite_settings)
+    assert report.success is not bad
+    del batch
+    assert _alive_views_of(values) == []
 
 
 def test_row_count_bounds_scale_with_the_number_of_days(spec, suite_settings):
