@@ -321,9 +321,14 @@ def read_snapshot(
     settings: Settings,
     commit: str | None = None,
     md5: str | None = None,
+    columns: list[str] | None = None,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> pd.DataFrame:
     """Read the window versioned under ``tag``, pulling from the remote if the cache lacks it.
+
+    ``columns`` reads only those of the window's columns (the ones it has, in
+    that order): a reader that compares a few features needs a fraction of a
+    window that is gigabytes in memory.
 
     ``commit`` pins the exact snapshot a run recorded: a tag moves when the
     same date is re-snapshotted with changed data, a commit never does.
@@ -334,14 +339,12 @@ def read_snapshot(
     """
     import io
 
-    import pandas as pd
-
     root = Layout(settings, vertical).dvc_repo
     ds = tag.partition("@")[2] or None
     if md5 is not None:
         local = _version_at_tag(root, vertical, ds) if ds else None
         if local is None or local.md5 != md5:
-            return read_by_md5(vertical=vertical, md5=md5, settings=settings, ds=ds)
+            return read_by_md5(vertical=vertical, md5=md5, settings=settings, ds=ds, columns=columns)
         commit = local.commit  # this worker's own commit of the same data
     with _repo_lock(settings, vertical, ds, lock_timeout_s), _quiet_dvc():
         if _git_ref(root, f"refs/tags/{tag}", vertical=vertical, ds=ds) is None:
@@ -357,7 +360,19 @@ def read_snapshot(
         with _window_file(root, commit or tag, remote=remote, vertical=vertical, ds=ds) as fh:
             # A local cache object opens as a plain file: parse it in place
             # (measured 2.5x faster than reading it into memory first).
-            return pd.read_parquet(fh if fh.seekable() else io.BytesIO(fh.read()))
+            return _read_window(fh if fh.seekable() else io.BytesIO(fh.read()), columns)
+
+
+def _read_window(source: BinaryIO, columns: list[str] | None) -> pd.DataFrame:
+    """The window Parquet in ``source`` (seekable): every column, or those of ``columns`` it has."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    if columns is not None:
+        names = set(pq.read_schema(source).names)
+        source.seek(0)
+        columns = [c for c in columns if c in names]
+    return pd.read_parquet(source, columns=columns)
 
 
 @contextmanager
@@ -378,8 +393,12 @@ def _window_file(root: Path, rev: str | None, *, remote: str, vertical: str, ds:
         yield fh
 
 
-def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None = None) -> pd.DataFrame:
+def read_by_md5(
+    *, vertical: str, md5: str, settings: Settings, ds: str | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """The window file with DVC md5 ``md5``, read from the DVC remote; no git history needed.
+
+    ``columns`` reads only those columns, as in `read_snapshot`.
 
     A scratch DVC repository (no git) under ``<home>/dvc-pins/<vertical>/<md5>/``
     holds only a ``.dvc`` file naming that md5, and ``dvc.api.open`` streams
@@ -389,7 +408,6 @@ def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None =
     """
     import io
 
-    import pandas as pd
     import yaml
 
     if not re.fullmatch(r"[0-9a-f]{32}", md5):
@@ -417,7 +435,7 @@ def read_by_md5(*, vertical: str, md5: str, settings: Settings, ds: str | None =
             vertical=vertical,
             ds=ds,
         )
-    return pd.read_parquet(io.BytesIO(data))
+    return _read_window(io.BytesIO(data), columns)
 
 
 def find_version(*, vertical: str, ds: str, settings: Settings) -> DataVersion | None:

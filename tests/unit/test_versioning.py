@@ -198,6 +198,21 @@ def test_a_worker_with_an_empty_home_reads_the_version_by_md5(tmp_path: Path) ->
     assert not (repo_of(fresh) / ".git").exists()  # no git history was needed
 
 
+def test_a_reader_can_ask_for_some_columns_by_tag_or_by_md5(tmp_path: Path) -> None:
+    """Only the asked columns it has, in the asked order, with every row (drift reads a few features)."""
+    remote = str(tmp_path / "shared-remote")
+    worker_a = make_settings(tmp_path / "a", remote=remote)
+    worker_b = make_settings(tmp_path / "b", remote=remote)  # no git history: reads by md5 from the remote
+    full = make_frame()
+    made = snapshot_window(full, vertical="finance", ds=DS, settings=worker_a)
+    asked = ["score", "no_such_column", "segment"]
+    for settings in (worker_a, worker_b):
+        read = read_snapshot(vertical="finance", tag=made.tag, md5=made.md5, columns=asked, settings=settings)
+        pd.testing.assert_frame_equal(read, full[["score", "segment"]])
+    none = read_snapshot(vertical="finance", tag=made.tag, columns=["no_such_column"], settings=worker_a)
+    assert len(none) == len(full) and list(none.columns) == []
+
+
 def test_a_corrupted_remote_object_is_refused_by_md5(tmp_path: Path, frame: pd.DataFrame) -> None:
     remote = tmp_path / "shared-remote"
     version = snapshot_window(
