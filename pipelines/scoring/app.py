@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
@@ -39,6 +39,9 @@ from pipelines.scoring.runtime import FORMATS, LoadedModel, ModelFormat
 from pipelines.scoring.store import ModelStore
 from pipelines.scoring.validation import RequestError, records_frame, tensors_frame
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger("pipelines.scoring.access")
 
 TOKEN_ENV = "PIPELINES_SCORING_TOKEN"
@@ -46,6 +49,8 @@ TOKEN_ENV = "PIPELINES_SCORING_TOKEN"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 SERVER_NAME = "pipelines-scoring"
 BINARY_HEADER = "inference-header-content-length"
+#: Requests of up to this many rows are scored on the event loop (`_score`).
+INLINE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,8 @@ def create_app(config: ScoringConfig) -> FastAPI:
             model = model_or_error(vertical, model_version)
             raw = await _read_body(request, config.max_body_bytes)
             body, binary = _split_binary(raw, request.headers.get(BINARY_HEADER))
-            result = await run_in_threadpool(_infer, model, body, binary, config.max_rows)
+            prob = await _score(model, _infer_frame(model, body, binary, config.max_rows))
+            result = _infer_answer(model, body, prob)
         except RequestError as exc:
             if exc.status == 422:
                 exc = RequestError(400, exc.field, exc.reason)  # the protocol answers 400
@@ -294,7 +300,7 @@ def create_app(config: ScoringConfig) -> FastAPI:
             model = model_or_error(vertical, None)
             body = _parse_json(await _read_body(request, config.max_body_bytes))
             frame = records_frame(body, model, max_rows=config.max_rows)
-            prob = await run_in_threadpool(model.predict_proba, frame)
+            prob = await _score(model, frame)
         except RequestError as exc:
             return _error(exc)
         request.scope["scoring_rows"] = len(prob)
@@ -453,7 +459,21 @@ def _split_binary(raw: bytes, header: str | None) -> tuple[Any, dict[int, bytes]
     return _parse_json(raw[:length]), {0: raw[length:]}
 
 
-def _infer(model: LoadedModel, body: Any, binary: dict[int, bytes] | None, max_rows: int) -> dict[str, Any]:
+async def _score(model: LoadedModel, frame: pd.DataFrame) -> np.ndarray:
+    """Probabilities for ``frame``: a few rows on the event loop, bigger batches in the thread pool.
+
+    Scoring a few rows takes well under a millisecond; handing them to a pool thread
+    and back (the GIL passed across twice) cost more than that, and with two clients
+    at once it tripled the one-row p99 (benchmarks/serving.py).  A big batch still
+    goes to the pool, so the loop keeps answering other requests meanwhile.
+    """
+    if len(frame) <= INLINE_ROWS:
+        return model.predict_proba(frame)
+    return await run_in_threadpool(model.predict_proba, frame)
+
+
+def _infer_frame(model: LoadedModel, body: Any, binary: dict[int, bytes] | None, max_rows: int) -> pd.DataFrame:
+    """The raw-feature rows of a v2 inference body (JSON tensors, or binary ones after the JSON)."""
     if not isinstance(body, dict):
         raise RequestError(400, "body", "expected a JSON object with 'inputs'")
     inputs = body.get("inputs")
@@ -471,8 +491,11 @@ def _infer(model: LoadedModel, body: Any, binary: dict[int, bytes] | None, max_r
                 raise RequestError(400, str(tensor.get("name")), "binary_data_size runs past the end of the body")
             by_name[str(tensor.get("name"))] = blob[offset : offset + size]
             offset += size
-    frame = tensors_frame(inputs, model, max_rows=max_rows, binary=by_name)
-    prob = model.predict_proba(frame)
+    return tensors_frame(inputs, model, max_rows=max_rows, binary=by_name)
+
+
+def _infer_answer(model: LoadedModel, body: dict[str, Any], prob: np.ndarray) -> dict[str, Any]:
+    """The v2 response for ``prob``, with only the outputs the body asked for."""
     labels = (prob >= model.decision_threshold).astype(np.int64)
     outputs = [
         {"name": "probability", "datatype": "FP64", "shape": [len(prob)], "data": prob.tolist()},

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from pipelines.release.serving import load_production
+from pipelines.scoring.app import INLINE_ROWS
 
 from .scoring_support import (
     CATEGORICAL,
@@ -55,7 +56,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def rows() -> pd.DataFrame:
-    frame = synthetic_frame(64, seed=7).drop(columns="status")
+    # More rows than the server scores on its event loop (INLINE_ROWS): full batches take the thread pool.
+    frame = synthetic_frame(96, seed=7).drop(columns="status")
+    assert len(frame) > INLINE_ROWS
     # Values training never saw and missing ones are part of real traffic.
     frame.loc[0, "home_ownership"] = "houseboat"
     frame.loc[1, "job_type"] = None
@@ -132,7 +135,9 @@ def test_triton_client_errors_on_unknown_version_and_model(served: dict[str, Any
 # -- /v1 ---------------------------------------------------------------------------------
 
 
-def test_v1_predict_matches_load_production_on_the_same_rows(served: dict[str, Any], rows: pd.DataFrame):
+@pytest.mark.parametrize("size", ["one row", "a batch"])
+def test_v1_predict_matches_load_production_on_the_same_rows(served: dict[str, Any], rows: pd.DataFrame, size: str):
+    rows = rows.head(1) if size == "one row" else rows
     response = post(served, f"/v1/{VERTICAL}/predict", json={"records": records(rows)})
     assert response.status_code == 200, response.text
     body = response.json()
