@@ -63,6 +63,11 @@ def embedded_env(env: Mapping[str, str] | None = None, *, root: Path = PROJECT_R
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
         # New DAGs show up within seconds after `make dags`, not after 5 minutes.
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # Each task's supervisor heartbeats every second (default 5): once a finished task has
+        # closed its sockets, the supervisor waits up to this interval before it sees the process
+        # exit, so with 5 s each task's successor started ~5 s late.  One loopback call per second
+        # per running task (2 at most here) is nothing.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         **sqlite_only,
     }
 

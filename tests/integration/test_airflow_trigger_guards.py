@@ -5,7 +5,7 @@ over (today, tomorrow; with or without an explicit data interval), and a
 forced promotion without a reason, answer HTTP 400 with the reason and create
 no run, so nothing sits "running" and blocks the vertical
 (``max_active_runs=1``); a valid trigger right after is accepted, gets exactly
-its day as data interval and starts.  The rollback DAG refuses a blank reason
+its day as data interval and runs to success.  The rollback DAG refuses a blank reason
 the same way.  A corrupted day fails ``validate`` with a task log that ends
 with the summary: no traceback, no Great Expectations notices.  Both are about
 orchestration: the specs are the orchestration overlay
@@ -16,7 +16,6 @@ re-checks 60 days one by one, not a year.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,13 +96,15 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
     )
     assert run["triggered_by"] == "rest_api"
     airflow.wait_for("the run to start", lambda: airflow.run_state(run["dag_run_id"]) in ("running", "success"), 120)
-    # Stop it: the next test needs the CPUs.  Marking a run failed while its task is being killed can
-    # meet a busy SQLite metadata DB (Airflow answers 500 "Database error"): retry; the run is not under test.
-    for _ in range(5):
-        stop = client.patch(f"{runs}/{run['dag_run_id']}", json={"state": "failed"})
-        if stop.status_code == 200 or airflow.run_state(run["dag_run_id"]) in ("failed", "success"):
-            break
-        time.sleep(5)
+    # Let it end (a dry run on the orchestration overlay: seconds) rather than mark it failed: a
+    # REST write while a task starts can stall the embedded SQLite API server for its 60 s lock
+    # timeout and answer 500, and the next test's writes must not meet this run's tasks either.
+    assert (
+        airflow.wait_for(
+            "the run to end", lambda: (s := airflow.run_state(run["dag_run_id"])) in ("success", "failed") and s, 300
+        )
+        == "success"
+    ), airflow.task_states(run["dag_run_id"])
 
 
 def _log_lines(airflow: Airflow, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ The first night, eight stages on eight fresh workers, is built once per module
 the same server and copied back, with the registry file, so every test starts
 from exactly that night under the same prefix (records name their objects by
 URL).  The tests are about where state lives, not model quality: the spec is
-finance's, with a 2-trial tuning sweep (which writes what a 12-trial one does).
+finance's, with a 2-trial tuning sweep (which writes what a 12-trial one does) on a
+half-year window.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import yaml
 from pipelines.config import PROJECT_ROOT
 
 from ..conftest import short_window_specs
-from .airflow_support import REGISTRY_TABLES
+from .airflow_support import ORCHESTRATION_OVERLAY, REGISTRY_TABLES
 from .conftest import DS, Cli, S3Server
 from .test_s3_deploy import VERSION_FILES
 
@@ -94,9 +95,11 @@ def _shared_env(server: S3Server, prefix: str, *, registry: Path, source: Path, 
 
 
 def _specs(folder: Path) -> Path:
-    """The repo's specs; finance's tuning sweep tries 2 configurations instead of 12 (same window, same gate)."""
+    """The repo's specs; finance's tuning sweep tries 2 configurations instead of 12, on the orchestration
+    overlay's half-year window (`airflow_support.ORCHESTRATION_OVERLAY`: same gate, still approved)."""
     tuning = yaml.safe_load((PROJECT_ROOT / "verticals" / f"{VERTICAL}.yaml").read_text())["model"]["tuning"]
-    return short_window_specs(folder, VERTICAL, model={"tuning": {**tuning, "trials": 2}})
+    window = ORCHESTRATION_OVERLAY[VERTICAL]["window"]
+    return short_window_specs(folder, VERTICAL, model={"tuning": {**tuning, "trials": 2}}, window=window)
 
 
 @dataclass
