@@ -111,14 +111,17 @@ def _alive_views_of(values: np.ndarray) -> list[str]:
     gc.collect()
     found = []
     for obj in gc.get_objects():
-        if isinstance(obj, pd.DataFrame) and "x" in obj.columns:
+        # type(), not isinstance(): isinstance also reads ``__class__``, which some deprecation
+        # proxies among the live objects (torch's) answer with a warning.
+        kind = type(obj)
+        if issubclass(kind, pd.DataFrame) and "x" in obj.columns:
             arrays = [obj["x"].to_numpy()]
-        elif isinstance(obj, pd.Series) and obj.dtype.kind == "f":
+        elif issubclass(kind, pd.Series) and obj.dtype.kind == "f":
             arrays = [obj.to_numpy()]
         else:
             continue
         if any(np.shares_memory(a, values) for a in arrays):
-            found.append("DataFrame" if isinstance(obj, pd.DataFrame) else f"Series {obj.name!r}")
+            found.append("DataFrame" if issubclass(kind, pd.DataFrame) else f"Series {obj.name!r}")
     return found
 
 
