@@ -18,9 +18,20 @@ import sys
 from functools import cache
 
 
-def release_freed_memory() -> None:
-    """Collect garbage, then return the free pages of Arrow's memory pool and of malloc to the OS."""
+def release_freed_memory(*, between_stages: bool = False) -> None:
+    """Collect garbage, then return the free pages of Arrow's memory pool and of malloc to the OS.
+
+    ``between_stages``: a stage has returned, so what is still alive belongs to the process for
+    good (modules, their caches, a small result record).  It is then frozen out of the collector's
+    generations (``gc.freeze``, as Airflow's and Celery's preloading do), so the next collection
+    walks only what later stages create.  Each collection walked the whole stack before: ~800k
+    objects once torch and GX are imported, 0.45 s each, 3.4 s of a 14 s finance night.  Frozen
+    objects are still freed by reference counting (a stage's frames and tensors are); only a
+    reference cycle among them would wait for the process's end.
+    """
     gc.collect()
+    if between_stages:
+        gc.freeze()
     if "pyarrow" in sys.modules:  # nothing to give back if no stage used Arrow
         sys.modules["pyarrow"].default_memory_pool().release_unused()
     libc = _glibc()

@@ -1062,5 +1062,6 @@ def run_all(
         if on_stage:
             on_stage(vertical, name)
         result = step()
-        release_freed_memory()  # one process for every stage: what one freed must not stay under the next
+        # One process for every stage: what one freed must not stay under the next.
+        release_freed_memory(between_stages=True)
     return result

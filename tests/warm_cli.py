@@ -28,6 +28,7 @@ import.
 from __future__ import annotations
 
 import atexit
+import gc
 import io
 import multiprocessing
 import os
@@ -163,6 +164,9 @@ def _read(path: Path) -> str:
 
 def _child(*, target: tuple[str, str], args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
     """In the forked child: become ``python -m pipelines ARGS`` (or ``python SCRIPT ARGS``), then exit."""
+    # What the server imported stays out of this child's collections (and its pages unshared), as the
+    # product's worker preloading does (pipelines/orchestration/worker_preload.py).
+    gc.freeze()
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

@@ -217,8 +217,13 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     route_library_notices(Settings.from_env().home)  # before the stages import Great Expectations
     from pipelines import stages
     from pipelines.errors import DataQualityError
+    from pipelines.memory import release_freed_memory
     from pipelines.registry.run_lock import hold_run
 
+    # Before the stage nothing of it exists yet: Airflow's task runner and the stack's modules (and,
+    # under dag.test(), which runs a whole DAG in one process, the last task's garbage, collected
+    # here).  Frozen, they are out of every collection the stage triggers (`release_freed_memory`).
+    release_freed_memory(between_stages=True)
     ds = run_ds(context)
     holder = str(context["run_id"])
     try:
