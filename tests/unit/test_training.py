@@ -159,6 +159,25 @@ def test_shuffled_batches_depend_only_on_seed_and_epoch() -> None:
     assert list(sampler) != first
 
 
+def test_each_validation_epoch_scores_every_validation_row_in_one_batch() -> None:
+    """Early stopping and the sweep read the epoch's AUROC, which needs the whole split at once."""
+    import torch
+
+    from pipelines.model.training import _lightning_classes
+
+    data_module_class, _ = _lightning_classes()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 4)).astype(np.float32), rng.integers(0, 2, size=(300, 1)).astype(np.float32)
+    validation = (rng.normal(size=(97, 4)).astype(np.float32), rng.integers(0, 2, size=(97, 1)).astype(np.float32))
+    data = data_module_class(x, y, batch_size=16, seed=1, validation=validation)
+    for _epoch in range(2):  # the same batch every epoch, not a loader used up after one
+        [batch] = list(data.val_dataloader())
+        features, labels = batch
+        assert torch.equal(features, torch.from_numpy(validation[0]))
+        assert torch.equal(labels, torch.from_numpy(validation[1]))
+    assert data_module_class(x, y, batch_size=16, seed=1).val_dataloader() == []
+
+
 def test_samples_per_epoch_trains_each_epoch_on_a_fresh_seeded_sample() -> None:
     sampler = EpochShuffledBatches(100, 8, seed=5, samples_per_epoch=20)
     first = [i for batch in sampler for i in batch]
