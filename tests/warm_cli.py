@@ -164,8 +164,8 @@ def _read(path: Path) -> str:
 
 def _child(*, target: tuple[str, str], args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
     """In the forked child: become ``python -m pipelines ARGS`` (or ``python SCRIPT ARGS``), then exit."""
-    # What the server imported stays out of this child's collections (and its pages unshared), as the
-    # product's worker preloading does (pipelines/orchestration/worker_preload.py).
+    # What the server imported stays out of this child's collections (its pages stay shared, never
+    # walked or copied), as the product's worker preloading does (pipelines/orchestration/worker_preload.py).
     gc.freeze()
     os.chdir(cwd)
     os.environ.clear()
