@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -182,22 +183,51 @@ def _bin(name: str) -> str:
     return found
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together so they differ; racy only against other processes)."""
-    probes = [socket.socket() for _ in range(count)]
+#: Where the kernel takes ports from for ``bind(port 0)`` and for every outgoing connection.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: The lowest port handed out: below it live the well-known servers (5432, 6379, 8080, …).
+LOWEST_FREE_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default (macOS's 49152-65535 lies inside what this avoids)
+    return low, high
 
 
-def _port_taken(port: int) -> bool:
+def free_ports(count: int, *, consecutive: bool = False) -> list[int]:
+    """``count`` distinct free loopback ports, outside the kernel's ephemeral range.
+
+    A port the kernel picked for ``bind(0)`` lies in the ephemeral range, from which it also
+    takes the local port of every outgoing connection: between choosing such a port and the
+    server binding it, any client on the machine (a task opening a PostgreSQL connection) can
+    take it, and the server exits "address already in use" (seen in CI).  Ports chosen at random
+    outside that range are only ever taken by a server that chose the same one.
+    """
+    low, high = _ephemeral_range()
+    spans = [(start, stop) for start, stop in ((LOWEST_FREE_PORT, low), (high + 1, 65536)) if stop - start > count]
+    if not spans:
+        raise StackError(f"no ports outside the ephemeral range {low}-{high} to choose from")
+    chooser = random.SystemRandom()
+    for _ in range(500):
+        start, stop = chooser.choice(spans)
+        if consecutive:
+            first = chooser.randrange(start, stop - count)
+            ports = list(range(first, first + count))
+        else:
+            ports = chooser.sample(range(start, stop), count)
+        if not any(_port_taken(port, reuse=False) for port in ports):
+            return ports
+    raise StackError(f"no {count} free loopback ports outside the ephemeral range {low}-{high}")
+
+
+def _port_taken(port: int, *, reuse: bool = True) -> bool:
     with socket.socket() as probe:
-        # As the servers bind: a port in TIME_WAIT after the last stop is free to them.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # As the servers bind: a port in TIME_WAIT after the last stop is free to them.  A port
+        # being chosen (``reuse=False``) skips those too, for servers that bind without the option.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

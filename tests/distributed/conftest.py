@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ import pytest
 import yaml
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.orchestration.stack import Stack, StackConfig
+from pipelines.orchestration.stack import Stack, StackConfig, free_ports
 
 from ..conftest import POSTGRES_URL, require_service
 
@@ -71,23 +69,9 @@ def short_spec(name: str, model: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _ports_free(ports: list[int]) -> bool:
-    for port in ports:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 def _free_block(count: int) -> int:
     """The first of ``count`` consecutive free loopback ports (the workers' log servers are consecutive)."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        if _ports_free(list(range(base, base + count))):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports")
+    return free_ports(count, consecutive=True)[0]
 
 
 def _fresh_databases(server: str, prefix: str) -> None:

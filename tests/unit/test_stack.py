@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.orchestration.stack import Stack, StackConfig, StackError, hostname, main
+from pipelines.orchestration import stack as stack_module
+from pipelines.orchestration.stack import Stack, StackConfig, StackError, free_ports, hostname, main
 
 
 def test_config_from_the_environment(tmp_path: Path):
@@ -35,6 +36,40 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path):
             stack.start()
     assert stack.processes == {}
     assert not (tmp_path / "worker-1").exists()
+
+
+def test_free_ports_avoid_the_range_outgoing_connections_take_their_ports_from():
+    low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(20):
+        ports = free_ports(9)
+        assert len(set(ports)) == 9
+        assert all(not low <= port <= high and port >= 10000 for port in ports), (ports, low, high)
+        first = free_ports(4, consecutive=True)
+        assert first == list(range(first[0], first[0] + 4))
+        assert not any(low <= port <= high for port in first)
+
+
+def test_a_port_a_server_listens_on_is_never_handed_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Leave ten ports outside the "ephemeral range", then listen on all of them but one.
+    (tmp_path / "range").write_text("10000\t65525\n")
+    monkeypatch.setattr(stack_module, "EPHEMERAL_RANGE_FILE", tmp_path / "range")
+    candidates = list(range(65526, 65536))
+    held = []
+    try:
+        for port in candidates[:-1]:
+            listener = socket.socket()
+            held.append(listener)
+            try:
+                listener.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"port {port} is in use on this machine")
+            listener.listen()
+        assert {free_ports(1)[0] for _ in range(10)} == {candidates[-1]}
+        with pytest.raises(StackError, match="no 2 free loopback ports outside the ephemeral range 10000-65525"):
+            free_ports(2)
+    finally:
+        for listener in held:
+            listener.close()
 
 
 def test_each_process_gets_its_own_homes_and_the_workers_their_own_names_and_log_ports(tmp_path: Path):
