@@ -30,6 +30,7 @@ import pytest
 
 from pipelines import stages
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.orchestration.stack import free_ports
 
 from .. import warm_cli
 from ..conftest import short_window_specs
@@ -137,7 +138,7 @@ def smtp_with_password() -> Iterator[tuple[_AuthInbox, dict[str, Any]]]:
         return AuthResult(success=ok, handled=False)
 
     inbox = _AuthInbox()
-    port = _closed_port()
+    [port] = free_ports(1)  # outside the ephemeral range: no client can hold it before the server binds
     controller = Controller(
         inbox,
         hostname="127.0.0.1",
