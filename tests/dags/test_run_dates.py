@@ -120,7 +120,7 @@ def test_a_data_interval_that_is_not_the_processed_day_fails_at_run_start():
         check_run_dates("finance", context(utc(2026, 11, 27), other))
 
 
-# -- the API server's trigger guard (its HTTP side: tests/integration/test_airflow_trigger_guards.py) ------
+# -- the API server's trigger guard (its HTTP side: tests/integration/test_airflow_rest.py) ----------------
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,28 @@
-"""What an operator meets in a real Airflow: refused triggers, and a data-quality task log.
+"""What an operator does through a real Airflow's REST API: reruns, refused triggers, a task log.
 
-One ``airflow standalone`` for the module.  A logical date whose UTC day is not
-over (today, tomorrow; with or without an explicit data interval), and a
-forced promotion without a reason, answer HTTP 400 with the reason and create
-no run, so nothing sits "running" and blocks the vertical
-(``max_active_runs=1``); a valid trigger right after is accepted, gets exactly
-its day as data interval and runs to success.  The rollback DAG refuses a blank reason
-the same way.  A corrupted day fails ``validate`` with a task log that ends
-with the summary: no traceback, no Great Expectations notices.  Both are about
-orchestration: the specs are the orchestration overlay
-(`airflow_support.ORCHESTRATION_OVERLAY`), so the failed first backfill
+One ``airflow standalone`` (API server, scheduler with LocalExecutor,
+dag-processor, triggerer) for the module, on a free loopback port with its own
+AIRFLOW_HOME and SQLite DB.  The tests run in file order and each holds
+whichever order they run in:
+
+1. Clearing a run reproduces it exactly: one vertical is triggered for a fixed
+   logical date, then ``train`` is cleared with its downstream tasks, then the
+   whole run.  Each rerun must give the same data and model versions, add no
+   registry rows, leave the bucket's objects byte-identical and deploy exactly
+   once; a second trigger for the date is refused (409).
+2. A logical date whose UTC day is not over (today, tomorrow; with or without
+   an explicit data interval), and a forced promotion without a reason, answer
+   HTTP 400 with the reason and create no run, so nothing sits "running" and
+   blocks the vertical (``max_active_runs=1``); a valid trigger right after is
+   accepted, gets exactly its day as data interval and runs to success.  The
+   rollback DAG refuses a blank reason the same way.
+3. A corrupted day fails ``validate`` with a task log that ends with the
+   summary: no traceback, no Great Expectations notices.
+
+All of it is about orchestration, not model quality: the specs are the
+orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`): finance without
+a tuning sweep on a half-year window (its first model still passes the real
+gate and is deployed), and healthcare on 60 days, so its failed first backfill
 re-checks 60 days one by one, not a year.
 """
 
@@ -18,11 +31,21 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .airflow_support import Airflow, orchestration_specs, seed_home, standalone
+from .airflow_support import (
+    Airflow,
+    bucket_listing,
+    orchestration_specs,
+    pointer,
+    record,
+    registry_counts,
+    seed_home,
+    standalone,
+)
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -40,6 +63,64 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         yield server
 
 
+def snapshot_state(home: Path) -> dict[str, Any]:
+    return {
+        "data_version": record(home, VERTICAL, DS, "snapshot")["id"],
+        "model_version": record(home, VERTICAL, DS, "train")["model_version"],
+        "registry": registry_counts(home),
+        "bucket": bucket_listing(home),
+        "pointer": pointer(home, VERTICAL),
+    }
+
+
+def test_clearing_tasks_or_the_run_reproduces_it_without_duplicates(airflow: Airflow):
+    home = airflow.pipelines_home  # type: ignore[attr-defined]
+    airflow.wait_for(f"DAG {VERTICAL}", lambda: airflow.client.get(f"/api/v2/dags/{VERTICAL}").status_code == 200, 180)
+    assert airflow.client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": False}).status_code == 200
+
+    trigger = airflow.client.post(
+        f"/api/v2/dags/{VERTICAL}/dagRuns", json={"logical_date": f"{DS}T00:00:00Z", "conf": {}}
+    )
+    assert trigger.status_code == 200, trigger.text
+    run_id = trigger.json()["dag_run_id"]
+    airflow.wait_for_run(run_id)
+
+    first = snapshot_state(home)
+    assert first["pointer"]["version"] == first["model_version"]
+    assert first["registry"]["deployments"] == 1
+    assert airflow.xcom(run_id, "snapshot")["id"] == first["data_version"]
+    assert airflow.xcom(run_id, "train")["model_version"] == first["model_version"]
+    first_deploy = airflow.xcom(run_id, "deploy")
+    assert first_deploy["deployed"] is True
+
+    # 1. "Clear" train with its downstream tasks (the UI's Clear on a task).
+    cleared = airflow.clear(run_id, ["train"])
+    assert cleared == ["deploy", "evaluate", "gate", "report", "train"]
+    airflow.wait_for_run(run_id)
+    assert snapshot_state(home) == first
+    assert airflow.xcom(run_id, "train")["reused"] is True  # found its own model instead of retraining
+    # The model it promoted is in production: the rerun keeps that deployment's record
+    # (same XCom), and the registry/bucket snapshot above proves nothing was deployed again.
+    assert airflow.xcom(run_id, "deploy") == first_deploy
+
+    # 2. Clear the whole run.
+    assert len(airflow.clear(run_id, None)) == 8
+    airflow.wait_for_run(run_id)
+    assert snapshot_state(home) == first
+    assert airflow.task_states(run_id)["train"]["try_number"] >= 3  # it really ran three times
+
+    # 3. A second trigger for the same date is refused: reruns go through clearing.
+    again = airflow.client.post(
+        f"/api/v2/dags/{VERTICAL}/dagRuns", json={"logical_date": f"{DS}T00:00:00Z", "conf": {}}
+    )
+    assert again.status_code == 409, again.text
+
+
+def _run_ids(airflow: Airflow) -> set[str]:
+    listed = airflow.client.get(f"/api/v2/dags/{VERTICAL}/dagRuns").json()
+    return {run["dag_run_id"] for run in listed["dag_runs"]}
+
+
 def _midnight(days_from_today: int) -> str:
     day = datetime.now(UTC).date() + timedelta(days=days_from_today)
     return f"{day.isoformat()}T00:00:00Z"
@@ -53,6 +134,7 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
     next_day = _midnight(2)
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
+    before = _run_ids(airflow)
     refused = {
         "future date": {"logical_date": tomorrow, "conf": {}},
         "future date, explicit interval": {
@@ -76,8 +158,8 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
         assert response.status_code == 400, (conf, response.text)
         assert "force_reason is empty" in response.json()["detail"]
 
-    listed = client.get(runs).json()
-    assert listed["total_entries"] == 0, listed  # nothing was created, so nothing can block
+    # Nothing was created (the runs are those from before), so nothing can block.
+    assert _run_ids(airflow) == before
 
     # The rollback DAG's reason is required and must not be blank.
     response = client.post(
