@@ -69,11 +69,6 @@ def short_spec(name: str, model: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _free_block(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports (the workers' log servers are consecutive)."""
-    return free_ports(count, consecutive=True)[0]
-
-
 def _fresh_databases(server: str, prefix: str) -> None:
     """Drop the stack's databases from an earlier session: every session starts from empty ones."""
     from sqlalchemy import create_engine, text
@@ -96,7 +91,7 @@ class PrivateRedis:
     """
 
     folder: Path
-    port: int = field(default_factory=lambda: _free_block(1))
+    port: int = field(default_factory=lambda: free_ports(1)[0])
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -245,7 +240,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     specs.mkdir()
     for name, model in MODEL.items():
         (specs / f"{name}.yaml").write_text(yaml.safe_dump(short_spec(name, model)))
-    base = _free_block(8)
+    base = free_ports(8, consecutive=True)[0]  # the stack's ports are offsets of one base
     config = StackConfig(
         root=root,
         api_port=base,

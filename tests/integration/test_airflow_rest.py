@@ -75,7 +75,6 @@ def snapshot_state(home: Path) -> dict[str, Any]:
 
 def test_clearing_tasks_or_the_run_reproduces_it_without_duplicates(airflow: Airflow):
     home = airflow.pipelines_home  # type: ignore[attr-defined]
-    airflow.wait_for(f"DAG {VERTICAL}", lambda: airflow.client.get(f"/api/v2/dags/{VERTICAL}").status_code == 200, 180)
     assert airflow.client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": False}).status_code == 200
 
     trigger = airflow.client.post(
