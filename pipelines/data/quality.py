@@ -134,7 +134,7 @@ def _jsonable(value: Any) -> Any:
 #: reads every listed result back to build the index, so an unbounded index costs each night in
 #: proportion to the stored history; older pages stay on disk, reached by date through the Models view.
 DOCS_INDEX_VALIDATIONS = 30
-#: GX's default page views, compiling their templates once per process (see that module).
+#: GX's default page views and site builders, their cost flat in the stored history (see that module).
 DOCS_VIEWS = "pipelines.data.gx_views"
 
 
@@ -299,14 +299,23 @@ def _gx_context(root: Path) -> Any:
 
 
 def _docs_site(site: dict[str, Any]) -> dict[str, Any]:
-    """``site`` (a GX data docs site config) with the index capped and the template-caching views."""
+    """``site`` (a GX data docs site config) with the index capped and the project's builders and views.
+
+    The builders (`gx_views`) make a night's docs update independent of the stored
+    history; the views compile GX's templates once per process.
+    """
     site = copy.deepcopy(site)
     index = site.setdefault("site_index_builder", {"class_name": "DefaultSiteIndexBuilder"})
+    index.update(module_name=DOCS_VIEWS, class_name="ListedSiteIndexBuilder")
     index["validation_results_limit"] = DOCS_INDEX_VALIDATIONS
     index["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaIndexPageView"}
     sections = site.setdefault("site_section_builders", {})
-    for section in ("expectations", "validations"):  # GX merges these into its default sections
-        sections.setdefault(section, {})["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaPageView"}
+    for section in ("expectations", "validations", "profiling"):  # GX merges these into its default sections
+        config = sections.setdefault(section, {})
+        if not isinstance(config, dict):
+            continue  # switched off ("None")
+        config.update(module_name=DOCS_VIEWS, class_name="IncrementalSiteSectionBuilder")
+        config["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaPageView"}
     return site
 
 

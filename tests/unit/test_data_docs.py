@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
@@ -26,6 +28,7 @@ SUITE = {
     ],
 }
 DS = "2026-11-27"
+BUILT_AT = re.compile(r"\?d=\d{8}T[\d.]+Z")
 LOCAL_REF = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)="([^"#?]+)[^"]*\"""", re.IGNORECASE)
 
 
@@ -147,3 +150,85 @@ def test_models_view_redirects_a_date_to_its_newest_validation_result_behind_the
     assert "after the fix" in client.get(f"/docs/finance/runs/{DS}", headers=headers).text
     assert client.get("/docs/finance/runs/2026-11-01", headers=headers).status_code == 404
     assert client.get("/docs/finance/runs/not-a-date", headers=headers).status_code == 404
+
+
+def _site_builder(context, config: dict):
+    from great_expectations.render.renderer.site_builder import SiteBuilder
+
+    return SiteBuilder(
+        data_context=context,
+        store_backend=config["store_backend"],
+        site_name="local_site",
+        site_index_builder=config.get("site_index_builder"),
+        site_section_builders=config.get("site_section_builders"),
+        runtime_environment={"root_directory": context.root_directory},
+    )
+
+
+def _with_gx_builders(config: dict) -> dict:
+    """The project's site config with GX's own builders (and the same views)."""
+    config = copy.deepcopy(config)
+    module = "great_expectations.render.renderer.site_builder"
+    config["site_index_builder"].update(module_name=module, class_name="DefaultSiteIndexBuilder")
+    for section in config["site_section_builders"].values():
+        section.update(module_name=module, class_name="DefaultSiteSectionBuilder")
+    return config
+
+
+def test_the_project_builders_write_the_index_and_pages_gx_writes_and_drop_pages_whose_result_is_gone(
+    spec, docs_settings, tmp_path
+):
+    import great_expectations as gx
+
+    days = ["2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27"]
+    pages = []
+    for n, day in enumerate(days):
+        frame = pd.DataFrame({"id": [1, 2, 3], "x": [1.0, 2.0, 50.0 if n == 2 else 3.0], "y": [0, 1, 0]})
+        report = validate_frame(frame.assign(event_date=day), spec, ds=day, days=[day], settings=docs_settings)
+        pages.append(report.data_docs_page.split("/models/docs/demo/", 1)[1])
+    project = docs_settings.home / "gx" / "demo"
+    # One night's stored result is lost (its page stays until a build notices).
+    [lost] = (project / "gx" / "uncommitted" / "validations").rglob(f"*{days[1]}*/*/*.json")
+    lost.unlink()
+    sites = {}
+    for builders in ("project", "gx"):
+        copy_root = tmp_path / builders
+        shutil.copytree(project, copy_root)
+        context = gx.get_context(mode="file", project_root_dir=str(copy_root))
+        config = dict(context.variables.data_docs_sites["local_site"])
+        assert config["site_index_builder"]["class_name"] == "ListedSiteIndexBuilder"
+        site = _site_builder(context, config if builders == "project" else _with_gx_builders(config))
+        site.build()  # every page again, then the index
+        root = copy_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+        # Pages differ only in the build time GX stamps on its logo's URL.
+        sites[builders] = {
+            p.relative_to(root).as_posix(): BUILT_AT.sub("", p.read_text()) for p in root.rglob("*.html")
+        }
+
+    assert sites["project"] == sites["gx"]
+    index = sites["project"]["index.html"]
+    # Newest first, and the lost night's page gone with its result.
+    assert [index.index(page) for page in reversed([pages[0], pages[2], pages[3]])] == sorted(
+        index.index(page) for page in [pages[0], pages[2], pages[3]]
+    )
+    assert pages[1] not in index and pages[1] not in sites["project"]
+    assert all(page in sites["project"] for page in (pages[0], pages[2], pages[3]))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("demo", "demo-2026-11-27", "20261127T010203.000004Z", "batch"),
+        ("suite", "with", "dots", "run", "20261127T010203.000004Z", "batch"),  # a dotted suite name, split
+        ("demo", "__none__", "2026-11-27T01:02:03+00:00", "batch"),  # not GX's key format: GX's own parser
+    ],
+)
+def test_result_keys_read_without_dateutil_equal_gxs(key):
+    from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
+
+    from pipelines.data.gx_views import result_key
+
+    ours, theirs = result_key(key), ValidationResultIdentifier.from_tuple(key)
+    assert ours == theirs
+    assert ours.run_id.run_time == theirs.run_id.run_time
+    assert ours.to_tuple() == theirs.to_tuple()
