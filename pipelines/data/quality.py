@@ -305,10 +305,13 @@ def _docs_site(site: dict[str, Any]) -> dict[str, Any]:
     history; the views compile GX's templates once per process.
     """
     site = copy.deepcopy(site)
-    index = site.setdefault("site_index_builder", {"class_name": "DefaultSiteIndexBuilder"})
-    index.update(module_name=DOCS_VIEWS, class_name="ListedSiteIndexBuilder")
-    index["validation_results_limit"] = DOCS_INDEX_VALIDATIONS
-    index["view"] = {"module_name": DOCS_VIEWS, "class_name": "CachedJinjaIndexPageView"}
+    index = site.setdefault("site_index_builder", {})
+    index.update(
+        module_name=DOCS_VIEWS,
+        class_name="ListedSiteIndexBuilder",
+        validation_results_limit=DOCS_INDEX_VALIDATIONS,
+        view={"module_name": DOCS_VIEWS, "class_name": "CachedJinjaIndexPageView"},
+    )
     sections = site.setdefault("site_section_builders", {})
     for section in ("expectations", "validations", "profiling"):  # GX merges these into its default sections
         config = sections.setdefault(section, {})
