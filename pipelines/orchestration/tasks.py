@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -229,7 +229,13 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     try:
         # Parked on exit, success or not: the run's next task, or this task's retry, takes it up.
         with hold_run(
-            vertical, ds, settings=Settings.from_env(), holder=holder, wait_s=LEASE_WAIT_S, park_on_exit=True
+            vertical,
+            ds,
+            settings=Settings.from_env(),
+            holder=holder,
+            wait_s=LEASE_WAIT_S,
+            park_on_exit=True,
+            run_ended=run_ended_in_airflow(context),
         ):
             result: dict[str, Any] = getattr(stages, stage)(vertical, ds, **kwargs)
     except DataQualityError as exc:
@@ -256,6 +262,39 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     if stage == LAST_STAGE:
         _give_back(vertical, holder)
     return result
+
+
+#: DAG run states after which no task of the run will take its parked lease up.
+_ENDED_RUN_STATES = frozenset({"success", "failed"})
+
+
+def run_ended_in_airflow(context: Mapping[str, Any]) -> Callable[[str], str | None]:
+    """Whether the DAG run holding a parked lease is over, asked of Airflow (the Task SDK).
+
+    An operator who marks a run failed (or success) in the UI ends it between two
+    tasks: its next task never starts, so nothing gives the parked lease back, and
+    without this the vertical's next run would wait out the park (20 min).  The
+    holder is a run id of this task's own DAG (one DAG per vertical; a CLI holder
+    is never an Airflow run).  Anything Airflow cannot answer counts as "not over":
+    the lease then frees itself as before.
+    """
+    from pipelines.registry.run_lock import CLI_HOLDER_PREFIX
+
+    ti = context.get("ti")
+    dag_id = getattr(ti, "dag_id", None)
+
+    def ended(holder: str) -> str | None:
+        if ti is None or dag_id is None or holder.startswith(CLI_HOLDER_PREFIX):
+            return None
+        try:
+            raw = ti.get_dagrun_state(dag_id, holder)
+        except Exception as exc:  # no such run, no supervisor: cannot tell, so keep waiting
+            log.debug("could not read the state of run %s of %s: %s", holder, dag_id, exc)
+            return None
+        state = str(getattr(raw, "value", raw))  # an enum of str in the Task SDK's models
+        return f"its Airflow run {dag_id} / {holder} is {state}" if state in _ENDED_RUN_STATES else None
+
+    return ended
 
 
 def _last_try(context: Mapping[str, Any]) -> bool:

@@ -17,7 +17,11 @@ person's shell next to the scheduler).
   thread; a lease whose holder stopped heartbeating (killed, machine gone) is
   free once it expires, and at once when its process is gone on this host
   (``kill -9`` on the same machine).  Between two Airflow tasks the lease is
-  *parked*: no process, a longer expiry that covers retry delays.
+  *parked*: no process, a longer expiry that covers retry delays.  A parked
+  lease whose Airflow run has ended (an operator marked it failed or success
+  in the UI, so no task of it will take the lease up) is free at once to a
+  waiting Airflow task, which asks Airflow for the holder run's state
+  (``run_ended``, `hold_run`).
 * **Clear refusal.**  A second run waits up to ``wait_s`` and then raises
   `RunAlreadyActive` naming the holder's run id, pid, host and date.
 
@@ -34,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +67,10 @@ DEFAULT_PARK_S = 20 * 60.0
 #: How often a waiting run looks again.
 POLL_S = 1.0
 
+#: Whether the run ``holder`` names has ended: a reason (to take its lease over), or None
+#: while it may still go on or nobody can tell.  Airflow tasks ask Airflow (`hold_run`).
+RunEnded = Callable[[str], str | None]
+
 
 def lease_ttl_s() -> float:
     """Seconds a held lease lives without a heartbeat (env ``PIPELINES_RUN_LEASE_TTL_S``)."""
@@ -83,9 +91,13 @@ def this_host() -> str:
     return socket.gethostname()
 
 
+#: How every CLI holder id starts (never an Airflow run id, which starts with its run type).
+CLI_HOLDER_PREFIX = "cli:"
+
+
 def cli_holder() -> str:
     """A holder id unique to this CLI invocation (its own run, sharing with nobody)."""
-    return f"cli:{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{CLI_HOLDER_PREFIX}{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -176,9 +188,19 @@ class RunLock:
             row = conn.execute(select(_LEASES).where(_LEASES.c.vertical == vertical)).first()
         return None if row is None else Lease(**row._asdict())
 
-    def try_acquire(self, vertical: str, ds: str, holder: str, *, ttl_s: float | None = None) -> Lease | None:
+    def try_acquire(
+        self,
+        vertical: str,
+        ds: str,
+        holder: str,
+        *,
+        ttl_s: float | None = None,
+        ended: tuple[Lease, str] | None = None,
+    ) -> Lease | None:
         """Take the lease for ``holder`` if free, abandoned or already its own; else None.
 
+        ``ended`` is a lease as read before, with why its run is over: taken over
+        if the lease is still exactly that one (nobody renewed or took it since).
         Returns None (rather than raising) so `acquire` decides about waiting.
         """
         ttl = ttl_s if ttl_s is not None else lease_ttl_s()
@@ -206,6 +228,8 @@ class RunLock:
                     )
                     return Lease(vertical=vertical, acquired_at=held.acquired_at, **mine)  # type: ignore[arg-type]
                 why = held.abandoned(now)
+                if why is None and ended is not None and ended[0] == held:
+                    why = ended[1]
                 if why is None:
                     return None
                 # Compare-and-swap: only one of several processes taking over the same stale lease matches.
@@ -226,8 +250,23 @@ class RunLock:
             # PostgreSQL: another process inserted the row between our read and our insert.
             return None
 
-    def acquire(self, vertical: str, ds: str, holder: str, *, wait_s: float = 0.0, ttl_s: float | None = None) -> Lease:
-        """Take the lease, waiting up to ``wait_s`` for another run to finish; raise `RunAlreadyActive` after."""
+    def acquire(
+        self,
+        vertical: str,
+        ds: str,
+        holder: str,
+        *,
+        wait_s: float = 0.0,
+        ttl_s: float | None = None,
+        run_ended: RunEnded | None = None,
+    ) -> Lease:
+        """Take the lease, waiting up to ``wait_s`` for another run to finish; raise `RunAlreadyActive` after.
+
+        With ``run_ended``, a *parked* lease (no process holds it) whose run has
+        ended is taken over at once.  A lease a process still holds is never
+        taken this way: that process may still be writing (a task of a run just
+        marked failed runs on until Airflow stops it, which parks or frees it).
+        """
         deadline = time.monotonic() + wait_s
         announced = False
         while True:
@@ -237,6 +276,12 @@ class RunLock:
             held = self.current(vertical)
             if held is None:
                 continue  # released between our two reads: try again at once
+            why = run_ended(held.holder) if run_ended is not None and held.pid is None else None
+            if why is not None:
+                lease = self.try_acquire(vertical, ds, holder, ttl_s=ttl_s, ended=(held, why))
+                if lease is not None:
+                    return lease
+                # Renewed or taken meanwhile: wait and look again, as for any held lease.
             if time.monotonic() >= deadline:
                 waited = f" (waited {wait_s:g} s)" if wait_s else ""
                 raise RunAlreadyActive(
@@ -323,17 +368,19 @@ def hold_run(
     holder: str | None = None,
     wait_s: float = 0.0,
     park_on_exit: bool = False,
+    run_ended: RunEnded | None = None,
 ) -> Iterator[Lease]:
     """Hold ``vertical``'s run lease (for date ``ds``) while the block runs.
 
     ``holder`` defaults to a fresh CLI holder.  On exit the lease is released,
     or, with ``park_on_exit``, parked for the same holder's next task.  Raises
-    `RunAlreadyActive` when another run keeps it longer than ``wait_s``.
+    `RunAlreadyActive` when another run keeps it longer than ``wait_s``;
+    ``run_ended`` frees a parked lease of a run that is over (`RunLock.acquire`).
     """
     lock = RunLock.from_settings(settings)
     holder = holder or cli_holder()
     ttl = lease_ttl_s()
-    lease = lock.acquire(vertical, ds, holder, wait_s=wait_s, ttl_s=ttl)
+    lease = lock.acquire(vertical, ds, holder, wait_s=wait_s, ttl_s=ttl, run_ended=run_ended)
     beat = _Heartbeat(lock, lease, ttl)
     beat.start()
     try:

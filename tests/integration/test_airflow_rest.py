@@ -18,6 +18,9 @@ whichever order they run in:
    rollback DAG refuses a blank reason the same way.
 3. A corrupted day fails ``validate`` with a task log that ends with the
    summary: no traceback, no Great Expectations notices.
+4. A run an operator marks failed between two tasks leaves the vertical's lease
+   parked for a next task that never comes; the next run asks Airflow, finds
+   that run over and takes the lease at once instead of waiting out the park.
 
 All of it is about orchestration, not model quality: the specs are the
 orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`): finance without
@@ -231,3 +234,41 @@ def test_a_data_quality_failure_ends_its_task_log_with_the_summary(airflow: Airf
     # Routed, not lost: GX's import notices are in the library log, written where GX was imported (the
     # scheduler, which preloads the stack for its LocalExecutor workers), never in a task log or the console.
     assert (home / "logs" / "libraries.log").read_text().count("Skipping registering function") > 0
+
+
+def test_a_run_marked_failed_between_tasks_does_not_hold_up_the_next_one(airflow: Airflow):
+    from pipelines.registry import migrations as registry_migrations
+    from pipelines.registry.run_lock import RunLock
+    from pipelines.registry.schema import create_registry_engine
+
+    client, home = airflow.client, airflow.pipelines_home  # type: ignore[attr-defined]
+    runs = f"/api/v2/dags/{VERTICAL}/dagRuns"
+    # A run that an operator marks failed while it sits between two tasks: paused, nothing of it starts.
+    assert client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": True}).status_code == 200
+    marked = client.post(runs, json={"logical_date": "2026-11-20T00:00:00Z", "conf": {}})
+    assert marked.status_code == 200, marked.text
+    marked_id = marked.json()["dag_run_id"]
+    assert client.patch(f"{runs}/{marked_id}", json={"state": "failed"}).status_code == 200
+    # ... after its last task parked the vertical's lease for the next one, as every task does on exit.
+    engine = create_registry_engine(f"sqlite:///{home / 'registry.db'}")
+    try:
+        registry_migrations.upgrade(engine)
+        lock = RunLock(engine)
+        lock.acquire(VERTICAL, "2026-11-20", marked_id)
+        assert lock.park(VERTICAL, marked_id)  # parked for 20 min: the next run would wait them out
+
+        assert client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": False}).status_code == 200
+        nxt = client.post(runs, json={"logical_date": f"{DS}T16:00:00Z", "conf": {"dry_run": True}})
+        assert nxt.status_code == 200, nxt.text
+        run_id = nxt.json()["dag_run_id"]
+        state = airflow.wait_for(
+            "the next run to end", lambda: (s := airflow.run_state(run_id)) in ("success", "failed") and s, 300
+        )
+        assert state == "success", airflow.task_states(run_id)
+        assert airflow.task_states(run_id)["extract"]["try_number"] == 1  # no RunAlreadyActive retry
+        text = "\n".join(str(line.get("event")) for line in _log_lines(airflow, VERTICAL, run_id, "extract"))
+        assert f"took over the run lease of run id {marked_id}, between tasks" in text, text[-3000:]
+        assert f"its Airflow run {VERTICAL} / {marked_id} is failed" in text
+        assert lock.current(VERTICAL) is None  # the next run's report gave it back
+    finally:
+        engine.dispose()

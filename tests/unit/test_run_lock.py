@@ -117,6 +117,60 @@ def test_a_parked_lease_waits_for_its_run_next_task(lock: RunLock):
     assert lock.acquire("finance", DS, "manual__run1").pid == os.getpid()  # the next task takes it up
 
 
+def test_a_parked_lease_of_a_run_that_ended_is_taken_over_at_once(lock: RunLock):
+    # An operator marked the run failed between two tasks: nothing of it will take the lease up.
+    lock.acquire("finance", DS, "manual__marked_failed")
+    assert lock.park("finance", "manual__marked_failed", park_s=3600)
+    asked: list[str] = []
+
+    def run_ended(holder: str) -> str | None:
+        asked.append(holder)
+        return "its Airflow run is failed" if holder == "manual__marked_failed" else None
+
+    started = time.monotonic()
+    lease = lock.acquire("finance", "2026-11-28", "scheduled__next", wait_s=30, run_ended=run_ended)
+    assert lease.holder == "scheduled__next" and lease.ds == "2026-11-28" and lease.pid == os.getpid()
+    assert time.monotonic() - started < 5  # not the park's hour, nor the 30 s wait
+    assert asked == ["manual__marked_failed"]
+    # The ended run can no longer renew, park or release what is now the next run's.
+    assert lock.renew("finance", "manual__marked_failed") is False
+    assert lock.release("finance", "manual__marked_failed") is False
+    assert lock.current("finance").holder == "scheduled__next"  # type: ignore[union-attr]
+
+
+def test_a_run_that_goes_on_keeps_its_parked_lease_and_a_held_one_is_never_asked_about(lock: RunLock):
+    asked: list[str] = []
+
+    def still_running(holder: str) -> str | None:
+        asked.append(holder)
+        return None
+
+    lock.acquire("finance", DS, "manual__running")
+    lock.park("finance", "manual__running", park_s=3600)
+    with pytest.raises(RunAlreadyActive, match="between tasks"):
+        lock.acquire("finance", DS, "scheduled__next", wait_s=0.3, run_ended=still_running)
+    assert asked and set(asked) == {"manual__running"}
+
+    # A task of an ended run may still be running (Airflow has yet to stop it): its process
+    # holds the lease and may be writing, so even "ended" does not take it; it parks or dies first.
+    lock.acquire("finance", DS, "manual__running")  # its next task, holding it
+    asked.clear()
+    with pytest.raises(RunAlreadyActive, match=f"pid {os.getpid()}"):
+        lock.acquire("finance", DS, "scheduled__next", wait_s=0.3, run_ended=lambda h: asked.append(h) or "ended")
+    assert asked == []
+    assert lock.current("finance").holder == "manual__running"  # type: ignore[union-attr]
+
+
+def test_an_ended_verdict_about_a_lease_that_changed_since_takes_nothing(lock: RunLock):
+    lock.acquire("finance", DS, "manual__one")
+    lock.park("finance", "manual__one", park_s=3600)
+    seen = lock.current("finance")
+    assert seen is not None
+    lock.acquire("finance", DS, "manual__one")  # its next task took the lease up meanwhile
+    assert lock.try_acquire("finance", DS, "scheduled__next", ended=(seen, "ended")) is None
+    assert lock.current("finance").holder == "manual__one"  # type: ignore[union-attr]
+
+
 def test_a_waiting_run_gets_the_lease_when_the_holder_finishes(lock: RunLock):
     lock.acquire("finance", DS, "first")
     releaser = threading.Timer(0.5, lock.release, args=("finance", "first"))
