@@ -257,6 +257,23 @@ def _enable_wal(cursor: Any) -> None:
             time.sleep(0.02)
 
 
+def sqlite_connect(path: str) -> sqlite3.Connection:
+    """A DBAPI connection to the SQLite file ``path`` with the registry's durability settings.
+
+    For a library that opens its own engine (Optuna's ``RDBStorage`` takes a
+    ``creator``): WAL and ``synchronous = NORMAL`` make a commit one append to
+    the log, with no fsync (the default rollback journal syncs the file and the
+    journal on every commit); a crash can lose the last commits, never corrupt
+    the file.  The library keeps its own transaction handling.
+    """
+    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    cursor = connection.cursor()
+    _enable_wal(cursor)
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+    return connection
+
+
 def create_registry_engine(url: str) -> Engine:
     """An engine for ``url`` (SQLite or PostgreSQL), tuned for shared use."""
     parsed = make_url(url)
