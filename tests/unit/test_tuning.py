@@ -406,3 +406,24 @@ def test_studies_share_the_registry_database_on_postgres(pg_schema_url: str, tmp
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_optuna" CASCADE'))
         admin.dispose()
+
+
+def test_sqlite_studies_sit_beside_the_registry_in_a_write_ahead_log(tmp_path: Path) -> None:
+    """A sweep commits every parameter and report: on SQLite they go to a WAL file (no fsync per
+    commit, as the registry's), and the study stays readable from another connection meanwhile."""
+    import sqlite3
+
+    import optuna
+
+    from pipelines.model.tuning import _storage, list_studies
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, registry_url=f"sqlite:///{tmp_path / 'state' / 'registry.db'}")
+    study = optuna.create_study(study_name="demo:2024-03-10", storage=_storage(settings))
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=2)
+    path = tmp_path / "state" / "optuna.db"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT count(*) FROM trials").fetchone()[0] == 2
+    [listed] = list_studies(settings, "demo")
+    assert (listed["study"], listed["trials"]) == ("demo:2024-03-10", 2)
