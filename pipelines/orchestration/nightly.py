@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -97,6 +101,11 @@ def run_conf(*, dry_run: bool, force_reason: str | None) -> dict[str, Any]:
     return {"dry_run": dry_run, "force_promotion": bool(force_reason), "force_reason": force_reason or None}
 
 
+def logical_date(ds: str) -> datetime:
+    """The logical date of ``make run``'s run for ``ds``: midnight UTC."""
+    return datetime.combine(date.fromisoformat(ds), datetime.min.time(), tzinfo=UTC)
+
+
 def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     """One DAG run for ``ds`` (logical date ``ds``T00:00Z); returns its summary row."""
     from pipelines.config import Settings
@@ -104,7 +113,7 @@ def run_vertical(dag: DAG, ds: str, conf: dict[str, Any]) -> dict[str, Any]:
     from pipelines.orchestration.run_output import stage_outcomes
     from pipelines.orchestration.tasks import FAILURE_RECORD
 
-    logical = datetime.combine(date.fromisoformat(ds), datetime.min.time(), tzinfo=UTC)
+    logical = logical_date(ds)
     started = time.monotonic()
     started_at = datetime.now(UTC)
     dag_run = dag.test(logical_date=logical, run_conf=conf)
@@ -155,6 +164,61 @@ def record_honest_run(dag_id: str, run_id: str, started_at: datetime) -> None:
         run.start_date = started_at
         run.triggered_by = DagRunTriggeredByType.CLI
         run.triggering_user_name = f"{getpass.getuser()} (make run)"
+
+
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+INTERRUPTED_EXIT = 130
+
+
+def give_back_interrupted_run(dag_id: str, logical: datetime) -> None:
+    """After Ctrl-C outside a task (between two, or while a retry waited): fail the run, free its lease.
+
+    The lease was parked for the run's next task, which will never come; the next
+    ``make run`` creates a new run (``dag.test()`` replaces the old one of that
+    date) and would otherwise wait the park out.  Only this run's own lease is released.
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    from pipelines.config import Settings
+    from pipelines.registry.run_lock import RunLock
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date == logical))
+        if run is None:
+            return
+        run_id = run.run_id
+        if run.state not in (DagRunState.SUCCESS, DagRunState.FAILED):
+            run.set_state(DagRunState.FAILED)
+    RunLock.from_settings(Settings.from_env()).release(dag_id, run_id)
+
+
+@contextmanager
+def interrupt_stops_the_night() -> Iterator[threading.Event]:
+    """Ctrl-C stops ``make run``: the event tells the loop to run no further vertical.
+
+    Under ``dag.test()`` a task runs in this process, and Airflow's task runner
+    takes a ``KeyboardInterrupt`` for a failure to retry (the run went on after
+    the retry delay), or Python drops it inside a callback it cannot raise from.
+    The handler records the interrupt before raising it, so the loop stops
+    either way, and `tasks.stop_on_interrupt` makes a task end its run instead.
+    """
+    from pipelines.orchestration.tasks import stop_on_interrupt
+
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    stop_on_interrupt(interrupted)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _exception_message(traceback_text: str) -> str:
@@ -242,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     conf = {**run_conf(dry_run=args.dry_run, force_reason=args.force_reason), **extra}
     rows: list[dict[str, Any]] = []
     # Airflow's, GX's and Lightning's logs go to the file; the console gets one line per vertical.
-    with captured_output(log_path) as console:
+    with captured_output(log_path) as console, interrupt_stops_the_night() as interrupted:
         console.line(f"nightly run for {ds} through Airflow, {len(names)} vertical(s); full log: {_shown(log_path)}")
         watch_tasks(console)
         migrate_metadata_db()
         dags, import_errors = load_dags()
         for name in names:
+            if interrupted.is_set():
+                break
             if name not in dags:
                 error = next((e for f, e in import_errors.items() if Path(f).name == f"{name}.py"), None)
                 row = {
@@ -258,7 +324,14 @@ def main(argv: list[str] | None = None) -> int:
                 }
             else:
                 console.running(name, "starting")
-                row = run_vertical(dags[name], ds, conf)
+                try:
+                    row = run_vertical(dags[name], ds, conf)
+                except KeyboardInterrupt:
+                    interrupted.set()
+                    give_back_interrupted_run(name, logical_date(ds))
+                    row = {"vertical": name, "ds": ds}
+                if interrupted.is_set() and (row.get("blocked") or "tasks" not in row):
+                    row.update(blocked="interrupted", error="Ctrl-C: run the same command again to finish")
             rows.append(row)
             for line in summary_lines(row):
                 console.line(line)
@@ -269,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(decision_table(rows))
     failed = [row["vertical"] for row in rows if "blocked" in row]
+    if interrupted.is_set():
+        not_run = [name for name in names if name not in {row["vertical"] for row in rows}]
+        print(
+            f"interrupted (Ctrl-C){'; not run: ' + ', '.join(not_run) if not_run else ''}; "
+            f"run the same command again to finish; the full log is {_shown(log_path)}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
     if failed:
         print(f"failed: {', '.join(failed)}; the full log is {_shown(log_path)}", file=sys.stderr)
     return 1 if failed else 0

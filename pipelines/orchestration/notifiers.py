@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
-from pipelines.orchestration.tasks import DataQualityFailure, run_ds
+from pipelines.orchestration.tasks import DataQualityFailure, RunInterrupted, run_ds
 
 if TYPE_CHECKING:  # alerts pulls in pandas: imported when a callback fires, never at DAG parse time
     from pipelines.connections import SmtpConfig
@@ -114,6 +114,9 @@ class FailureNotifier(BaseNotifier):
             # validate already mailed the data-quality alert (deduplicated per vertical,
             # date and content): a second, vaguer email would only be noise.
             log.info("data-quality failure: the stage's own alert was sent; no task-failure email")
+            return
+        if isinstance(exc, RunInterrupted):
+            log.info("interrupted by the operator at the console: no task-failure email")
             return
         from pipelines.config import Settings
         from pipelines.notify.alerts import deliver

@@ -29,6 +29,7 @@ and the run's last failure give it back.
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,6 +84,30 @@ class PermanentStageFailure(AirflowFailException):
     """A stage failed in a way a retry cannot change (its error's class says ``retryable = False``)."""
 
 
+class RunInterrupted(AirflowFailException):
+    """``make run`` was interrupted (Ctrl-C) while a task ran: the run stops, no retry, no email.
+
+    Under ``dag.test()`` the tasks run in ``make run``'s own process, so Ctrl-C lands
+    in the task, and Airflow's task runner takes the ``KeyboardInterrupt`` for a
+    failure to retry: the run carried on after the retry delay.  Only
+    `nightly.main` asks for this (`stop_on_interrupt`); a worker stopped by its
+    operator keeps Airflow's behaviour (retried once it is back).
+    """
+
+
+#: The event ``make run``'s Ctrl-C handler sets (`stop_on_interrupt`); none elsewhere.
+_CONSOLE_INTERRUPT: list[threading.Event] = []
+
+
+def stop_on_interrupt(interrupted: threading.Event) -> None:
+    """Make a stage that fails once ``interrupted`` is set end its run (``make run``'s Ctrl-C).
+
+    Whatever the interrupt became by the time it left the stage: Lightning's
+    Trainer, for one, turns ``KeyboardInterrupt`` into ``SystemExit(1)``.
+    """
+    _CONSOLE_INTERRUPT[:] = [interrupted]
+
+
 def airflow_error_for(exc: BaseException) -> BaseException | None:
     """The exception Airflow should see for a stage's error, or None to let it through (retried).
 
@@ -91,6 +116,8 @@ def airflow_error_for(exc: BaseException) -> BaseException | None:
     """
     from pipelines.errors import DataQualityError, InvalidArgumentError, PipelineError, SpecError
 
+    if any(event.is_set() for event in _CONSOLE_INTERRUPT):
+        return RunInterrupted("interrupted (Ctrl-C): the run stops here; run the same command again to finish it")
     if isinstance(exc, DataQualityError):
         return DataQualityFailure(f"{exc.vertical} {exc.ds}: data quality failed (summary above)")
     if isinstance(exc, InvalidArgumentError | SpecError):
@@ -226,6 +253,10 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     release_freed_memory(between_stages=True)
     ds = run_ds(context)
     holder = str(context["run_id"])
+    if any(event.is_set() for event in _CONSOLE_INTERRUPT):
+        # Ctrl-C landed in Airflow's code around a task (it became a retry there): start nothing more.
+        _give_back(vertical, holder)
+        raise RunInterrupted("interrupted (Ctrl-C) before this task: run the same command again to finish it")
     try:
         # Parked on exit, success or not: the run's next task, or this task's retry, takes it up.
         with hold_run(

@@ -184,6 +184,53 @@ def test_a_logical_date_outside_the_data_fails_without_retry(settings):
 # -- failure notifier ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(1)], ids=["as raised", "as Lightning re-raises it"])
+def test_ctrl_c_in_make_run_ends_the_run_and_gives_the_lease_back(settings, monkeypatch, exc):
+    import threading
+
+    from pipelines.orchestration import tasks
+    from pipelines.orchestration.tasks import RunInterrupted, stop_on_interrupt
+    from pipelines.registry.run_lock import RunLock
+
+    monkeypatch.setattr(tasks, "_CONSOLE_INTERRUPT", [])
+    interrupted = threading.Event()
+    stop_on_interrupt(interrupted)  # what `make run` does; a worker never does
+    started: list[str] = []
+
+    def interrupted_stage(vertical, ds, **_):
+        started.append("train")
+        interrupted.set()  # the Ctrl-C handler's first act
+        raise exc
+
+    monkeypatch.setattr(stages, "train", interrupted_stage)
+    with pytest.raises(RunInterrupted, match="run the same command again"):
+        run_stage("train", "finance", context())
+    assert RunLock.from_settings(settings).current("finance") is None  # nothing parked to wait out
+
+    # A task Airflow retries in the same process afterwards (the interrupt hit its own code) starts nothing.
+    monkeypatch.setattr(stages, "evaluate", lambda vertical, ds, **_: started.append("evaluate"))
+    with pytest.raises(RunInterrupted, match="before this task"):
+        run_stage("evaluate", "finance", context())
+    assert started == ["train"]
+
+
+def test_an_interrupt_outside_make_run_stays_airflows_to_retry(settings, monkeypatch):
+    def stopped(vertical, ds, **_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "train", stopped)
+    with pytest.raises(KeyboardInterrupt):  # a worker stopped by its operator: retried once it is back
+        run_stage("train", "finance", context())
+
+
+def test_no_failure_email_for_the_operators_own_ctrl_c(settings, monkeypatch):
+    from pipelines.orchestration.tasks import RunInterrupted
+
+    monkeypatch.setattr(notifiers, "smtp_connection", lambda _: pytest.fail("must not look up SMTP"))
+    FailureNotifier(vertical="finance", to=["a@example.com"]).notify(context(exception=RunInterrupted("Ctrl-C")))
+    assert not (settings.home / "outbox").exists()
+
+
 def test_no_second_email_for_a_data_quality_failure(settings, monkeypatch):
     monkeypatch.setattr(notifiers, "smtp_connection", lambda _: pytest.fail("must not look up SMTP"))
     FailureNotifier(vertical="finance", to=["a@example.com"]).notify(
