@@ -213,6 +213,9 @@ def interrupt_stops_the_night() -> Iterator[threading.Event]:
         interrupted.set()
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield interrupted
+        return
     stop_on_interrupt(interrupted)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
