@@ -108,6 +108,10 @@ def stop_on_interrupt(interrupted: threading.Event) -> None:
     _CONSOLE_INTERRUPT[:] = [interrupted]
 
 
+def _interrupted_at_console() -> bool:
+    return any(event.is_set() for event in _CONSOLE_INTERRUPT)
+
+
 def airflow_error_for(exc: BaseException) -> BaseException | None:
     """The exception Airflow should see for a stage's error, or None to let it through (retried).
 
@@ -116,7 +120,7 @@ def airflow_error_for(exc: BaseException) -> BaseException | None:
     """
     from pipelines.errors import DataQualityError, InvalidArgumentError, PipelineError, SpecError
 
-    if any(event.is_set() for event in _CONSOLE_INTERRUPT):
+    if _interrupted_at_console():
         return RunInterrupted("interrupted (Ctrl-C): the run stops here; run the same command again to finish it")
     if isinstance(exc, DataQualityError):
         return DataQualityFailure(f"{exc.vertical} {exc.ds}: data quality failed (summary above)")
@@ -253,7 +257,7 @@ def run_stage(stage: str, vertical: str, context: Mapping[str, Any], **kwargs: A
     release_freed_memory(between_stages=True)
     ds = run_ds(context)
     holder = str(context["run_id"])
-    if any(event.is_set() for event in _CONSOLE_INTERRUPT):
+    if _interrupted_at_console():
         # Ctrl-C landed in Airflow's code around a task (it became a retry there): start nothing more.
         _give_back(vertical, holder)
         raise RunInterrupted("interrupted (Ctrl-C) before this task: run the same command again to finish it")

@@ -226,8 +226,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        _make_durable(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -235,6 +234,15 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _make_durable(cursor: Any) -> None:
+    """The registry's durability settings: WAL, and a commit appended to it without an fsync.
+
+    A crash can lose the last commits, never corrupt the file.
+    """
+    _enable_wal(cursor)
+    cursor.execute("PRAGMA synchronous = NORMAL")
 
 
 def _enable_wal(cursor: Any) -> None:
@@ -261,15 +269,13 @@ def sqlite_connect(path: str) -> sqlite3.Connection:
     """A DBAPI connection to the SQLite file ``path`` with the registry's durability settings.
 
     For a library that opens its own engine (Optuna's ``RDBStorage`` takes a
-    ``creator``): WAL and ``synchronous = NORMAL`` make a commit one append to
-    the log, with no fsync (the default rollback journal syncs the file and the
-    journal on every commit); a crash can lose the last commits, never corrupt
-    the file.  The library keeps its own transaction handling.
+    ``creator``): `_make_durable` makes a commit one append to the log (the
+    default rollback journal syncs the file and the journal on every commit).
+    The library keeps its own transaction handling.
     """
     connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     cursor = connection.cursor()
-    _enable_wal(cursor)
-    cursor.execute("PRAGMA synchronous = NORMAL")
+    _make_durable(cursor)
     cursor.close()
     return connection
 

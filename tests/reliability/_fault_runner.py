@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 POINTER_FILE = "production.json"
@@ -46,7 +47,7 @@ def _interrupt() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def _arm_training_kill(epoch: int, act: Any = _die) -> None:
+def _arm_training_kill(epoch: int, act: Callable[[], None] = _die) -> None:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     original = ModelCheckpoint.on_train_epoch_end
