@@ -22,7 +22,9 @@ in `tests.integration.conftest.Cli`):
   tests that compare two runs' model versions start at least one of them fresh.
 
 Airflow is never preloaded: it reads ``AIRFLOW_HOME`` and its configuration at
-import.
+import.  ``python -m pipelines.orchestration`` (`make run`'s path) is forked all the
+same: the child imports Airflow after the fork, with its own environment, and its
+tasks find the stack already imported, as the embedded executor's workers do.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ PRELOAD = (
 )
 
 
+#: The ``python -m`` commands `run` forks: the CLI, and `make run`'s Airflow path.
+MODULES = ("pipelines", "pipelines.orchestration")
 #: ``__name__`` of this file when a forked child runs it (`run`).
 _CHILD = "warm_cli_child"
 #: ``TESTS_FRESH_PROCESSES=1`` starts every command as a real subprocess (to compare, or to rule the fork out).
@@ -81,8 +85,8 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)``, forked warm.
 
-    ``argv`` is ``[sys.executable, "-m", "pipelines", ...]`` or ``[sys.executable, script.py, ...]``;
-    anything else runs as a real subprocess.
+    ``argv`` is ``[sys.executable, "-m", MODULE, ...]`` (MODULE one of `MODULES`) or
+    ``[sys.executable, script.py, ...]``; anything else runs as a real subprocess.
     """
     argv = list(argv)
     if _target(argv) is None:
@@ -151,8 +155,8 @@ class WarmProcess:
 def _target(argv: list[str]) -> tuple[str, str] | None:
     if os.environ.get(FRESH_ENV) == "1" or len(argv) < 2 or argv[0] != sys.executable:
         return None
-    if argv[1] == "-m" and len(argv) >= 3 and argv[2] == "pipelines":
-        return ("module", "pipelines")
+    if argv[1] == "-m" and len(argv) >= 3 and argv[2] in MODULES:
+        return ("module", argv[2])
     if argv[1].endswith(".py") and not argv[1].startswith("-"):
         return ("path", argv[1])
     return None

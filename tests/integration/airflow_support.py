@@ -34,6 +34,7 @@ from pipelines.config import PROJECT_ROOT
 from pipelines.orchestration.airflow_env import embedded_env, with_interpreter_on_path
 from pipelines.orchestration.stack import free_ports
 
+from .. import warm_cli
 from ..conftest import short_window_specs
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
@@ -153,19 +154,21 @@ class NightlyResult:
 
 
 def run_nightly(
-    pipelines_home: Path, *args: str, airflow_home: Path | None = None, timeout: int = 900
+    pipelines_home: Path, *args: str, airflow_home: Path | None = None, timeout: int = 900, fresh: bool = False
 ) -> NightlyResult:
-    """``python -m pipelines.orchestration run ARGS`` (what `make run` calls), via dag.test()."""
+    """``python -m pipelines.orchestration run ARGS`` (what `make run` calls), via dag.test().
+
+    In its own process, forked from the warm interpreter of `tests.warm_cli` (Airflow itself is
+    imported after the fork); ``fresh=True`` starts a new interpreter, as `make run` does.
+    """
     summary = Path(tempfile.mkstemp(suffix=".json")[1])
+    argv = [sys.executable, "-m", "pipelines.orchestration", "run", *args, "--summary-json", str(summary)]
+    env = airflow_env(pipelines_home, airflow_home or migrated_airflow_home())
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipelines.orchestration", "run", *args, "--summary-json", str(summary)],
-            env=airflow_env(pipelines_home, airflow_home or migrated_airflow_home()),
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        if fresh:
+            proc = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+        else:
+            proc = warm_cli.run(argv, env=env, cwd=PROJECT_ROOT, timeout=timeout)
         rows = json.loads(summary.read_text() or "[]") if summary.stat().st_size else []
     finally:
         summary.unlink(missing_ok=True)

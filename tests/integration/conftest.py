@@ -183,7 +183,8 @@ def airflow_nightly(golden: GoldenHomes) -> Path:
         # The same golden night whichever test builds it: never through that test's SMTP server.
         with pytest.MonkeyPatch.context() as patch:
             patch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
-            result = run_nightly(home, "all", "--date", DS, airflow_home=metadata)
+            # A new interpreter, as `make run` starts: its imports are part of what is checked.
+            result = run_nightly(home, "all", "--date", DS, airflow_home=metadata, fresh=True)
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
         return result
 

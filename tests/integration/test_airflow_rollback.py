@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 
+from .. import warm_cli
 from ..conftest import GoldenHomes
 from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly
 from .conftest import DS, airflow_nightly
@@ -22,12 +23,11 @@ FIRST, SECOND = DS, "2026-11-28"
 
 
 def rollback_via_airflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """``python -m pipelines.orchestration rollback ARGS`` in its own process, forked warm (`tests.warm_cli`)."""
+    return warm_cli.run(
         [sys.executable, "-m", "pipelines.orchestration", "rollback", *args],
         env=airflow_env(home, migrated_airflow_home()),
         cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
 
