@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -97,5 +98,71 @@ def run(config: Config) -> list[Figure]:
             budget=1.25,
             detail=f"each a fresh process; nights {nights[0]}..{nights[-1]} after a first run of {primer}",
             samples=samples,
-        )
+        ),
+        airflow_floor(config, homes["airflow"], cli=b, nights=len(nights)),
     ]
+
+
+#: A DAG of as many tasks as a vertical's, each doing nothing, run as `make run` runs a DAG.
+NOOP_DAG = """
+import sys
+from datetime import datetime, timezone
+
+from airflow.sdk import DAG, task
+
+with DAG("bench_noop", schedule=None, catchup=False) as noop:
+    previous = None
+    for name in {tasks!r}:
+        step = task(task_id=name)(lambda: None)()
+        if previous is not None:
+            previous >> step
+        previous = step
+
+if __name__ == "__main__":
+    run = noop.test(logical_date=datetime.fromisoformat(sys.argv[1]).replace(tzinfo=timezone.utc))
+    sys.exit(0 if str(run.state) == "success" else 1)
+"""
+#: The stages of a vertical's DAG (`pipelines.orchestration.dag_factory`).
+STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
+
+
+def airflow_floor(config: Config, home: Path, *, cli: float, nights: int) -> Figure:
+    """The floor of the figure above: what Airflow alone costs a process, against what 1.25x allows it.
+
+    An 8-task DAG whose tasks do nothing, through ``dag.test()`` in a fresh interpreter on
+    the measured side's metadata DB and embedded defaults (its own DAG folder): importing
+    Airflow, putting the DAG in the DB, building the in-process Execution API, and running
+    eight tasks through the task runner.  The budget leaves Airflow 0.25x the CLI's night;
+    where this row's ratio is over 1, no ``dag.test()`` run of one vertical in its own
+    process can meet the budget, whatever the stages cost.
+    """
+    folder = config.workdir / "noop-dags"  # the DAG must be in the DAG folder to be serialised
+    folder.mkdir()
+    script = folder / "bench_noop_dag.py"
+    script.write_text(NOOP_DAG.format(tasks=STAGES))
+    env = {**_env(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
+    dates = iter(str(LAST_NIGHT + timedelta(days=1 + i)) for i in range(nights))
+
+    def noop() -> float:
+        ds = next(dates)
+
+        def run() -> None:
+            proc = subprocess.run(
+                [sys.executable, str(script), ds], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"the no-op DAG failed ({proc.returncode}):\n{proc.stderr[-2500:]}")
+
+        return timed(run)
+
+    samples = [noop() for _ in range(nights)]
+    allowance = 0.25 * cli
+    return Figure(
+        name="  floor: Airflow alone vs the 0.25x of the CLI it may add",
+        measured=statistics.median(samples),
+        baseline=allowance,
+        detail=f"an {len(STAGES)}-task no-op DAG through dag.test() in a fresh process (its interpreter start "
+        f"included); the budget leaves Airflow {allowance:.2f} s"
+        + ("; the 1.25x budget is below it" if statistics.median(samples) > allowance else ""),
+        samples={"noop_dag": samples},
+    )

@@ -23,6 +23,7 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 
+from .. import warm_cli
 from .airflow_support import airflow_env, migrated_airflow_home, orchestration_specs, pointer, seed_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -34,15 +35,19 @@ DS = "2026-11-27"
 def _make_run(
     env: dict[str, str], summary: Path, *args: str, fault: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    command = [str(RUNNER), fault, "orchestration"] if fault else ["-m", "pipelines.orchestration"]
-    return subprocess.run(
-        [sys.executable, *command, "run", *args, "--date", DS, "--summary-json", str(summary)],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """``make run``'s command; with ``fault``, in a new interpreter under the fault runner.
+
+    The interrupted run is a real process started as a console starts it (its own
+    interpreter, imports and signal handlers).  The run that finishes the night after
+    it is the same module forked from the warm interpreter (`tests.warm_cli`): what it
+    checks is what the first run left behind, not the start-up.
+    """
+    command = ["run", *args, "--date", DS, "--summary-json", str(summary)]
+    if fault:
+        argv = [sys.executable, str(RUNNER), fault, "orchestration", *command]
+        return subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    argv = [sys.executable, "-m", "pipelines.orchestration", *command]
+    return warm_cli.run(argv, env=env, cwd=PROJECT_ROOT, timeout=600)
 
 
 def test_ctrl_c_stops_make_run_at_once_and_the_same_command_then_finishes(tmp_path: Path):

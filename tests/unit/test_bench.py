@@ -43,6 +43,9 @@ def test_quick_harness_writes_ratios_against_baselines_with_the_machine(tmp_path
         assert figure["measured"] > 0 and figure["baseline"] > 0
         assert figure["ratio"] == pytest.approx(figure["measured"] / figure["baseline"])
         assert figure["verdict"] in ("ok", "OVER", "-")
+    # Beside an over-budget figure, its floor: the tool's own cost alone, against the same baseline.
+    [floor] = [f for f in result["figures"] if f["name"].strip().startswith("floor: DVC's own add")]
+    assert floor["budget"] is None and "no serialising, push or commit" in floor["detail"]
     train = next(f for f in result["figures"] if f["name"].startswith("Lightning"))
     assert "weights bit-identical: True" in train["detail"]  # the baseline does the same work
     assert "ratio" in proc.stdout.splitlines()[1] and "verdict" in proc.stdout.splitlines()[1]
