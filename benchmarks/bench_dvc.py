@@ -98,8 +98,8 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
     file with other bytes written before the clock starts: what is timed is opening the
     repo and ``Repo.add`` (DVC hashes the file, links it into its cache, writes the
     ``.dvc`` file), with no serialising, no push and no git commit.  No snapshot that
-    versions the window through DVC can cost less, so where this row is over 2x the
-    budget is DVC's to meet.
+    versions the window as one file through DVC can cost less; a folder of per-day files,
+    where a night adds one file, is another layout (`benchmarks/dvc_layouts.py`).
     """
     from dvc.repo import Repo
 

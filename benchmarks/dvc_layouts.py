@@ -1,0 +1,127 @@
+"""A night's DVC snapshot of a window: one window file (the project's layout) vs a folder of per-day files.
+
+    .venv/bin/python benchmarks/dvc_layouts.py                    # 1M rows over 365 days, 5 nights
+    .venv/bin/python benchmarks/dvc_layouts.py --rows 100000 --reps 3
+
+Each layout lives in a git-less DVC repository of its own (``Repo.init(no_scm=True)``),
+and each night drops the oldest day and adds a new one (other bytes):
+
+* one file: the whole window serialised to one Parquet file, then ``Repo.add`` of it
+  (what `pipelines.data.versioning.snapshot_window` does before its push and commit),
+  also timed without the serialising;
+* a folder: only the new day's Parquet file written, the oldest one deleted, then
+  ``Repo.add`` of the folder (DVC's state recognises the unchanged files by inode, size
+  and mtime, and hashes only the new one).
+
+Each is compared with ``md5sum`` of the same bytes (the file; every file of the folder),
+as the medians of interleaved repetitions.  It informs the choice of a version-id scheme
+(docs/benchmarks.md, "Floors"); it is not a harness figure, because the project versions
+one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from bench_gx import frame_of
+
+PARQUET = {"compression": "snappy", "index": False}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _md5sum(paths: list[Path]) -> float:
+    return _timed(lambda: subprocess.run(["md5sum", *map(str, paths)], check=True, capture_output=True))
+
+
+def _add(root: Path, target: Path) -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.add(str(target))
+
+
+def _repo(parent: Path, name: str) -> Path:
+    from dvc.repo import Repo
+
+    root = parent / name
+    root.mkdir()
+    Repo.init(str(root), no_scm=True).close()
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--reps", type=int, default=5, help="nights (repetitions)")
+    args = parser.parse_args(argv)
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # "Initialized DVC repository." is not a figure
+
+    frame, _ = frame_of(args.rows, days=args.days)
+    by_day: dict[str, pd.DataFrame] = {str(day): part for day, part in frame.groupby("event_date")}
+    days = sorted(by_day)
+    samples: dict[str, list[float]] = {k: [] for k in ("file", "file_add", "file_md5", "folder", "folder_md5")}
+    with tempfile.TemporaryDirectory(prefix="dvc-layouts-") as tmp:
+        one = _repo(Path(tmp), "one-file")
+        window = one / "window.parquet"
+        many = _repo(Path(tmp), "folder")
+        folder = many / "window"
+        folder.mkdir()
+        for day in days:
+            by_day[day].to_parquet(folder / f"{day}.parquet", **PARQUET)
+        current = pd.concat([by_day[d] for d in days], ignore_index=True)
+        current.to_parquet(window, **PARQUET)
+        _add(one, window)
+        _add(many, folder)  # night 0: every file hashed once, as on the first run
+
+        for night in range(args.reps):
+            oldest = days[night]
+            new = by_day[oldest].assign(torque_nm=by_day[oldest]["torque_nm"] + 1000.0 + night)
+            current = pd.concat([current.iloc[len(by_day[oldest]) :], new], ignore_index=True)
+
+            def one_file(frame: pd.DataFrame = current) -> None:
+                frame.to_parquet(window, **PARQUET)
+                _add(one, window)
+
+            def folder_night(day: str = oldest, part: pd.DataFrame = new, n: int = night) -> None:
+                (folder / f"{day}.parquet").unlink()
+                part.to_parquet(folder / f"new-{n:04d}.parquet", **PARQUET)
+                _add(many, folder)
+
+            samples["file"].append(_timed(one_file))
+            samples["file_md5"].append(_md5sum([window]))
+            current.assign(torque_nm=current["torque_nm"] + 0.5).to_parquet(window, **PARQUET)  # other bytes again
+            samples["file_add"].append(_timed(lambda: _add(one, window)))
+            samples["folder"].append(_timed(folder_night))
+            samples["folder_md5"].append(_md5sum(sorted(folder.iterdir())))
+        file_mb = window.stat().st_size / 1e6
+        folder_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    print(f"{args.rows:,} rows over {args.days} days, {args.reps} nights (medians)")
+    print(f"{'layout':<52} {'measured':>9} {'md5sum':>9} {'ratio':>7}")
+    rows = [
+        (f"one file ({file_mb:.1f} MB): serialise + dvc add", med["file"], med["file_md5"]),
+        ("one file: dvc add of the written file alone", med["file_add"], med["file_md5"]),
+        (f"folder of {args.days} day files ({folder_mb:.1f} MB): new day + dvc add", med["folder"], med["folder_md5"]),
+    ]
+    for name, measured, baseline in rows:
+        print(f"{name:<52} {measured:>8.3f}s {baseline:>8.3f}s {measured / baseline:>6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
