@@ -16,6 +16,7 @@ with the stage's stat cache: an input file seen before is recognised by its stat
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from datetime import date, timedelta
 
@@ -105,6 +106,9 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
 
     root = config.workdir / "dvc-add-alone"
     root.mkdir()
+    # DVC's state (the hashes it knows by inode and mtime) in the work dir, not /var/tmp/dvc.
+    site_cache = os.environ.get("DVC_SITE_CACHE_DIR")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(root / ".site-cache")
     dvc_log = logging.getLogger("dvc")  # DVC logs "Initialized DVC repository." at INFO to stdout
     level = dvc_log.level
     dvc_log.setLevel(logging.WARNING)
@@ -129,7 +133,13 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
     def md5sum() -> float:
         return timed(lambda: subprocess.run(["md5sum", str(path)], check=True, capture_output=True))
 
-    m, b, samples = median_pair(config.reps, add, md5sum)
+    try:
+        m, b, samples = median_pair(config.reps, add, md5sum)
+    finally:
+        if site_cache is None:
+            os.environ.pop("DVC_SITE_CACHE_DIR", None)
+        else:
+            os.environ["DVC_SITE_CACHE_DIR"] = site_cache
     return Figure(
         name="  floor: DVC's own add of a written window vs md5sum",
         measured=m,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import subprocess
 import tempfile
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     days = sorted(by_day)
     samples: dict[str, list[float]] = {k: [] for k in ("file", "file_add", "file_md5", "folder", "folder_md5")}
     with tempfile.TemporaryDirectory(prefix="dvc-layouts-") as tmp:
+        # DVC's state (the hashes it knows by inode and mtime) in the temp dir, not /var/tmp/dvc.
+        os.environ["DVC_SITE_CACHE_DIR"] = str(Path(tmp) / "site-cache")
         one = _repo(Path(tmp), "one-file")
         window = one / "window.parquet"
         many = _repo(Path(tmp), "folder")
