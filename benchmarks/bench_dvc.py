@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 from datetime import date, timedelta
+from unittest.mock import patch
 
 import pandas as pd
 from bench_gx import frame_of
@@ -106,16 +107,6 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
 
     root = config.workdir / "dvc-add-alone"
     root.mkdir()
-    # DVC's state (the hashes it knows by inode and mtime) in the work dir, not /var/tmp/dvc.
-    site_cache = os.environ.get("DVC_SITE_CACHE_DIR")
-    os.environ["DVC_SITE_CACHE_DIR"] = str(root / ".site-cache")
-    dvc_log = logging.getLogger("dvc")  # DVC logs "Initialized DVC repository." at INFO to stdout
-    level = dvc_log.level
-    dvc_log.setLevel(logging.WARNING)
-    try:
-        Repo.init(str(root), no_scm=True).close()
-    finally:
-        dvc_log.setLevel(level)
     path = root / "window.parquet"
     state = {"n": 0}
 
@@ -133,13 +124,16 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
     def md5sum() -> float:
         return timed(lambda: subprocess.run(["md5sum", str(path)], check=True, capture_output=True))
 
-    try:
+    # DVC's state (the hashes it knows by inode and mtime) in the work dir, not /var/tmp/dvc.
+    with patch.dict(os.environ, {"DVC_SITE_CACHE_DIR": str(root / ".site-cache")}):
+        dvc_log = logging.getLogger("dvc")  # DVC logs "Initialized DVC repository." at INFO to stdout
+        level = dvc_log.level
+        dvc_log.setLevel(logging.WARNING)
+        try:
+            Repo.init(str(root), no_scm=True).close()
+        finally:
+            dvc_log.setLevel(level)
         m, b, samples = median_pair(config.reps, add, md5sum)
-    finally:
-        if site_cache is None:
-            os.environ.pop("DVC_SITE_CACHE_DIR", None)
-        else:
-            os.environ["DVC_SITE_CACHE_DIR"] = site_cache
     return Figure(
         name="  floor: DVC's own add of a written window vs md5sum",
         measured=m,

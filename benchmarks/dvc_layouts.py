@@ -27,24 +27,17 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 from bench_gx import frame_of
+from harness import timed
 
 PARQUET = {"compression": "snappy", "index": False}
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _md5sum(paths: list[Path]) -> float:
-    return _timed(lambda: subprocess.run(["md5sum", *map(str, paths)], check=True, capture_output=True))
+    return timed(lambda: subprocess.run(["md5sum", *map(str, paths)], check=True, capture_output=True))
 
 
 def _add(root: Path, target: Path) -> None:
@@ -104,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                 part.to_parquet(folder / f"new-{n:04d}.parquet", **PARQUET)
                 _add(many, folder)
 
-            samples["file"].append(_timed(one_file))
+            samples["file"].append(timed(one_file))
             samples["file_md5"].append(_md5sum([window]))
             current.assign(torque_nm=current["torque_nm"] + 0.5).to_parquet(window, **PARQUET)  # other bytes again
-            samples["file_add"].append(_timed(lambda: _add(one, window)))
-            samples["folder"].append(_timed(folder_night))
+            samples["file_add"].append(timed(lambda: _add(one, window)))
+            samples["folder"].append(timed(folder_night))
             samples["folder_md5"].append(_md5sum(sorted(folder.iterdir())))
         file_mb = window.stat().st_size / 1e6
         folder_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
