@@ -101,7 +101,8 @@ def dvc_add_alone(config: Config, frame: pd.DataFrame) -> Figure:
     repo and ``Repo.add`` (DVC hashes the file, links it into its cache, writes the
     ``.dvc`` file), with no serialising, no push and no git commit.  No snapshot that
     versions the window as one file through DVC can cost less; a folder of per-day files,
-    where a night adds one file, is another layout (`benchmarks/dvc_layouts.py`).
+    where a night adds one file, is another layout with a floor of its own, DVC's push of
+    the folder (`benchmarks/dvc_layouts.py`).
     """
     from dvc.repo import Repo
 
