@@ -84,11 +84,11 @@ ORCHESTRATION_OVERLAY: dict[str, dict[str, Any]] = {
 }
 
 
-def orchestration_specs(folder: Path) -> Path:
-    """A specs folder (``PIPELINES_SPECS_DIR``): the repo's specs with `ORCHESTRATION_OVERLAY` applied."""
+def orchestration_specs(folder: Path, overlay: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A specs folder (``PIPELINES_SPECS_DIR``): the repo's specs with ``overlay`` (`ORCHESTRATION_OVERLAY`) applied."""
     import yaml
 
-    for vertical, changes in ORCHESTRATION_OVERLAY.items():
+    for vertical, changes in (ORCHESTRATION_OVERLAY if overlay is None else overlay).items():
         overlay = short_window_specs(folder / ".overlay", vertical, **changes)
         for path in overlay.glob("*.yaml"):
             if yaml.safe_load(path.read_text())["name"] == vertical or not (folder / path.name).exists():
@@ -154,16 +154,23 @@ class NightlyResult:
 
 
 def run_nightly(
-    pipelines_home: Path, *args: str, airflow_home: Path | None = None, timeout: int = 900, fresh: bool = False
+    pipelines_home: Path,
+    *args: str,
+    airflow_home: Path | None = None,
+    timeout: int = 900,
+    fresh: bool = False,
+    specs_dir: Path | None = None,
 ) -> NightlyResult:
     """``python -m pipelines.orchestration run ARGS`` (what `make run` calls), via dag.test().
 
     In its own process, forked from the warm interpreter of `tests.warm_cli` (Airflow itself is
     imported after the fork); ``fresh=True`` starts a new interpreter, as `make run` does.
+    ``specs_dir`` replaces the repo's specs (``PIPELINES_SPECS_DIR``).
     """
     summary = Path(tempfile.mkstemp(suffix=".json")[1])
     argv = [sys.executable, "-m", "pipelines.orchestration", "run", *args, "--summary-json", str(summary)]
-    env = airflow_env(pipelines_home, airflow_home or migrated_airflow_home())
+    specs = {"PIPELINES_SPECS_DIR": str(specs_dir)} if specs_dir else {}
+    env = airflow_env(pipelines_home, airflow_home or migrated_airflow_home(), **specs)
     try:
         if fresh:
             proc = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)

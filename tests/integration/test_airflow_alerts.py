@@ -17,7 +17,7 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 from .airflow_support import bucket_listing, pointer, record, registry_counts, run_nightly, seed_home
-from .conftest import DS, airflow_nightly
+from .conftest import DS, airflow_nightly, airflow_nightly_specs
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -47,7 +47,7 @@ def test_bad_partition_fails_validate_once_mails_one_alert_and_keeps_the_champio
     smtp_server.messages.clear()  # the first night's summary email is not what this test is about
     names = corrupt_day(warehouse, BAD_DS)
 
-    result = run_nightly(home, VERTICAL, "--date", BAD_DS)
+    result = run_nightly(home, VERTICAL, "--date", BAD_DS, specs_dir=airflow_nightly_specs(golden))
 
     assert result.returncode == 1
     row = result.rows[VERTICAL]

@@ -3,7 +3,8 @@
 One `make run`-style invocation runs all verticals in one Airflow process
 (the in-process Execution API starts once); the tests then check each run's
 task states, the deployed pointer and the stored report, and that a dry run
-skips only ``deploy``.
+skips only ``deploy``.  The specs are the repo's, with education's and manufacturing's
+first-night sweeps cut to 3 trials (`conftest.airflow_nightly_specs`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .airflow_support import (
     registry_counts,
     run_nightly,
 )
-from .conftest import AIRFLOW_NIGHTLY, airflow_nightly, airflow_nightly_metadata
+from .conftest import AIRFLOW_NIGHTLY, airflow_nightly, airflow_nightly_metadata, airflow_nightly_specs
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -46,7 +47,7 @@ STARTED = datetime.now(UTC)
 
 @pytest.fixture(scope="module")
 def nightly(golden: GoldenHomes) -> tuple[Path, NightlyResult]:
-    """Tonight's run of every vertical for ``DS``, as `make run` does it (the session's golden night)."""
+    """Tonight's run of every vertical for ``DS``, as `make run` runs it (the session's golden night)."""
     home = airflow_nightly(golden)
     return home, golden.built[AIRFLOW_NIGHTLY]
 
@@ -141,12 +142,12 @@ def test_all_tasks_succeed_and_the_model_is_deployed(nightly, vertical):
     assert (model.predict(raw) == (prob >= chosen)).all()
 
 
-def test_status_shows_each_verticals_new_champion(nightly):
+def test_status_shows_each_verticals_new_champion(nightly, golden: GoldenHomes):
     """`python -m pipelines status` on the data root Airflow's runs wrote."""
     home, _ = nightly
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines", "status", "--json"],
-        env={**airflow_env(home, migrated_airflow_home())},
+        env=airflow_env(home, migrated_airflow_home(), PIPELINES_SPECS_DIR=str(airflow_nightly_specs(golden))),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -161,12 +162,12 @@ def test_status_shows_each_verticals_new_champion(nightly):
         assert status[vertical]["last_decision"]["approved"] is True
 
 
-def test_dry_run_skips_deploy_but_still_reports(nightly):
+def test_dry_run_skips_deploy_but_still_reports(nightly, golden: GoldenHomes):
     home, _ = nightly
     vertical = VERTICALS[0]
     before = (bucket_listing(home), registry_counts(home)["deployments"])
 
-    result = run_nightly(home, vertical, "--date", DS, "--dry-run")
+    result = run_nightly(home, vertical, "--date", DS, "--dry-run", specs_dir=airflow_nightly_specs(golden))
 
     assert result.returncode == 0, result.stderr[-6000:]
     states = {task: t["state"] for task, t in result.rows[vertical]["tasks"].items()}

@@ -14,7 +14,7 @@ from pipelines.config import PROJECT_ROOT
 from .. import warm_cli
 from ..conftest import GoldenHomes
 from .airflow_support import airflow_env, migrated_airflow_home, pointer, run_nightly
-from .conftest import DS, airflow_nightly
+from .conftest import DS, airflow_nightly, airflow_nightly_specs
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 #: SECOND is a Saturday: finance's spec sweeps its tuning every Sunday (2026-11-29), which a
@@ -22,11 +22,11 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 FIRST, SECOND = DS, "2026-11-28"
 
 
-def rollback_via_airflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def rollback_via_airflow(home: Path, specs: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m pipelines.orchestration rollback ARGS`` in its own process, forked warm (`tests.warm_cli`)."""
     return warm_cli.run(
         [sys.executable, "-m", "pipelines.orchestration", "rollback", *args],
-        env=airflow_env(home, migrated_airflow_home()),
+        env=airflow_env(home, migrated_airflow_home(), PIPELINES_SPECS_DIR=str(specs)),
         cwd=PROJECT_ROOT,
         timeout=600,
     )
@@ -41,17 +41,20 @@ def last_deployment(home: Path) -> tuple[str, str, str]:
 
 def test_rollback_dag_restores_the_previous_version_records_it_and_notifies(golden: GoldenHomes):
     home = airflow_nightly(golden)  # every vertical's night FIRST through Airflow: finance's first champion
+    specs = airflow_nightly_specs(golden)  # the golden night's, for every run on its data root
     first = pointer(home, "finance")["version"]
-    forced = run_nightly(home, "finance", "--date", SECOND, "--force-reason", "test: make a second deployment")
+    forced = run_nightly(
+        home, "finance", "--date", SECOND, "--force-reason", "test: make a second deployment", specs_dir=specs
+    )
     assert forced.returncode == 0, forced.stderr[-4000:]
     second = pointer(home, "finance")["version"]
     assert second != first
 
-    refused = rollback_via_airflow(home, "finance", "--reason", "   ")
+    refused = rollback_via_airflow(home, specs, "finance", "--reason", "   ")
     assert refused.returncode == 2 and "a rollback needs a reason" in refused.stderr  # refused before Airflow runs
     assert pointer(home, "finance")["version"] == second  # nothing moved
 
-    done = rollback_via_airflow(home, "finance", "--reason", "recall complaints from the review team")
+    done = rollback_via_airflow(home, specs, "finance", "--reason", "recall complaints from the review team")
     assert done.returncode == 0, done.stderr[-4000:]
     assert pointer(home, "finance")["version"] == first
     action, version, actor = last_deployment(home)
