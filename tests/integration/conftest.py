@@ -180,10 +180,11 @@ def airflow_nightly_specs(golden: GoldenHomes) -> Path:
     `make run`'s command on a fresh data root (2-core machine, back to back): 78 CPU-s
     with the repo's specs, 54 CPU-s with these (manufacturing's train stage 25.8 s ->
     9.1 s, education's 9.9 s -> 7.0 s).  A 3-trial sweep runs the same study, pruning and
-    best-configuration code, and each model is still approved by its real gate.  Finance and healthcare run the repo's specs, so the
-    suite still runs one repo-spec 12-trial first night (finance's) through Airflow.  Later
-    runs on the same data root must use these specs too: a spec edit between two nights is
-    itself a change (a new inputs fingerprint, a retrain).  Kept beside the golden snapshots.
+    best-configuration code, and each model is still approved by its real gate.  Finance
+    and healthcare run the repo's specs, so the suite still runs one repo-spec 12-trial
+    first night (finance's) through Airflow.  Later runs on the same data root must use
+    these specs too: a spec edit between two nights is itself a change (a new inputs
+    fingerprint, a retrain).  Kept beside the golden snapshots.
     """
     import yaml
 
