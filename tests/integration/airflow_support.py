@@ -89,8 +89,8 @@ def orchestration_specs(folder: Path, overlay: dict[str, dict[str, Any]] | None 
     import yaml
 
     for vertical, changes in (ORCHESTRATION_OVERLAY if overlay is None else overlay).items():
-        overlay = short_window_specs(folder / ".overlay", vertical, **changes)
-        for path in overlay.glob("*.yaml"):
+        written = short_window_specs(folder / ".overlay", vertical, **changes)
+        for path in written.glob("*.yaml"):
             if yaml.safe_load(path.read_text())["name"] == vertical or not (folder / path.name).exists():
                 shutil.copyfile(path, folder / path.name)
     shutil.rmtree(folder / ".overlay")
