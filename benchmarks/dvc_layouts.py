@@ -93,19 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         _add(one, window, push=True)
         _add(many, folder, push=True)  # night 0: every file hashed and pushed once, as on the first run
 
+        def one_file(frame: pd.DataFrame, push: bool) -> None:
+            frame.to_parquet(window, **PARQUET)
+            _add(one, window, push=push)
+
+        def folder_night(day: str, part: pd.DataFrame, name: str, push: bool) -> None:
+            (folder / f"{day}.parquet").unlink(missing_ok=True)
+            part.to_parquet(folder / name, **PARQUET)
+            _add(many, folder, push=push)
+
         for night in range(args.reps):
             oldest = days[night]
             new = by_day[oldest].assign(torque_nm=by_day[oldest]["torque_nm"] + 1000.0 + night)
             current = pd.concat([current.iloc[len(by_day[oldest]) :], new], ignore_index=True)
-
-            def one_file(frame: pd.DataFrame, push: bool) -> None:
-                frame.to_parquet(window, **PARQUET)
-                _add(one, window, push=push)
-
-            def folder_night(day: str, part: pd.DataFrame, name: str, push: bool) -> None:
-                (folder / f"{day}.parquet").unlink(missing_ok=True)
-                part.to_parquet(folder / name, **PARQUET)
-                _add(many, folder, push=push)
 
             name = f"new-{night:04d}.parquet"
             # Each pair: without the push, then a night with other bytes again and the push.
