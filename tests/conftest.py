@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +47,25 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return make_settings(home)
 
 
-@pytest.fixture(scope="session")
-def seeded_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One seeded demo warehouse (SQLite) per session; tests copy it into their own home."""
+@cache
+def seeded_warehouse_file() -> Path:
+    """The demo warehouse (SQLite), seeded once per test process; callers copy it, never write it.
+
+    One for the `seeded_warehouse` fixture and `tests.integration.airflow_support.seed_home`
+    alike (each seed is ~2 CPU-seconds).  Removed when the process exits.
+    """
     from pipelines.demo.seed import seed_warehouse
 
-    path = tmp_path_factory.mktemp("seed") / "warehouse.db"
-    seed_warehouse(f"sqlite:///{path}")
-    return path
+    folder = Path(tempfile.mkdtemp(prefix="pipelines-test-seed-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    seed_warehouse(f"sqlite:///{folder / 'warehouse.db'}")
+    return folder / "warehouse.db"
+
+
+@pytest.fixture(scope="session")
+def seeded_warehouse() -> Path:
+    """The seeded demo warehouse (`seeded_warehouse_file`); tests copy it into their own home."""
+    return seeded_warehouse_file()
 
 
 class GoldenHomes:

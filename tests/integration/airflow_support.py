@@ -35,7 +35,7 @@ from pipelines.orchestration.airflow_env import embedded_env, with_interpreter_o
 from pipelines.orchestration.stack import free_ports
 
 from .. import warm_cli
-from ..conftest import short_window_specs
+from ..conftest import seeded_warehouse_file, short_window_specs
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 REGISTRY_TABLES = ("model_versions", "decisions", "deployments")
@@ -119,20 +119,10 @@ def migrate_airflow_home(home: Path) -> Path:
     return home
 
 
-@cache
-def _seeded_warehouse() -> Path:
-    from pipelines.demo.seed import seed_warehouse
-
-    folder = Path(tempfile.mkdtemp(prefix="pipelines-test-seed-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    seed_warehouse(f"sqlite:///{folder / 'warehouse.db'}")
-    return folder / "warehouse.db"
-
-
 def seed_home(home: Path) -> Path:
     """Give ``home`` its own copy of the demo warehouse (seeded once per session)."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_seeded_warehouse(), home / "warehouse.db")
+    shutil.copyfile(seeded_warehouse_file(), home / "warehouse.db")
     return home / "warehouse.db"
 
 
