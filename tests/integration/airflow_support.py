@@ -120,7 +120,7 @@ def migrate_airflow_home(home: Path) -> Path:
 
 
 def seed_home(home: Path) -> Path:
-    """Give ``home`` its own copy of the demo warehouse (seeded once per session)."""
+    """Give ``home`` its own copy of the demo warehouse (`seeded_warehouse_file`: seeded once per test process)."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(seeded_warehouse_file(), home / "warehouse.db")
     return home / "warehouse.db"
