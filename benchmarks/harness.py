@@ -156,6 +156,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
     import bench_gx
     import bench_history
     import bench_parse
+    import bench_prepare
     import bench_serving
     import bench_train
     import bench_vertical
@@ -167,6 +168,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
         "train": bench_train.run,
         "history": bench_history.run,
         "extract": bench_extract.run,
+        "prepare": bench_prepare.run,
         "serving": bench_serving.run,
         "airflow": bench_airflow.run,
         "vertical": bench_vertical.run,

@@ -22,7 +22,7 @@ import pandas as pd
 from pipelines.errors import SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from pipelines.config import Join, Settings, VerticalSpec
     from pipelines.data.quality import FailedExpectation
@@ -103,37 +103,95 @@ def join_point_in_time(
     joined columns null and the marker false.  ``table`` may come indexed
     (`index_table`), as a backfill passes it for each of its days.
     """
+    [joined] = join_batches([events], table, join, event_time=event_time)
+    return joined
+
+
+def join_batches(
+    batches: Sequence[pd.DataFrame], table: pd.DataFrame | IndexedTable, join: Join, *, event_time: str
+) -> list[pd.DataFrame]:
+    """`join_point_in_time` of each batch (a backfill's days), with one table lookup for all of them.
+
+    Each batch comes back exactly as it would alone: its rows and dtypes, whatever
+    the others hold.  The lookup (``pandas.merge_asof`` on key and event time, or a
+    key merge for a timeless table) is row by row, so it runs once over every
+    batch's rows; only the assembly of each batch's frame is per batch.  A joined
+    column takes its dtype as the batch alone decides it: through a point-in-time
+    join it can always hold a null (``int64`` comes back ``float64``, ``bool`` as
+    ``object``), as it always did; through a timeless join only when a row of the
+    batch found no partner.
+    """
+    if not batches:
+        return []
+    indexed = table if isinstance(table, IndexedTable) else index_table(table, join)
+    lefts = [_join_input(events, join) for events in batches]
+    keys = _tokens(pd.DataFrame({c: _objects([left[c] for left in lefts]) for c in join.keys}), join.keys)
+    if join.valid_from is None:
+        rows = indexed.rows.reset_index(drop=True)
+        found = pd.Index(rows["_key"]).get_indexer(keys)  # keys are unique: the spec's table was checked
+    else:
+        at = np.concatenate([_instants(left[event_time]).to_numpy() for left in lefts]).astype("datetime64[us]")
+        found = _latest_valid(indexed, keys, at)
+    partners = indexed.rows.reset_index(drop=True)
+    plain = {c: partners[c].array for c in join.columns}
+    # A column that must hold a null takes the dtype pandas' own fill gives it (int64 -> float64, bool -> object).
+    nullable = partners.loc[:, list(join.columns)].reindex([-1]).dtypes
+    filled = {c: partners[c].astype(nullable[c]).array for c in join.columns}
+    out: list[pd.DataFrame] = []
+    offset = 0
+    for left in lefts:
+        positions = found[offset : offset + len(left)]
+        offset += len(left)
+        promote = join.valid_from is not None or bool((positions < 0).any())
+        source = filled if promote else plain
+        # The dtype named, not inferred: pandas would read an object column of text as ``str``.
+        columns = {
+            c: pd.Series(source[c].take(positions, allow_fill=promote), index=left.index, dtype=source[c].dtype)
+            for c in join.columns
+        }
+        out.append(left.assign(**columns, **{join.marker: positions >= 0}))
+    return out
+
+
+def _join_input(events: pd.DataFrame, join: Join) -> pd.DataFrame:
+    """``events`` ready to join: checked for clashes and keys, with a fresh row index."""
     clash = sorted(set(join.columns) & set(events.columns))
     if clash:
         raise SourceError(f"join {join.name!r}: column(s) {clash} already exist in the event rows; rename one")
     missing = [c for c in join.keys if c not in events.columns]
     if missing:
         raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}")
-    right = (table if isinstance(table, IndexedTable) else index_table(table, join)).rows
-    left = events.reset_index(drop=True).assign(_row=np.arange(len(events)), _key=_tokens(events, join.keys))
-    if join.valid_from is None:
-        merged = left.merge(right, on="_key", how="left", sort=False)
-    else:
-        left["_at"] = _instants(left[event_time])
-        usable = left["_key"].notna() & left["_at"].notna()
-        found = pd.merge_asof(
-            left[usable].sort_values("_at", kind="stable"),
-            right,
-            left_on="_at",
-            right_on="_from",
-            by="_key",
-            direction="backward",
-        )
-        if join.valid_to:
-            ended = _instants(found[join.valid_to])
-            expired = ended.notna() & (found["_at"] >= ended)
-            found["_hit"] = found["_hit"].astype(object)
-            found.loc[expired, [*join.columns, "_hit"]] = None
-            found = found.drop(columns=[join.valid_to])
-        merged = pd.concat([found, left[~usable]], ignore_index=True).drop(columns=["_at", "_from"])
-    merged = merged.sort_values("_row", kind="stable").reset_index(drop=True)
-    merged[join.marker] = merged["_hit"].fillna(False).astype(bool)
-    return merged.drop(columns=["_row", "_key", "_hit"])
+    return events.reset_index(drop=True)
+
+
+def _objects(parts: list[pd.Series]) -> pd.Series:
+    """One object Series of every part's values, each as its own part holds it (no common dtype forced)."""
+    return pd.Series(np.concatenate([part.to_numpy(dtype=object) for part in parts]), dtype=object)
+
+
+def _latest_valid(indexed: IndexedTable, keys: pd.Series, at: np.ndarray) -> np.ndarray:
+    """Per event, the position in ``indexed.rows`` of its key's latest row valid at ``at``; -1 for none.
+
+    ``merge_asof`` backward by key: never a row valid only from later on; a row
+    whose ``valid_to`` has come by the event's time is no partner either.
+    """
+    rows = indexed.rows.reset_index(drop=True)
+    # Keys stay ``object`` on both sides: merge_asof refuses ``by`` columns of different dtypes.
+    probe = pd.DataFrame(
+        {"_key": keys.astype(object).reset_index(drop=True), "_at": at, "_event": np.arange(len(keys))}
+    )
+    probe = probe[probe["_key"].notna() & probe["_at"].notna()].sort_values("_at", kind="stable")
+    table = pd.DataFrame({"_key": rows["_key"], "_from": rows["_from"], "_position": np.arange(len(rows))})
+    matched = pd.merge_asof(probe, table, left_on="_at", right_on="_from", by="_key", direction="backward")
+    matched = matched.dropna(subset=["_position"])
+    positions = matched["_position"].to_numpy(dtype=np.int64)
+    if indexed.join.valid_to:
+        ended = _instants(rows[indexed.join.valid_to].take(positions)).to_numpy()
+        live = np.isnat(ended) | (matched["_at"].to_numpy() < ended)
+        matched, positions = matched[live], positions[live]
+    found = np.full(len(keys), -1, dtype=np.int64)
+    found[matched["_event"].to_numpy(dtype=np.int64)] = positions
+    return found
 
 
 def fetch_table(spec: VerticalSpec, join: Join, *, before: date, settings: Settings) -> pd.DataFrame:
@@ -195,18 +253,31 @@ def integrate(
     events: pd.DataFrame, spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
 ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
     """Every join of the spec applied to ``events``; returns the rows and each join's coverage counts."""
-    coverage: dict[str, dict[str, int]] = {}
+    [(joined, coverage)] = integrate_batches([events], spec, tables)
+    return joined, coverage
+
+
+def integrate_batches(
+    batches: Sequence[pd.DataFrame], spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
+) -> list[tuple[pd.DataFrame, dict[str, dict[str, int]]]]:
+    """`integrate` of each batch (a backfill's days), each join's lookup shared by all (`join_batches`)."""
+    frames = list(batches)
+    coverages: list[dict[str, dict[str, int]]] = [{} for _ in frames]
     for join in spec.joins:
-        if events.empty:
-            events = events.assign(**{c: pd.Series(dtype=object) for c in (*join.columns, join.marker)})
-            coverage[join.name] = {"rows": 0, "matched": 0}
-            continue
-        missing = [c for c in join.keys if c not in events.columns]
-        if missing:
-            raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}", vertical=spec.name)
-        events = join_point_in_time(events, tables[join.name], join, event_time=spec.source.event_time)
-        coverage[join.name] = {"rows": len(events), "matched": int(events[join.marker].sum())}
-    return events, coverage
+        busy = [i for i, frame in enumerate(frames) if not frame.empty]
+        for i, frame in enumerate(frames):
+            if frame.empty:
+                frames[i] = frame.assign(**{c: pd.Series(dtype=object) for c in (*join.columns, join.marker)})
+                coverages[i][join.name] = {"rows": 0, "matched": 0}
+            elif missing := [c for c in join.keys if c not in frame.columns]:
+                raise SourceError(
+                    f"join {join.name!r}: the event rows have no key column(s) {missing}", vertical=spec.name
+                )
+        joined = join_batches([frames[i] for i in busy], tables[join.name], join, event_time=spec.source.event_time)
+        for i, frame in zip(busy, joined, strict=True):
+            frames[i] = frame
+            coverages[i][join.name] = {"rows": len(frame), "matched": int(frame[join.marker].sum())}
+    return list(zip(frames, coverages, strict=True))
 
 
 def check_join_coverage(frame: pd.DataFrame, spec: VerticalSpec) -> list[FailedExpectation]:

@@ -19,6 +19,8 @@ import pandas as pd
 from pipelines.errors import SpecError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pipelines.config import Label, VerticalSpec
 
 
@@ -34,17 +36,45 @@ def evaluate_label(frame: pd.DataFrame, label: Label, *, vertical: str | None = 
 
     Null where any input is null: an outcome not (yet) recorded is no negative.
     """
+    [labels] = evaluate_labels([frame], label, vertical=vertical)
+    return labels
+
+
+def evaluate_labels(frames: Sequence[pd.DataFrame], label: Label, *, vertical: str | None = None) -> list[pd.Series]:
+    """`evaluate_label` of each frame (a backfill's days), with one evaluation per set of input dtypes.
+
+    The rule is row by row, so frames whose inputs have the same dtypes are
+    evaluated together (``DataFrame.eval`` parses the expression each call),
+    and each frame gets exactly the labels it would get alone.
+    """
     assert label.expression is not None
-    missing = [c for c in label.inputs if c not in frame.columns]
-    if missing:
-        raise LabelError(
-            f"label.expression reads column(s) {missing} that the (joined) rows lack; they have "
-            f"{sorted(map(str, frame.columns))[:30]}",
-            vertical=vertical,
-        )
-    if frame.empty:
-        return pd.Series([], index=frame.index, dtype=_dtype(label), name=label.column)
-    inputs = frame[label.inputs]
+    labels: list[pd.Series | None] = [None] * len(frames)
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for i, frame in enumerate(frames):
+        missing = [c for c in label.inputs if c not in frame.columns]
+        if missing:
+            raise LabelError(
+                f"label.expression reads column(s) {missing} that the (joined) rows lack; they have "
+                f"{sorted(map(str, frame.columns))[:30]}",
+                vertical=vertical,
+            )
+        if frame.empty:
+            labels[i] = pd.Series([], index=frame.index, dtype=_dtype(label), name=label.column)
+        else:
+            alike.setdefault(tuple(frame[c].dtype for c in label.inputs), []).append(i)
+    for members in alike.values():
+        inputs = pd.concat([frames[i][label.inputs] for i in members], ignore_index=True)
+        values = _label_values(inputs, label, vertical=vertical).array
+        start = 0
+        for i in members:
+            end = start + len(frames[i])
+            labels[i] = pd.Series(values[start:end], index=frames[i].index, dtype=values.dtype, name=label.column)
+            start = end
+    return [series for series in labels if series is not None]
+
+
+def _label_values(inputs: pd.DataFrame, label: Label, *, vertical: str | None) -> pd.Series:
+    assert label.expression is not None
     try:
         condition = inputs.eval(label.expression, engine="python", local_dict={}, global_dict={})
     except (ValueError, TypeError, SyntaxError, NameError, KeyError) as exc:
@@ -55,7 +85,7 @@ def evaluate_label(frame: pd.DataFrame, label: Label, *, vertical: str | None = 
         )
     values = pd.Series(
         [label.positive if hit else label.negative_value for hit in condition.to_numpy(dtype=bool)],
-        index=frame.index,
+        index=inputs.index,
         dtype=_dtype(label),
         name=label.column,
     )
@@ -70,17 +100,26 @@ def _dtype(label: Label) -> Any:
 
 def apply_label(frame: pd.DataFrame, spec: VerticalSpec) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``frame`` with the label column written by the spec's expression (unchanged without one)."""
+    [labelled] = apply_labels([frame], spec)
+    return labelled
+
+
+def apply_labels(frames: Sequence[pd.DataFrame], spec: VerticalSpec) -> list[tuple[pd.DataFrame, dict[str, Any]]]:
+    """`apply_label` of each frame (a backfill's days), the rule evaluated once for all (`evaluate_labels`)."""
     if spec.label.expression is None:
-        return frame, {}
-    if spec.label.column in frame.columns:
-        raise LabelError(
-            f"the source already has a column {spec.label.column!r}, which label.expression would overwrite; "
-            "rename label.column or drop the expression",
-            vertical=spec.name,
-        )
-    labels = evaluate_label(frame, spec.label, vertical=spec.name)
-    out = frame.assign(**{spec.label.column: labels})
-    return out, {"positive": int((labels == spec.label.positive).sum()), "unlabelled": int(labels.isna().sum())}
+        return [(frame, {}) for frame in frames]
+    for frame in frames:
+        if spec.label.column in frame.columns:
+            raise LabelError(
+                f"the source already has a column {spec.label.column!r}, which label.expression would overwrite; "
+                "rename label.column or drop the expression",
+                vertical=spec.name,
+            )
+    labelled = []
+    for frame, labels in zip(frames, evaluate_labels(frames, spec.label, vertical=spec.name), strict=True):
+        counts = {"positive": int((labels == spec.label.positive).sum()), "unlabelled": int(labels.isna().sum())}
+        labelled.append((frame.assign(**{spec.label.column: labels}), counts))
+    return labelled
 
 
 def labelled_until(spec: VerticalSpec, ds: str) -> date:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.data.cleaning import clean_frame
-from pipelines.data.integration import fetch_tables, integrate
-from pipelines.data.labels import apply_label
+from pipelines.data.integration import fetch_tables, integrate_batches
+from pipelines.data.labels import apply_labels
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from pipelines.config import Settings, VerticalSpec
     from pipelines.data.integration import IndexedTable
@@ -44,12 +44,32 @@ def prepare_frame(
     frame: pd.DataFrame, spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The pure part of `prepare_rows`: ``tables`` holds each join's table by join name (or `index_tables`)."""
+    [prepared] = prepare_frames([frame], spec, tables)
+    return prepared
+
+
+def prepare_frames(
+    frames: Sequence[pd.DataFrame], spec: VerticalSpec, tables: Mapping[str, pd.DataFrame | IndexedTable]
+) -> list[tuple[pd.DataFrame, dict[str, Any]]]:
+    """`prepare_frame` of each frame (a backfill's days, one each), equal to it frame by frame.
+
+    Cleaning stays per frame (a median imputed, a duplicate dropped, a dtype
+    decided: all are the day's own).  What depends on each row alone runs once
+    over every frame's rows: each join's lookup (`integrate_batches`) and the
+    label rule (`apply_labels`).  A backfill of a year is then a few dozen
+    pandas calls per day instead of a few hundred.
+    """
     joined = {c for j in spec.joins for c in j.columns}
-    frame, counts = clean_frame(frame, spec, columns=set(spec.cleaning.columns) - joined)
-    frame, coverage = integrate(frame, spec, tables)
-    frame, later = clean_frame(frame, spec, columns=joined, dedupe=False)
-    frame, label = apply_label(frame, spec)
-    return frame, {"rows": len(frame), "cleaning": {**counts, **later}, "joins": coverage, "label": label}
+    cleaned = [clean_frame(frame, spec, columns=set(spec.cleaning.columns) - joined) for frame in frames]
+    integrated = integrate_batches([frame for frame, _ in cleaned], spec, tables)
+    later = [clean_frame(frame, spec, columns=joined, dedupe=False) for frame, _ in integrated]
+    labelled = apply_labels([frame for frame, _ in later], spec)
+    return [
+        (frame, {"rows": len(frame), "cleaning": {**counts, **after}, "joins": coverage, "label": label})
+        for (_, counts), (_, coverage), (_, after), (frame, label) in zip(
+            cleaned, integrated, later, labelled, strict=True
+        )
+    ]
 
 
 def add_up(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -342,19 +342,22 @@ def extract_days(
     """Pull ``days`` (oldest first) and store one raw Parquet partition per day.
 
     SQL sources are read with one range query, streamed (`stream_sql_days`):
-    each day is prepared and written as soon as its rows are in, so memory is
-    one day plus ``chunk_rows`` rows whatever the backfill.  File sources are
+    days are prepared and written as soon as a group of them holds
+    ``chunk_rows`` rows, so memory is about twice ``chunk_rows`` rows plus one
+    day, whatever the backfill.  File sources are
     one file per day.  Returns rows per day.  A day with no rows still gets an
     (empty) partition, so validation sees it and the row-count check can flag
     a silent source.  A file that cannot be decoded stops the extract as bad
     data (`quality.reject_unreadable_files`: bytes quarantined, one alert).
 
-    The spec's cleaning rules, joins and label rule are applied day by day
-    (`pipelines.data.preparation`), so a backfilled day's partition is the one
-    its nightly run writes, byte for byte (a median imputed over a year would
-    differ from the day's own); what they changed is summed into ``prepared``
-    when given.  Then the spec's PII columns are pseudonymised
-    (`pipelines.data.pii`), so no partition holds them in clear.  Each
+    The spec's cleaning rules, joins and label rule are applied to each day as
+    if it came alone (`pipelines.data.preparation.prepare_frames`), so a
+    backfilled day's partition is the one its nightly run writes, byte for byte
+    (a median imputed over a year would differ from the day's own); only what
+    depends on each row alone (a join's lookup, the label rule) runs once per
+    group of days.  What they changed is summed into ``prepared`` when given.
+    Then the spec's PII columns are pseudonymised (`pipelines.data.pii`), so
+    no partition holds them in clear.  Each
     partition is written atomically; an error on a later day of a SQL
     backfill leaves the earlier days' partitions whole, and unused: only the
     stage's record, written after this returns, hands them to validation.
@@ -395,7 +398,7 @@ def _prepared_days(
 ) -> Generator[tuple[str, pd.DataFrame, dict[str, Any]]]:
     """Each day's rows, cleaned, joined and labelled, with what preparation changed."""
     from pipelines.data.integration import fetch_tables, index_tables
-    from pipelines.data.preparation import needs_preparation, prepare_frame, prepare_rows
+    from pipelines.data.preparation import needs_preparation, prepare_frames, prepare_rows
 
     if isinstance(spec.source, FileSource):
         by_day, unreadable = fetch_file_days(spec, spec.source, days)
@@ -411,18 +414,37 @@ def _prepared_days(
         for ds, (rows, summary) in days_prepared.items():
             yield ds, rows, summary
         return
-    tables: dict[str, IndexedTable] | None = None
-    for ds, part in stream_sql_days(spec, spec.source, days, settings, chunk_rows=chunk_rows):
-        if not needs_preparation(spec):
+    if not needs_preparation(spec):
+        for ds, part in stream_sql_days(spec, spec.source, days, settings, chunk_rows=chunk_rows):
             yield ds, part, {}
-            continue
+        return
+    tables: dict[str, IndexedTable] | None = None
+    stream = stream_sql_days(spec, spec.source, days, settings, chunk_rows=chunk_rows)
+    for group in _groups_of_rows(stream, chunk_rows):
         if tables is None:
             # Read once, after the source answered (its errors come first, as they always did), and
             # even when no day has rows.  Rows valid from before the last day's end: a day's events
             # still take the row valid at their own date (merge_asof, backward), as on their night.
             # Keys tokenised and validity parsed once, not once per day.
             tables = index_tables(spec, fetch_tables(spec, before=_next(days[-1]), settings=settings))
-        yield ds, *prepare_frame(part, spec, tables)
+        # The joins look partners up once per group; each day still comes out as it would alone.
+        prepared = prepare_frames([rows for _, rows in group], spec, tables)
+        for (ds, _), (rows, summary) in zip(group, prepared, strict=True):
+            yield ds, rows, summary
+
+
+def _groups_of_rows(days: Iterable[tuple[str, pd.DataFrame]], rows: int) -> Iterator[list[tuple[str, pd.DataFrame]]]:
+    """Consecutive ``days`` in groups of at least ``rows`` rows (the last one fewer): memory stays flat."""
+    group: list[tuple[str, pd.DataFrame]] = []
+    held = 0
+    for day in days:
+        group.append(day)
+        held += len(day[1])
+        if held >= rows:
+            yield group
+            group, held = [], 0
+    if group:
+        yield group
 
 
 def _next(ds: str) -> date:
