@@ -59,7 +59,13 @@ def _coerced_away(before: pd.Series, after: pd.Series) -> int:
 
 def clean_column(frame: pd.DataFrame, column: str, rule: ColumnCleaning) -> tuple[pd.DataFrame, dict[str, int]]:
     """Apply one column's rules; returns the frame and ``{"<column>.<rule>": values changed}``."""
-    series = frame[column]
+    out = frame.copy(deep=False)
+    return out, _clean_column_in_place(out, column, rule)
+
+
+def _clean_column_in_place(out: pd.DataFrame, column: str, rule: ColumnCleaning) -> dict[str, int]:
+    """`clean_column` writing into ``out`` (a copy its caller owns): one copy per frame, not one per column."""
+    series = out[column]
     counts: dict[str, int] = {}
 
     def step(name: str, new: pd.Series, count: int | None = None) -> None:
@@ -81,7 +87,7 @@ def clean_column(frame: pd.DataFrame, column: str, rule: ColumnCleaning) -> tupl
         numbers = pd.to_numeric(series, errors="coerce")
         mask = numbers.notna()
         if rule.convert.when_column:
-            mask &= frame[rule.convert.when_column].astype(str) == str(rule.convert.when_value)
+            mask &= out[rule.convert.when_column].astype(str) == str(rule.convert.when_value)
         converted = numbers.where(~mask, numbers * rule.convert.factor + rule.convert.offset)
         step("convert", converted, int(mask.sum()))
     if rule.range:
@@ -91,7 +97,7 @@ def clean_column(frame: pd.DataFrame, column: str, rule: ColumnCleaning) -> tupl
         outside = (numbers < low) | (numbers > high)
         new = numbers.clip(low, high) if rule.range.action == "clip" else numbers.mask(outside)
         step("range", new, int(outside.sum()))
-    out = frame.assign(**{column: series})
+    out[column] = series
     if rule.impute:
         missing = series.isna()
         strategy = rule.impute.strategy
@@ -105,7 +111,7 @@ def clean_column(frame: pd.DataFrame, column: str, rule: ColumnCleaning) -> tupl
                 out[column] = series.where(~missing, float(present.median()))
             missing = missing & bool(len(present))
         counts[f"{column}.impute_{strategy}"] = int(missing.sum())
-    return out, counts
+    return counts
 
 
 def deduplicate(frame: pd.DataFrame, spec: VerticalSpec) -> tuple[pd.DataFrame, int]:
@@ -143,7 +149,7 @@ def clean_frame(
             f"they have {sorted(map(str, frame.columns))[:30]}",
             vertical=spec.name,
         )
+    frame = frame.copy(deep=False)
     for column, rule in rules.items():
-        frame, changed = clean_column(frame, column, rule)
-        counts.update(changed)
+        counts.update(_clean_column_in_place(frame, column, rule))
     return frame, counts
