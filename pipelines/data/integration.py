@@ -113,8 +113,8 @@ def join_batches(
     """`join_point_in_time` of each batch (a backfill's days), with one table lookup for all of them.
 
     Each batch comes back exactly as it would alone: its rows and dtypes, whatever
-    the others hold.  The lookup (``pandas.merge_asof`` on key and event time, or a
-    key merge for a timeless table) is row by row, so it runs once over every
+    the others hold.  The lookup (``pandas.merge_asof`` on key and event time; for
+    a timeless table, the key's one row) is row by row, so it runs once over every
     batch's rows; only the assembly of each batch's frame is per batch.  A joined
     column takes its dtype as the batch alone decides it: through a point-in-time
     join it can always hold a null (``int64`` comes back ``float64``, ``bool`` as

@@ -427,7 +427,7 @@ def _prepared_days(
             # still take the row valid at their own date (merge_asof, backward), as on their night.
             # Keys tokenised and validity parsed once, not once per day.
             tables = index_tables(spec, fetch_tables(spec, before=_next(days[-1]), settings=settings))
-        # The joins look partners up once per group; each day still comes out as it would alone.
+        # Join lookups and the label rule run once per group; each day still comes out as it would alone.
         prepared = prepare_frames([rows for _, rows in group], spec, tables)
         for (ds, _), (rows, summary) in zip(group, prepared, strict=True):
             yield ds, rows, summary
