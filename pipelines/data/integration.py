@@ -126,13 +126,12 @@ def join_batches(
     indexed = table if isinstance(table, IndexedTable) else index_table(table, join)
     lefts = [_join_input(events, join) for events in batches]
     keys = _tokens(pd.DataFrame({c: _objects([left[c] for left in lefts]) for c in join.keys}), join.keys)
+    partners = indexed.rows.reset_index(drop=True)
     if join.valid_from is None:
-        rows = indexed.rows.reset_index(drop=True)
-        found = pd.Index(rows["_key"]).get_indexer(keys)  # keys are unique: the spec's table was checked
+        found = pd.Index(partners["_key"]).get_indexer(keys)  # keys are unique: the spec's table was checked
     else:
         at = np.concatenate([_instants(left[event_time]).to_numpy() for left in lefts]).astype("datetime64[us]")
-        found = _latest_valid(indexed, keys, at)
-    partners = indexed.rows.reset_index(drop=True)
+        found = _latest_valid(partners, join, keys, at)
     plain = {c: partners[c].array for c in join.columns}
     # A column that must hold a null takes the dtype pandas' own fill gives it (int64 -> float64, bool -> object).
     nullable = partners.loc[:, list(join.columns)].reindex([-1]).dtypes
@@ -169,13 +168,12 @@ def _objects(parts: list[pd.Series]) -> pd.Series:
     return pd.Series(np.concatenate([part.to_numpy(dtype=object) for part in parts]), dtype=object)
 
 
-def _latest_valid(indexed: IndexedTable, keys: pd.Series, at: np.ndarray) -> np.ndarray:
-    """Per event, the position in ``indexed.rows`` of its key's latest row valid at ``at``; -1 for none.
+def _latest_valid(rows: pd.DataFrame, join: Join, keys: pd.Series, at: np.ndarray) -> np.ndarray:
+    """Per event, the position in ``rows`` (an `IndexedTable`'s) of its key's latest row valid at ``at``; -1 for none.
 
     ``merge_asof`` backward by key: never a row valid only from later on; a row
     whose ``valid_to`` has come by the event's time is no partner either.
     """
-    rows = indexed.rows.reset_index(drop=True)
     # Keys stay ``object`` on both sides: merge_asof refuses ``by`` columns of different dtypes.
     probe = pd.DataFrame(
         {"_key": keys.astype(object).reset_index(drop=True), "_at": at, "_event": np.arange(len(keys))}
@@ -185,8 +183,8 @@ def _latest_valid(indexed: IndexedTable, keys: pd.Series, at: np.ndarray) -> np.
     matched = pd.merge_asof(probe, table, left_on="_at", right_on="_from", by="_key", direction="backward")
     matched = matched.dropna(subset=["_position"])
     positions = matched["_position"].to_numpy(dtype=np.int64)
-    if indexed.join.valid_to:
-        ended = _instants(rows[indexed.join.valid_to].take(positions)).to_numpy()
+    if join.valid_to:
+        ended = _instants(rows[join.valid_to].take(positions)).to_numpy()
         live = np.isnat(ended) | (matched["_at"].to_numpy() < ended)
         matched, positions = matched[live], positions[live]
     found = np.full(len(keys), -1, dtype=np.int64)

@@ -1,10 +1,11 @@
 """The point-in-time join as it was before backfills looked partners up once for all days (the reference).
 
-A verbatim copy of `pipelines.data.integration.join_point_in_time` as it joined one
-frame at a time (``merge_asof`` per frame, then a concat with the rows that had no
-usable key or time).  `test_join_batches.py` checks that the batched join gives
-every frame exactly what this gave it: rows, values and dtypes.  Test-only code:
-nothing in `pipelines` imports it.
+A copy of `pipelines.data.integration.join_point_in_time` as it joined one
+frame at a time (``merge_asof`` per frame, then a concat with the rows that had
+no usable key or time); only its input checks are the package's own.
+`test_join_batches.py` checks that the batched join gives every frame exactly
+what this gave it: rows, values and dtypes.  Test-only code: nothing in
+`pipelines` imports it.
 """
 
 from __future__ import annotations
@@ -14,19 +15,13 @@ import pandas as pd
 
 # Unchanged by the rewrite: the old code and the new share them.
 from pipelines.config import Join
-from pipelines.data.integration import IndexedTable, _instants, _tokens, index_table
-from pipelines.errors import SourceError
+from pipelines.data.integration import IndexedTable, _instants, _join_input, _tokens, index_table
 
 
 def join_point_in_time(
     events: pd.DataFrame, table: pd.DataFrame | IndexedTable, join: Join, *, event_time: str
 ) -> pd.DataFrame:
-    clash = sorted(set(join.columns) & set(events.columns))
-    if clash:
-        raise SourceError(f"join {join.name!r}: column(s) {clash} already exist in the event rows; rename one")
-    missing = [c for c in join.keys if c not in events.columns]
-    if missing:
-        raise SourceError(f"join {join.name!r}: the event rows have no key column(s) {missing}")
+    _join_input(events, join)  # the same clash and key checks, shared with the new join
     right = (table if isinstance(table, IndexedTable) else index_table(table, join)).rows
     left = events.reset_index(drop=True).assign(_row=np.arange(len(events)), _key=_tokens(events, join.keys))
     if join.valid_from is None:
