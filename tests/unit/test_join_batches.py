@@ -209,3 +209,16 @@ def test_a_backfill_prepares_each_day_as_its_nightly_run_does() -> None:
     assert first["y"].tolist() == ["high", "high"] and first["age"].tolist() == [30.0, 30.0]  # 200: out of range
     assert second["y"].isna().all() and second["age"].dtype == "int64"  # nothing out of range that day
     assert last["region"].tolist() == ["NORTH", "SOUTH"] and last["y"].tolist() == ["low", "low"]
+
+
+def test_days_whose_inputs_differ_in_dtype_are_labelled_apart() -> None:
+    """Evaluated together, an int64 input beside a float64 one would be read as float: 2**53 + 1 becomes 2**53."""
+    from pipelines.data.labels import evaluate_label, evaluate_labels
+
+    spec = make_spec(label={"column": "y", "positive": 1, "negative": 0, "expression": "x > 9007199254740992"})
+    days = [pd.DataFrame({"x": [2**53 + 1, 1]}), pd.DataFrame({"x": [0.5, 2.0**60]})]
+
+    together = evaluate_labels(days, spec.label)
+
+    assert [s.tolist() for s in together] == [evaluate_label(day, spec.label).tolist() for day in days]
+    assert together[0].tolist() == [1, 0] and together[1].tolist() == [0, 1]
