@@ -127,10 +127,13 @@ def validate(
     state = layout.state
     raw_stored = state.names(layout.raw(ds).parent)
     pending = [day for day in days if f"{day}.parquet" in raw_stored]
-    # This worker's copies: the days to check, the validated history the distribution checks
-    # compare against (with its stored profiles), and the vertical's GX project (data docs site).
+    # This worker's copies: the days to check, the validated days the distribution checks
+    # compare against (with their stored profiles), and the vertical's GX project (data docs site).
     state.pull(*(layout.raw(day) for day in pending))
-    state.pull(layout.validated(ds).parent, layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
+    reach = quality.distribution_reach(spec, pending)
+    state.pull(layout.validated(ds).parent, names={f"{day}.parquet" for day in reach})
+    state.pull(layout.validated(ds).parent.parent / "profiles", names={f"{day}.json" for day in reach})
+    state.pull(_gx_root(layout))
     if not pending:
         if layout.has_record(ds, "validate"):
             # An earlier attempt already moved everything on: report its outcome again (no new alert).

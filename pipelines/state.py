@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,12 +203,13 @@ class StateStore:
         if isinstance(self.fs, LocalFileSystem):
             self.fs.makedirs(posixpath.dirname(key), exist_ok=True)
 
-    def pull(self, *paths: Path) -> None:
+    def pull(self, *paths: Path, names: Collection[str] | None = None) -> None:
         """Download files or folders from the state into home, when the state holds them.
 
         A cached copy is kept only when it was fetched from the same stored
         version (ETag, or size and modification time); anything else -- a copy
         this worker wrote itself, a stale or damaged one -- is fetched again.
+        ``names`` limits a folder to the files of those names (still one listing).
         """
         if self.fs is None:
             return
@@ -223,7 +224,8 @@ class StateStore:
                 if info.get("type") == "directory":
                     for found, meta in self.fs.find(key, detail=True).items():
                         # Some S3 servers (SeaweedFS) list a folder whose last file was deleted as an entry.
-                        if meta.get("type") != "directory":
+                        wanted = names is None or posixpath.basename(found) in names
+                        if meta.get("type") != "directory" and wanted:
                             self._fetch(found, self.home / posixpath.relpath(found, self.root), meta)
                 else:
                     self._fetch(key, path, info)

@@ -16,6 +16,7 @@ window's profile with it under its own thresholds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -159,14 +160,18 @@ def is_numeric(values: pd.Series) -> bool:
 def stored_profile(partition: Path, profile_path: Path, spec: VerticalSpec, day: str) -> Profile | None:
     """The profile of a validated day: read from ``profile_path``, or computed once and stored.
 
-    The stored file carries the partition's size and mtime, so a partition a
-    rerun replaced is profiled again rather than compared by stale numbers.
+    The stored file carries the partition's size and SHA-256 (and the spec's
+    training hash), so a partition a rerun replaced is profiled again rather than
+    compared by stale numbers.  Content, not the file's mtime: a worker that
+    downloads the same partition from the state store (a new mtime) reuses the
+    stored profile instead of reading and profiling the day again.
     """
     try:
-        stat = partition.stat()
+        with partition.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
     except FileNotFoundError:
         return None
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "spec": spec.training_hash()}
+    stamp = {"size": partition.stat().st_size, "sha256": digest, "spec": spec.training_hash()}
     if profile_path.exists():
         raw = json.loads(profile_path.read_text())
         if raw.get("format") == PROFILE_FORMAT and raw.get("stamp") == stamp:

@@ -512,6 +512,22 @@ def _leaking_columns(frame: pd.DataFrame, spec: VerticalSpec, *, candidates: lis
     return leaks
 
 
+def distribution_reach(spec: VerticalSpec, days: list[str]) -> list[str]:
+    """The validated days `check_distribution` may read for a batch of ``days``, latest first.
+
+    The ``max_pool_days`` before the batch (pooled while it is small), then the
+    ``reference_days`` before those; empty when the checks are off.  A worker
+    needs these partitions and their profiles, not the whole validated history.
+    """
+    from datetime import date, timedelta
+
+    checks = spec.quality.distribution
+    if not checks.enabled or not days:
+        return []
+    first = date.fromisoformat(min(days))
+    return [(first - timedelta(days=n)).isoformat() for n in range(1, checks.max_pool_days + checks.reference_days + 1)]
+
+
 def check_distribution(
     frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], settings: Settings
 ) -> dict[str, Any] | None:
@@ -520,11 +536,10 @@ def check_distribution(
     The batch is pooled with the latest validated days until it holds
     ``min_batch_rows`` (at most ``max_pool_days``), so a 3-row day is judged
     with its recent past; the reference is the ``reference_days`` before
-    that.  Both come from stored per-day profiles (``data/<vertical>/profiles``),
-    so the cost is the batch plus small files.  None when switched off.
+    that (`distribution_reach`).  Both come from stored per-day profiles
+    (``data/<vertical>/profiles``), so the cost is the batch plus small files.
+    None when switched off.
     """
-    from datetime import date, timedelta
-
     from pipelines.data.profiles import compare_profiles, profile_frame, stored_profile
     from pipelines.layout import Layout
 
@@ -534,20 +549,19 @@ def check_distribution(
     layout = Layout(settings, spec.name)
     profiles_dir = layout.validated(days[0]).parent.parent / "profiles"
     batch = profile_frame(frame, spec, list(days))
-    day = date.fromisoformat(min(days))
+    reach = distribution_reach(spec, days)
     pooled: list[str] = []
-    for _ in range(checks.max_pool_days):
-        if batch.rows >= checks.min_batch_rows:
-            break
-        day -= timedelta(days=1)
-        stored = stored_profile(layout.validated(day.isoformat()), profiles_dir / f"{day}.json", spec, str(day))
+    walked = 0
+    while walked < checks.max_pool_days and batch.rows < checks.min_batch_rows:
+        day = reach[walked]
+        walked += 1
+        stored = stored_profile(layout.validated(day), profiles_dir / f"{day}.json", spec, day)
         if stored is not None:
             batch = batch.merge(stored)
-            pooled.append(day.isoformat())
+            pooled.append(day)
     reference = profile_frame(frame.iloc[0:0], spec)
-    for _ in range(checks.reference_days):
-        day -= timedelta(days=1)
-        stored = stored_profile(layout.validated(day.isoformat()), profiles_dir / f"{day}.json", spec, str(day))
+    for day in reach[walked : walked + checks.reference_days]:
+        stored = stored_profile(layout.validated(day), profiles_dir / f"{day}.json", spec, day)
         if stored is not None:
             reference = reference.merge(stored)
     result: dict[str, Any] = {

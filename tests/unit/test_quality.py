@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -13,7 +14,13 @@ import pytest
 
 from pipelines.config import VerticalSpec
 from pipelines.data.profiles import Profile, compare_profiles, profile_frame, stored_profile
-from pipelines.data.quality import check_columns, check_distribution, failing_rows, validate_frame
+from pipelines.data.quality import (
+    check_columns,
+    check_distribution,
+    distribution_reach,
+    failing_rows,
+    validate_frame,
+)
 from pipelines.data.sources import write_partition
 from pipelines.layout import Layout
 
@@ -313,6 +320,40 @@ def test_a_rewritten_partition_is_profiled_again(spec, suite_settings, history):
     second = stored_profile(path, profile_path, spec, "2026-11-26")
     assert first is not None and second is not None
     assert first.positives < 20 and second.positives == 20
+
+
+def test_a_downloaded_copy_of_the_same_partition_reuses_its_stored_profile(spec, suite_settings, history, monkeypatch):
+    """A fresh worker pulls the same bytes with a new mtime: the stored profile is used, the day is not read."""
+    path = history.validated("2026-11-26")
+    profile_path = history.home / "data" / "demo" / "profiles" / "2026-11-26.json"
+    first = stored_profile(path, profile_path, spec, "2026-11-26")
+    stored = profile_path.read_bytes()
+    path.write_bytes(path.read_bytes())  # same content, a new file time (what a download gives)
+    later = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the partition was read again")
+
+    monkeypatch.setattr(pd, "read_parquet", no_read)
+    assert stored_profile(path, profile_path, spec, "2026-11-26") == first
+    assert profile_path.read_bytes() == stored
+
+
+def test_the_checks_read_only_the_days_within_their_reach(spec, suite_settings, history):
+    """Pool and reference lie in `distribution_reach`, the days a worker pulls for them (not the whole history)."""
+    short = _spec_with(spec, reference_days=7, max_pool_days=2, min_reference_rows=10)
+    reach = distribution_reach(short, ["2026-11-27"])
+    assert reach == [(date(2026, 11, 26) - timedelta(days=n)).isoformat() for n in range(9)]
+    result = check_distribution(
+        day_frame("2026-11-27", 20, seed=99), short, days=["2026-11-27"], settings=suite_settings
+    )
+    assert result is not None
+    assert result["pooled_days"] == ["2026-11-26"]  # 20 rows, then 40 >= min_batch_rows
+    assert result["reference_days"] == reach[1:8][::-1]  # the 7 days before the pool
+    profiles = {p.stem for p in (history.home / "data" / "demo" / "profiles").glob("*.json")}
+    assert profiles == set(reach[:8])  # nothing outside the reach was read or profiled
+    assert distribution_reach(_spec_with(spec, enabled=False), ["2026-11-27"]) == []
 
 
 def test_compare_profiles_splits_alpha_over_the_tests(spec):

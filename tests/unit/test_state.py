@@ -76,6 +76,22 @@ def test_folders_travel_by_uri_and_a_stale_cached_copy_is_fetched_again(tmp_path
     assert (open_state(b).local(uri) / "weights.pt").read_bytes() == b"again"
 
 
+def test_a_folder_pull_can_take_only_named_files(tmp_path: Path, shared: Path) -> None:
+    a, b = worker(tmp_path, "a", shared), worker(tmp_path, "b", shared)
+    folder_a = Layout(a, "demo").validated("2026-11-27").parent
+    folder_a.mkdir(parents=True)
+    for day in ("2026-11-25", "2026-11-26", "2026-11-27"):
+        (folder_a / f"{day}.parquet").write_bytes(day.encode())
+    open_state(a).push(folder_a)
+
+    folder_b = Layout(b, "demo").validated("2026-11-27").parent
+    open_state(b).pull(folder_b, names={"2026-11-26.parquet", "2026-11-20.parquet"})  # one is not stored
+    assert sorted(p.name for p in folder_b.iterdir()) == ["2026-11-26.parquet"]
+    assert (folder_b / "2026-11-26.parquet").read_bytes() == b"2026-11-26"
+    open_state(b).pull(folder_b, names=set())
+    assert sorted(p.name for p in folder_b.iterdir()) == ["2026-11-26.parquet"]
+
+
 def test_push_uploads_only_what_changed_since_it_was_fetched(tmp_path: Path, shared: Path) -> None:
     a, b = worker(tmp_path, "a", shared), worker(tmp_path, "b", shared)
     site = Layout(a, "demo").report_dir("2026-11-27")
