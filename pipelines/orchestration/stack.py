@@ -363,6 +363,9 @@ class Stack:
             ],
         )
         self._run_once("migrate", [_bin("airflow"), "db", "migrate"])
+        # The registry at its newest schema before any worker starts, as the metadata DB: no two
+        # first tasks race to create it, and `pipelines status` answers on a stack that never ran.
+        self._run_once("registry", [sys.executable, "-m", "pipelines", "registry", "upgrade"])
         # The demo warehouse, once: a restart never overwrites what is there.
         self._run_once(
             "seed", [sys.executable, "-m", "pipelines", "seed", "--if-empty", "--url", c.db_url("_warehouse")]

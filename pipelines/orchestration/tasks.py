@@ -306,12 +306,12 @@ _ENDED_RUN_STATES = frozenset({"success", "failed"})
 def run_ended_in_airflow(context: Mapping[str, Any]) -> Callable[[str], str | None]:
     """Whether the DAG run holding a parked lease is over, asked of Airflow (the Task SDK).
 
-    An operator who marks a run failed (or success) in the UI ends it between two
-    tasks: its next task never starts, so nothing gives the parked lease back, and
-    without this the vertical's next run would wait out the park (20 min).  The
-    holder is a run id of this task's own DAG (one DAG per vertical; a CLI holder
-    is never an Airflow run).  Anything Airflow cannot answer counts as "not over":
-    the lease then frees itself as before.
+    An operator who marks a run failed (or success) in the UI, or deletes it, ends it
+    between two tasks: its next task never starts, so nothing gives the parked lease
+    back, and without this the vertical's next run would wait out the park (20 min).
+    The holder is a run id of this task's own DAG (one DAG per vertical; a CLI holder
+    is never an Airflow run).  Anything else Airflow cannot answer (no supervisor, an
+    API server error) counts as "not over": the lease then frees itself as before.
     """
     from pipelines.registry.run_lock import CLI_HOLDER_PREFIX
 
@@ -323,13 +323,32 @@ def run_ended_in_airflow(context: Mapping[str, Any]) -> Callable[[str], str | No
             return None
         try:
             raw = ti.get_dagrun_state(dag_id, holder)
-        except Exception as exc:  # no such run, no supervisor: cannot tell, so keep waiting
+        except Exception as exc:
+            if _run_not_found(exc):
+                return f"its Airflow run {dag_id} / {holder} was deleted"
             log.debug("could not read the state of run %s of %s: %s", holder, dag_id, exc)
             return None
         state = str(getattr(raw, "value", raw))  # an enum of str in the Task SDK's models
         return f"its Airflow run {dag_id} / {holder} is {state}" if state in _ENDED_RUN_STATES else None
 
     return ended
+
+
+def _run_not_found(exc: BaseException) -> bool:
+    """Whether the Execution API answered "no such DAG run" (404, reason ``not_found``).
+
+    The Task SDK raises `AirflowRuntimeError` carrying the API server's answer.  Only
+    that exact answer counts: a 404 without it (a wrong API URL, a proxy) says nothing
+    about the run.
+    """
+    from airflow.sdk.exceptions import AirflowRuntimeError
+
+    if not isinstance(exc, AirflowRuntimeError) or not isinstance(exc.error.detail, dict):
+        return False
+    answer = exc.error.detail
+    body = answer.get("detail")
+    reason = body.get("detail") if isinstance(body, dict) else None
+    return answer.get("status_code") == 404 and isinstance(reason, dict) and reason.get("reason") == "not_found"
 
 
 def _last_try(context: Mapping[str, Any]) -> bool:

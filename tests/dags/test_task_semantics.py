@@ -386,3 +386,54 @@ def test_run_context_carries_the_airflow_run_and_its_links(monkeypatch):
     assert run.run_id == "scheduled__2026-11-27T02:00:00+00:00"
     assert run.run_url == "https://airflow.example.com/dags/finance/runs/scheduled__2026-11-27T02%3A00%3A00%2B00%3A00"
     assert run.log_url == "http://localhost:8080/log"  # Airflow's own ti.log_url
+
+
+# -- a parked lease whose run is over ------------------------------------------
+
+
+def _answering(answer):
+    """A task instance whose ``get_dagrun_state`` answers like the Task SDK: a state, or raises."""
+
+    def get_dagrun_state(dag_id, run_id):
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    return {"ti": SimpleNamespace(dag_id="finance", get_dagrun_state=get_dagrun_state)}
+
+
+def _api_error(status: int, body: object) -> BaseException:
+    # What the supervisor sends back for an Execution API error (supervisor.py, ServerResponseError).
+    from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
+    from airflow.sdk.execution_time.comms import ErrorResponse
+
+    detail = {"status_code": status, "message": "Server returned error", "detail": body}
+    return AirflowRuntimeError(ErrorResponse(error=ErrorType.API_SERVER_ERROR, detail=detail))
+
+
+def test_a_parked_lease_of_a_failed_or_deleted_run_is_known_to_be_over():
+    from pipelines.orchestration.tasks import run_ended_in_airflow
+
+    assert run_ended_in_airflow(_answering("failed"))("manual__a") == "its Airflow run finance / manual__a is failed"
+    not_found = {"detail": {"reason": "not_found", "message": "Dag run ... was not found"}}
+    assert run_ended_in_airflow(_answering(_api_error(404, not_found)))("manual__a") == (
+        "its Airflow run finance / manual__a was deleted"
+    )
+    assert run_ended_in_airflow(_answering("failed"))("cli:someone") is None  # a CLI holder is never a run
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "running",
+        "queued",
+        _api_error(404, {"detail": "Not Found"}),  # a route that does not exist says nothing of the run
+        _api_error(500, {"detail": {"reason": "not_found"}}),
+        ConnectionError("no supervisor"),
+    ],
+    ids=["running", "queued", "wrong-route", "server-error", "no-supervisor"],
+)
+def test_a_run_that_may_go_on_keeps_its_parked_lease(answer):
+    from pipelines.orchestration.tasks import run_ended_in_airflow
+
+    assert run_ended_in_airflow(_answering(answer))("manual__a") is None

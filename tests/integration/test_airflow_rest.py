@@ -18,9 +18,10 @@ whichever order they run in:
    rollback DAG refuses a blank reason the same way.
 3. A corrupted day fails ``validate`` with a task log that ends with the
    summary: no traceback, no Great Expectations notices.
-4. A run an operator marks failed between two tasks leaves the vertical's lease
-   parked for a next task that never comes; the next run asks Airflow, finds
-   that run over and takes the lease at once instead of waiting out the park.
+4. A run an operator marks failed, or deletes, between two tasks leaves the
+   vertical's lease parked for a next task that never comes; the next run asks
+   Airflow, finds that run over (or gone) and takes the lease at once instead of
+   waiting out the park.
 
 All of it is about orchestration, not model quality: the specs are the
 orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`): finance without
@@ -236,7 +237,7 @@ def test_a_data_quality_failure_ends_its_task_log_with_the_summary(airflow: Airf
     assert (home / "logs" / "libraries.log").read_text().count("Skipping registering function") > 0
 
 
-def test_a_run_marked_failed_between_tasks_does_not_hold_up_the_next_one(airflow: Airflow):
+def test_a_run_marked_failed_or_deleted_between_tasks_does_not_hold_up_the_next_one(airflow: Airflow):
     from pipelines.registry import migrations as registry_migrations
     from pipelines.registry.run_lock import RunLock
     from pipelines.registry.schema import create_registry_engine
@@ -270,5 +271,28 @@ def test_a_run_marked_failed_between_tasks_does_not_hold_up_the_next_one(airflow
         assert f"took over the run lease of run id {marked_id}, between tasks" in text, text[-3000:]
         assert f"its Airflow run {VERTICAL} / {marked_id} is failed" in text
         assert lock.current(VERTICAL) is None  # the next run's report gave it back
+
+        # The same for a run an operator deletes between two tasks: Airflow answers "no such run".
+        assert client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": True}).status_code == 200
+        deleted = client.post(runs, json={"logical_date": "2026-11-21T00:00:00Z", "conf": {}})
+        assert deleted.status_code == 200, deleted.text
+        deleted_id = deleted.json()["dag_run_id"]
+        lock.acquire(VERTICAL, "2026-11-21", deleted_id)
+        assert lock.park(VERTICAL, deleted_id)
+        assert client.delete(f"{runs}/{deleted_id}").status_code == 204
+        assert client.patch(f"/api/v2/dags/{VERTICAL}", json={"is_paused": False}).status_code == 200
+        after = client.post(runs, json={"logical_date": f"{DS}T17:00:00Z", "conf": {"dry_run": True}})
+        assert after.status_code == 200, after.text
+        after_id = after.json()["dag_run_id"]
+        state = airflow.wait_for(
+            "the run after the deleted one to end",
+            lambda: (s := airflow.run_state(after_id)) in ("success", "failed") and s,
+            300,
+        )
+        assert state == "success", airflow.task_states(after_id)
+        assert airflow.task_states(after_id)["extract"]["try_number"] == 1
+        text = "\n".join(str(line.get("event")) for line in _log_lines(airflow, VERTICAL, after_id, "extract"))
+        assert f"its Airflow run {VERTICAL} / {deleted_id} was deleted" in text, text[-3000:]
+        assert lock.current(VERTICAL) is None
     finally:
         engine.dispose()

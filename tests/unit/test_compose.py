@@ -105,7 +105,8 @@ def test_no_pipelines_volume_is_shared_and_every_airflow_service_is_watched():
             assert deps["minio-buckets"]["condition"] == "service_completed_successfully", name
             assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
     assert airflow["airflow-worker"]["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
-    assert "seed --if-empty" in " ".join(airflow["airflow-init"]["command"])
+    init = " ".join(airflow["airflow-init"]["command"])
+    assert "registry upgrade" in init and "seed --if-empty" in init  # the registry is made before any worker
     for name, service in services.items():
         image = str(service.get("image", ""))
         assert ":" in image and not image.endswith(":latest"), f"{name}: floating image tag {image!r}"
