@@ -17,8 +17,10 @@ from pipelines.data.sources import (
     assemble_window,
     check_ds,
     extract_days,
+    read_partitions,
     resolve_connection_url,
     window_days,
+    write_partition,
 )
 from pipelines.errors import InvalidArgumentError, SourceError
 from pipelines.layout import Layout
@@ -320,3 +322,47 @@ def test_rows_whose_event_time_is_no_date_are_left_out_with_a_warning(settings, 
     assert counts == {"2026-01-01": 2, "2026-01-02": 2}
     assert "1 row(s) from 2026-01-01 to 2026-01-02 have an event time that is no ISO date" in caplog.text
     assert sorted(pd.read_parquet(Layout(settings, "demo").raw("2026-01-01"))["id"]) == [0, 2]
+
+
+def _day(day: int, **columns: Any) -> pd.DataFrame:
+    rows = len(next(iter(columns.values())))
+    return pd.DataFrame({"id": range(day * 10, day * 10 + rows), **columns})
+
+
+#: Days whose columns change type from one day to the next, as real sources do: a column all
+#: null for a day (Arrow's null type), int then float with NaN, nullable Int64, bool with a
+#: missing value, strings with None, time-zone-aware times, categoricals with different
+#: categories, a day with no rows, and the same schema again after a different one.
+MIXED_DAYS = [
+    _day(0, x=[1.5, 2.0], n=[1, 2], s=["a", None], b=[True, False], k=pd.array([1, None], dtype="Int64")),
+    _day(1, x=[None, None], n=[3, 4], s=["c", "d"], b=[True, True], k=pd.array([2, 3], dtype="Int64")),
+    _day(2, x=[0.5, float("nan")], n=[5, 6], s=[None, None], b=[False, None], k=pd.array([None, 4], dtype="Int64")),
+    _day(3, x=[1.0, 2.0], n=[7, 8], s=["e", "f"], b=[True, False], k=pd.array([5, 6], dtype="Int64")),
+    _day(4, x=[1.0, 2.0], n=[7.5, float("nan")], s=["g", "h"], b=[True, False], k=pd.array([5, 6], dtype="Int64")),
+    _day(5, x=pd.Series([], dtype=float), n=pd.Series([], dtype="int64"), s=pd.Series([], dtype="str")),
+    _day(6, x=[3.0], t=pd.to_datetime(["2026-01-01T10:00"]).tz_localize("Europe/Paris")),
+    _day(7, x=[4.0], t=pd.to_datetime(["2026-01-02T10:00"]).tz_localize("Europe/Paris")),
+    _day(8, x=[5.0, 6.0], c=pd.Categorical(["u", "v"])),
+    _day(9, x=[7.0, 8.0], c=pd.Categorical(["w", "x"])),  # as many categories: the same schema
+]
+
+
+@pytest.mark.parametrize(
+    "days",
+    [MIXED_DAYS, MIXED_DAYS[:1], MIXED_DAYS[3:4] * 3, MIXED_DAYS[6:8], MIXED_DAYS[8:], []],
+    ids=["mixed", "one", "same-schema", "time-zones", "categoricals", "none"],
+)
+def test_read_partitions_gives_the_frame_pandas_concat_of_each_day_gives(tmp_path, days):
+    paths = []
+    for i, frame in enumerate(days):
+        paths.append(tmp_path / f"{i}.parquet")
+        write_partition(frame, paths[-1], "id")
+    pd.DataFrame().to_parquet(tmp_path / "no-columns.parquet")
+    paths.insert(len(paths) // 2, tmp_path / "no-columns.parquet")  # a partition with no columns is left out
+    per_day = [f for f in (pd.read_parquet(p) for p in paths) if len(f.columns)]
+    expected = pd.concat(per_day, ignore_index=True) if per_day else pd.DataFrame()
+
+    got = read_partitions(paths)
+
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got.dtypes.astype(str).to_dict() == expected.dtypes.astype(str).to_dict()
