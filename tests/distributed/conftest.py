@@ -267,6 +267,8 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             # The scheduler's nap when a loop found nothing to do (default 1 s): a finished task's
             # successor is queued sooner, and a failed run marks one more level upstream_failed per loop.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.3",
+            # The DAG files never change while the module runs: each parsed once, not every 30 s.
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
             # airflow_local_settings.py: a retry waits seconds, not the DAGs' minute (see that file).
             "PYTHONPATH": os.pathsep.join(p for p in (str(AIRFLOW_SETTINGS), os.environ.get("PYTHONPATH")) if p),
         },
