@@ -160,6 +160,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
     import bench_serving
     import bench_train
     import bench_vertical
+    import bench_window
 
     return {
         "parse": bench_parse.run,
@@ -169,6 +170,7 @@ def _suites() -> dict[str, Callable[[Config], list[Figure]]]:
         "history": bench_history.run,
         "extract": bench_extract.run,
         "prepare": bench_prepare.run,
+        "window": bench_window.run,
         "serving": bench_serving.run,
         "airflow": bench_airflow.run,
         "vertical": bench_vertical.run,
