@@ -12,10 +12,9 @@ before/after of the optimisation (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import shutil
 
 import pandas as pd
-from harness import Config, Figure, median_pair, settings_at, timed
+from harness import Config, Figure, median_pair, seeded_home, timed
 
 VERTICALS = ("education", "healthcare")
 LAST_NIGHT = "2026-11-27"
@@ -26,14 +25,8 @@ def run(config: Config) -> list[Figure]:
     from pipelines.data.integration import fetch_tables, index_tables
     from pipelines.data.preparation import prepare_frame, prepare_frames
     from pipelines.data.sources import CHUNK_ROWS, _groups_of_rows, _next, stream_sql_days, window_days
-    from pipelines.demo.seed import seed_warehouse
 
-    warehouse = config.workdir / "prepare-warehouse.db"
-    seed_warehouse(f"sqlite:///{warehouse}", verticals=list(VERTICALS))
-    home = config.workdir / "prepare"
-    home.mkdir()
-    shutil.copyfile(warehouse, home / "warehouse.db")
-    settings = settings_at(home)
+    settings = seeded_home(config, "prepare", VERTICALS)
     figures = []
     for vertical in VERTICALS:
         spec = load_spec(vertical, settings)

@@ -12,12 +12,11 @@ budget: a before/after of the optimisation (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import shutil
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
-from harness import Config, Figure, median_pair, settings_at, timed
+from harness import Config, Figure, median_pair, seeded_home, timed
 
 VERTICALS = ("education", "finance", "healthcare", "manufacturing")
 LAST_NIGHT = "2026-11-27"
@@ -26,15 +25,9 @@ LAST_NIGHT = "2026-11-27"
 def run(config: Config) -> list[Figure]:
     from pipelines.config import load_spec
     from pipelines.data.sources import extract_days, read_partitions, window_days
-    from pipelines.demo.seed import seed_warehouse
     from pipelines.layout import Layout
 
-    home = config.workdir / "window"
-    home.mkdir()
-    warehouse = config.workdir / "window-warehouse.db"
-    seed_warehouse(f"sqlite:///{warehouse}", verticals=list(VERTICALS))
-    shutil.copyfile(warehouse, home / "warehouse.db")
-    settings = settings_at(home)
+    settings = seeded_home(config, "window", VERTICALS)
     figures = []
     for vertical in VERTICALS:
         spec = load_spec(vertical, settings)

@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -104,6 +104,16 @@ def settings_at(home: Path) -> Any:
         registry_url=f"sqlite:///{home / 'registry.db'}",
         dvc_remote=str(home / "dvc-remote"),
     )
+
+
+def seeded_home(config: Config, name: str, verticals: Sequence[str]) -> Any:
+    """Settings for a new data root ``<workdir>/<name>`` holding a demo warehouse of ``verticals``."""
+    from pipelines.demo.seed import seed_warehouse
+
+    home = config.workdir / name
+    home.mkdir()
+    seed_warehouse(f"sqlite:///{home / 'warehouse.db'}", verticals=list(verticals))
+    return settings_at(home)
 
 
 def child_json(script: str, *args: str, env: dict[str, str], what: str, timeout: int = 3600) -> Any:
