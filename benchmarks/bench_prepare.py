@@ -12,9 +12,8 @@ before/after of the optimisation (docs/benchmarks.md).
 
 from __future__ import annotations
 
-
 import pandas as pd
-from harness import Config, Figure, median_pair, seeded_home, timed
+from harness import Config, Figure, bench_days, median_pair, seeded_home, timed
 
 VERTICALS = ("education", "healthcare")
 LAST_NIGHT = "2026-11-27"
@@ -24,13 +23,13 @@ def run(config: Config) -> list[Figure]:
     from pipelines.config import load_spec
     from pipelines.data.integration import fetch_tables, index_tables
     from pipelines.data.preparation import prepare_frame, prepare_frames
-    from pipelines.data.sources import CHUNK_ROWS, _groups_of_rows, _next, stream_sql_days, window_days
+    from pipelines.data.sources import CHUNK_ROWS, _groups_of_rows, _next, stream_sql_days
 
     settings = seeded_home(config, "prepare", VERTICALS)
     figures = []
     for vertical in VERTICALS:
         spec = load_spec(vertical, settings)
-        days = window_days(spec, LAST_NIGHT)[-30:] if config.quick else window_days(spec, LAST_NIGHT)
+        days = bench_days(config, spec, LAST_NIGHT)
         frames = [frame for _, frame in stream_sql_days(spec, spec.source, days, settings)]
         tables = index_tables(spec, fetch_tables(spec, before=_next(days[-1]), settings=settings))
 

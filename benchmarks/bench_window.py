@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
-from harness import Config, Figure, median_pair, seeded_home, timed
+from harness import Config, Figure, bench_days, median_pair, seeded_home, timed
 
 VERTICALS = ("education", "finance", "healthcare", "manufacturing")
 LAST_NIGHT = "2026-11-27"
@@ -24,14 +24,14 @@ LAST_NIGHT = "2026-11-27"
 
 def run(config: Config) -> list[Figure]:
     from pipelines.config import load_spec
-    from pipelines.data.sources import extract_days, read_partitions, window_days
+    from pipelines.data.sources import extract_days, read_partitions
     from pipelines.layout import Layout
 
     settings = seeded_home(config, "window", VERTICALS)
     figures = []
     for vertical in VERTICALS:
         spec = load_spec(vertical, settings)
-        days = window_days(spec, LAST_NIGHT)[-30:] if config.quick else window_days(spec, LAST_NIGHT)
+        days = bench_days(config, spec, LAST_NIGHT)
         extract_days(spec, days, settings)
         paths = [Layout(settings, vertical).raw(day) for day in days]
 

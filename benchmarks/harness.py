@@ -116,6 +116,14 @@ def seeded_home(config: Config, name: str, verticals: Sequence[str]) -> Any:
     return settings_at(home)
 
 
+def bench_days(config: Config, spec: Any, last_night: str) -> list[str]:
+    """The spec's training window ending ``last_night``; its last 30 days with ``--quick``."""
+    from pipelines.data.sources import window_days
+
+    days = window_days(spec, last_night)
+    return days[-30:] if config.quick else days
+
+
 def child_json(script: str, *args: str, env: dict[str, str], what: str, timeout: int = 3600) -> Any:
     """Run ``python -c script args`` (a fresh interpreter: its own imports and peak memory); its last line as JSON."""
     import subprocess

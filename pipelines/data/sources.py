@@ -469,7 +469,7 @@ def read_partitions(paths: list[Path]) -> pd.DataFrame:
     """Concatenate stored partitions (oldest first); empty frame if none.
 
     The frame ``pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)``
-    gives (partitions without columns left out), for a third of the CPU on a year of
+    gives (partitions without columns left out), for about half the CPU on a year of
     small days: consecutive partitions with identical Arrow schemas (pandas metadata
     included) are joined as Arrow tables and converted to pandas once, not once per
     day.  A day whose schema differs (a column all null that day is stored as Arrow's
