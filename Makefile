@@ -15,11 +15,12 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.state/pycache
 
-.PHONY: help install run pipeline airflow stack dags seed repro serve browser test test-fast bench lint typecheck lock clean
+.PHONY: help install run pipeline airflow stack dags seed repro serve browser test test-profile test-fast bench lint typecheck lock clean
 
 help:
 	@echo "make run        install if needed, seed the demo warehouse, run tonight's retraining for every vertical"
 	@echo "make test       install if needed, run the whole test suite"
+	@echo "make test-profile  the same, then where its time and CPU went, per module and tier"
 	@echo "make airflow    start Airflow standalone on http://localhost:8080 (user admin; see docs/airflow.md)"
 	@echo "make stack      the production topology without Docker: CeleryExecutor, 2 workers, PostgreSQL, Redis, S3, SMTP (docs/production.md)"
 	@echo "make dags       regenerate dags/<vertical>.py from verticals/*.yaml (after adding or removing a spec)"
@@ -90,6 +91,12 @@ XDIST = $(if $(filter 0,$(TEST_WORKERS)),-n 0,-n $(TEST_WORKERS) --dist loadscop
 
 test: install browser
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# `make test` that also says where the suite's time goes: each test's wall time and the machine's busy
+# CPU (its servers included), summed per module and tier, a table at the end and .state/test-profile/summary.json
+# (tests/suite_profile.py).  A module's CPU is its own only with TEST_WORKERS=0.
+test-profile: install browser
+	PIPELINES_TEST_PROFILE=$(CURDIR)/.state/test-profile $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not airflow" $(PYTEST_ARGS)

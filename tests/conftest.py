@@ -175,6 +175,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return GoldenGroupScheduling(config, log)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test-profile`: each test's wall time and the machine's CPU, summed per module (tests/suite_profile.py)."""
+    folder = os.environ.get("PIPELINES_TEST_PROFILE")
+    if folder:
+        from .suite_profile import SuiteProfile
+
+        distributed = bool(getattr(config.option, "numprocesses", None)) and "PYTEST_XDIST_WORKER" not in os.environ
+        config.pluginmanager.register(SuiteProfile(Path(folder), distributed=distributed), "suite-profile")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist: slow tiers first (xdist hands out work units in collection order)."""
