@@ -94,7 +94,8 @@ test: install browser
 
 # `make test` that also says where the suite's time goes: each test's wall time and the machine's busy
 # CPU (its servers included), summed per module and tier, a table at the end and .state/test-profile/summary.json
-# (tests/suite_profile.py).  A module's CPU is its own only with TEST_WORKERS=0.
+# (tests/suite_profile.py), then the same CPU per kind of process (tests/process_cpu.py).  A module's CPU is
+# its own only with TEST_WORKERS=0.
 test-profile: install browser
 	PIPELINES_TEST_PROFILE=$(CURDIR)/.state/test-profile $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 

@@ -12,7 +12,9 @@ other workers ran meanwhile, and the run's totals and the workers' end times
 
 Each process appends one JSON line per test to ``<folder>/<worker>.jsonl``
 (``PIPELINES_TEST_PROFILE=<folder>``); the controller sums them into
-``<folder>/summary.json`` and a table at the end of the run.
+``<folder>/summary.json`` and a table at the end of the run.  The controller
+also charges the run's CPU to kinds of process (`tests.process_cpu`): the tests'
+own Python, pipeline runs, each Airflow component, Chromium, the S3 server.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .process_cpu import UNATTRIBUTED, ProcessSampler
 
 ENV = "PIPELINES_TEST_PROFILE"
 
@@ -63,6 +67,8 @@ class Summary:
     modules: list[ModuleRow] = field(default_factory=list)
     #: worker -> seconds from the run's start to its last test's end (how even the workers' loads were)
     worker_end_s: dict[str, float] = field(default_factory=dict)
+    #: process kind -> (processes, CPU-s) over the whole run (`tests.process_cpu`), most CPU first
+    process_kinds: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def busy_fraction(self) -> float:
@@ -86,6 +92,7 @@ class Summary:
             "worker_end_s": self.worker_end_s,
             "tiers": {t: {"wall_s": w, "cpu_s": c} for t, (w, c) in self.tiers().items()},
             "modules": [asdict(row) for row in self.modules],
+            "process_kinds": {k: {"processes": n, "cpu_s": c} for k, (n, c) in self.process_kinds.items()},
         }
 
 
@@ -95,8 +102,18 @@ def tier_of(module: str) -> str:
     return parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
 
 
-def summarise(records: Iterable[dict[str, Any]], *, start: dict[str, float], end: dict[str, float]) -> Summary:
+def summarise(
+    records: Iterable[dict[str, Any]],
+    *,
+    start: dict[str, float],
+    end: dict[str, float],
+    kinds: dict[str, tuple[int, float]] | None = None,
+) -> Summary:
     """Per-module rows (most CPU first) from the tests' records; ``start``/``end``: the run's ``t`` and ``cpu``.
+
+    ``kinds``: `ProcessSampler`'s CPU per process kind; what the run's busy CPU holds
+    beyond their sum (processes shorter than the sampling interval) is added as
+    `UNATTRIBUTED`.
 
     A record is one test on one worker: ``id`` (its node id), ``worker``, and ``t0``/``t1``
     (wall clock) and ``cpu0``/``cpu1`` (`busy_cpu_seconds`) around all its phases.
@@ -115,12 +132,17 @@ def summarise(records: Iterable[dict[str, Any]], *, start: dict[str, float], end
         row.first_start = min(row.first_start, rec["t0"])
         row.last_end = max(row.last_end, rec["t1"])
         ends[rec["worker"]] = max(ends.get(rec["worker"], 0.0), rec["t1"] - start["t"])
+    cpu_s = end["cpu"] - start["cpu"]
+    process_kinds = dict(kinds or {})
+    if process_kinds:
+        process_kinds[UNATTRIBUTED] = (0, max(cpu_s - sum(c for _, c in process_kinds.values()), 0.0))
     return Summary(
         wall_s=end["t"] - start["t"],
-        cpu_s=end["cpu"] - start["cpu"],
+        cpu_s=cpu_s,
         cores=os.cpu_count() or 1,
         modules=sorted(rows.values(), key=lambda r: -r.cpu_s),
         worker_end_s=dict(sorted(ends.items())),
+        process_kinds=process_kinds,
     )
 
 
@@ -138,14 +160,22 @@ def table(summary: Summary, *, top: int = 25) -> list[str]:
     ]
     for row in summary.modules[:top]:
         lines.append(f"{row.module:<62}{row.worker:>7}{row.tests:>7}{row.wall_s:>9.1f}{row.cpu_s:>9.1f}")
+    if summary.process_kinds:
+        lines.append(f"{'process kind (the same run, sampled from /proc)':<62}{'procs':>14}{'CPU-s':>9}{'share':>9}")
+        for kind, (count, cpu) in summary.process_kinds.items():
+            share = cpu / summary.cpu_s if summary.cpu_s > 0 else 0.0
+            lines.append(f"{kind:<62}{count or '':>14}{cpu:>9.1f}{share:>9.0%}")
     return lines
 
 
 class SuiteProfile:
     """The pytest plugin: records each test in every process; the controller sums them up."""
 
-    def __init__(self, folder: Path, *, distributed: bool = False) -> None:
-        """``distributed``: this is the controller of xdist workers (they run and record the tests)."""
+    def __init__(self, folder: Path, *, distributed: bool = False, sample_every: float = 1.0) -> None:
+        """``distributed``: this is the controller of xdist workers (they run and record the tests).
+
+        ``sample_every``: seconds between the controller's readings of every process's CPU.
+        """
         self.folder = folder
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.controller = "PYTEST_XDIST_WORKER" not in os.environ
@@ -155,9 +185,13 @@ class SuiteProfile:
         self.start = {"t": time.time(), "cpu": busy_cpu_seconds()}
         self.summary: Summary | None = None
         folder.mkdir(parents=True, exist_ok=True)
+        self.sampler: ProcessSampler | None = None
         if self.controller:  # a new run: records of an earlier one would be summed in
             for old in folder.glob("*.jsonl"):
                 old.unlink()
+            # One sampler for the machine, in the controller: the workers' readings would overlap.
+            self.sampler = ProcessSampler(sample_every)
+            self.sampler.start()
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         if self.records:
@@ -178,10 +212,11 @@ class SuiteProfile:
         if not self.controller:
             return
         end = {"t": time.time(), "cpu": busy_cpu_seconds()}
+        kinds = self.sampler.stop() if self.sampler is not None else None
         records = [
             json.loads(line) for path in sorted(self.folder.glob("*.jsonl")) for line in path.read_text().splitlines()
         ]
-        self.summary = summarise(records, start=self.start, end=end)
+        self.summary = summarise(records, start=self.start, end=end, kinds=kinds)
         (self.folder / "summary.json").write_text(json.dumps(self.summary.to_dict(), indent=2))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT
 
+from ..process_cpu import OTHER, PYTEST, UNATTRIBUTED, ProcessLedger, kind_of
 from ..suite_profile import summarise, table
 
 
@@ -44,19 +45,74 @@ def test_records_add_up_per_module_worker_and_tier_most_cpu_first():
     assert any(line.startswith("tests/integration/test_b.py") and line.endswith("20.0") for line in lines)
 
 
+def test_command_lines_are_charged_to_their_kind():
+    """Command lines as the suite's processes show them in /proc (forked children keep their parent's)."""
+    venv = "/work/x/.venv/bin"
+    cases = {
+        "[pytest-xdist running] tests/distributed/test_celery_topology.py::test_two_verticals": PYTEST,
+        f"{venv}/python -m pytest -p no:cacheprovider tests/unit": PYTEST,
+        f"{venv}/python -m pipelines.orchestration run all --date 2026-11-27 --summary-json /tmp/x.json": (
+            "pipelines runs (CLI, dag.test, warm forks)"
+        ),
+        f"{venv}/python -c from multiprocessing.forkserver import main; main(16, 18, ['torch'])": (
+            "pipelines runs (CLI, dag.test, warm forks)"
+        ),
+        f"{venv}/python {venv}/airflow celery worker -H worker-2@%h --concurrency 1": ("Airflow Celery workers"),
+        "airflow worker -- LocalExecutor: 01a23ead-4189-7de1-9ecc-850149f314b1": (
+            "Airflow task processes (LocalExecutor and Celery)"
+        ),
+        f"{venv}/python {venv}/airflow scheduler": "Airflow scheduler",
+        f"{venv}/python {venv}/airflow api-server --port 14033": "Airflow API server",
+        f"{venv}/python {venv}/airflow dag-processor": "Airflow dag-processor",
+        f"{venv}/python {venv}/airflow standalone": "Airflow, other (standalone, log servers, db migrate)",
+        f"{venv}/weed mini -dir=/tmp/pytest-of-root/pytest-0/popen-gw0/seaweedfs0/data -ip=127.0.0.1": (
+            "S3 server (weed)"
+        ),
+        "/usr/lib/chromium/chromium --headless --user-data-dir=/tmp/pytest-of-root/x": "Chromium",
+        "postgres: 16/main: postgres test 127.0.0.1(51234) idle": "PostgreSQL",
+        "": OTHER,
+    }
+    assert {line: kind_of(line) for line in cases} == cases
+
+
+def test_a_process_running_before_the_first_reading_is_charged_only_what_it_spends_after():
+    ledger = ProcessLedger()
+    ledger.observe(10, 500, "/usr/bin/redis-server 127.0.0.1:6379", ticks=900)  # running long before
+    ledger.observe(11, 501, "postgres: walwriter", ticks=40)  # before too, and idle throughout
+    ledger.reading_done()
+    ledger.observe(10, 500, "/usr/bin/redis-server 127.0.0.1:6379", ticks=950)
+    ledger.observe(11, 501, "postgres: walwriter", ticks=40)
+    ledger.observe(12, 700, "python -m pipelines run finance", ticks=300)  # started during the run
+    ledger.observe(13, 710, "python -c import sys;exec(eval(sys.stdin.readline()))", ticks=20)
+    ledger.reading_done()
+    ledger.observe(12, 701, "python -m pipelines run finance", ticks=5)  # pid 12 reused by a new process
+    ledger.observe(13, 710, "[pytest-xdist running] tests/unit/test_a.py::test_one", ticks=120)  # titled later
+
+    assert ledger.by_kind(100.0) == {
+        "pipelines runs (CLI, dag.test, warm forks)": (2, 3.05),
+        PYTEST: (1, 1.2),
+        "Redis": (1, 0.5),
+    }
+
+
 def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
     """A test whose child process burns CPU is charged that CPU (``time`` of pytest would not see it)."""
     folder = tmp_path / "profile"
     (tmp_path / "conftest.py").write_text(
         textwrap.dedent(
             f"""
-            import sys
+            import sys, types
             from pathlib import Path
-            sys.path.insert(0, {str(PROJECT_ROOT / "tests")!r})
-            from suite_profile import SuiteProfile
+            # The project's tests folder as a package of another name (a site-packages
+            # distribution ships a top-level `tests`), so suite_profile's relative imports work.
+            package = types.ModuleType("project_tests")
+            package.__path__ = [{str(PROJECT_ROOT / "tests")!r}]
+            sys.modules["project_tests"] = package
+            from project_tests.suite_profile import SuiteProfile
 
             def pytest_configure(config):
-                config.pluginmanager.register(SuiteProfile(Path({str(folder)!r})), "suite-profile")
+                profile = SuiteProfile(Path({str(folder)!r}), sample_every=0.1)
+                config.pluginmanager.register(profile, "suite-profile")
             """
         )
     )
@@ -83,3 +139,9 @@ def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
     assert rows["test_idle.py"]["wall_s"] >= 0.2
     assert summary["cpu_s"] >= rows["test_burn.py"]["cpu_s"] and summary["worker_end_s"].keys() == {"main"}
     assert "suite profile:" in proc.stdout and "test_burn.py" in proc.stdout
+    # The controller's sampler charged the child's CPU to its kind (a plain `python -c`), the
+    # inner pytest's own to pytest, and the rest of the busy total is the unattributed remainder.
+    kinds = {kind: row["cpu_s"] for kind, row in summary["process_kinds"].items()}
+    assert kinds["other Python"] >= 0.4 and kinds[PYTEST] > 0, kinds
+    assert abs(sum(kinds.values()) - summary["cpu_s"]) < 0.01 or kinds[UNATTRIBUTED] == 0, kinds
+    assert "process kind" in proc.stdout and "other Python" in proc.stdout
