@@ -116,7 +116,10 @@ def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
             """
         )
     )
-    burn = "import time\nwhile time.process_time() < 0.5:\n    pass\n"
+    # The child idles a second after burning: the sampler reads a process only while it lives, so
+    # without that pause the CPU it spent after the last reading (up to an interval, more on a
+    # loaded machine) would fall to the unattributed remainder and the check below would flake.
+    burn = "import time\nwhile time.process_time() < 0.5:\n    pass\ntime.sleep(1.0)\n"
     child = f"subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
     (tmp_path / "test_burn.py").write_text(f"import subprocess, sys\n\ndef test_child_burns():\n    {child}\n")
     (tmp_path / "test_idle.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(0.2)\n")
@@ -142,6 +145,6 @@ def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
     # The controller's sampler charged the child's CPU to its kind (a plain `python -c`), the
     # inner pytest's own to pytest, and the rest of the busy total is the unattributed remainder.
     kinds = {kind: row["cpu_s"] for kind, row in summary["process_kinds"].items()}
-    assert kinds["other Python"] >= 0.4 and kinds[PYTEST] > 0, kinds
+    assert kinds["other Python"] >= 0.45 and kinds[PYTEST] > 0, kinds
     assert abs(sum(kinds.values()) - summary["cpu_s"]) < 0.01 or kinds[UNATTRIBUTED] == 0, kinds
     assert "process kind" in proc.stdout and "other Python" in proc.stdout
