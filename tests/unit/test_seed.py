@@ -125,6 +125,9 @@ def _assert_tables_match_frames(engine: sa.Engine, frames: dict[str, pd.DataFram
         assert (stored[key].to_numpy() == expected[key].to_numpy()).all()
         assert (pd.to_datetime(stored["event_date"]) == expected["event_date"]).all()
         assert (stored[label].to_numpy() == expected[label].to_numpy()).all()
+        # Every value, a missing one included, reads back as built (the bulk insert binds nothing itself).
+        days = pd.to_datetime(stored["event_date"]).astype(expected["event_date"].dtype)
+        pd.testing.assert_frame_equal(stored.assign(event_date=days), expected, check_dtype=False, obj=table)
         indexes = {tuple(i["column_names"]): i["unique"] for i in sa.inspect(engine).get_indexes(table, schema)}
         assert indexes[("event_date",)] in (0, False)
         assert indexes[(key,)] in (1, True)
@@ -169,6 +172,30 @@ def test_a_failed_rewrite_leaves_the_old_table(tmp_path) -> None:
     finally:
         writer.dispose()
         engine.dispose()
+
+
+def test_values_the_sqlite_driver_would_format_its_own_way_are_stored_as_sqlalchemy_stores_them(tmp_path) -> None:
+    # A frame of numbers and text goes in through the driver's executemany; a timestamp column would
+    # take sqlite3's own text (no microseconds when they are zero), so such a frame keeps SQLAlchemy's insert.
+    engine = warehouse_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    frame = pd.DataFrame(
+        {
+            "id": [1, 2],
+            "event_date": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "seen_at": pd.to_datetime(["2026-01-01 10:00:00.5", "2026-01-02 11:00:00.0"]),
+            "score": [0.25, np.nan],
+        }
+    )
+    try:
+        assert write_table(engine, "events", frame, key="id") == 2
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT id, event_date, seen_at, score FROM events ORDER BY id").all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        (1, "2026-01-01", "2026-01-01 10:00:00.500000", 0.25),
+        (2, "2026-01-02", "2026-01-02 11:00:00.000000", None),
+    ]
 
 
 @pytest.mark.postgres
