@@ -344,11 +344,16 @@ def _insert_bulk(table: SQLTable, conn: sa.Connection, keys: list[str], rows: It
     columns = ", ".join(preparer.quote(key) for key in keys)
     if conn.dialect.name == "postgresql":
         count = 0
+        statement = f"COPY {target} ({columns}) FROM STDIN"
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor, cursor.copy(f"COPY {target} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-                count += 1
+        try:
+            with cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # Raised as SQLAlchemy's own insert raises it (DataError, IntegrityError, ...), so callers catch one kind.
+            raise sa.exc.DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) from exc
         return count
     batch = list(rows)
     conn.exec_driver_sql(f"INSERT INTO {target} ({columns}) VALUES ({', '.join('?' * len(keys))})", batch)

@@ -199,6 +199,25 @@ def test_values_the_sqlite_driver_would_format_its_own_way_are_stored_as_sqlalch
 
 
 @pytest.mark.postgres
+def test_a_value_postgresql_refuses_fails_the_write_as_sqlalchemy_would_and_keeps_the_old_table(postgres_url: str):
+    engine = warehouse_engine(postgres_url)
+    schema = f"test_seed_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    good = pd.DataFrame({"id": [1], "event_date": pd.to_datetime(["2026-01-01"]), "note": ["kept"]})
+    try:
+        write_table(engine, "events", good, key="id", schema=schema)
+        # PostgreSQL text cannot hold a NUL byte: COPY refuses the row mid-stream.
+        with pytest.raises(sa.exc.DataError, match="0x00"):
+            write_table(engine, "events", good.assign(note=["a\x00b"]), key="id", schema=schema)
+        assert _read_back(engine, "events", "id", schema)["note"].tolist() == ["kept"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.mark.postgres
 def test_seed_postgres_in_a_private_schema(postgres_url: str, frames: dict[str, pd.DataFrame]) -> None:
     engine = sa.create_engine(postgres_url)
     schema = f"test_seed_{uuid.uuid4().hex[:10]}"  # private: parallel runs never collide
