@@ -360,8 +360,8 @@ def _insert_bulk(table: SQLTable, conn: sa.Connection, keys: list[str], rows: It
     return len(batch)
 
 
-def _bulk_insert_applies(dialect: sa.Dialect, frame: pd.DataFrame) -> bool:
-    """Whether `_insert_bulk` writes what SQLAlchemy's own insert would.
+def _bulk_insert_applies(dialect: sa.Dialect, dtypes: Iterable[Any]) -> bool:
+    """Whether `_insert_bulk` writes columns of these ``dtypes`` as SQLAlchemy's own insert would.
 
     psycopg's COPY adapts every pandas scalar as its bind step does.  SQLite's
     driver stores numbers, text and ``None`` as SQLAlchemy would, but a date or
@@ -373,7 +373,7 @@ def _bulk_insert_applies(dialect: sa.Dialect, frame: pd.DataFrame) -> bool:
         return dialect.driver == "psycopg"
     plain = all(
         isinstance(dtype, pd.StringDtype) or pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
-        for dtype in frame.dtypes
+        for dtype in dtypes
     )
     return dialect.name == "sqlite" and dialect.paramstyle == "qmark" and plain
 
@@ -394,7 +394,7 @@ def write_table(
     """
     keys = [key] if isinstance(key, str) else key
     days = pd.to_datetime(frame[date_column])
-    bulk = _bulk_insert_applies(engine.dialect, frame.drop(columns=date_column))
+    bulk = _bulk_insert_applies(engine.dialect, frame.dtypes.drop(date_column))
     # Python dates bind as DATE on every driver (SQLite's Date type takes nothing else); SQLite's
     # bulk insert takes the text SQLAlchemy's Date stores there (and reads back as dates).
     as_text = bulk and engine.dialect.name == "sqlite"
