@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import random
 import socket
 from pathlib import Path
 
@@ -50,26 +51,42 @@ def test_free_ports_avoid_the_range_outgoing_connections_take_their_ports_from()
 
 
 def test_a_port_a_server_listens_on_is_never_handed_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # Leave ten ports outside the "ephemeral range", then listen on all of them but one.
-    (tmp_path / "range").write_text("10000\t65525\n")
-    monkeypatch.setattr(stack_module, "EPHEMERAL_RANGE_FILE", tmp_path / "range")
-    candidates = list(range(65526, 65536))
-    held = []
+    # Leave ten ports outside the "ephemeral range", then listen on all of them but one.  The ten are
+    # any ten in a row that this test can bind: other tests' servers hold random ports meanwhile.
+    held = _listen_on_nine_of_ten_free_ports()
     try:
-        for port in candidates[:-1]:
-            listener = socket.socket()
-            held.append(listener)
-            try:
-                listener.bind(("127.0.0.1", port))
-            except OSError:
-                pytest.skip(f"port {port} is in use on this machine")
-            listener.listen()
-        assert {free_ports(1)[0] for _ in range(10)} == {candidates[-1]}
-        with pytest.raises(StackError, match="no 2 free loopback ports outside the ephemeral range 10000-65525"):
+        candidates = [listener.getsockname()[1] for listener in held]
+        free = candidates[-1] + 1
+        (tmp_path / "range").write_text(f"{free + 1}\t65535\n")
+        monkeypatch.setattr(stack_module, "EPHEMERAL_RANGE_FILE", tmp_path / "range")
+        monkeypatch.setattr(stack_module, "LOWEST_FREE_PORT", candidates[0])
+        assert {free_ports(1)[0] for _ in range(10)} == {free}
+        with pytest.raises(StackError, match=f"no 2 free loopback ports outside the ephemeral range {free + 1}-65535"):
             free_ports(2)
     finally:
         for listener in held:
             listener.close()
+
+
+def _listen_on_nine_of_ten_free_ports() -> list[socket.socket]:
+    """Listeners on nine consecutive ports whose tenth is free too, from a random start."""
+    chooser = random.Random()
+    for _ in range(100):
+        first = chooser.randrange(20000, 30000)
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + 9):
+                listener = socket.socket()
+                held.append(listener)
+                listener.bind(("127.0.0.1", port))
+                listener.listen()
+            if not stack_module._port_taken(first + 9, reuse=False):
+                return held
+        except OSError:
+            pass
+        for listener in held:
+            listener.close()
+    pytest.fail("no ten consecutive free ports in 20000-29999 after 100 tries")
 
 
 def test_each_process_gets_its_own_homes_and_the_workers_their_own_names_and_log_ports(tmp_path: Path):
