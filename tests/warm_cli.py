@@ -52,6 +52,7 @@ PRELOAD = (
     "optuna",
     "sklearn.metrics",
     "scipy.stats",
+    "s3fs",  # Lightning imports it on every fit (its object-storage check), as does state on S3
     "onnx",
     "onnxruntime",
     "pyarrow.parquet",

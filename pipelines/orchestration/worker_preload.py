@@ -15,7 +15,8 @@ import importlib
 import logging
 
 #: What the stages import lazily, heaviest first: snapshot (DVC), validate (GX), train (Lightning,
-#: Optuna), evaluate and gate (scikit-learn).
+#: Optuna), evaluate and gate (scikit-learn); s3fs because Lightning imports it on every fit (its
+#: object-storage check on the checkpoint folder), even for a local one, and state on S3 needs it too.
 MODULES = (
     "great_expectations",
     "pytorch_lightning",
@@ -23,6 +24,7 @@ MODULES = (
     "dvc.repo",
     "optuna",
     "sklearn.metrics",
+    "s3fs",
     "pyarrow.parquet",
     "pandas",
     "pipelines.stages",
