@@ -151,6 +151,10 @@ def validate(
         bad = bad or pending  # e.g. a window-level check failed: no single day to blame
         report = replace(report, failed_days=bad)
     write_bytes_atomic(report_path, report.to_json().encode())
+    partitions = {day: layout.raw(day) for day in pending}
+    quality.store_validated_profiles(
+        frame, spec, partitions, [day for day in pending if day not in bad], settings=settings
+    )
     state.push(layout.report_dir(ds), layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
     if not report.success:
         for day in pending:

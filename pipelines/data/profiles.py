@@ -167,11 +167,9 @@ def stored_profile(partition: Path, profile_path: Path, spec: VerticalSpec, day:
     stored profile instead of reading and profiling the day again.
     """
     try:
-        with partition.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        stamp = _stamp(partition, spec)
     except FileNotFoundError:
         return None
-    stamp = {"size": partition.stat().st_size, "sha256": digest, "spec": spec.training_hash()}
     if profile_path.exists():
         raw = json.loads(profile_path.read_text())
         if raw.get("format") == PROFILE_FORMAT and raw.get("stamp") == stamp:
@@ -180,6 +178,46 @@ def stored_profile(partition: Path, profile_path: Path, spec: VerticalSpec, day:
     profile = profile_frame(frame, spec, [day])
     write_json_atomic(profile_path, {**profile.to_dict(), "stamp": stamp})
     return profile
+
+
+def _stamp(partition: Path, spec: VerticalSpec) -> dict[str, Any]:
+    """What a stored profile is valid for: the partition's bytes (size, SHA-256) and the spec's training hash."""
+    with partition.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": partition.stat().st_size, "sha256": digest, "spec": spec.training_hash()}
+
+
+def store_partition_profiles(
+    frame: pd.DataFrame, partitions: dict[str, Path], spec: VerticalSpec, wanted: list[str], profiles_dir: Path
+) -> list[str]:
+    """Store the profiles of the ``wanted`` days from ``frame``, the partitions already in memory.
+
+    ``frame`` is `read_partitions` of ``partitions`` (day -> file, oldest first): its rows are
+    the files' rows in that order, so a day's rows are a positional slice, whatever their
+    timestamps say.  Each profile is the one `stored_profile` would compute from the file
+    (same stamp), without reading it back: a night's check then finds its reference days
+    already profiled.  Nothing is stored when the files' row counts do not add up to the
+    frame (`stored_profile` profiles those days from the files when they are needed).
+    Returns the days stored.
+    """
+    import pyarrow.parquet as pq
+
+    counts = []
+    for path in partitions.values():
+        footer = pq.read_metadata(path)
+        # A partition without columns contributes no rows to the frame (`read_partitions`).
+        counts.append(footer.num_rows if footer.num_columns else 0)
+    if sum(counts) != len(frame):
+        return []
+    stored = []
+    start = 0
+    for (day, path), rows in zip(partitions.items(), counts, strict=True):
+        if day in wanted and rows:
+            profile = profile_frame(frame.iloc[start : start + rows], spec, [day])
+            write_json_atomic(profiles_dir / f"{day}.json", {**profile.to_dict(), "stamp": _stamp(path, spec)})
+            stored.append(day)
+        start += rows
+    return stored
 
 
 # -- comparison --------------------------------------------------------------

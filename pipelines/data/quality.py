@@ -528,6 +528,28 @@ def distribution_reach(spec: VerticalSpec, days: list[str]) -> list[str]:
     return [(first - timedelta(days=n)).isoformat() for n in range(1, checks.max_pool_days + checks.reference_days + 1)]
 
 
+def store_validated_profiles(
+    frame: pd.DataFrame, spec: VerticalSpec, partitions: dict[str, Path], validated: list[str], *, settings: Settings
+) -> list[str]:
+    """Profile the newly ``validated`` days a later night's distribution checks can reach, from memory.
+
+    ``frame`` holds ``partitions`` (day -> raw file, as `read_partitions` read them); the files
+    become the validated partitions byte for byte.  Without this the first night after a
+    backfill (or after a worker starts empty) reads back and profiles each reference day; with
+    it, a backfill profiles its latest ``max_pool_days + reference_days`` days while they are in
+    memory, and a nightly run its one day.  Returns the days stored.
+    """
+    from pipelines.data.profiles import store_partition_profiles
+    from pipelines.layout import Layout
+
+    checks = spec.quality.distribution
+    if not checks.enabled or not validated:
+        return []
+    wanted = sorted(validated)[-(checks.max_pool_days + checks.reference_days) :]
+    profiles_dir = Layout(settings, spec.name).validated(wanted[0]).parent.parent / "profiles"
+    return store_partition_profiles(frame, partitions, spec, wanted, profiles_dir)
+
+
 def check_distribution(
     frame: pd.DataFrame, spec: VerticalSpec, *, days: list[str], settings: Settings
 ) -> dict[str, Any] | None:

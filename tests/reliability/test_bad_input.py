@@ -399,6 +399,20 @@ def test_one_bad_day_in_a_first_backfill_quarantines_only_that_day(tmp_path, see
     layout = Layout(Settings.from_env(), "finance")
     assert layout.quarantine(bad_day).exists() and not layout.validated(bad_day).exists()
     assert len(list(layout.validated(GOOD_DS).parent.glob("*.parquet"))) == 59
+    # The good days' profiles (the next night's reference: finance reaches back 97 days) were stored
+    # from the frame in memory, each as the next night would compute it from its partition.
+    from pipelines.config import load_spec
+    from pipelines.data.profiles import stored_profile
+
+    profiles = home / "data" / "finance" / "profiles"
+    good_days = sorted(p.stem for p in layout.validated(GOOD_DS).parent.glob("*.parquet"))
+    assert sorted(p.stem for p in profiles.glob("*.json")) == good_days
+    spec = load_spec("finance")
+    for day in good_days[-3:] + good_days[:1]:
+        kept = (profiles / f"{day}.json").read_text()
+        (profiles / f"{day}.json").unlink()
+        stored_profile(layout.validated(day), profiles / f"{day}.json", spec, day)
+        assert json.loads((profiles / f"{day}.json").read_text()) == json.loads(kept), day
     mail = message_from_bytes(next((home / "outbox").glob("*data-quality*")).read_bytes(), policy=policy.default)
     body = mail.get_body(("plain",)).get_content()
     assert "Rows checked:" in body and "60 day(s); 1 day(s) quarantined" in body

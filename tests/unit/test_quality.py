@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,20 +231,24 @@ def day_frame(day: str, n: int, *, seed: int, positive_share: float = 0.3, x_mea
     )
 
 
-def test_profiles_merge_exactly():
-    spec_ = VerticalSpec.model_validate(
+def _profiled_spec(positive: object, numeric: list[str], categorical: list[str]) -> VerticalSpec:
+    return VerticalSpec.model_validate(
         {
             "name": "demo",
             "description": "d",
             "owner": "o",
             "source": {"kind": "sql", "table": "t"},
             "key": "id",
-            "label": {"column": "y", "positive": 1},
-            "features": {"numeric": ["x"], "categorical": ["c"]},
+            "label": {"column": "y", "positive": positive},
+            "features": {"numeric": numeric, "categorical": categorical},
             "gate": {"thresholds": {"accuracy": 0.5, "recall": 0.5, "f1": 0.5}},
             "alerts": {"emails": ["o@example.com"]},
         }
     )
+
+
+def test_profiles_merge_exactly():
+    spec_ = _profiled_spec(1, ["x"], ["c"])
     a = pd.DataFrame({"x": [1.0, 2.0, None], "y": [1, 0, 1], "c": ["u", "v", None]})
     b = pd.DataFrame({"x": [10.0, 4.0], "y": [0, 0], "c": ["u", "u"]})
     merged = profile_frame(a, spec_).merge(profile_frame(b, spec_))
@@ -354,6 +359,63 @@ def test_the_checks_read_only_the_days_within_their_reach(spec, suite_settings, 
     profiles = {p.stem for p in (history.home / "data" / "demo" / "profiles").glob("*.json")}
     assert profiles == set(reach[:8])  # nothing outside the reach was read or profiled
     assert distribution_reach(_spec_with(spec, enabled=False), ["2026-11-27"]) == []
+
+
+def _mixed_days(layout: Layout) -> dict[str, Path]:
+    """Days whose dtypes differ, so the joined frame's columns are not each file's (read_partitions' runs)."""
+    days = {
+        "2026-11-01": pd.DataFrame(  # ints, strings, booleans, a missing value of each
+            {"id": [1, 2, 3], "x": [1.5, None, 2.5], "n": [3, 4, 5], "c": ["u", None, "v"], "flag": [True, False, True]}
+        ),
+        "2026-11-02": pd.DataFrame(  # a column all null that day (Arrow's null type: a run of its own)
+            {"id": [4, 5], "x": [None, None], "n": [7, 8], "c": ["u", "u"], "flag": [False, False]}
+        ),
+        "2026-11-03": pd.DataFrame(  # an int column with a null that day (floats), and a row dated the day before
+            {"id": [6, 7, 8], "x": [0.1, 0.2, 0.3], "n": [1.0, None, 12.0], "c": ["v", "w", "w"], "flag": [True] * 3}
+        ),
+    }
+    partitions = {}
+    for n, (day, rows) in enumerate(days.items()):
+        rows["y"] = ["bad", "good", "Bad"][: len(rows)]
+        rows["event_date"] = day if n != 2 else ["2026-11-02", day, day]
+        write_partition(rows, layout.raw(day), "id")
+        partitions[day] = layout.raw(day)
+    return partitions
+
+
+def test_profiles_stored_from_the_validated_frame_are_those_read_back_from_the_files(suite_settings):
+    """A validation stores its days' profiles from memory; each is what `stored_profile` computes from the file."""
+    from pipelines.data.profiles import store_partition_profiles
+    from pipelines.data.sources import read_partitions
+
+    mixed = _profiled_spec("bad", ["x", "n"], ["c", "flag"])
+    layout = Layout(suite_settings, "demo")
+    partitions = _mixed_days(layout)
+    profiles = layout.home / "profiles"
+    joined = read_partitions(list(partitions.values()))
+
+    stored = store_partition_profiles(joined, partitions, mixed, ["2026-11-02", "2026-11-03"], profiles)
+
+    assert stored == ["2026-11-02", "2026-11-03"] and not (profiles / "2026-11-01.json").exists()
+    for day in stored:
+        kept = json.loads((profiles / f"{day}.json").read_text())
+        (profiles / f"{day}.json").unlink()  # what the next night would compute reading the file
+        again = stored_profile(partitions[day], profiles / f"{day}.json", mixed, day)
+        assert again is not None and kept == json.loads((profiles / f"{day}.json").read_text()), day
+    # The row dated the day before is in its file's profile (positions, not timestamps, split the frame).
+    assert Profile.from_dict(kept).rows == 3 and Profile.from_dict(kept).numeric["n"].nulls == 1
+
+
+def test_no_profile_is_stored_when_the_frame_is_not_the_files_rows(suite_settings):
+    from pipelines.data.profiles import store_partition_profiles
+    from pipelines.data.sources import read_partitions
+
+    mixed = _profiled_spec("bad", ["x", "n"], ["c", "flag"])
+    layout = Layout(suite_settings, "demo")
+    partitions = _mixed_days(layout)
+    joined = read_partitions(list(partitions.values())).iloc[1:]
+    assert store_partition_profiles(joined, partitions, mixed, list(partitions), layout.home / "profiles") == []
+    assert not (layout.home / "profiles").exists()
 
 
 def test_compare_profiles_splits_alpha_over_the_tests(spec):
