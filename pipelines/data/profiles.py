@@ -202,18 +202,21 @@ def store_partition_profiles(
     """
     import pyarrow.parquet as pq
 
-    counts = []
+    counts, columns = [], []
     for path in partitions.values():
         footer = pq.read_metadata(path)
         # A partition without columns contributes no rows to the frame (`read_partitions`).
         counts.append(footer.num_rows if footer.num_columns else 0)
+        columns.append(set(footer.schema.to_arrow_schema().names))
     if sum(counts) != len(frame):
         return []
     stored = []
     start = 0
-    for (day, path), rows in zip(partitions.items(), counts, strict=True):
+    for (day, path), rows, names in zip(partitions.items(), counts, columns, strict=True):
         if day in wanted and rows:
-            profile = profile_frame(frame.iloc[start : start + rows], spec, [day])
+            # Only the file's own columns: one another day has is all null here, and absent in the file.
+            day_rows = frame.iloc[start : start + rows]
+            profile = profile_frame(day_rows[[c for c in frame.columns if c in names]], spec, [day])
             write_json_atomic(profiles_dir / f"{day}.json", {**profile.to_dict(), "stamp": _stamp(path, spec)})
             stored.append(day)
         start += rows

@@ -373,6 +373,9 @@ def _mixed_days(layout: Layout) -> dict[str, Path]:
         "2026-11-03": pd.DataFrame(  # an int column with a null that day (floats), and a row dated the day before
             {"id": [6, 7, 8], "x": [0.1, 0.2, 0.3], "n": [1.0, None, 12.0], "c": ["v", "w", "w"], "flag": [True] * 3}
         ),
+        "2026-11-04": pd.DataFrame(  # a feature missing from the file: null in the joined frame, absent in the file
+            {"id": [9, 10], "x": [0.5, 0.6], "n": [2, 3], "flag": [False, True]}
+        ),
     }
     partitions = {}
     for n, (day, rows) in enumerate(days.items()):
@@ -394,16 +397,20 @@ def test_profiles_stored_from_the_validated_frame_are_those_read_back_from_the_f
     profiles = layout.home / "profiles"
     joined = read_partitions(list(partitions.values()))
 
-    stored = store_partition_profiles(joined, partitions, mixed, ["2026-11-02", "2026-11-03"], profiles)
+    wanted = ["2026-11-02", "2026-11-03", "2026-11-04"]
+    stored = store_partition_profiles(joined, partitions, mixed, wanted, profiles)
 
-    assert stored == ["2026-11-02", "2026-11-03"] and not (profiles / "2026-11-01.json").exists()
+    assert stored == wanted and not (profiles / "2026-11-01.json").exists()
+    kept = {}
     for day in stored:
-        kept = json.loads((profiles / f"{day}.json").read_text())
+        kept[day] = json.loads((profiles / f"{day}.json").read_text())
         (profiles / f"{day}.json").unlink()  # what the next night would compute reading the file
         again = stored_profile(partitions[day], profiles / f"{day}.json", mixed, day)
-        assert again is not None and kept == json.loads((profiles / f"{day}.json").read_text()), day
+        assert again is not None and kept[day] == json.loads((profiles / f"{day}.json").read_text()), day
     # The row dated the day before is in its file's profile (positions, not timestamps, split the frame).
-    assert Profile.from_dict(kept).rows == 3 and Profile.from_dict(kept).numeric["n"].nulls == 1
+    third = Profile.from_dict(kept["2026-11-03"])
+    assert third.rows == 3 and third.numeric["n"].nulls == 1
+    assert "c" not in Profile.from_dict(kept["2026-11-04"]).categorical
 
 
 def test_no_profile_is_stored_when_the_frame_is_not_the_files_rows(suite_settings):
