@@ -132,7 +132,8 @@ def validate(
     state.pull(*(layout.raw(day) for day in pending))
     reach = quality.distribution_reach(spec, pending)
     state.pull(layout.validated(ds).parent, names={f"{day}.parquet" for day in reach})
-    state.pull(layout.validated(ds).parent.parent / "profiles", names={f"{day}.json" for day in reach})
+    profiles_dir = layout.validated(ds).parent.parent / "profiles"
+    state.pull(profiles_dir, names={f"{day}.json" for day in reach})
     state.pull(_gx_root(layout))
     if not pending:
         if layout.has_record(ds, "validate"):
@@ -152,10 +153,8 @@ def validate(
         report = replace(report, failed_days=bad)
     write_bytes_atomic(report_path, report.to_json().encode())
     partitions = {day: layout.raw(day) for day in pending}
-    quality.store_validated_profiles(
-        frame, spec, partitions, [day for day in pending if day not in bad], settings=settings
-    )
-    state.push(layout.report_dir(ds), layout.validated(ds).parent.parent / "profiles", _gx_root(layout))
+    quality.store_validated_profiles(frame, spec, partitions, [day for day in pending if day not in bad], profiles_dir)
+    state.push(layout.report_dir(ds), profiles_dir, _gx_root(layout))
     if not report.success:
         for day in pending:
             if day in bad:

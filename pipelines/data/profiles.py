@@ -202,6 +202,7 @@ def store_partition_profiles(
     """
     import pyarrow.parquet as pq
 
+    wanted_days = set(wanted)
     counts, columns = [], []
     for path in partitions.values():
         footer = pq.read_metadata(path)
@@ -213,7 +214,7 @@ def store_partition_profiles(
     stored = []
     start = 0
     for (day, path), rows, names in zip(partitions.items(), counts, columns, strict=True):
-        if day in wanted and rows:
+        if day in wanted_days and rows:
             # Only the file's own columns: one another day has is all null here, and absent in the file.
             day_rows = frame.iloc[start : start + rows]
             profile = profile_frame(day_rows[[c for c in frame.columns if c in names]], spec, [day])

@@ -529,7 +529,7 @@ def distribution_reach(spec: VerticalSpec, days: list[str]) -> list[str]:
 
 
 def store_validated_profiles(
-    frame: pd.DataFrame, spec: VerticalSpec, partitions: dict[str, Path], validated: list[str], *, settings: Settings
+    frame: pd.DataFrame, spec: VerticalSpec, partitions: dict[str, Path], validated: list[str], profiles_dir: Path
 ) -> list[str]:
     """Profile the newly ``validated`` days a later night's distribution checks can reach, from memory.
 
@@ -540,13 +540,11 @@ def store_validated_profiles(
     memory, and a nightly run its one day.  Returns the days stored.
     """
     from pipelines.data.profiles import store_partition_profiles
-    from pipelines.layout import Layout
 
     checks = spec.quality.distribution
     if not checks.enabled or not validated:
         return []
     wanted = sorted(validated)[-(checks.max_pool_days + checks.reference_days) :]
-    profiles_dir = Layout(settings, spec.name).validated(wanted[0]).parent.parent / "profiles"
     return store_partition_profiles(frame, partitions, spec, wanted, profiles_dir)
 
 
