@@ -19,11 +19,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from pipelines import stages
-from pipelines.config import Settings, check_vertical_name, echo, load_spec, parse_ds, vertical_names
-from pipelines.data.sources import check_ds
+# Only what parsing and refusing a command needs: pandas, SQLAlchemy and the stages are imported by
+# the commands that use them, so a refused argument is answered without loading the stack (~1 s).
+from pipelines.config import (
+    STAGES,
+    Settings,
+    check_ds,
+    check_vertical_name,
+    echo,
+    load_spec,
+    parse_ds,
+    vertical_names,
+)
 from pipelines.errors import DataQualityError, PipelineError, RunAlreadyActive, SpecError
-from pipelines.registry.run_lock import hold_run
 
 log = logging.getLogger("pipelines.cli")
 
@@ -133,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summaries as JSON")
     run.add_argument("--wait", type=_wait, default=0.0, metavar="SECONDS", help=wait_help)
 
-    for name in stages.STAGES:
+    for name in STAGES:
         stage = sub.add_parser(name, help=f"run only the {name} stage")
         stage.add_argument("vertical", type=_argument(_vertical))
         stage.add_argument("--date", type=_argument(_iso_date), default=None, help=date_help)
@@ -206,6 +214,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     names = vertical_names(settings) if args.vertical == "all" else [args.vertical]
     for name in names:
         _checked_date(name, ds, settings)  # fail fast on an unknown vertical, a broken spec or a bad date
+    from pipelines import stages
+    from pipelines.registry.run_lock import hold_run
+
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
     for name in names:
@@ -378,6 +389,7 @@ def _status_lines(row: dict[str, Any]) -> str:
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Move the pointer back (registry row and notice email included); see `pipelines.release.rollout`."""
+    from pipelines import stages
     from pipelines.release.rollout import rollback_vertical
 
     result = rollback_vertical(
@@ -407,6 +419,7 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 def _unblock(args: argparse.Namespace, settings: Settings) -> int:
     """Lift the sticky-rollback block on one version (recorded with who and why)."""
+    from pipelines import stages
     from pipelines.release.rollout import unblock_version
 
     lifted = unblock_version(
@@ -529,18 +542,26 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"registry schema at {registry_migrations.current_revision(settings.registry_url) or 'none'}")
             return 0
-        ds = args.date or yesterday()
-        _checked_date(args.vertical, ds, settings)
-        kwargs: dict[str, Any] = {"settings": settings}
-        if args.command == "gate":
-            kwargs["force_reason"] = args.force_reason
-        if args.command == "deploy":
-            kwargs["dry_run"] = args.dry_run
-        # One stage is a run too: it must not overlap another run of the vertical.
-        with hold_run(args.vertical, ds, settings=settings, wait_s=args.wait):
-            result = getattr(stages, args.command)(args.vertical, ds, **kwargs)
-        print(json.dumps(result, indent=2, default=str))
-        return 0
+        return _stage(args, settings)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _stage(args: argparse.Namespace, settings: Settings) -> int:
+    """One stage of a run, e.g. ``python -m pipelines train finance --date …``."""
+    ds = args.date or yesterday()
+    _checked_date(args.vertical, ds, settings)
+    from pipelines import stages
+    from pipelines.registry.run_lock import hold_run
+
+    kwargs: dict[str, Any] = {"settings": settings}
+    if args.command == "gate":
+        kwargs["force_reason"] = args.force_reason
+    if args.command == "deploy":
+        kwargs["dry_run"] = args.dry_run
+    # One stage is a run too: it must not overlap another run of the vertical.
+    with hold_run(args.vertical, ds, settings=settings, wait_s=args.wait):
+        result = getattr(stages, args.command)(args.vertical, ds, **kwargs)
+    print(json.dumps(result, indent=2, default=str))
+    return 0

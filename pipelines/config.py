@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,6 +38,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VERTICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 #: Longest piece of a rejected name echoed back in an error (a hostile one may be huge).
 _ECHO_CHARS = 40
+#: A run's stages in order, each a function of `pipelines.stages` and a task of the DAG (a command
+#: line lists them without importing what the stages import).
+STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 GATE_METRICS = ("accuracy", "recall", "f1", "precision", "auroc")
 GateMetric = Literal["accuracy", "recall", "f1", "precision", "auroc"]
 ReportOutcome = Literal["promoted", "rejected"]
@@ -1062,6 +1065,39 @@ def parse_ds(ds: object, *, vertical: str | None = None, error: type[PipelineErr
         return date.fromisoformat(ds)
     except ValueError as exc:
         raise error(f"bad date {echo(ds)}: use YYYY-MM-DD, e.g. 2026-11-27", vertical=vertical) from exc
+
+
+#: Lower bound of a logical date when the spec declares no ``source.start``.
+EARLIEST_DS = date(1970, 1, 1)
+
+
+def check_ds(ds: str, spec: VerticalSpec, *, today: date | None = None) -> date:
+    """Parse ``ds`` and check it lies between the source's first day and today (UTC).
+
+    The one place a run's logical date is judged, for the CLI, the Airflow tasks
+    and every stage: a date before the data (``1900-01-01``) would backfill
+    hundreds of empty days, one after today (``9999-12-31``) has no data yet and
+    overflows the date arithmetic.  Raises `InvalidArgumentError` (exit code 2).
+    Here rather than with the sources so that a command line can refuse a date
+    without importing pandas or SQLAlchemy.
+    """
+    day = parse_ds(ds, vertical=spec.name)
+    first = spec.source.start or EARLIEST_DS
+    last = today or datetime.now(UTC).date()
+    if day < first:
+        where = "the first day of its source (source.start)" if spec.source.start else "the earliest date accepted"
+        raise InvalidArgumentError(
+            f"date {ds} is before {first.isoformat()}, {where}: pick a date from {first.isoformat()} to "
+            f"{last.isoformat()}",
+            vertical=spec.name,
+        )
+    if day > last:
+        raise InvalidArgumentError(
+            f"date {ds} is after today ({last.isoformat()} UTC), so its data cannot exist yet: pick a date from "
+            f"{first.isoformat()} to {last.isoformat()}",
+            vertical=spec.name,
+        )
+    return day
 
 
 def check_vertical_name(vertical: object) -> str:

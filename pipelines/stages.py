@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import Settings, VerticalSpec, load_spec
-from pipelines.data.sources import check_ds, extract_days, read_partitions, window_days
+from pipelines.config import Settings, VerticalSpec, check_ds, load_spec
+from pipelines.data.sources import extract_days, read_partitions, window_days
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.model.version_ids import code_files_hash, code_version, library_versions, model_version_id
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from pipelines.registry.store import Registry
 
 log = logging.getLogger(__name__)
-
-STAGES = ("extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report")
 
 
 def _context(vertical: str, ds: str, settings: Settings | None) -> tuple[VerticalSpec, Settings, Layout]:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import FileSource, Settings, SqlSource, VerticalSpec, parse_ds
-from pipelines.errors import InvalidArgumentError, SourceError
+from pipelines.errors import SourceError
 from pipelines.layout import Layout, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -37,37 +37,6 @@ _DRIVERS = {
     "sqlite": "sqlite",
     "mssql": "mssql+pyodbc",
 }
-
-
-#: Lower bound of a logical date when the spec declares no ``source.start``.
-EARLIEST_DS = date(1970, 1, 1)
-
-
-def check_ds(ds: str, spec: VerticalSpec, *, today: date | None = None) -> date:
-    """Parse ``ds`` and check it lies between the source's first day and today (UTC).
-
-    The one place a run's logical date is judged, for the CLI, the Airflow tasks
-    and every stage: a date before the data (``1900-01-01``) would backfill
-    hundreds of empty days, one after today (``9999-12-31``) has no data yet and
-    overflows the date arithmetic.  Raises `InvalidArgumentError` (exit code 2).
-    """
-    day = parse_ds(ds, vertical=spec.name)
-    first = spec.source.start or EARLIEST_DS
-    last = today or datetime.now(UTC).date()
-    if day < first:
-        where = "the first day of its source (source.start)" if spec.source.start else "the earliest date accepted"
-        raise InvalidArgumentError(
-            f"date {ds} is before {first.isoformat()}, {where}: pick a date from {first.isoformat()} to "
-            f"{last.isoformat()}",
-            vertical=spec.name,
-        )
-    if day > last:
-        raise InvalidArgumentError(
-            f"date {ds} is after today ({last.isoformat()} UTC), so its data cannot exist yet: pick a date from "
-            f"{first.isoformat()} to {last.isoformat()}",
-            vertical=spec.name,
-        )
-    return day
 
 
 def window_days(spec: VerticalSpec, ds: str) -> list[str]:

@@ -277,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_embedded_defaults()  # before the first airflow import, and before Settings reads PIPELINES_HOME
 
-    from pipelines.config import Settings, load_spec, vertical_names
-    from pipelines.data.sources import check_ds
+    from pipelines.config import Settings, check_ds, load_spec, vertical_names
     from pipelines.errors import PipelineError
 
     ds = args.date or yesterday()

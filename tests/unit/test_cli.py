@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 from pipelines.cli import main
+
+#: What a refused command line must not wait for: each costs a fresh interpreter seconds to import.
+HEAVY = ("pandas", "numpy", "sqlalchemy", "torch", "great_expectations", "dvc", "pipelines.stages")
+
+_REFUSE_PROBE = """
+import contextlib, io, json, sys
+from pipelines.cli import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    codes.append([code, err.getvalue()])
+heavy = [m for m in HEAVY if m in sys.modules]
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
 
 
 def test_verticals_checks_every_spec_and_suite(settings, capsys):
@@ -69,3 +91,24 @@ def test_a_second_run_of_a_busy_vertical_exits_75_naming_the_holder(settings, ca
     (error,) = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert "already running (run id scheduled__2026-11-27T02:00:00+00:00, pid " in error
     assert main(["extract", "finance", "--date", "2026-11-27"]) == 75  # one stage is a run too
+
+
+def test_a_refused_command_answers_before_importing_the_stack(settings):
+    """A bad date or name is one line and exit 2 from a fresh interpreter that loaded no data library."""
+    refused = [
+        ["run", "finance", "--date", "9999-12-31"],
+        ["run", "all", "--date", "2026-02-30"],
+        ["train", "no_such_vertical", "--date", "2026-11-27"],
+        ["extract", "finance", "--date", "1900-01-01"],
+        ["run", "finance", "--wait", "-1"],
+    ]
+    probe = f"HEAVY = {HEAVY!r}\n{_REFUSE_PROBE}"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(refused)], capture_output=True, text=True, check=True, timeout=120
+    )
+    result = json.loads(done.stdout)
+    for argv, (code, err) in zip(refused, result["codes"], strict=True):
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and "error" in err, (argv, err)
+    assert "9999-12-31 is after today" in result["codes"][0][1]
+    assert result["heavy"] == [], f"a refused command imported {result['heavy']}"

@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines.config import VerticalSpec, parse_ds
+from pipelines.config import VerticalSpec, check_ds, parse_ds
 from pipelines.data.preparation import add_up
 from pipelines.data.sources import (
     assemble_window,
-    check_ds,
     extract_days,
     read_partitions,
     resolve_connection_url,
