@@ -389,11 +389,11 @@ def _status_lines(row: dict[str, Any]) -> str:
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     """Move the pointer back (registry row and notice email included); see `pipelines.release.rollout`."""
-    from pipelines import stages
+    from pipelines.notify.run_context import actor
     from pipelines.release.rollout import rollback_vertical
 
     result = rollback_vertical(
-        args.vertical, settings=settings, to_version=args.to_version, actor=stages.actor(), reason=args.reason
+        args.vertical, settings=settings, to_version=args.to_version, actor=actor(), reason=args.reason
     )
     if result["changed"]:
         print(f"{result['vertical']}: production is now {result['model_version']} (was {result['previous_version']})")
@@ -419,12 +419,10 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 def _unblock(args: argparse.Namespace, settings: Settings) -> int:
     """Lift the sticky-rollback block on one version (recorded with who and why)."""
-    from pipelines import stages
+    from pipelines.notify.run_context import actor
     from pipelines.release.rollout import unblock_version
 
-    lifted = unblock_version(
-        args.vertical, args.model_version, settings=settings, actor=stages.actor(), reason=args.reason
-    )
+    lifted = unblock_version(args.vertical, args.model_version, settings=settings, actor=actor(), reason=args.reason)
     if lifted is None:
         print(f"{args.vertical}: {args.model_version} is not blocked; nothing changed")
     else:

@@ -22,7 +22,7 @@ from pipelines.data.sources import extract_days, read_partitions, window_days
 from pipelines.errors import DataQualityError, DeployError, SourceError
 from pipelines.layout import Layout
 from pipelines.model.version_ids import code_files_hash, code_version, library_versions, model_version_id
-from pipelines.notify.run_context import RunContext
+from pipelines.notify.run_context import RunContext, actor
 
 if TYPE_CHECKING:
     from pipelines.registry.store import Registry
@@ -800,18 +800,6 @@ def gate(
         "; ".join(decision.reasons),
     )
     return {k: record[k] for k in ("model_version", "approved", "forced", "reasons", "already_in_production")}
-
-
-def actor(run_id: str | None = None) -> str:
-    """Who made a registry change: ``airflow:<run_id>``, or ``cli:<login>`` (plain ``cli`` if unknown)."""
-    if run_id:
-        return f"airflow:{run_id}"
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name, e.g. in a container
-        return "cli"
 
 
 # -- deploy --------------------------------------------------------------------

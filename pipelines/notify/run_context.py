@@ -32,3 +32,15 @@ class RunContext:
 
 #: A run started from ``python -m pipelines`` (or any caller that names no run).
 CLI = RunContext()
+
+
+def actor(run_id: str | None = None) -> str:
+    """Who made a registry change: ``airflow:<run_id>``, or ``cli:<login>`` (plain ``cli`` if unknown)."""
+    if run_id:
+        return f"airflow:{run_id}"
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name, e.g. in a container
+        return "cli"

@@ -42,7 +42,7 @@ _BLOCK_KINDS = ("block", "unblock", "forced", "rollback")
 #: Event kinds that end a pending deploy or rollback intent.
 _INTENT_KINDS = ("deploy_intent", "rollback_intent")
 _INTENT_ENDS = ("deploy", "rollback", "intent_closed")
-#: Actors the stages write as ``airflow:<dag_run_id>`` (see `pipelines.stages.actor`).
+#: Actors the stages write as ``airflow:<dag_run_id>`` (see `pipelines.notify.run_context.actor`).
 _RUN_ACTOR_PREFIX = "airflow:"
 
 

@@ -57,10 +57,6 @@ def rollback_vertical(
     ``previous_version``, ``changed``, ``recorded``, ``notice`` (where the
     email went, or None), ``uri``, ``actor``, ``reason``.
     """
-    from pipelines.notify import alerts
-    from pipelines.registry.store import Registry
-    from pipelines.release.deploy import rollback
-
     reason = (reason or "").strip()
     if not reason:
         raise InvalidArgumentError(
@@ -70,6 +66,11 @@ def rollback_vertical(
         )
     settings = settings or Settings.from_env()
     spec = load_spec(vertical, settings)
+    # After the refusals above: together these cost a command line ~1 s.
+    from pipelines.notify import alerts
+    from pipelines.registry.store import Registry
+    from pipelines.release.deploy import rollback
+
     registry = Registry.from_settings(settings)
     # A rollback (or deploy) that died after its pointer flip is recorded first.
     reconciled = reconcile_production(registry, settings.bucket_url, spec.name)
@@ -161,13 +162,13 @@ def unblock_version(
 
     Needs a reason (`InvalidArgumentError`) and a registered version (`InvalidArgumentError`).
     """
-    from pipelines.registry.store import Registry
-
     reason = (reason or "").strip()
     if not reason:
         raise InvalidArgumentError(f"unblocking {model_version} needs a reason (`--reason '…'`)", vertical=vertical)
     settings = settings or Settings.from_env()
     spec = load_spec(vertical, settings)
+    from pipelines.registry.store import Registry  # after the refusals: it costs a command line ~1 s
+
     registry = Registry.from_settings(settings)
     if registry.model(spec.name, model_version) is None:
         raise InvalidArgumentError(

@@ -94,13 +94,16 @@ def test_a_second_run_of_a_busy_vertical_exits_75_naming_the_holder(settings, ca
 
 
 def test_a_refused_command_answers_before_importing_the_stack(settings):
-    """A bad date or name is one line and exit 2 from a fresh interpreter that loaded no data library."""
+    """A bad date, a bad name or a missing reason: one line and exit 2, from an interpreter without the stack."""
     refused = [
         ["run", "finance", "--date", "9999-12-31"],
         ["run", "all", "--date", "2026-02-30"],
         ["train", "no_such_vertical", "--date", "2026-11-27"],
         ["extract", "finance", "--date", "1900-01-01"],
         ["run", "finance", "--wait", "-1"],
+        ["rollback", "finance"],
+        ["rollback", "no_such_vertical", "--reason", "bad model"],
+        ["unblock", "finance", "mv-0123456789ab"],
     ]
     probe = f"HEAVY = {HEAVY!r}\n{_REFUSE_PROBE}"
     done = subprocess.run(
