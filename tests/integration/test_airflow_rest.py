@@ -22,6 +22,8 @@ whichever order they run in:
    vertical's lease parked for a next task that never comes; the next run asks
    Airflow, finds that run over (or gone) and takes the lease at once instead of
    waiting out the park.
+5. Two writes at once (what the trigger dialog of a paused DAG sends) both
+   answer at once: neither waits out SQLite's 60 s lock timeout, neither fails.
 
 All of it is about orchestration, not model quality: the specs are the
 orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`): finance without
@@ -33,11 +35,14 @@ re-checks 60 days one by one, not a year.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from .airflow_support import (
@@ -181,9 +186,8 @@ def test_triggers_that_cannot_run_are_refused_and_never_block_the_vertical(airfl
     )
     assert run["triggered_by"] == "rest_api"
     airflow.wait_for("the run to start", lambda: airflow.run_state(run["dag_run_id"]) in ("running", "success"), 120)
-    # Let it end (a dry run on the orchestration overlay: seconds) rather than mark it failed: a
-    # REST write while a task starts can stall the embedded SQLite API server for its 60 s lock
-    # timeout and answer 500, and the next test's writes must not meet this run's tasks either.
+    # Let it end (a dry run on the orchestration overlay: seconds) rather than mark it failed: the
+    # next test's runs must not meet this run's tasks.
     assert (
         airflow.wait_for(
             "the run to end", lambda: (s := airflow.run_state(run["dag_run_id"])) in ("success", "failed") and s, 300
@@ -296,3 +300,45 @@ def test_a_run_marked_failed_or_deleted_between_tasks_does_not_hold_up_the_next_
         assert lock.current(VERTICAL) is None
     finally:
         engine.dispose()
+
+
+def test_writes_at_once_both_answer_at_once(airflow: Airflow):
+    """A trigger and a pause switch sent together, as the trigger dialog of a paused DAG does, three times.
+
+    Before `pipelines.orchestration.sqlite_writes`, the first such pair took 60.2 s and its other
+    request answered 500: one request's audit-log row waited for the SQLite lock on the API
+    server's event loop, which the request holding the lock needed to commit.  The trigger is
+    education's, kept paused so its runs never start; the switch is the rollback DAG's.
+    """
+    headers = dict(airflow.client.headers)
+    base = str(airflow.client.base_url)
+    assert airflow.client.get("/api/v2/dags/education").json()["is_paused"] is True
+    answers: list[tuple[str, int, float, str]] = []
+
+    def write(method: str, path: str, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            started = time.monotonic()
+            response = client.request(method, path, json=body)
+            answers.append((f"{method} {path}", response.status_code, time.monotonic() - started, response.text[:300]))
+
+    for n, day in enumerate(("2026-11-20", "2026-11-21", "2026-11-22")):
+        pair = [
+            threading.Thread(
+                target=write, args=("POST", "/api/v2/dags/education/dagRuns", {"logical_date": f"{day}T00:00:00Z"})
+            ),
+            threading.Thread(target=write, args=("PATCH", "/api/v2/dags/rollback_model", {"is_paused": n % 2 == 1})),
+        ]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+
+    # A normal write takes well under a second here; a stall is SQLite's whole 60 s lock timeout.
+    assert [a for a in answers if a[1] != 200 or a[2] > 30] == [], answers
+    runs = airflow.client.get("/api/v2/dags/education/dagRuns").json()["dag_runs"]
+    assert sorted(run["logical_date"][:10] for run in runs) == ["2026-11-20", "2026-11-21", "2026-11-22"]
+    assert airflow.client.get("/api/v2/dags/rollback_model").json()["is_paused"] is False  # the last switch
+    for run in runs:  # queued on a paused DAG: they never started
+        assert run["state"] == "queued", run
+        assert airflow.client.delete(f"/api/v2/dags/education/dagRuns/{run['dag_run_id']}").status_code == 204
+    assert airflow.client.patch("/api/v2/dags/rollback_model", json={"is_paused": True}).status_code == 200
