@@ -356,7 +356,7 @@ def stop_standalone(process: subprocess.Popen[bytes]) -> None:
     outlive it.  The session holds them all (nothing in Airflow calls ``setsid``).
     """
     for _ in range(5):  # again, for anything forked while the first signals were on their way
-        members = _session_members(process.pid)
+        members = session_members(process.pid)
         if not members:
             break
         for pid in members:
@@ -368,7 +368,7 @@ def stop_standalone(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
-def _session_members(session: int) -> list[int]:
+def session_members(session: int) -> list[int]:
     """The live (not zombie) processes whose session id is ``session`` (from /proc)."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -217,9 +217,10 @@ def airflow_nightly(golden: GoldenHomes) -> Path:
         # The same golden night whichever test builds it: never through that test's SMTP server.
         with pytest.MonkeyPatch.context() as patch:
             patch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
-            # A new interpreter, as `make run` starts: its imports are part of what is checked.
+            # Forked from the warm interpreter like the other runs (a fresh one costs ~5 CPU-s of imports):
+            # `make run` from a new interpreter is test_make_run_interrupt.py's first run.
             result = run_nightly(
-                home, "all", "--date", DS, airflow_home=metadata, fresh=True, specs_dir=airflow_nightly_specs(golden)
+                home, "all", "--date", DS, airflow_home=metadata, specs_dir=airflow_nightly_specs(golden)
             )
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-6000:]}"
         return result

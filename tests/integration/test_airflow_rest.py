@@ -24,6 +24,8 @@ whichever order they run in:
    waiting out the park.
 5. Two writes at once (what the trigger dialog of a paused DAG sends) both
    answer at once: neither waits out SQLite's 60 s lock timeout, neither fails.
+6. The standalone's executor is the embedded default's (`PreloadingLocalExecutor`):
+   its task workers hold the stack before any task starts; its servers never load it.
 
 All of it is about orchestration, not model quality: the specs are the
 orchestration overlay (`airflow_support.ORCHESTRATION_OVERLAY`): finance without
@@ -53,6 +55,7 @@ from .airflow_support import (
     record,
     registry_counts,
     seed_home,
+    session_members,
     standalone,
 )
 
@@ -60,6 +63,8 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 VERTICAL = "finance"
 DS = "2026-11-27"
+#: `ps` title of Airflow's LocalExecutor workers (set by Airflow), and what the two servers' titles end with.
+WORKER_TITLE = "airflow worker -- LocalExecutor"
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +347,48 @@ def test_writes_at_once_both_answer_at_once(airflow: Airflow):
         assert run["state"] == "queued", run
         assert airflow.client.delete(f"/api/v2/dags/education/dagRuns/{run['dag_run_id']}").status_code == 204
     assert airflow.client.patch("/api/v2/dags/rollback_model", json={"is_paused": True}).status_code == 200
+
+
+def _mapped(pid: int) -> dict[str, bool]:
+    """Which of the stack's shared libraries process ``pid`` has mapped (torch's, Arrow's)."""
+    text = Path(f"/proc/{pid}/maps").read_text()
+    return {"torch": "libtorch_cpu" in text, "arrow": "libarrow." in text}
+
+
+def _titles(airflow: Airflow) -> dict[int, str]:
+    """The standalone's processes (its session) by pid: each one's command line, as ``ps`` shows it."""
+    titles = {}
+    for pid in session_members(airflow.process.pid):
+        try:
+            titles[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # a task process that ended meanwhile
+    return titles
+
+
+def _is_dag_processor(title: str) -> bool:
+    return title.split()[-1:] == ["dag-processor"] and title.split()[-2].endswith("/airflow")
+
+
+def test_task_workers_start_with_the_stack_and_the_servers_never_import_it(airflow: Airflow):
+    """The embedded default's executor (`PreloadingLocalExecutor`) in the real standalone.
+
+    `airflow standalone` keeps it (a local executor); its scheduler imports the stack once and
+    then forks its LocalExecutor workers, so every task a worker forks starts with torch and
+    Arrow in memory.  The API server and the DAG processor never start an executor: neither the
+    UI nor parsing imports the stack.  Read from /proc, what each process has mapped.
+    """
+    # The scheduler reports healthy before its executor has imported the stack and forked.
+    titles = airflow.wait_for(
+        "the LocalExecutor's workers",
+        lambda: (t := _titles(airflow)) and len([x for x in t.values() if x.startswith(WORKER_TITLE)]) >= 2 and t,
+        120,
+    )
+    workers = [pid for pid, title in titles.items() if title.startswith(WORKER_TITLE)]
+    servers = [
+        pid for pid, title in titles.items() if title.startswith("airflow api_server") or _is_dag_processor(title)
+    ]
+    assert len(workers) == 2, titles  # the embedded default's parallelism, all forked at the scheduler's start
+    assert [_mapped(pid) for pid in workers] == [{"torch": True, "arrow": True}] * 2, titles
+    assert len(servers) == 2, titles
+    assert [_mapped(pid) for pid in servers] == [{"torch": False, "arrow": False}] * 2, titles
