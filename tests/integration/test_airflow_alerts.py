@@ -121,7 +121,8 @@ def test_task_failure_mails_the_owners_through_smtp_default_and_says_what_failed
     assert "extract FAILED" in stage_line and "validate not run" in stage_line, stage_line
     assert any(line.startswith("  ✗ extract: ") and "force_reason is empty" in line for line in lines), lines
     [log] = re.findall(r"the full log is (\S+\.log)", result.stderr)
-    relay = f"smtp://127.0.0.1:{json.loads(os.environ['AIRFLOW_CONN_SMTP_DEFAULT'])['port']}"
+    conn = json.loads(os.environ["AIRFLOW_CONN_SMTP_DEFAULT"])  # the smtp_server fixture's relay
+    relay = f"smtp://{conn['host']}:{conn['port']}"
     assert f"went to {relay}" in (PROJECT_ROOT / log).read_text() and relay not in result.stdout
     assert len((result.stdout + result.stderr).splitlines()) < 15
     assert record(settings.home, "finance", DS, "airflow_failure")["task_id"] == "extract"
