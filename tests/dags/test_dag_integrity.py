@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipelines.config import PROJECT_ROOT, Settings, load_spec, vertical_names
+from pipelines.memory import COLLECTOR_THRESHOLDS
 from pipelines.orchestration.dag_files import DAGS_DIR, render_dag_file, sync_dag_files
 
 pytestmark = pytest.mark.airflow
@@ -28,6 +29,8 @@ VERTICALS = vertical_names(Settings.from_env())
 #: Every DAG file: one generated per vertical, plus the hand-written rollback DAG.
 DAG_FILES = [*VERTICALS, "rollback_model"]
 TASK_IDS = ["extract", "validate", "snapshot", "train", "evaluate", "gate", "deploy", "report"]
+#: CPython's own thresholds, what a process without the hook keeps.
+PYTHON_DEFAULT_THRESHOLDS = (700, 10, 10)
 HEAVY = ("torch", "lightning", "pytorch_lightning", "great_expectations", "dvc", "pandas")
 
 
@@ -203,6 +206,8 @@ def _no_network(*args, **kwargs):
 
 socket.socket.connect = _no_network
 import airflow.sdk  # noqa: F401  (Airflow itself is loaded before any DAG file, as in the dag-processor)
+import gc
+print(json.dumps({{"interpreter": {{"gc_threshold": gc.get_threshold()}}}}))
 
 db = sys.argv[1]
 for path in sys.argv[2:]:
@@ -250,6 +255,7 @@ def cold_parses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         "HOME": str(tmp_path),
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),  # as every deployment sets it
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
         "PIPELINES_HOME": str(tmp_path / "state"),
     }
@@ -265,8 +271,19 @@ def cold_parses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         cwd=PROJECT_ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"path"')]
-    return {Path(r["path"]).stem: r for r in results}
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"')]
+    [interpreter] = [r["interpreter"] for r in lines if "interpreter" in r]  # what `import airflow` left set
+    return {"interpreter": interpreter, **{Path(r["path"]).stem: r for r in lines if "path" in r}}
+
+
+def test_every_airflow_process_collects_garbage_with_the_stacks_thresholds(cold_parses):
+    """``import airflow`` runs plugins/airflow_local_settings.py (Airflow's local-settings hook).
+
+    The collector's thresholds (`COLLECTOR_THRESHOLDS`) are then set in every Airflow process
+    before the rest of Airflow loads (docs/benchmarks.md, "The collector's thresholds").
+    """
+    assert COLLECTOR_THRESHOLDS != PYTHON_DEFAULT_THRESHOLDS
+    assert tuple(cold_parses["interpreter"]["gc_threshold"]) == COLLECTOR_THRESHOLDS
 
 
 @pytest.mark.parametrize("vertical", DAG_FILES)
