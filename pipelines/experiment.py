@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one step in the experiment profile; exit codes as ``python -m pipelines``."""
+    from pipelines.memory import tune_collector
+
+    tune_collector()  # as the CLI does, before the step imports the stack
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("great_expectations", "lightning", "pytorch_lightning", "dvc", "urllib3", "fsspec", "alembic"):
