@@ -280,7 +280,8 @@ def test_every_airflow_process_collects_garbage_with_the_stacks_thresholds(cold_
     """``import airflow`` runs plugins/airflow_local_settings.py (Airflow's local-settings hook).
 
     The collector's thresholds (`COLLECTOR_THRESHOLDS`) are then set in every Airflow process
-    before the rest of Airflow loads (docs/benchmarks.md, "The collector's thresholds").
+    before the rest of Airflow loads (docs/benchmarks.md, "The cyclic collector in the test
+    processes and in Airflow's").
     """
     assert COLLECTOR_THRESHOLDS != PYTHON_DEFAULT_THRESHOLDS
     assert tuple(cold_parses["interpreter"]["gc_threshold"]) == COLLECTOR_THRESHOLDS
