@@ -20,8 +20,8 @@ from functools import cache
 #: The cyclic collector's thresholds for a process of this stack (Python's default: 700, 10, 10).
 #: Importing Airflow, GX, torch and DVC creates millions of long-lived objects; with a collection
 #: of the youngest generation every 700 new container objects, the older generations were walked
-#: again and again while they loaded (Airflow's API server, its first request included: 10.1 ->
-#: 8.8 CPU-s; a ``dag.test()`` night of finance spent 2.1 CPU-s collecting, 0.9 with these).  A
+#: again and again while they loaded (Airflow's API server, its first request included: ~10.5 ->
+#: ~8.8 CPU-s; a ``dag.test()`` night of finance spent 2.1 CPU-s collecting, 1.1 with these).  A
 #: young collection still walks at most 50,000 objects; cycles wait a little longer to be freed.
 COLLECTOR_THRESHOLDS = (50_000, 20, 20)
 
