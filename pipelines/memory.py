@@ -27,7 +27,7 @@ COLLECTOR_THRESHOLDS = (50_000, 20, 20)
 
 
 def tune_collector() -> None:
-    """Collect less often (`COLLECTOR_THRESHOLDS`): every Airflow process (airflow_local_settings) and the CLI."""
+    """Collect less often (`COLLECTOR_THRESHOLDS`): Airflow's processes, the CLI and DVC's stages call this."""
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
