@@ -59,6 +59,17 @@ class _Seen:
     #: CPU ticks it had when first seen, if it was already running when the ledger started.
     baseline: int
     ticks: int
+    #: its command line as last read (a title set after a fork replaces the parent's)
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """One process of the run: what it was, its kind and the CPU it spent during the run."""
+
+    cmdline: str
+    kind: str
+    cpu_s: float
 
 
 class ProcessLedger:
@@ -77,11 +88,12 @@ class ProcessLedger:
         seen = self.processes.get((pid, started))
         if seen is None:
             baseline = ticks if self.readings == 0 else 0
-            self.processes[(pid, started)] = _Seen(kind_of(cmdline), baseline, ticks)
+            self.processes[(pid, started)] = _Seen(kind_of(cmdline), baseline, ticks, cmdline)
         else:
             seen.ticks = ticks
             if cmdline:  # a title set after the fork (or an exec) says better what it is
                 seen.kind = kind_of(cmdline)
+                seen.cmdline = cmdline
 
     def reading_done(self) -> None:
         self.readings += 1
@@ -97,6 +109,16 @@ class ProcessLedger:
             row[0] += 1
             row[1] += spent / ticks_per_s
         return {k: (int(n), s) for k, (n, s) in sorted(totals.items(), key=lambda kv: -kv[1][1])}
+
+    def largest(self, ticks_per_s: float, top: int = 15) -> list[ProcessRow]:
+        """The ``top`` processes that spent the most CPU during the run, most first.
+
+        A kind's total says where the CPU went; this says which single runs or servers
+        carry it (the golden Airflow night, a standalone's API server), the ones worth profiling.
+        """
+        spent = [(max(seen.ticks - seen.baseline, 0), seen) for seen in self.processes.values()]
+        spent.sort(key=lambda pair: -pair[0])
+        return [ProcessRow(seen.cmdline, seen.kind, ticks / ticks_per_s) for ticks, seen in spent[:top] if ticks]
 
 
 class ProcessSampler:
@@ -115,11 +137,15 @@ class ProcessSampler:
         self._thread.start()
 
     def stop(self) -> dict[str, tuple[int, float]]:
-        """Stop, take one last reading, and return `ProcessLedger.by_kind`."""
+        """Stop, take one last reading, and return `ProcessLedger.by_kind` (`largest` reads the same ledger)."""
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
         self.read()
         return self.ledger.by_kind(self.ticks_per_s)
+
+    def largest(self, top: int = 15) -> list[ProcessRow]:
+        """`ProcessLedger.largest` of what was read."""
+        return self.ledger.largest(self.ticks_per_s, top)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

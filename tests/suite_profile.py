@@ -14,7 +14,9 @@ Each process appends one JSON line per test to ``<folder>/<worker>.jsonl``
 (``PIPELINES_TEST_PROFILE=<folder>``); the controller sums them into
 ``<folder>/summary.json`` and a table at the end of the run.  The controller
 also charges the run's CPU to kinds of process (`tests.process_cpu`): the tests'
-own Python, pipeline runs, each Airflow component, Chromium, the S3 server.
+own Python, pipeline runs, each Airflow component, Chromium, the S3 server; and
+lists the single processes that spent the most (a run forked by `tests.warm_cli`
+is titled with its command, so it reads as what it ran).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from .process_cpu import UNATTRIBUTED, ProcessSampler
+from .process_cpu import UNATTRIBUTED, ProcessRow, ProcessSampler
 
 ENV = "PIPELINES_TEST_PROFILE"
 
@@ -69,6 +71,8 @@ class Summary:
     worker_end_s: dict[str, float] = field(default_factory=dict)
     #: process kind -> (processes, CPU-s) over the whole run (`tests.process_cpu`), most CPU first
     process_kinds: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: the processes that spent the most CPU over the whole run, most first
+    largest: list[ProcessRow] = field(default_factory=list)
 
     @property
     def busy_fraction(self) -> float:
@@ -93,6 +97,7 @@ class Summary:
             "tiers": {t: {"wall_s": w, "cpu_s": c} for t, (w, c) in self.tiers().items()},
             "modules": [asdict(row) for row in self.modules],
             "process_kinds": {k: {"processes": n, "cpu_s": c} for k, (n, c) in self.process_kinds.items()},
+            "largest_processes": [asdict(row) for row in self.largest],
         }
 
 
@@ -108,12 +113,13 @@ def summarise(
     start: dict[str, float],
     end: dict[str, float],
     kinds: dict[str, tuple[int, float]] | None = None,
+    largest: Iterable[ProcessRow] = (),
 ) -> Summary:
     """Per-module rows (most CPU first) from the tests' records; ``start``/``end``: the run's ``t`` and ``cpu``.
 
     ``kinds``: `ProcessSampler`'s CPU per process kind; what the run's busy CPU holds
     beyond their sum (processes shorter than the sampling interval) is added as
-    `UNATTRIBUTED`.
+    `UNATTRIBUTED`.  ``largest``: its processes that spent the most, kept as given.
 
     A record is one test on one worker: ``id`` (its node id), ``worker``, and ``t0``/``t1``
     (wall clock) and ``cpu0``/``cpu1`` (`busy_cpu_seconds`) around all its phases.
@@ -143,6 +149,7 @@ def summarise(
         modules=sorted(rows.values(), key=lambda r: -r.cpu_s),
         worker_end_s=dict(sorted(ends.items())),
         process_kinds=process_kinds,
+        largest=list(largest),
     )
 
 
@@ -165,6 +172,12 @@ def table(summary: Summary, *, top: int = 25) -> list[str]:
         for kind, (count, cpu) in summary.process_kinds.items():
             share = cpu / summary.cpu_s if summary.cpu_s > 0 else 0.0
             lines.append(f"{kind:<62}{count or '':>14}{cpu:>9.1f}{share:>9.0%}")
+    if summary.largest:
+        lines.append(f"{'largest processes (command line as last read)':<85}{'CPU-s':>9}{'share':>9}")
+        for row in summary.largest:
+            share = row.cpu_s / summary.cpu_s if summary.cpu_s > 0 else 0.0
+            command = row.cmdline if len(row.cmdline) <= 84 else row.cmdline[:81] + "..."
+            lines.append(f"{command:<85}{row.cpu_s:>9.1f}{share:>9.0%}")
     return lines
 
 
@@ -213,10 +226,11 @@ class SuiteProfile:
             return
         end = {"t": time.time(), "cpu": busy_cpu_seconds()}
         kinds = self.sampler.stop() if self.sampler is not None else None
+        largest = self.sampler.largest() if self.sampler is not None else []
         records = [
             json.loads(line) for path in sorted(self.folder.glob("*.jsonl")) for line in path.read_text().splitlines()
         ]
-        self.summary = summarise(records, start=self.start, end=end, kinds=kinds)
+        self.summary = summarise(records, start=self.start, end=end, kinds=kinds, largest=largest)
         (self.folder / "summary.json").write_text(json.dumps(self.summary.to_dict(), indent=2))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -172,6 +172,13 @@ def _child(*, target: tuple[str, str], args: list[str], env: dict[str, str], cwd
     # What the server imported stays out of this child's collections (its pages stay shared, never
     # walked or copied), as the product's worker preloading does (pipelines/orchestration/worker_preload.py).
     gc.freeze()
+    # Titled with the command it becomes, as ``ps`` and `make test-profile`'s largest processes show
+    # it, not with the forkserver's command line a fork keeps.  Before the environment is replaced:
+    # setproctitle (an Airflow dependency) finds the memory it rewrites through the original one.
+    from setproctitle import setproctitle
+
+    command = [target[1]] if target[0] == "path" else ["-m", target[1]]
+    setproctitle(" ".join([sys.executable, *command, *args]))
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

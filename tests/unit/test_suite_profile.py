@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT
 
-from ..process_cpu import OTHER, PYTEST, UNATTRIBUTED, ProcessLedger, kind_of
+from ..process_cpu import OTHER, PYTEST, UNATTRIBUTED, ProcessLedger, ProcessRow, kind_of
 from ..suite_profile import summarise, table
 
 
@@ -93,6 +93,12 @@ def test_a_process_running_before_the_first_reading_is_charged_only_what_it_spen
         PYTEST: (1, 1.2),
         "Redis": (1, 0.5),
     }
+    # The single processes that spent the most, each under the command line it showed last.
+    assert ledger.largest(100.0, top=3) == [
+        ProcessRow("python -m pipelines run finance", "pipelines runs (CLI, dag.test, warm forks)", 3.0),
+        ProcessRow("[pytest-xdist running] tests/unit/test_a.py::test_one", PYTEST, 1.2),
+        ProcessRow("/usr/bin/redis-server 127.0.0.1:6379", "Redis", 0.5),
+    ]
 
 
 def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
@@ -148,3 +154,7 @@ def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
     assert kinds["other Python"] >= 0.45 and kinds[PYTEST] > 0, kinds
     assert abs(sum(kinds.values()) - summary["cpu_s"]) < 0.01 or kinds[UNATTRIBUTED] == 0, kinds
     assert "process kind" in proc.stdout and "other Python" in proc.stdout
+    # The child is listed by its own command line among the run's largest processes.
+    [burner] = [row for row in summary["largest_processes"] if "process_time() < 0.5" in row["cmdline"]]
+    assert burner["kind"] == "other Python" and burner["cpu_s"] >= 0.45
+    assert "largest processes" in proc.stdout
