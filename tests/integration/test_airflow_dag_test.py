@@ -4,7 +4,7 @@ One `make run`-style invocation runs all verticals in one Airflow process
 (the in-process Execution API starts once); the tests then check each run's
 task states, the deployed pointer and the stored report, and that a dry run
 skips only ``deploy``.  The specs are the repo's, with education's and manufacturing's
-first-night sweeps cut to 3 trials (`conftest.airflow_nightly_specs`).
+first-night sweeps cut to 2 trials (`conftest.airflow_nightly_specs`).
 """
 
 from __future__ import annotations
