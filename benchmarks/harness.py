@@ -160,6 +160,8 @@ def machine() -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average": os.getloadavg(),
         "python": platform.python_version(),
+        # Which build: a distribution's (PGO and LTO) and pyenv's default differ by ~10 % (docs/benchmarks.md).
+        "python_executable": os.path.realpath(sys.executable),
         "platform": platform.platform(),
         "versions": versions,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -73,6 +75,8 @@ class Summary:
     process_kinds: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: the processes that spent the most CPU over the whole run, most first
     largest: list[ProcessRow] = field(default_factory=list)
+    #: the interpreter's version and build (a distribution's and pyenv's default differ by ~10 %)
+    python: str = ""
 
     @property
     def busy_fraction(self) -> float:
@@ -98,6 +102,7 @@ class Summary:
             "modules": [asdict(row) for row in self.modules],
             "process_kinds": {k: {"processes": n, "cpu_s": c} for k, (n, c) in self.process_kinds.items()},
             "largest_processes": [asdict(row) for row in self.largest],
+            "python": self.python,
         }
 
 
@@ -150,6 +155,7 @@ def summarise(
         worker_end_s=dict(sorted(ends.items())),
         process_kinds=process_kinds,
         largest=list(largest),
+        python=f"{platform.python_version()} ({os.path.realpath(sys.executable)})",
     )
 
 
@@ -157,7 +163,7 @@ def table(summary: Summary, *, top: int = 25) -> list[str]:
     """The summary as lines of text: the run, the tiers, then the modules with the most CPU."""
     lines = [
         f"suite profile: {summary.wall_s:.0f} s wall, {summary.cpu_s:.0f} CPU-s busy on {summary.cores} cores "
-        f"({summary.busy_fraction:.0%} of them); last test per worker at "
+        f"({summary.busy_fraction:.0%} of them), Python {summary.python}; last test per worker at "
         + ", ".join(f"{w} +{s:.0f} s" for w, s in summary.worker_end_s.items()),
         "CPU-s: the machine's busy CPU during the tests (their servers included); a module's own only with "
         "TEST_WORKERS=0",

@@ -31,6 +31,8 @@ def test_quick_harness_writes_ratios_against_baselines_with_the_machine(tmp_path
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["errors"] == {}
     assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["torch"]
+    interpreter = Path(result["machine"]["python_executable"])
+    assert interpreter.is_file() and not interpreter.is_relative_to(sys.prefix)  # the build, not the venv's link
     names = [f["name"] for f in result["figures"]]
     assert any(n.startswith("DVC snapshot of a new window") for n in names)
     assert any(n.startswith("DVC snapshot of an unchanged window") for n in names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,8 @@ def test_records_add_up_per_module_worker_and_tier_most_cpu_first():
     assert summary.busy_fraction == 31.0 / (13.0 * summary.cores)
     lines = table(summary)
     assert lines[0].startswith("suite profile: 13 s wall, 31 CPU-s busy") and "gw1 +12 s" in lines[0]
+    # Which interpreter build ran it: two builds of one version differ by ~10 % (docs/benchmarks.md).
+    assert f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})" in lines[0]
     assert any(line.startswith("tests/integration/test_b.py") and line.endswith("20.0") for line in lines)
 
 
