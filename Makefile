@@ -4,8 +4,8 @@ SHELL := /bin/bash
 
 # The interpreter the venv is made from (`make PYTHON=...` to choose): the first of PYTHON_CANDIDATES
 # that can make a venv.  The OS's own python3.11 comes first: distributions build it with profile-guided
-# and link-time optimisation, pyenv's default build has neither, and Airflow and the stages run
-# ~10 % faster on the former (docs/benchmarks.md, "The interpreter").
+# and link-time optimisation, pyenv's default build has neither, and Airflow's commands and the imports
+# run ~10 % faster on the former (docs/benchmarks.md, "The interpreter").
 PYTHON_CANDIDATES ?= /usr/bin/python3.11 $(shell command -v python3.11) $(shell command -v python3)
 PYTHON ?= $(or $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(if $(shell $(p) -c 'import ensurepip, venv' 2>/dev/null && echo y),$(p)))),python3.11)
 VENV := $(CURDIR)/.venv
