@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 from pipelines.config import PROJECT_ROOT
 
 
-def _python(*assignments: str) -> str:
+def _python(*assignments: str, env: dict[str, str] | None = None) -> str:
     """The Makefile's PYTHON as make expands it, with ``assignments`` on make's command line."""
     show = "show-python: ; @echo $(PYTHON)"
     argv = ["make", "-s", "--no-print-directory", "-C", str(PROJECT_ROOT), *assignments, "--eval", show, "show-python"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(argv, capture_output=True, text=True, check=True, env=environment).stdout.strip()
 
 
 def _no_venv_module(tmp_path: Path) -> Path:
@@ -36,4 +38,5 @@ def test_without_a_usable_candidate_make_names_python311_instead_of_running_noth
 
 
 def test_an_explicit_python_wins(tmp_path: Path) -> None:
-    assert _python(f"PYTHON={tmp_path / 'mine'}") == str(tmp_path / "mine")
+    # From the environment too: a make command line overrides any assignment, the environment only a default.
+    assert _python(env={"PYTHON": str(tmp_path / "mine")}) == str(tmp_path / "mine")
