@@ -110,8 +110,8 @@ class ProcessLedger:
             row[1] += spent / ticks_per_s
         return {k: (int(n), s) for k, (n, s) in sorted(totals.items(), key=lambda kv: -kv[1][1])}
 
-    def largest(self, ticks_per_s: float, top: int = 15) -> list[ProcessRow]:
-        """The ``top`` processes that spent the most CPU during the run, most first.
+    def largest(self, ticks_per_s: float, top: int | None = 15) -> list[ProcessRow]:
+        """The ``top`` processes (``None``: every one) that spent CPU during the run, most first.
 
         A kind's total says where the CPU went; this says which single runs or servers
         carry it (the golden Airflow night, a standalone's API server), the ones worth profiling.
@@ -143,7 +143,7 @@ class ProcessSampler:
         self.read()
         return self.ledger.by_kind(self.ticks_per_s)
 
-    def largest(self, top: int = 15) -> list[ProcessRow]:
+    def largest(self, top: int | None = 15) -> list[ProcessRow]:
         """`ProcessLedger.largest` of what was read."""
         return self.ledger.largest(self.ticks_per_s, top)
 

@@ -73,7 +73,7 @@ class Summary:
     worker_end_s: dict[str, float] = field(default_factory=dict)
     #: process kind -> (processes, CPU-s) over the whole run (`tests.process_cpu`), most CPU first
     process_kinds: dict[str, tuple[int, float]] = field(default_factory=dict)
-    #: the processes that spent the most CPU over the whole run, most first
+    #: every process that spent CPU over the whole run, most first (the printed table shows the first ones)
     largest: list[ProcessRow] = field(default_factory=list)
     #: the interpreter's version and build (a distribution's and pyenv's default differ by ~10 %)
     python: str = ""
@@ -159,7 +159,7 @@ def summarise(
     )
 
 
-def table(summary: Summary, *, top: int = 25) -> list[str]:
+def table(summary: Summary, *, top: int = 25, top_processes: int = 15) -> list[str]:
     """The summary as lines of text: the run, the tiers, then the modules with the most CPU."""
     lines = [
         f"suite profile: {summary.wall_s:.0f} s wall, {summary.cpu_s:.0f} CPU-s busy on {summary.cores} cores "
@@ -180,7 +180,7 @@ def table(summary: Summary, *, top: int = 25) -> list[str]:
             lines.append(f"{kind:<62}{count or '':>14}{cpu:>9.1f}{share:>9.0%}")
     if summary.largest:
         lines.append(f"{'largest processes (command line as last read)':<85}{'CPU-s':>9}{'share':>9}")
-        for row in summary.largest:
+        for row in summary.largest[:top_processes]:
             share = row.cpu_s / summary.cpu_s if summary.cpu_s > 0 else 0.0
             command = row.cmdline if len(row.cmdline) <= 84 else row.cmdline[:81] + "..."
             lines.append(f"{command:<85}{row.cpu_s:>9.1f}{share:>9.0%}")
@@ -232,7 +232,8 @@ class SuiteProfile:
             return
         end = {"t": time.time(), "cpu": busy_cpu_seconds()}
         kinds = self.sampler.stop() if self.sampler is not None else None
-        largest = self.sampler.largest() if self.sampler is not None else []
+        # Every process in summary.json (which single runs the suite starts, and what each cost); the table, the top.
+        largest = self.sampler.largest(top=None) if self.sampler is not None else []
         records = [
             json.loads(line) for path in sorted(self.folder.glob("*.jsonl")) for line in path.read_text().splitlines()
         ]

@@ -102,6 +102,16 @@ def test_a_process_running_before_the_first_reading_is_charged_only_what_it_spen
         ProcessRow("[pytest-xdist running] tests/unit/test_a.py::test_one", PYTEST, 1.2),
         ProcessRow("/usr/bin/redis-server 127.0.0.1:6379", "Redis", 0.5),
     ]
+    # Every process that spent CPU, for summary.json (an idle one is not listed).
+    everything = ledger.largest(100.0, top=None)
+    assert [row.cpu_s for row in everything] == [3.0, 1.2, 0.5, 0.05]  # the reused pid's second process too
+    assert "postgres: walwriter" not in {row.cmdline for row in everything}
+    # The printed table shows the first ones only; summary.json keeps them all.
+    summary = summarise([], start={"t": 0.0, "cpu": 0.0}, end={"t": 10.0, "cpu": 5.0}, largest=everything)
+    lines = table(summary, top_processes=2)
+    printed = lines[next(i for i, line in enumerate(lines) if line.startswith("largest processes")) + 1 :]
+    assert [line.split()[0] for line in printed] == ["python", "[pytest-xdist"]
+    assert len(summary.to_dict()["largest_processes"]) == 4
 
 
 def test_a_test_run_counts_the_cpu_of_the_processes_it_started(tmp_path: Path):
