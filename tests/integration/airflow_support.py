@@ -61,7 +61,9 @@ def airflow_env(pipelines_home: Path, airflow_home: Path, *, port: int | None = 
         env["AIRFLOW__API__PORT"] = str(port)
         # The worker's and triggerer's log servers too: their fixed defaults (8793, 8794) would
         # collide with another test's Airflow running at the same time (pytest-xdist workers).
-        worker_logs, trigger_logs = free_ports(2)
+        # Chosen apart from ``port`` (not yet bound): the same port twice left a scheduler's log server
+        # on the API server's port, and the API server exited "address already in use" (seen once).
+        worker_logs, trigger_logs = free_ports(2, avoid={port})
         env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(worker_logs)
         env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(trigger_logs)
     env.update(embedded_env(env))

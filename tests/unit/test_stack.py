@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import random
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,40 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path):
     assert not (tmp_path / "worker-1").exists()
 
 
+def test_one_shot_commands_run_side_by_side_and_each_failure_is_named_with_its_log(tmp_path: Path):
+    # The migration, the registry upgrade and the seed run at once (each on its own database).  Here the
+    # first only succeeds if the second runs meanwhile, so run one after the other it would fail too.
+    (tmp_path / "logs").mkdir()
+    signal_file = tmp_path / "second-ran"
+    waits_for_the_second = (
+        f"import pathlib, sys, time\nfor _ in range(300):\n    if pathlib.Path({str(signal_file)!r}).exists(): "
+        "sys.exit(0)\n    time.sleep(0.05)\nsys.exit(9)"
+    )
+    stack = Stack(StackConfig(root=tmp_path))
+    started = stack._start_one_shots(
+        {
+            "migrate": [sys.executable, "-c", waits_for_the_second],
+            "registry": [
+                sys.executable,
+                "-c",
+                f"import pathlib; pathlib.Path({str(signal_file)!r}).touch(); print('relation is locked'); exit(3)",
+            ],
+            "seed": [sys.executable, "-c", "exit(4)"],
+        }
+    )
+    with pytest.raises(StackError) as raised:
+        stack._finish_one_shots(started)
+    message = str(raised.value)
+    assert (
+        "failed (3)" in message
+        and "relation is locked" in message
+        and str(tmp_path / "logs" / "registry.log") in message
+    )
+    assert "failed (4)" in message and "seed.log" in message
+    assert "migrate.log" not in message  # it succeeded: only the failures are named
+    assert all(process.poll() is not None for process in started.values())  # nothing left running
+
+
 def test_free_ports_avoid_the_range_outgoing_connections_take_their_ports_from():
     low, high = stack_module._ephemeral_range()  # the kernel's, from /proc
     for _ in range(20):
@@ -61,6 +96,9 @@ def test_a_port_a_server_listens_on_is_never_handed_out(tmp_path: Path, monkeypa
         monkeypatch.setattr(stack_module, "EPHEMERAL_RANGE_FILE", tmp_path / "range")
         monkeypatch.setattr(stack_module, "LOWEST_FREE_PORT", candidates[0])
         assert {free_ports(1)[0] for _ in range(10)} == {free}
+        # Nor one chosen already for a server that has not bound it yet.
+        with pytest.raises(StackError, match=f"no 1 free loopback ports outside the ephemeral range {free + 1}-65535"):
+            free_ports(1, avoid={free})
         with pytest.raises(StackError, match=f"no 2 free loopback ports outside the ephemeral range {free + 1}-65535"):
             free_ports(2)
     finally:
