@@ -19,9 +19,8 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from pipelines.config import PROJECT_ROOT
 from ..conftest import IN_CI
 from ..integration.airflow_support import (
     AIRFLOW_BIN,
+    StandaloneWatch,
     free_port,
     healthy,
     orchestration_specs,
@@ -74,22 +74,16 @@ class AirflowUI:
     home: Path
     log: Path
     process: subprocess.Popen[bytes]
+    watch: StandaloneWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = StandaloneWatch(self.process, self.log)
 
     def log_tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+        return self.watch.log_tail(chars)
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
-                )
-            result = check()
-            if result:
-                return result
-            time.sleep(0.5)
-        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+        return self.watch.wait_for(what, check, timeout)
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 50})

@@ -246,6 +246,9 @@ def test_models_view_in_the_ui_links_to_the_run_the_model_card_and_the_data_docs
     # The figures (SVG files of the version folder) load and render as images under the files' CSP.
     figures = page.locator("article img")
     expect(figures.first).to_be_visible()
+    # Each image has finished loading (or failed to) before it is judged: on a busy machine the
+    # later figures were still on their way when the first one showed.
+    page.wait_for_function("() => [...document.querySelectorAll('article img')].every(i => i.complete)")
     sources = figures.evaluate_all("imgs => imgs.map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
     assert {src for src, _ in sources} >= {"confusion_matrix.svg", "holdout_curves.svg", "slices.svg"}, sources
     assert all(loaded for _, loaded in sources), sources

@@ -12,6 +12,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -22,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,66 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+#: A component of ``airflow standalone``, as its command line (or the title it sets) names it.
+_COMPONENT = re.compile(r"\b(api[-_]server|scheduler|dag[-_]processor|triggerer)\b")
+
+
+class StandaloneWatch:
+    """Waits on a running ``airflow standalone``, failing at once when it or one of its components exits.
+
+    standalone keeps running when one of its components dies (an API server whose port was
+    taken, say): watching only standalone's own process, a wait ran out its whole timeout
+    (minutes) and then reported a timeout rather than the component that exited.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+        #: Each component's pid, as first seen among standalone's children.
+        self.components: dict[str, int] = {}
+
+    def problem(self) -> str | None:
+        """What has exited (standalone, or the first of its components seen to), if anything."""
+        if self.process.poll() is not None:
+            return f"airflow standalone exited ({self.process.returncode})"
+        children = live_children(self.process.pid)
+        for pid, command in children.items():
+            if found := _COMPONENT.search(command):
+                self.components.setdefault(found.group(1).replace("_", "-"), pid)
+        dead = [name for name, pid in self.components.items() if pid not in children]
+        return f"airflow standalone's {dead[0]} exited (standalone itself still runs)" if dead else None
+
+    def wait_for(self, what: str, check: Any, timeout: float) -> Any:
+        """``check()``'s first truthy result, polled until ``timeout``; a test failure, with the log, if none."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if problem := self.problem():
+                pytest.fail(f"{problem} waiting for {what}:\n{self.log_tail()}")
+            result = check()
+            if result:
+                return result
+            time.sleep(0.5)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def live_children(parent: int) -> dict[int, str]:
+    """The live (not zombie) child processes of ``parent``: pid -> command line (from /proc)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[1]) != parent:
+                continue
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        children[int(stat.parent.name)] = command.strip()
+    return children
+
+
 @dataclass
 class Airflow:
     """A running ``airflow standalone`` and an authenticated REST client for it."""
@@ -215,22 +276,16 @@ class Airflow:
     log: Path
     #: The DAG the run/task helpers address.
     dag_id: str
+    watch: StandaloneWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = StandaloneWatch(self.process, self.log)
 
     def log_tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+        return self.watch.log_tail(chars)
 
     def wait_for(self, what: str, check: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"airflow standalone exited ({self.process.returncode}) waiting for {what}:\n{self.log_tail()}"
-                )
-            result = check()
-            if result:
-                return result
-            time.sleep(0.5)
-        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+        return self.watch.wait_for(what, check, timeout)
 
     def run_state(self, run_id: str) -> str:
         response = self.client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}")
