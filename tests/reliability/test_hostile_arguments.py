@@ -23,7 +23,9 @@ import pytest
 from pipelines.config import PROJECT_ROOT
 
 LONG_NAME = "a" * 10_000
-TOMORROW = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+#: Stands for tomorrow's date (UTC) in a case's argv, resolved as the case runs (`_argv`): computed at
+#: import, a suite collected before midnight and run after it asked for today, which is allowed.
+TOMORROW = "<tomorrow>"
 CLI = ("-m", "pipelines")
 ORCHESTRATION = ("-m", "pipelines.orchestration")
 
@@ -119,6 +121,12 @@ def _top_level() -> set[str]:
     return {p.name for p in PROJECT_ROOT.iterdir() if not p.name.startswith(".")}
 
 
+def _argv(case: Case) -> list[str]:
+    """The case's arguments, tomorrow's date put in now."""
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    return [tomorrow if arg == TOMORROW else arg for arg in case.argv]
+
+
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 
@@ -142,7 +150,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Out
 
     def run(case: Case) -> Outcome:
         proc = subprocess.run(
-            [sys.executable, *case.argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, *_argv(case)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
         )
         return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
@@ -165,7 +173,7 @@ def _in_process(case: Case, capsys: pytest.CaptureFixture[str]) -> Outcome:
     main = cli_main if case.argv[:2] == CLI else orchestration_main
     saved = dict(os.environ)  # the orchestration fills in Airflow's embedded defaults: keep them out of later tests
     try:
-        code = main(list(case.argv[2:]))
+        code = main(_argv(case)[2:])
     except SystemExit as exc:  # argparse refuses by exiting
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
