@@ -254,15 +254,13 @@ class StandaloneWatch:
 def live_children(parent: int) -> dict[int, str]:
     """The live (not zombie) child processes of ``parent``: pid -> command line (from /proc)."""
     children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[1]) != parent:
-                continue
-            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-        children[int(stat.parent.name)] = command.strip()
+    for pid, ppid, _ in _live_processes():
+        if ppid == parent:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # exited meanwhile
+            children[pid] = command.strip()
     return children
 
 
@@ -427,13 +425,16 @@ def stop_standalone(process: subprocess.Popen[bytes]) -> None:
 
 def session_members(session: int) -> list[int]:
     """The live (not zombie) processes whose session id is ``session`` (from /proc)."""
-    members = []
+    return [pid for pid, _, session_id in _live_processes() if session_id == session]
+
+
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, session id) of every live (not zombie) process, from /proc/<pid>/stat."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            # After the command name, which may hold spaces and parentheses: state, ppid, pgrp, session.
+            state, ppid, _, session_id = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, IndexError, ValueError):
             continue  # exited meanwhile
-        state, session_id = fields[0], int(fields[3])
-        if session_id == session and state != "Z":
-            members.append(int(stat.parent.name))
-    return members
+        if state != "Z":
+            yield int(stat.parent.name), int(ppid), int(session_id)
